@@ -1,0 +1,336 @@
+"""The low-rank Gaussian over a whole logit map, the distribution at the heart of an SSN.
+
+Monteiro et al. (NeurIPS 2020) model the logit map of an image as one joint Gaussian,
+
+    eta ~ N(mu, Sigma),   Sigma = P P^T + D,
+
+over all classes and pixels at once, where ``P`` has a small rank ``R`` and ``D`` is diagonal.
+Because the pixels share the ``R`` latent factors, samples are spatially coherent.
+
+Shapes (``S`` are 1, 2 or 3 spatial dimensions, ``N = C * prod(S)`` is the event size):
+
+- ``loc``         (B, C, *S)     the mean logits mu
+- ``cov_factor``  (B, R, C, *S)  the factor P; ``cov_factor[b, r].flatten()`` is column r of P
+- ``cov_diag``    (B, C, *S)     the diagonal of D (positive)
+
+Sampling costs one matrix product of the latent draws with the factor, never an expanded
+copy of the factor per sample, so 20 samples of a 128x128 map are cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, constraints
+from torch.distributions.utils import lazy_property
+
+__all__ = ["LowRankLogitDistribution"]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _as_size(sample_shape: int | Sequence[int] | torch.Size) -> torch.Size:
+    if isinstance(sample_shape, int):
+        return torch.Size((sample_shape,))
+    return torch.Size(sample_shape)
+
+
+class LowRankLogitDistribution(Distribution):
+    """A Gaussian over logit maps with covariance ``P P^T + diag(D)``.
+
+    It is a :class:`torch.distributions.Distribution` with ``batch_shape`` ``(B,)`` and
+    ``event_shape`` ``(C, *S)``: anything written for ``torch.distributions`` works with it.
+
+    Args:
+        loc: mean logits mu, shape (B, C, *S).
+        cov_factor: low-rank factor P, shape (B, R, C, *S), ``R >= 0``. ``R = 0`` gives
+            independent per-pixel Gaussians (the paper's "diagonal" ablation).
+        cov_diag: diagonal of D, shape (B, C, *S), strictly positive.
+        validate_args: also check values (finite mean and factor, finite positive diagonal).
+            Shapes, dtypes and devices are always checked. ``None`` follows
+            ``torch.distributions.Distribution``'s default.
+
+    Example:
+        >>> import torch
+        >>> from ssn import LowRankLogitDistribution
+        >>> loc = torch.zeros(4, 2, 32, 32)
+        >>> dist = LowRankLogitDistribution(loc, torch.randn(4, 10, 2, 32, 32), torch.ones(4, 2, 32, 32))
+        >>> dist.rsample((20,)).shape
+        torch.Size([20, 4, 2, 32, 32])
+        >>> dist.sample_labels(16).shape, dist.sample_labels(16).dtype
+        (torch.Size([16, 4, 32, 32]), torch.uint8)
+    """
+
+    arg_constraints = {
+        "loc": constraints.real,
+        "cov_factor": constraints.real,
+        "cov_diag": constraints.positive,
+    }
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(
+        self,
+        loc: Tensor,
+        cov_factor: Tensor,
+        cov_diag: Tensor,
+        validate_args: bool | None = None,
+    ) -> None:
+        _check_parameters(loc, cov_factor, cov_diag)
+        self.loc = loc
+        self.cov_factor = cov_factor
+        self.cov_diag = cov_diag
+        # The base class would print whole tensors on a bad value; we check values ourselves.
+        super().__init__(loc.shape[:1], loc.shape[1:], validate_args=False)
+        self._validate_args = Distribution._validate_args if validate_args is None else validate_args
+        if self._validate_args:
+            _check_values(loc, cov_factor, cov_diag)
+
+    # ----------------------------------------------------------------------------- sizes
+    @property
+    def rank(self) -> int:
+        """The rank R of the covariance factor."""
+        return self.cov_factor.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes C."""
+        return self.loc.shape[1]
+
+    @property
+    def spatial_shape(self) -> torch.Size:
+        """The spatial shape S of the logit map."""
+        return self.loc.shape[2:]
+
+    @property
+    def event_size(self) -> int:
+        """N = C * prod(S), the dimension of the Gaussian."""
+        return self.loc[0].numel()
+
+    # --------------------------------------------------------------- flat (B, ..., N) views
+    @property
+    def _loc_flat(self) -> Tensor:  # (B, N)
+        return self.loc.reshape(self.loc.shape[0], -1)
+
+    @property
+    def _diag_flat(self) -> Tensor:  # (B, N)
+        return self.cov_diag.reshape(self.cov_diag.shape[0], -1)
+
+    @property
+    def _factor_flat(self) -> Tensor:  # (B, R, N): row r is column r of P
+        return self.cov_factor.reshape(self.cov_factor.shape[0], self.rank, self.event_size)
+
+    # ------------------------------------------------------------------------- moments
+    @property
+    def mean(self) -> Tensor:
+        """mu, shape (B, C, *S)."""
+        return self.loc
+
+    @property
+    def mode(self) -> Tensor:
+        """mu, shape (B, C, *S)."""
+        return self.loc
+
+    @property
+    def variance(self) -> Tensor:
+        """The marginal variances diag(P P^T) + D, shape (B, C, *S)."""
+        return self.cov_factor.pow(2).sum(1) + self.cov_diag
+
+    # ------------------------------------------------------------------------ sampling
+    def rsample(
+        self,
+        sample_shape: int | Sequence[int] | torch.Size = torch.Size(),
+        antithetic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Draw reparameterised logit maps, shape (*sample_shape, B, C, *S).
+
+        eta = mu + P z + sqrt(D) eps with z ~ N(0, I_R) and eps ~ N(0, I_N).
+
+        Args:
+            sample_shape: how many maps to draw (prepended to the shape).
+            antithetic: draw ``n / 2`` deviations e = P z + sqrt(D) eps and return the pairs
+                mu + e and mu - e: along the flattened sample dimensions, sample ``i`` and
+                sample ``i + n / 2`` form a pair. ``n`` must then be even.
+            generator: an optional ``torch.Generator`` for reproducible draws.
+        """
+        sample_shape = _as_size(sample_shape)
+        n = sample_shape.numel()
+        if antithetic and n % 2:
+            raise ValueError(
+                f"antithetic sampling draws pairs (mu + e, mu - e), so it needs an even number "
+                f"of samples; got {n}. Ask for {n + 1} or set antithetic=False."
+            )
+        num_draws = n // 2 if antithetic else n
+        deviation = self._draw_deviation(num_draws, generator)  # (B, n', N)
+        loc = self._loc_flat.unsqueeze(1)  # (B, 1, N)
+        if antithetic:
+            flat = torch.cat([loc + deviation, loc - deviation], dim=1)
+        else:
+            flat = deviation.add_(loc)  # in place: no autograd node needs the deviation itself
+        # (B, n, N) -> (n, B, N) is a view; splitting n and N into their shapes is one too.
+        return flat.transpose(0, 1).view(sample_shape + self.batch_shape + self.event_shape)
+
+    def _draw_deviation(self, num: int, generator: torch.Generator | None) -> Tensor:
+        """P z + sqrt(D) eps for ``num`` draws, shape (B, num, N), without expanding P."""
+        batch, size = self._loc_flat.shape
+        options = dict(dtype=self.loc.dtype, device=self.loc.device, generator=generator)
+        eps = torch.randn(batch, num, size, **options)
+        deviation = eps * self._diag_flat.sqrt().unsqueeze(1)
+        if self.rank > 0:
+            z = torch.randn(batch, num, self.rank, **options)
+            # (B, num, R) @ (B, R, N): one batched product for all samples.
+            deviation = torch.baddbmm(deviation, z, self._factor_flat)
+        return deviation
+
+    def sample_labels(
+        self,
+        num_samples: int,
+        chunk_size: int = 16,
+        antithetic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Draw label maps: the per-pixel argmax of ``num_samples`` logit samples.
+
+        Logit samples are drawn ``chunk_size`` at a time and reduced to labels at once, so
+        memory is bounded by one chunk of logit maps plus the output, whatever
+        ``num_samples`` is.
+
+        Returns:
+            (num_samples, B, *S), ``uint8`` when C <= 256, otherwise ``int64``.
+        """
+        if num_samples < 0 or chunk_size < 1:
+            raise ValueError(
+                f"need num_samples >= 0 and chunk_size >= 1; got {num_samples} and {chunk_size}"
+            )
+        if antithetic and chunk_size % 2:
+            chunk_size += 1
+        dtype = torch.uint8 if self.num_classes <= 256 else torch.int64
+        out = torch.empty(
+            (num_samples,) + self.batch_shape + self.spatial_shape, dtype=dtype, device=self.loc.device
+        )
+        with torch.no_grad():
+            for start in range(0, num_samples, chunk_size):
+                count = min(chunk_size, num_samples - start)
+                pairs = antithetic and count % 2 == 0
+                logits = self.rsample((count,), antithetic=pairs, generator=generator)
+                out[start : start + count] = logits.argmax(dim=2).to(dtype)
+        return out
+
+    # ---------------------------------------------------------------------- densities
+    @lazy_property
+    def _capacitance_tril(self) -> Tensor:
+        """Cholesky factor of the capacitance matrix K = I_R + P^T D^-1 P, shape (B, R, R)."""
+        factor = self._factor_flat  # (B, R, N)
+        capacitance = torch.matmul(factor / self._diag_flat.unsqueeze(1), factor.mT)
+        capacitance = capacitance + torch.eye(self.rank, dtype=factor.dtype, device=factor.device)
+        return torch.linalg.cholesky(capacitance)
+
+    @lazy_property
+    def _log_det_covariance(self) -> Tensor:
+        """log|P P^T + D| = log|K| + log|D| (matrix determinant lemma), shape (B,)."""
+        log_det_k = 2 * self._capacitance_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return log_det_k + self._diag_flat.log().sum(-1)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """Exact log density of logit maps ``value`` (*sample_shape, B, C, *S) -> (*sample_shape, B).
+
+        Costs O(N R^2): the Woodbury identity
+        (P P^T + D)^-1 = D^-1 - D^-1 P K^-1 P^T D^-1 gives the Mahalanobis term and the
+        matrix determinant lemma the log determinant.
+        """
+        expected = self.batch_shape + self.event_shape
+        if value.shape[-len(expected) :] != expected:
+            raise ValueError(
+                f"log_prob expects logit maps of shape (*sample_shape, {', '.join(map(str, expected))}); "
+                f"got {tuple(value.shape)}"
+            )
+        diff = (value - self.loc).flatten(-len(self.event_shape))  # (..., B, N)
+        diag = self._diag_flat
+        mahalanobis = (diff.pow(2) / diag).sum(-1)
+        if self.rank > 0:
+            # u = P^T D^-1 diff, (..., B, R); subtract u^T K^-1 u = |L^-1 u|^2.
+            u = torch.einsum("brn,...bn->...br", self._factor_flat, diff / diag)
+            whitened = torch.linalg.solve_triangular(self._capacitance_tril, u.unsqueeze(-1), upper=False)
+            mahalanobis = mahalanobis - whitened.squeeze(-1).pow(2).sum(-1)
+        return -0.5 * (self.event_size * _LOG_2PI + self._log_det_covariance + mahalanobis)
+
+    def entropy(self) -> Tensor:
+        """Differential entropy of the logit map, shape (B,)."""
+        return 0.5 * (self.event_size * (1.0 + _LOG_2PI) + self._log_det_covariance)
+
+    def expand(self, batch_shape, _instance=None):  # noqa: D102 - see Distribution.expand
+        batch_shape = torch.Size(batch_shape)
+        if batch_shape == self.batch_shape:
+            return self
+        raise NotImplementedError(
+            "LowRankLogitDistribution has a fixed batch of images; build a new one from "
+            "expanded parameters instead"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(batch={self.loc.shape[0]}, classes={self.num_classes}, "
+            f"spatial={tuple(self.spatial_shape)}, rank={self.rank}, dtype={self.loc.dtype}, "
+            f"device={self.loc.device})"
+        )
+
+
+def _check_parameters(loc: Tensor, cov_factor: Tensor, cov_diag: Tensor) -> None:
+    """Shape, dtype and device checks, all free of device synchronisation."""
+    for name, tensor in (("loc", loc), ("cov_factor", cov_factor), ("cov_diag", cov_diag)):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(tensor).__name__}")
+        if not tensor.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor; got {tensor.dtype}")
+    if not 3 <= loc.dim() <= 5:
+        raise ValueError(
+            f"loc must have shape (B, C, *S) with 1 to 3 spatial dimensions; got {tuple(loc.shape)}"
+        )
+    batch, classes, *spatial = loc.shape
+    if cov_diag.shape != loc.shape:
+        raise ValueError(
+            f"cov_diag must have the shape of loc {tuple(loc.shape)}; got {tuple(cov_diag.shape)}"
+        )
+    if cov_factor.dim() != loc.dim() + 1 or cov_factor.shape[:1] + cov_factor.shape[2:] != loc.shape:
+        raise ValueError(
+            f"cov_factor must have shape (B, R, C, *S) = ({batch}, R, {classes}, "
+            f"{', '.join(map(str, spatial))}) for loc of shape {tuple(loc.shape)}; "
+            f"got {tuple(cov_factor.shape)}"
+        )
+    for name, tensor in (("cov_factor", cov_factor), ("cov_diag", cov_diag)):
+        if tensor.dtype != loc.dtype:
+            raise TypeError(f"{name} has dtype {tensor.dtype} but loc has {loc.dtype}; use one dtype")
+        if tensor.device != loc.device:
+            raise ValueError(
+                f"{name} is on {tensor.device} but loc is on {loc.device}; move them to one device"
+            )
+
+
+def _check_values(loc: Tensor, cov_factor: Tensor, cov_diag: Tensor) -> None:
+    """Value checks (one device synchronisation)."""
+    bad = torch.stack(
+        [
+            (~torch.isfinite(loc)).sum(),
+            (~torch.isfinite(cov_factor)).sum(),
+            (~torch.isfinite(cov_diag)).sum(),
+            (cov_diag <= 0).sum(),
+        ]
+    ).tolist()
+    if bad[0] or bad[1]:
+        raise ValueError(
+            f"non-finite parameters: {bad[0]} values of loc and {bad[1]} of cov_factor are NaN "
+            "or infinite. Check the input images for NaN and lower the learning rate."
+        )
+    if bad[2]:
+        raise ValueError(
+            f"cov_diag has {bad[2]} NaN or infinite values: exp() of the log-variance overflowed "
+            "or the features are NaN. Lower the learning rate or clip gradients."
+        )
+    if bad[3]:
+        raise ValueError(
+            f"cov_diag must be strictly positive; {bad[3]} values are <= 0. Pass exp(x) + eps."
+        )

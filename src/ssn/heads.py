@@ -1,0 +1,95 @@
+"""The SSN head: from a feature map to a low-rank Gaussian over the logit map."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .backbones import conv_layer
+from .distributions import LowRankLogitDistribution
+
+__all__ = ["SSNHead"]
+
+
+class SSNHead(nn.Module):
+    """Three 1x1 convolutions giving the parameters of a :class:`LowRankLogitDistribution`.
+
+    From features h (B, in_channels, *S):
+
+    - ``mean``:       mu = conv(h),                     (B, C, *S)
+    - ``log_diag``:   D  = exp(conv(h)) + eps,          (B, C, *S)
+    - ``factor``:     P  = conv(h), with ``R * C`` output channels laid out rank-major:
+      channel ``r * C + c`` is factor ``r`` of class ``c``; reshaped to (B, R, C, *S).
+
+    Args:
+        in_channels: feature channels of the backbone.
+        num_classes: C.
+        rank: R >= 0. ``0`` drops the factor (independent per-pixel Gaussians).
+        spatial_dims: 1, 2 or 3.
+        eps: added to the diagonal so that D stays positive (the paper's 1e-5).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        rank: int = 10,
+        spatial_dims: int = 2,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2 (background and one class); got {num_classes}")
+        if rank < 0:
+            raise ValueError(f"rank must be >= 0; got {rank}")
+        if eps <= 0:
+            raise ValueError(f"eps must be > 0 so that the diagonal stays positive; got {eps}")
+        conv = conv_layer(spatial_dims)
+        self.num_classes = num_classes
+        self.rank = rank
+        self.spatial_dims = spatial_dims
+        self.eps = eps
+        self.mean = conv(in_channels, num_classes, 1)
+        self.log_diag = conv(in_channels, num_classes, 1)
+        self.factor = conv(in_channels, rank * num_classes, 1) if rank > 0 else None
+
+    def forward(self, features: Tensor, mask: Tensor | None = None) -> LowRankLogitDistribution:
+        """Features (B, in_channels, *S) -> distribution over (B, C, *S) logit maps.
+
+        Args:
+            mask: optional region of interest, (B, 1, *S) or (B, *S), bool or {0, 1}. Outside
+                it the factor is zero and the diagonal is ``eps``, so the logits there are
+                (almost) deterministic, as the paper did with a brain mask; the mean is kept.
+        """
+        if features.dim() != self.spatial_dims + 2:
+            raise ValueError(
+                f"SSNHead with spatial_dims={self.spatial_dims} expects features of shape "
+                f"(B, channels, *S) with {self.spatial_dims} spatial dims; got {tuple(features.shape)}"
+            )
+        batch, _, *spatial = features.shape
+        loc = self.mean(features)
+        diag_scale = self.log_diag(features).exp()
+        if self.factor is not None:
+            factor = self.factor(features).view(batch, self.rank, self.num_classes, *spatial)
+        else:
+            factor = loc.new_zeros((batch, 0, self.num_classes, *spatial))
+        if mask is not None:
+            mask = _mask_as_channel(mask, features)
+            diag_scale = diag_scale * mask
+            factor = factor * mask.unsqueeze(1)
+        return LowRankLogitDistribution(loc, factor, diag_scale + self.eps)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, rank={self.rank}, eps={self.eps}"
+
+
+def _mask_as_channel(mask: Tensor, features: Tensor) -> Tensor:
+    """Mask (B, *S) or (B, 1, *S) -> float (B, 1, *S) in the features' dtype."""
+    spatial = features.shape[2:]
+    batch = features.shape[0]
+    if mask.shape == (batch, *spatial):
+        mask = mask.unsqueeze(1)
+    if mask.shape != (batch, 1, *spatial):
+        raise ValueError(
+            f"mask must have shape (B, 1, *S) or (B, *S) = {(batch, 1, *spatial)}; got {tuple(mask.shape)}"
+        )
+    return mask.to(dtype=features.dtype, device=features.device)

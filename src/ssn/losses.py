@@ -1,0 +1,212 @@
+"""The SSN objective: a Monte Carlo estimate of the log-likelihood of the whole label map.
+
+With M logit samples eta^m ~ N(mu, P P^T + D) of image b (Monteiro et al. 2020, eq. 6),
+
+    log p(y_b | x_b) ~= logsumexp_m  sum_i log softmax(eta_b^m)_{i, y_i}  -  log M
+
+    L = -(1/B) sum_b [ logsumexp_m sum_i log softmax(eta_b^m)_{i, y_i} - log M ].
+
+The sum over pixels sits inside the logsumexp: the label map is scored as a whole, which is what
+makes the model learn coherent variation rather than per-pixel noise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .distributions import LowRankLogitDistribution, _check_values
+
+__all__ = ["ssn_loss", "SSNLoss", "monte_carlo_log_likelihood"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def monte_carlo_log_likelihood(
+    logit_samples: Tensor,
+    target: Tensor,
+    ignore_index: int | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Monte Carlo estimate of log p(y | x) per image from given logit samples.
+
+    Args:
+        logit_samples: (M, B, C, *S) samples of the logit map.
+        target: (B, *S) integer labels in [0, C) (or ``ignore_index``).
+        ignore_index: a label whose pixels are left out of the sum.
+        mask: optional (B, *S) or (B, 1, *S); pixels where it is 0/False are left out.
+
+    Returns:
+        (B,) estimates of log p(y_b | x_b): logsumexp over samples of the summed per-pixel
+        log-probabilities, minus log M.
+    """
+    if logit_samples.dim() < 4:
+        raise ValueError(f"logit_samples must have shape (M, B, C, *S); got {tuple(logit_samples.shape)}")
+    _, batch, num_classes, *spatial = logit_samples.shape
+    target, weights = _prepare_target(target, (batch, *spatial), num_classes, ignore_index, mask)
+    return _log_likelihood(logit_samples, target, weights)
+
+
+def _log_likelihood(logit_samples: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
+    """(M, B, C, *S) samples, validated (B, *S) int64 labels, optional weights -> (B,)."""
+    num_samples = logit_samples.shape[0]
+    log_probs = torch.log_softmax(logit_samples, dim=2)
+    index = target.unsqueeze(0).unsqueeze(2).expand(num_samples, -1, 1, *target.shape[1:])
+    pixel_log_lik = log_probs.gather(2, index).squeeze(2)  # (M, B, *S)
+    if weights is not None:
+        pixel_log_lik = pixel_log_lik * weights.to(pixel_log_lik.dtype)
+    map_log_lik = pixel_log_lik.flatten(2).sum(-1)  # (M, B): the whole map's log-likelihood
+    return torch.logsumexp(map_log_lik, dim=0) - math.log(num_samples)
+
+
+def ssn_loss(
+    distribution: LowRankLogitDistribution,
+    target: Tensor,
+    num_samples: int = 20,
+    antithetic: bool = True,
+    ignore_index: int | None = None,
+    mask: Tensor | None = None,
+    normalize_by_pixels: bool = False,
+    reduction: str = "mean",
+    check_inputs: bool = True,
+) -> Tensor:
+    """Negative Monte Carlo log-likelihood of label maps under an SSN's logit distribution.
+
+    Args:
+        distribution: the model's output, batch (B,), event (C, *S).
+        target: (B, *S) integer labels in [0, C).
+        num_samples: M, the logit samples per image (the paper used 20).
+        antithetic: draw M / 2 deviations e and use mu + e and mu - e (halves the variance
+            of the estimate; M must be even).
+        ignore_index: label to leave out of the sum.
+        mask: optional (B, *S) or (B, 1, *S) region; pixels outside it are left out.
+        normalize_by_pixels: divide each image's term by its number of counted pixels (a
+            per-pixel scale, convenient for learning rates tuned on cross-entropy).
+        reduction: ``"mean"`` over the batch (the paper's objective), ``"sum"`` or ``"none"`` (B,).
+        check_inputs: raise ``ValueError`` on NaN or infinite distribution parameters even
+            when the distribution was built without value validation.
+
+    Returns:
+        A scalar (or (B,) with ``reduction="none"``).
+    """
+    if not isinstance(distribution, LowRankLogitDistribution):
+        raise TypeError(
+            f"ssn_loss needs a LowRankLogitDistribution (the output of an SSN); got "
+            f"{type(distribution).__name__}. For plain logits use torch.nn.functional.cross_entropy."
+        )
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}; got {reduction!r}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1; got {num_samples}")
+    if check_inputs and not distribution._validate_args:
+        _check_values(distribution.loc, distribution.cov_factor, distribution.cov_diag)
+    # Check the target before drawing samples: a bad label should fail fast and clearly.
+    expected = distribution.batch_shape + distribution.spatial_shape
+    target, weights = _prepare_target(target, tuple(expected), distribution.num_classes, ignore_index, mask)
+    logit_samples = distribution.rsample((num_samples,), antithetic=antithetic)
+    loss = -_log_likelihood(logit_samples, target, weights)
+    if normalize_by_pixels:
+        if weights is None:
+            counted = torch.full_like(loss, float(math.prod(expected[1:])))
+        else:
+            counted = weights.flatten(1).sum(-1).clamp_min(1).to(loss.dtype)
+        loss = loss / counted
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+class SSNLoss(nn.Module):
+    """Module form of :func:`ssn_loss`; call it as ``loss_fn(distribution, target, mask=None)``."""
+
+    def __init__(
+        self,
+        num_samples: int = 20,
+        antithetic: bool = True,
+        ignore_index: int | None = None,
+        normalize_by_pixels: bool = False,
+        reduction: str = "mean",
+        check_inputs: bool = True,
+    ) -> None:
+        super().__init__()
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}; got {reduction!r}")
+        if antithetic and num_samples % 2:
+            raise ValueError(f"antithetic sampling needs an even num_samples; got {num_samples}")
+        self.num_samples = num_samples
+        self.antithetic = antithetic
+        self.ignore_index = ignore_index
+        self.normalize_by_pixels = normalize_by_pixels
+        self.reduction = reduction
+        self.check_inputs = check_inputs
+
+    def forward(
+        self, distribution: LowRankLogitDistribution, target: Tensor, mask: Tensor | None = None
+    ) -> Tensor:
+        return ssn_loss(
+            distribution,
+            target,
+            num_samples=self.num_samples,
+            antithetic=self.antithetic,
+            ignore_index=self.ignore_index,
+            mask=mask,
+            normalize_by_pixels=self.normalize_by_pixels,
+            reduction=self.reduction,
+            check_inputs=self.check_inputs,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_samples={self.num_samples}, antithetic={self.antithetic}, "
+            f"ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+        )
+
+
+def _prepare_target(
+    target: Tensor,
+    expected_shape: tuple[int, ...],
+    num_classes: int,
+    ignore_index: int | None,
+    mask: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:
+    """Validate labels; return int64 labels safe to gather with, and a bool keep-mask (or None)."""
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor of int64 labels; got {type(target).__name__}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise ValueError(f"target must hold integer class labels (int64); got dtype {target.dtype}")
+    if tuple(target.shape) != tuple(expected_shape):
+        hint = ""
+        if target.dim() == len(expected_shape) + 1 and target.shape[1] == 1:
+            hint = " (squeeze the channel dimension: target[:, 0])"
+        raise ValueError(
+            f"target must have shape (B, *S) = {tuple(expected_shape)}; got {tuple(target.shape)}{hint}"
+        )
+    target = target.long()
+    weights = None
+    if ignore_index is not None:
+        valid = target != ignore_index
+        weights = valid
+        target = torch.where(valid, target, torch.zeros_like(target))
+        out_of_range = valid & ((target < 0) | (target >= num_classes))
+    else:
+        out_of_range = (target < 0) | (target >= num_classes)
+    if bool(out_of_range.any()):
+        bad = torch.unique(target[out_of_range])[:5].tolist()
+        raise ValueError(
+            f"target has labels outside [0, {num_classes}) (e.g. {bad}); the model has "
+            f"{num_classes} classes. Remap the labels or set ignore_index."
+        )
+    if mask is not None:
+        if tuple(mask.shape) == (expected_shape[0], 1, *expected_shape[1:]):
+            mask = mask[:, 0]
+        if tuple(mask.shape) != tuple(expected_shape):
+            raise ValueError(
+                f"mask must have shape (B, *S) = {tuple(expected_shape)} or (B, 1, *S); got {tuple(mask.shape)}"
+            )
+        mask = mask.to(device=target.device) != 0
+        weights = mask if weights is None else weights & mask
+    return target, weights

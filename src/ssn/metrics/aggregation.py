@@ -1,0 +1,206 @@
+"""Accumulating metrics for dataset-level figures: ``update`` per batch, ``compute``, ``reset``.
+
+In the style of torchmetrics: the maths lives in :mod:`ssn.metrics.functional`; these classes
+only accumulate it. Under ``torch.distributed`` (initialised), ``compute`` sums the state of all
+processes, so every process returns the dataset-level figure; the local state is unchanged.
+
+Batches are batch-first: ``samples`` (B, N, *S) -- note ``sample_labels`` returns
+(N, B, *S), so pass ``labels.movedim(0, 1)`` -- and ``annotations`` (B, A, *S).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import functional as F
+
+__all__ = [
+    "Estimate",
+    "GeneralizedEnergyDistance",
+    "SampleDiversity",
+    "HungarianMatchedIoU",
+    "MeanPredictionDice",
+    "ExpectedCalibrationError",
+]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A dataset mean with its standard error, the number of images and of samples per image."""
+
+    mean: float
+    stderr: float
+    num_images: int
+    num_samples: int | None
+
+    def __float__(self) -> float:
+        return self.mean
+
+    def as_dict(self) -> dict:
+        return {
+            "mean": self.mean,
+            "stderr": self.stderr,
+            "num_images": self.num_images,
+            "num_samples": self.num_samples,
+        }
+
+
+def _all_reduce(tensor: Tensor, op=None) -> Tensor:
+    """Sum (or ``op``) ``tensor`` over processes when torch.distributed is initialised."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
+    reduced = tensor.clone().to(device)
+    dist.all_reduce(reduced, op=op or dist.ReduceOp.SUM)
+    return reduced.to(tensor.device)
+
+
+def _batch(x, name: str) -> Tensor:
+    t = torch.as_tensor(x)
+    if t.dim() < 3:
+        raise ValueError(f"{name} must be batch-first, (B, n, *S); got shape {tuple(t.shape)}")
+    return t
+
+
+class _PerImageMean:
+    """Mean over images of a per-image score, with its standard error."""
+
+    def __init__(self, num_classes: int = 2) -> None:
+        self.num_classes = num_classes
+        self.reset()
+
+    def reset(self) -> None:
+        # sum, sum of squares, count: enough for the mean and its standard error.
+        self._state = torch.zeros(3, dtype=torch.float64)
+        self._num_samples: int | None = None
+
+    def _score(self, samples: Tensor, annotations: Tensor) -> float:
+        raise NotImplementedError
+
+    def update(self, samples, annotations) -> None:
+        """Add a batch: samples (B, N, *S), annotations (B, A, *S), integer labels."""
+        samples, annotations = _batch(samples, "samples"), _batch(annotations, "annotations")
+        if samples.shape[0] != annotations.shape[0]:
+            raise ValueError(
+                f"samples and annotations must have the same batch size; got {samples.shape[0]} "
+                f"and {annotations.shape[0]} (samples are (B, N, *S): movedim(0, 1) sample_labels' output)"
+            )
+        self._note_num_samples(samples.shape[1])
+        for s, a in zip(samples, annotations):
+            value = self._score(s, a)
+            self._state += torch.tensor([value, value * value, 1.0], dtype=torch.float64)
+
+    def _note_num_samples(self, n: int) -> None:
+        if self._num_samples is not None and n != self._num_samples:
+            raise ValueError(
+                f"this metric was updated with {self._num_samples} samples per image and now {n}; "
+                "its value depends on the number of samples, so keep it fixed (or reset())"
+            )
+        self._num_samples = n
+
+    def compute(self) -> Estimate:
+        """The mean over all images seen (by all processes), with its standard error."""
+        total, total_sq, count = _all_reduce(self._state).tolist()
+        num_samples = self._reduced_num_samples()
+        if count == 0:
+            raise RuntimeError(f"{type(self).__name__}.compute() called before any update()")
+        mean = total / count
+        if count > 1:
+            variance = max(total_sq - count * mean * mean, 0.0) / (count - 1)
+            stderr = math.sqrt(variance / count)
+        else:
+            stderr = math.nan
+        return Estimate(mean, stderr, int(count), num_samples)
+
+    def _reduced_num_samples(self) -> int | None:
+        local = self._num_samples
+        if not (dist.is_available() and dist.is_initialized()):
+            return local
+        # max over processes of N and of -N gives the largest and smallest N used anywhere.
+        pair = torch.tensor([local or 0.0, -(local or math.inf)], dtype=torch.float64)
+        high, neg_low = _all_reduce(pair, dist.ReduceOp.MAX).tolist()
+        if high == 0:
+            return None
+        if high != -neg_low:
+            raise ValueError(
+                f"processes used different numbers of samples per image ({int(-neg_low)} to {int(high)})"
+            )
+        return int(high)
+
+
+class GeneralizedEnergyDistance(_PerImageMean):
+    """Dataset mean of GED^2 (see :func:`~ssn.metrics.generalized_energy_distance`)."""
+
+    def _score(self, samples, annotations):
+        return F.generalized_energy_distance(samples, annotations, self.num_classes)
+
+
+class SampleDiversity(_PerImageMean):
+    """Dataset mean of E[d(S, S')] (see :func:`~ssn.metrics.sample_diversity`).
+
+    ``update(samples, annotations=None)``: annotations are not needed.
+    """
+
+    def update(self, samples, annotations=None) -> None:
+        samples = _batch(samples, "samples")
+        self._note_num_samples(samples.shape[1])
+        for s in samples:
+            value = F.sample_diversity(s, self.num_classes)
+            self._state += torch.tensor([value, value * value, 1.0], dtype=torch.float64)
+
+
+class HungarianMatchedIoU(_PerImageMean):
+    """Dataset mean of the Hungarian-matched IoU (see :func:`~ssn.metrics.hungarian_matched_iou`)."""
+
+    def _score(self, samples, annotations):
+        return F.hungarian_matched_iou(samples, annotations, self.num_classes)
+
+
+class MeanPredictionDice(_PerImageMean):
+    """Dataset mean of the Dice of the mean prediction (see :func:`~ssn.metrics.mean_prediction_dice`)."""
+
+    def _score(self, samples, annotations):
+        return F.mean_prediction_dice(samples, annotations, self.num_classes)
+
+
+class ExpectedCalibrationError:
+    """Dataset-level ECE against the annotators' mean, pooled over all pixels of all images.
+
+    Bin counts and sums are accumulated (not per-image ECEs), so the result is the ECE of the
+    whole dataset. ``update(samples, annotations)`` uses the samples' class frequencies as the
+    predicted probabilities; ``update_probabilities`` takes probabilities (B, C, *S) directly.
+    """
+
+    def __init__(self, num_classes: int = 2, num_bins: int = 10) -> None:
+        self.num_classes = num_classes
+        self.num_bins = num_bins
+        self.reset()
+
+    def reset(self) -> None:
+        self._bins = torch.zeros(self.num_classes - 1, self.num_bins, 3, dtype=torch.float64)
+        self._num_images = 0
+
+    def update(self, samples, annotations) -> None:
+        """samples (B, N, *S) integer labels, annotations (B, A, *S)."""
+        samples = _batch(samples, "samples")
+        probabilities = [F.class_frequencies(s, self.num_classes) for s in samples]
+        self.update_probabilities(torch.stack(probabilities), annotations)
+
+    def update_probabilities(self, probabilities, annotations) -> None:
+        """probabilities (B, C, *S) in [0, 1], annotations (B, A, *S)."""
+        for p, a in zip(torch.as_tensor(probabilities), _batch(annotations, "annotations")):
+            self._bins += F.calibration_bins(p, a, self.num_classes, self.num_bins).cpu()
+            self._num_images += 1
+
+    def compute(self) -> Estimate:
+        """ECE over every pixel seen; ``stderr`` is NaN (pixels within an image are not independent)."""
+        bins = _all_reduce(self._bins)
+        count = int(_all_reduce(torch.tensor([float(self._num_images)]))[0])
+        if count == 0:
+            raise RuntimeError("ExpectedCalibrationError.compute() called before any update()")
+        return Estimate(F.ece_from_bins(bins), math.nan, count, None)

@@ -1,0 +1,274 @@
+"""Sample-based segmentation metrics for one image, as the field computes them.
+
+Every function takes integer label maps, numpy arrays or tensors:
+
+- ``samples``      (N, *S): N label maps drawn from the model for one image;
+- ``annotations``  (A, *S): the A annotators' label maps of that image;
+
+with labels in [0, num_classes) and class 0 the background.
+
+Conventions (the ones used by Kohl et al. 2018, Baumgartner et al. 2019 and Monteiro et al. 2020):
+
+- distance d(a, b) = 1 - IoU(a, b), averaged over the foreground classes 1..C-1 present in a
+  or in b; if no foreground class is present in either map, d(a, b) = 0;
+- GED is reported squared: GED^2 = 2 E[d(S, Y)] - E[d(S, S')] - E[d(Y, Y')], each expectation
+  over all ordered pairs, a map paired with itself included. Its value depends on N: always
+  report N beside it;
+- sample diversity = E[d(S, S')] over all ordered pairs;
+- Hungarian-matched IoU: both sets are repeated up to lcm(N, A) elements, matched one to one
+  minimising the total d, and the matched pairs' IoU (1 - d) averaged.
+
+Pairwise distances are computed for all pairs at once with one matrix product per class.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+__all__ = [
+    "pairwise_distances",
+    "generalized_energy_distance",
+    "sample_diversity",
+    "hungarian_matched_iou",
+    "class_frequencies",
+    "mean_prediction",
+    "mean_prediction_dice",
+    "expected_calibration_error",
+    "calibration_bins",
+    "ece_from_bins",
+    "entropy_map",
+    "variance_map",
+]
+
+# float32 products count overlaps exactly below 2**24 pixels; larger maps use float64.
+_FLOAT32_EXACT = 2**24
+
+
+def _labels(x, name: str, num_classes: int) -> Tensor:
+    """Integer label maps as a tensor (n, *S), checked against ``num_classes``."""
+    t = torch.as_tensor(x)
+    if t.is_floating_point() or t.is_complex():
+        raise TypeError(f"{name} must hold integer labels; got dtype {t.dtype}")
+    if t.dim() < 2:
+        raise ValueError(f"{name} must have shape (n, *S) with at least one spatial dim; got {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is empty: need at least one label map")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2; got {num_classes}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+        raise ValueError(
+            f"{name} has labels outside [0, {num_classes}) (min {int(t.min())}, max {int(t.max())}); "
+            f"pass the right num_classes"
+        )
+    return t
+
+
+def _pair(samples, annotations, num_classes: int) -> tuple[Tensor, Tensor]:
+    s = _labels(samples, "samples", num_classes)
+    a = _labels(annotations, "annotations", num_classes).to(s.device)
+    if s.shape[1:] != a.shape[1:]:
+        raise ValueError(
+            f"samples (N, *S) and annotations (A, *S) must share S; got {tuple(s.shape)} and {tuple(a.shape)}"
+        )
+    return s, a
+
+
+def _distance_matrix(label_sets: list[Tensor], num_classes: int) -> Tensor:
+    """d between all maps of the concatenated sets (each (n_k, *S)) -> (n, n) float64, symmetric.
+
+    Per foreground class, one product G = X X^T of the 0/1 indicator rows gives every
+    intersection; the areas are its diagonal and union = area_i + area_j - G.
+    """
+    rows = [labels.reshape(labels.shape[0], -1) for labels in label_sets]
+    total, pixels = sum(r.shape[0] for r in rows), rows[0].shape[1]
+    dtype = torch.float32 if pixels < _FLOAT32_EXACT else torch.float64
+    indicator = torch.empty(total, pixels, dtype=dtype, device=rows[0].device)
+    distance_sum = torch.zeros(total, total, dtype=torch.float64, device=indicator.device)
+    classes_present = torch.zeros_like(distance_sum)
+    for c in range(1, num_classes):
+        start = 0
+        for r in rows:
+            indicator[start : start + r.shape[0]] = r == c
+            start += r.shape[0]
+        intersection = (indicator @ indicator.T).double()
+        area = intersection.diagonal()
+        union = area[:, None] + area[None, :] - intersection
+        present = union > 0
+        iou = intersection / union.clamp_min(1)
+        distance_sum += torch.where(present, 1.0 - iou, 0.0)
+        classes_present += present
+    return torch.where(classes_present > 0, distance_sum / classes_present.clamp_min(1), 0.0)
+
+
+def pairwise_distances(a, b, num_classes: int = 2) -> Tensor:
+    """d(a_i, b_j) = 1 - IoU for all pairs: a (n, *S), b (m, *S) -> (n, m) float64 tensor."""
+    a, b = _pair(a, b, num_classes)
+    return _distance_matrix([a, b], num_classes)[: a.shape[0], a.shape[0] :]
+
+
+def _ged_terms(samples: Tensor, annotations: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The three pair-distance blocks S-Y, S-S, Y-Y from one product over both sets."""
+    n = samples.shape[0]
+    d = _distance_matrix([samples, annotations], num_classes)
+    return d[:n, n:], d[:n, :n], d[n:, n:]
+
+
+def generalized_energy_distance(samples, annotations, num_classes: int = 2) -> float:
+    """Squared generalised energy distance GED^2 between samples and annotations of one image.
+
+    GED^2 = 2 E[d(S, Y)] - E[d(S, S')] - E[d(Y, Y')], d = 1 - IoU (see the module docstring).
+
+    Args:
+        samples: (N, *S) integer label maps from the model.
+        annotations: (A, *S) integer label maps from the annotators.
+        num_classes: C; classes 1..C-1 are foreground.
+
+    Returns:
+        GED^2 as a float (report N beside it: the value depends on it).
+
+    Example:
+        >>> import numpy as np
+        >>> y = np.zeros((2, 4, 4), dtype=np.uint8); y[0, :2] = 1; y[1, :, :2] = 1
+        >>> generalized_energy_distance(y, y)
+        0.0
+        >>> round(generalized_energy_distance(y[:1], y), 4)  # 2 * 1/3 - 0 - 1/3
+        0.3333
+    """
+    s, a = _pair(samples, annotations, num_classes)
+    d_sy, d_ss, d_yy = _ged_terms(s, a, num_classes)
+    return float(2 * d_sy.mean() - d_ss.mean() - d_yy.mean())
+
+
+def sample_diversity(samples, num_classes: int = 2) -> float:
+    """E[d(S, S')] over all ordered pairs of samples (self-pairs included), samples (N, *S)."""
+    s = _labels(samples, "samples", num_classes)
+    return float(_distance_matrix([s], num_classes).mean())
+
+
+def _matched_iou(d_sy: Tensor) -> float:
+    n, a = d_sy.shape
+    size = math.lcm(n, a)
+    cost = d_sy.cpu().numpy()[np.arange(size) % n][:, np.arange(size) % a]
+    rows, cols = linear_sum_assignment(cost)
+    return float(1.0 - cost[rows, cols].mean())
+
+
+def hungarian_matched_iou(samples, annotations, num_classes: int = 2) -> float:
+    """Mean IoU of an optimal one-to-one matching of samples to annotations.
+
+    Both sets are repeated to lcm(N, A) elements, matched with the Hungarian algorithm on
+    d = 1 - IoU, and 1 - d averaged over the matched pairs (two empty maps have IoU 1).
+    """
+    s, a = _pair(samples, annotations, num_classes)
+    return _matched_iou(_ged_terms(s, a, num_classes)[0])
+
+
+def class_frequencies(samples, num_classes: int = 2) -> Tensor:
+    """Per-pixel class frequencies among label maps: (N, *S) -> (C, *S) float32, summing to 1."""
+    s = _labels(samples, "samples", num_classes)
+    counts = torch.stack([(s == c).sum(0) for c in range(num_classes)])
+    return counts.float() / s.shape[0]
+
+
+def mean_prediction(samples, num_classes: int = 2) -> Tensor:
+    """The per-pixel most frequent class among the samples: (N, *S) -> (*S) int64.
+
+    Ties go to the lower class index (for two classes: foreground needs more than half).
+    """
+    return class_frequencies(samples, num_classes).argmax(0)
+
+
+def _dice(prediction: Tensor, annotation: Tensor, num_classes: int) -> float:
+    scores = []
+    for c in range(1, num_classes):
+        p, y = prediction == c, annotation == c
+        total = int(p.sum()) + int(y.sum())
+        if total:
+            scores.append(2.0 * int((p & y).sum()) / total)
+    return float(np.mean(scores)) if scores else 1.0
+
+
+def mean_prediction_dice(samples, annotations, num_classes: int = 2) -> float:
+    """Dice of the mean prediction (:func:`mean_prediction`) against each annotator, averaged.
+
+    Per annotator, Dice is averaged over the foreground classes present in the prediction or
+    in that annotation; if none is present in either, Dice = 1.
+    """
+    s, a = _pair(samples, annotations, num_classes)
+    prediction = mean_prediction(s, num_classes)
+    return float(np.mean([_dice(prediction, y, num_classes) for y in a]))
+
+
+def calibration_bins(probabilities, annotations, num_classes: int = 2, num_bins: int = 10) -> Tensor:
+    """Per-bin sums for calibration against the annotators' mean.
+
+    For each foreground class c and every pixel, the predicted probability p_c is binned into
+    ``num_bins`` equal-width bins of [0, 1]; the target is q_c, the fraction of annotators who
+    labelled the pixel c.
+
+    Args:
+        probabilities: (C, *S) predicted class probabilities (e.g. :func:`class_frequencies` of
+            the samples, or a softmax).
+        annotations: (A, *S) integer label maps.
+
+    Returns:
+        (C - 1, num_bins, 3) float64: pixel count, sum of p and sum of q in each bin. Sums
+        over images add up, which is how the dataset-level ECE is accumulated.
+    """
+    p = torch.as_tensor(probabilities)
+    a = _labels(annotations, "annotations", num_classes).to(p.device)
+    if not p.is_floating_point() or p.shape != (num_classes, *a.shape[1:]):
+        raise ValueError(
+            f"probabilities must be a float tensor of shape (C, *S) = {(num_classes, *a.shape[1:])}; "
+            f"got {p.dtype} {tuple(p.shape)}"
+        )
+    if num_bins < 1:
+        raise ValueError(f"num_bins must be >= 1; got {num_bins}")
+    p = p[1:].reshape(num_classes - 1, -1).double()
+    if bool(((p < 0) | (p > 1) | p.isnan()).any()):
+        raise ValueError("probabilities must lie in [0, 1]")
+    q = class_frequencies(a, num_classes)[1:].reshape(num_classes - 1, -1).double()
+    bins = (p * num_bins).long().clamp_(max=num_bins - 1)
+    out = torch.zeros(num_classes - 1, num_bins, 3, dtype=torch.float64, device=p.device)
+    for k, values in enumerate((torch.ones_like(p), p, q)):
+        out[..., k].scatter_add_(1, bins, values)
+    return out
+
+
+def ece_from_bins(bins: Tensor) -> float:
+    """ECE from :func:`calibration_bins` sums: mean over classes of sum_b (n_b / n) |p_b - q_b|."""
+    count, sum_p, sum_q = bins.unbind(-1)
+    per_class = (sum_p - sum_q).abs().sum(-1) / count.sum(-1).clamp_min(1)
+    return float(per_class.mean())
+
+
+def expected_calibration_error(probabilities, annotations, num_classes: int = 2, num_bins: int = 10) -> float:
+    """Expected calibration error of predicted probabilities against the annotators' mean.
+
+    ECE = sum_b (n_b / n) |mean p in bin b - mean q in bin b|, over equal-width bins of the
+    predicted probability, per foreground class, averaged over classes. The target q is the
+    fraction of annotators who labelled the pixel with the class (a soft label), so a model
+    that reproduces the annotators' disagreement is perfectly calibrated.
+
+    Args:
+        probabilities: (C, *S) predicted class probabilities.
+        annotations: (A, *S) integer label maps.
+    """
+    return ece_from_bins(calibration_bins(probabilities, annotations, num_classes, num_bins))
+
+
+def entropy_map(samples, num_classes: int = 2) -> Tensor:
+    """Per-pixel entropy (nats) of the samples' class frequencies: (N, *S) -> (*S) float32."""
+    p = class_frequencies(samples, num_classes)
+    return -(p * p.clamp_min(1e-12).log()).sum(0)
+
+
+def variance_map(samples, num_classes: int = 2) -> Tensor:
+    """Per-pixel, per-class variance p (1 - p) of the class indicator: (N, *S) -> (C, *S)."""
+    p = class_frequencies(samples, num_classes)
+    return p * (1 - p)

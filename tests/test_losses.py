@@ -1,0 +1,232 @@
+"""ssn_loss / SSNLoss: the Monte Carlo log-likelihood of the whole label map."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssn import LowRankLogitDistribution, SSNLoss, monte_carlo_log_likelihood, ssn_loss
+
+
+def make(batch=2, classes=3, spatial=(6, 5), rank=3, scale=1.0, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    loc = torch.randn(batch, classes, *spatial, generator=g).to(dtype)
+    factor = scale * torch.randn(batch, rank, classes, *spatial, generator=g).to(dtype)
+    diag = scale**2 * (torch.rand(batch, classes, *spatial, generator=g) + 0.1).to(dtype)
+    return LowRankLogitDistribution(loc, factor, diag)
+
+
+def labels(dist, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, dist.num_classes, dist.batch_shape + dist.spatial_shape, generator=g)
+
+
+def numpy_reference(samples, target):
+    """-(1/B) sum_b [logsumexp_m sum_i log softmax(eta)_{i, y_i} - log M], in float64 numpy."""
+    eta = samples.detach().double().numpy()  # (M, B, C, *S)
+    y = target.numpy()
+    shifted = eta - eta.max(axis=2, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=2, keepdims=True))
+    picked = np.take_along_axis(log_softmax, y[None, :, None].repeat(eta.shape[0], 0), axis=2)[:, :, 0]
+    per_sample = picked.reshape(eta.shape[0], eta.shape[1], -1).sum(-1)  # (M, B)
+    top = per_sample.max(0)
+    lse = top + np.log(np.exp(per_sample - top).sum(0))
+    return -(lse - math.log(eta.shape[0])).mean()
+
+
+@pytest.mark.parametrize("spatial", [(9,), (6, 5), (3, 4, 5)])
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_loss_equals_a_float64_reference_on_the_same_samples(spatial, antithetic):
+    dist = make(spatial=spatial)
+    target = labels(dist)
+    torch.manual_seed(11)
+    loss = ssn_loss(dist, target, num_samples=20, antithetic=antithetic)
+    torch.manual_seed(11)
+    samples = dist.rsample((20,), antithetic=antithetic)
+    assert loss.item() == pytest.approx(numpy_reference(samples, target), rel=1e-5)
+
+
+def test_loss_tends_to_summed_cross_entropy_as_the_covariance_vanishes():
+    dist = make(scale=1e-6)
+    target = labels(dist)
+    expected = F.cross_entropy(dist.loc, target, reduction="sum") / dist.loc.shape[0]
+    assert ssn_loss(dist, target).item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def exact_log_likelihood(loc, factor, diag, target):
+    """log p(y) for two binary pixels by Gauss-Hermite quadrature over the logit differences."""
+    # delta_i = eta_{1,i} - eta_{0,i} is Gaussian; p(y) = E[prod_i sigmoid(s_i delta_i)], s = +-1.
+    a = np.zeros((2, 4))
+    a[0, [2, 0]] = [1, -1]  # flattened event is (class, pixel): index = class * 2 + pixel
+    a[1, [3, 1]] = [1, -1]
+    covariance = factor @ factor.T + np.diag(diag)
+    mean, cov = a @ loc, a @ covariance @ a.T
+    nodes, weights = np.polynomial.hermite_e.hermegauss(120)
+    chol = np.linalg.cholesky(cov)
+    u1, u2 = np.meshgrid(nodes, nodes, indexing="ij")
+    points = mean[:, None, None] + np.einsum("ij,jab->iab", chol, np.stack([u1, u2]))
+    signs = np.where(target == 1, 1.0, -1.0)
+    likelihood = 1 / (1 + np.exp(-signs[0] * points[0])) / (1 + np.exp(-signs[1] * points[1]))
+    return math.log((weights[:, None] * weights[None, :] * likelihood).sum() / (2 * math.pi))
+
+
+@pytest.mark.parametrize("target", [[0, 0], [1, 0], [1, 1]])
+def test_loss_converges_to_the_exact_negative_log_likelihood(target):
+    loc = torch.tensor([[[0.3, -0.5], [0.8, 0.1]]], dtype=torch.float64)
+    factor = torch.tensor([[[[1.5, 1.2], [-1.0, -0.7]]]], dtype=torch.float64)
+    diag = torch.tensor([[[0.3, 0.2], [0.4, 0.5]]], dtype=torch.float64)
+    dist = LowRankLogitDistribution(loc, factor, diag)
+    y = torch.tensor([target])
+    torch.manual_seed(0)
+    estimate = ssn_loss(dist, y, num_samples=400_000).item()
+    exact = -exact_log_likelihood(
+        loc[0].flatten().numpy(), factor[0].reshape(1, -1).T.numpy(), diag[0].flatten().numpy(), np.array(target)
+    )
+    assert estimate == pytest.approx(exact, abs=3e-3)
+
+
+def test_few_samples_underestimate_the_likelihood_on_average():
+    """Jensen: E[log mean of likelihoods] <= log p, so the loss with few samples is larger."""
+    dist = make(batch=1, spatial=(3, 3), scale=2.0, dtype=torch.float64)
+    target = labels(dist)
+    torch.manual_seed(0)
+    few = np.mean([ssn_loss(dist, target, num_samples=2).item() for _ in range(400)])
+    many = ssn_loss(dist, target, num_samples=100_000).item()
+    assert few > many
+
+
+def test_ignore_index_and_mask_leave_pixels_out():
+    dist = make(scale=1e-6)
+    target = labels(dist)
+    keep = torch.rand(target.shape, generator=torch.Generator().manual_seed(1)) > 0.4
+    per_pixel = F.cross_entropy(dist.loc, target, reduction="none")
+    expected = (per_pixel * keep).sum() / target.shape[0]
+    ignored = torch.where(keep, target, torch.full_like(target, 255))
+    assert ssn_loss(dist, ignored, ignore_index=255).item() == pytest.approx(expected.item(), rel=1e-4)
+    assert ssn_loss(dist, target, mask=keep).item() == pytest.approx(expected.item(), rel=1e-4)
+    assert ssn_loss(dist, target, mask=keep[:, None]).item() == pytest.approx(expected.item(), rel=1e-4)
+    # Per-pixel normalisation divides each image's term by its own count of kept pixels.
+    normalised = ssn_loss(dist, target, mask=keep, normalize_by_pixels=True, reduction="none")
+    torch.testing.assert_close(normalised, (per_pixel * keep).flatten(1).sum(1) / keep.flatten(1).sum(1), rtol=1e-4, atol=0)
+
+
+def test_reductions():
+    dist = make()
+    target = labels(dist)
+    torch.manual_seed(0)
+    per_image = ssn_loss(dist, target, reduction="none")
+    torch.manual_seed(0)
+    total = ssn_loss(dist, target, reduction="sum")
+    torch.manual_seed(0)
+    mean = ssn_loss(dist, target)
+    assert per_image.shape == (2,)
+    torch.testing.assert_close(total, per_image.sum())
+    torch.testing.assert_close(mean, per_image.mean())
+
+
+def test_module_form_matches_the_function():
+    dist = make()
+    target = labels(dist)
+    torch.manual_seed(3)
+    a = SSNLoss(num_samples=10)(dist, target)
+    torch.manual_seed(3)
+    b = ssn_loss(dist, target, num_samples=10)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="even"):
+        SSNLoss(num_samples=7)
+
+
+def test_monte_carlo_log_likelihood_of_given_samples():
+    dist = make()
+    target = labels(dist)
+    samples = dist.rsample((8,))
+    assert -monte_carlo_log_likelihood(samples, target).mean().item() == pytest.approx(
+        numpy_reference(samples, target), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "target, kwargs, message",
+    [
+        (lambda y: y + 3, {}, r"labels outside \[0, 3\)"),
+        (lambda y: y - 1, {}, r"labels outside \[0, 3\)"),
+        (lambda y: torch.where(y == 0, 255, y), {"ignore_index": 254}, r"labels outside"),
+        (lambda y: y[:, None], {}, "squeeze the channel dimension"),
+        (lambda y: y[:, :-1], {}, r"target must have shape \(B, \*S\)"),
+        (lambda y: y.float(), {}, "integer class labels"),
+        (lambda y: y, {"reduction": "avg"}, "reduction must be one of"),
+        (lambda y: y, {"num_samples": 7}, "even number"),
+        (lambda y: y, {"mask": torch.ones(2, 3, 3)}, "mask must have shape"),
+    ],
+)
+def test_bad_inputs_raise_value_errors_that_name_the_problem(target, kwargs, message):
+    dist = make()
+    with pytest.raises(ValueError, match=message):
+        ssn_loss(dist, target(labels(dist)), **kwargs)
+
+
+def test_non_finite_parameters_raise_even_without_distribution_validation():
+    base = make()
+    loc = base.loc.clone()
+    loc[1, 2, 3, 4] = float("inf")
+    dist = LowRankLogitDistribution(loc, base.cov_factor, base.cov_diag, validate_args=False)
+    with pytest.raises(ValueError, match="non-finite"):
+        ssn_loss(dist, labels(base))
+
+
+def test_ignore_index_pixels_are_allowed_out_of_range():
+    dist = make()
+    target = labels(dist)
+    target[0, 0, 0] = -100
+    assert torch.isfinite(ssn_loss(dist, target, ignore_index=-100))
+
+
+@pytest.mark.parametrize("variance", [1e-10, 1e-4, 1.0, 1e3, 1e6])
+def test_loss_and_gradients_stay_finite_for_extreme_logits_and_variances(variance):
+    g = torch.Generator().manual_seed(0)
+    loc = (1e4 * torch.randn(2, 2, 16, 16, generator=g)).requires_grad_()
+    factor = (math.sqrt(variance) * torch.randn(2, 10, 2, 16, 16, generator=g) / 4).requires_grad_()
+    diag = torch.full((2, 2, 16, 16), variance).requires_grad_()
+    target = torch.randint(0, 2, (2, 16, 16), generator=g)
+    loss = ssn_loss(LowRankLogitDistribution(loc, factor, diag), target)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for tensor in (loc, factor, diag):
+        assert torch.isfinite(tensor.grad).all()
+
+
+def test_fitting_the_loss_learns_coherent_samples_only_with_a_low_rank_factor():
+    """Each 6x6 label map is all background or all foreground, half the time each.
+
+    Fitting mu, P, D by the loss, the rank-1 model draws whole maps of one class; the
+    independent (rank-0) model can only draw per-pixel noise.
+    """
+    torch.manual_seed(0)
+    targets = torch.zeros(2, 6, 6, dtype=torch.long)
+    targets[1] = 1
+
+    def fit(rank):
+        loc = torch.zeros(1, 2, 6, 6, requires_grad=True)
+        factor = (0.1 * torch.randn(1, rank, 2, 6, 6)).requires_grad_()
+        log_diag = torch.zeros(1, 2, 6, 6, requires_grad=True)
+        optimiser = torch.optim.Adam([loc, factor, log_diag], lr=0.1)
+        for step in range(600):
+            y = targets[step % 2 : step % 2 + 1]
+            dist = LowRankLogitDistribution(loc, factor, log_diag.exp() + 1e-5)
+            optimiser.zero_grad()
+            ssn_loss(dist, y, num_samples=20).backward()
+            optimiser.step()
+        with torch.no_grad():
+            dist = LowRankLogitDistribution(loc, factor, log_diag.exp() + 1e-5)
+            return dist.sample_labels(200)[:, 0].flatten(1).float()
+
+    coherent = fit(rank=1)
+    share = coherent.mean(1)
+    whole_maps = ((share == 0) | (share == 1)).float().mean()
+    assert whole_maps > 0.85
+    assert 0.25 < coherent.mean() < 0.75  # both modes are drawn
+    independent = fit(rank=0)
+    share = independent.mean(1)
+    assert ((share == 0) | (share == 1)).float().mean() < 0.05
