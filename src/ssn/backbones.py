@@ -69,7 +69,7 @@ class UNet(nn.Module):
     """A U-Net that returns the last decoder feature map, shape (B, features[0], *S).
 
     Inputs of any size are padded (reflect where possible, else zeros) up to a multiple of
-    ``2 ** (len(features) - 1)`` and the output is cropped back, so the feature map always has
+    ``2 ** (len(features) - 1)`` (and at least twice that) and the output is cropped back, so the feature map always has
     the input's spatial size.
 
     Args:
@@ -132,8 +132,12 @@ class UNet(nn.Module):
 
 
 def _pad_to_multiple(x: Tensor, divisor: int) -> Tensor:
-    """Pad the spatial dimensions at their far end up to multiples of ``divisor``."""
-    extra = [(-size) % divisor for size in x.shape[2:]]
+    """Pad the spatial dimensions at their far end up to multiples of ``divisor``.
+
+    Sizes are padded to at least ``2 * divisor`` so that the bottleneck keeps more than one
+    element per dimension (instance normalisation needs that).
+    """
+    extra = [max((-size) % divisor, 2 * divisor - size) for size in x.shape[2:]]
     if not any(extra):
         return x
     pad = []

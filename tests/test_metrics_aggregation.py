@@ -1,0 +1,114 @@
+"""Accumulating metric classes: dataset means, standard errors and reduction across processes."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ssn import metrics as M
+
+CLASSES = {
+    "ged": (M.GeneralizedEnergyDistance, M.generalized_energy_distance),
+    "diversity": (M.SampleDiversity, lambda s, a, c: M.sample_diversity(s, c)),
+    "hm_iou": (M.HungarianMatchedIoU, M.hungarian_matched_iou),
+    "dice": (M.MeanPredictionDice, M.mean_prediction_dice),
+}
+
+
+def dataset(seed=0, images=7, samples=6, annotators=3, classes=3):
+    rng = np.random.default_rng(seed)
+    s = rng.integers(0, classes, (images, samples, 6, 5)).astype(np.uint8)
+    a = rng.integers(0, classes, (images, annotators, 6, 5)).astype(np.uint8)
+    # Make some images easy (samples copy the annotators) so that values differ per image.
+    s[::2, :annotators] = a[::2]
+    return s, a
+
+
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_batches_accumulate_to_the_mean_of_per_image_values(name):
+    cls, fn = CLASSES[name]
+    s, a = dataset()
+    metric = cls(num_classes=3)
+    metric.update(s[:3], a[:3])
+    metric.update(torch.as_tensor(s[3:]), torch.as_tensor(a[3:]))
+    values = [fn(si, ai, 3) for si, ai in zip(s, a)]
+    result = metric.compute()
+    assert result.mean == pytest.approx(np.mean(values))
+    assert result.stderr == pytest.approx(np.std(values, ddof=1) / math.sqrt(len(values)))
+    assert result.num_images == 7 and result.num_samples == 6
+    assert float(result) == result.mean
+    metric.reset()
+    with pytest.raises(RuntimeError, match="before any update"):
+        metric.compute()
+
+
+def test_number_of_samples_must_stay_fixed():
+    s, a = dataset()
+    metric = M.GeneralizedEnergyDistance(3)
+    metric.update(s[:2], a[:2])
+    with pytest.raises(ValueError, match="depends on the number of samples"):
+        metric.update(s[2:, :4], a[2:])
+
+
+def test_batch_sizes_must_agree():
+    s, a = dataset()
+    with pytest.raises(ValueError, match="same batch size"):
+        M.GeneralizedEnergyDistance(3).update(s[:2], a[:3])
+
+
+def test_ece_pools_pixels_over_the_dataset():
+    s, a = dataset(classes=2)
+    metric = M.ExpectedCalibrationError(num_classes=2, num_bins=5)
+    metric.update(s[:4], a[:4])
+    metric.update(s[4:], a[4:])
+    # Pooled: the ECE of all images side by side as one image.
+    probabilities = torch.cat([M.class_frequencies(x, 2) for x in s], dim=-1)
+    annotations = np.concatenate(list(a), axis=-1)
+    expected = M.expected_calibration_error(probabilities, annotations, 2, num_bins=5)
+    result = metric.compute()
+    assert result.mean == pytest.approx(expected)
+    assert result.num_images == 7
+
+
+def _worker(rank, world, init_file, queue):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    s, a = dataset()
+    mine = slice(rank, None, world)  # each process sees a disjoint part of the dataset
+    results = {}
+    for name, (cls, _) in CLASSES.items():
+        metric = cls(3)
+        metric.update(s[mine], a[mine])
+        results[name] = metric.compute()
+    ece = M.ExpectedCalibrationError(3)
+    ece.update(s[mine], a[mine])
+    results["ece"] = ece.compute()
+    queue.put((rank, results))
+    dist.destroy_process_group()
+
+
+def test_compute_reduces_across_processes(tmp_path):
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    init_file = tmp_path / "init"
+    processes = [context.Process(target=_worker, args=(r, 2, str(init_file), queue)) for r in range(2)]
+    for p in processes:
+        p.start()
+    gathered = dict(queue.get() for _ in processes)
+    for p in processes:
+        p.join(60)
+        assert p.exitcode == 0
+    s, a = dataset()
+    for name, (cls, _) in CLASSES.items():
+        single = cls(3)
+        single.update(s, a)
+        expected = single.compute()
+        for rank in (0, 1):
+            assert gathered[rank][name].mean == pytest.approx(expected.mean)
+            assert gathered[rank][name].stderr == pytest.approx(expected.stderr)
+            assert gathered[rank][name].num_images == 7
+    ece = M.ExpectedCalibrationError(3)
+    ece.update(s, a)
+    assert gathered[0]["ece"].mean == pytest.approx(ece.compute().mean)
