@@ -215,3 +215,21 @@ def test_log_prob_gradients_flow():
     value = dist.sample((2,))
     dist.log_prob(value).sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in (dist.loc, dist.cov_factor, dist.cov_diag))
+
+
+def test_class_contrast_is_the_gaussian_of_a_logit_difference():
+    dist = make(classes=3, spatial=(2, 3), rank=2)
+    contrast = dist.class_contrast(positive=2, negative=0)
+    assert contrast.event_shape == (1, 2, 3)
+    # eta_2 - eta_0 = A eta with A picking +class 2 and -class 0 at each pixel.
+    pixels = 6
+    a = torch.zeros(pixels, 3 * pixels, dtype=torch.float64)
+    a[torch.arange(pixels), 2 * pixels + torch.arange(pixels)] = 1.0
+    a[torch.arange(pixels), torch.arange(pixels)] = -1.0
+    covariance = torch_reference(dist).covariance_matrix
+    torch.testing.assert_close(torch_reference(contrast).covariance_matrix, a @ covariance @ a.T)
+    torch.testing.assert_close(contrast.loc.flatten(1), (a @ dist.loc.flatten(1).T).T)
+    with pytest.raises(ValueError, match="not in"):
+        dist.class_contrast(3, 0)
+    with pytest.raises(ValueError, match="different"):
+        dist.class_contrast(1, 1)

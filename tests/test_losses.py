@@ -48,6 +48,19 @@ def test_loss_equals_a_float64_reference_on_the_same_samples(spatial, antithetic
     assert loss.item() == pytest.approx(numpy_reference(samples, target), rel=1e-5)
 
 
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_two_class_loss_equals_the_reference_on_the_same_log_odds_samples(antithetic):
+    """With two classes the loss samples eta_1 - eta_0 directly (class_contrast)."""
+    dist = make(classes=2)
+    target = labels(dist)
+    torch.manual_seed(5)
+    loss = ssn_loss(dist, target, num_samples=20, antithetic=antithetic)
+    torch.manual_seed(5)
+    margin = dist.class_contrast(1, 0).rsample((20,), antithetic=antithetic)  # (M, B, 1, *S)
+    logits = torch.cat([torch.zeros_like(margin), margin], dim=2)  # same softmax as eta
+    assert loss.item() == pytest.approx(numpy_reference(logits, target), rel=1e-5)
+
+
 def test_loss_tends_to_summed_cross_entropy_as_the_covariance_vanishes():
     dist = make(scale=1e-6)
     target = labels(dist)
@@ -138,8 +151,9 @@ def test_module_form_matches_the_function():
         SSNLoss(num_samples=7)
 
 
-def test_monte_carlo_log_likelihood_of_given_samples():
-    dist = make()
+@pytest.mark.parametrize("classes", [2, 4])
+def test_monte_carlo_log_likelihood_of_given_samples(classes):
+    dist = make(classes=classes)
     target = labels(dist)
     samples = dist.rsample((8,))
     assert -monte_carlo_log_likelihood(samples, target).mean().item() == pytest.approx(

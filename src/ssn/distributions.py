@@ -139,6 +139,31 @@ class LowRankLogitDistribution(Distribution):
         """The marginal variances diag(P P^T) + D, shape (B, C, *S)."""
         return self.cov_factor.pow(2).sum(1) + self.cov_diag
 
+    def class_contrast(self, positive: int = 1, negative: int = 0) -> "LowRankLogitDistribution":
+        """The distribution of eta_positive - eta_negative, a logit map with one channel.
+
+        A difference of jointly Gaussian logits is a low-rank Gaussian again: mean
+        mu_p - mu_n, factor P_p - P_n, diagonal D_p + D_n. With two classes the softmax depends
+        on the logits only through eta_1 - eta_0, the foreground log-odds, so this halves the
+        work of anything that needs only class probabilities. Shapes: (B, 1, *S) events.
+        """
+        for name, index in (("positive", positive), ("negative", negative)):
+            if not 0 <= index < self.num_classes:
+                raise ValueError(f"{name} class {index} is not in [0, {self.num_classes})")
+        if positive == negative:
+            raise ValueError("positive and negative must be different classes")
+        # Weighted sums over the class dimension: their gradients are one broadcast product,
+        # where slicing would fill and copy a zero tensor of the whole factor per slice.
+        weight = self.loc.new_zeros(self.num_classes)
+        weight[positive], weight[negative] = 1.0, -1.0
+        class_weight = weight.view(-1, *([1] * len(self.spatial_shape)))  # (C, 1, ..)
+        return LowRankLogitDistribution(
+            (self.loc * class_weight).sum(1, keepdim=True),
+            (self.cov_factor * class_weight).sum(2, keepdim=True),
+            (self.cov_diag * class_weight.abs()).sum(1, keepdim=True),
+            validate_args=False,
+        )
+
     # ------------------------------------------------------------------------ sampling
     def rsample(
         self,
@@ -168,7 +193,9 @@ class LowRankLogitDistribution(Distribution):
         deviation = self._draw_deviation(num_draws, generator)  # (B, n', N)
         loc = self._loc_flat.unsqueeze(1)  # (B, 1, N)
         if antithetic:
-            flat = torch.cat([loc + deviation, loc - deviation], dim=1)
+            # One fused pass: (B, 2, n/2, N) = loc + sign * deviation, sign = +1 then -1.
+            sign = torch.tensor([1.0, -1.0], dtype=loc.dtype, device=loc.device).view(1, 2, 1, 1)
+            flat = torch.addcmul(loc.unsqueeze(1), deviation.unsqueeze(1), sign).view(deviation.shape[0], n, -1)
         else:
             flat = deviation.add_(loc)  # in place: no autograd node needs the deviation itself
         # (B, n, N) -> (n, B, N) is a view; splitting n and N into their shapes is one too.
@@ -178,12 +205,14 @@ class LowRankLogitDistribution(Distribution):
         """P z + sqrt(D) eps for ``num`` draws, shape (B, num, N), without expanding P."""
         batch, size = self._loc_flat.shape
         options = dict(dtype=self.loc.dtype, device=self.loc.device, generator=generator)
-        eps = torch.randn(batch, num, size, **options)
-        deviation = eps * self._diag_flat.sqrt().unsqueeze(1)
+        scale = self._diag_flat.sqrt().unsqueeze(1)  # (B, 1, N)
+        deviation = torch.randn(batch, num, size, **options)
+        # In place where autograd allows it: every buffer of n maps counts at 3D sizes.
+        deviation = deviation * scale if scale.requires_grad else deviation.mul_(scale)
         if self.rank > 0:
             z = torch.randn(batch, num, self.rank, **options)
             # (B, num, R) @ (B, R, N): one batched product for all samples.
-            deviation = torch.baddbmm(deviation, z, self._factor_flat)
+            deviation.baddbmm_(z, self._factor_flat)
         return deviation
 
     def sample_labels(
@@ -311,26 +340,33 @@ def _check_parameters(loc: Tensor, cov_factor: Tensor, cov_diag: Tensor) -> None
 
 
 def _check_values(loc: Tensor, cov_factor: Tensor, cov_diag: Tensor) -> None:
-    """Value checks (one device synchronisation)."""
-    bad = torch.stack(
-        [
-            (~torch.isfinite(loc)).sum(),
-            (~torch.isfinite(cov_factor)).sum(),
-            (~torch.isfinite(cov_diag)).sum(),
-            (cov_diag <= 0).sum(),
-        ]
-    ).tolist()
-    if bad[0] or bad[1]:
+    """Value checks, with one device synchronisation.
+
+    A sum is finite exactly when every term is (barring overflow of huge finite values), so
+    three sums and a minimum decide; the slower per-element counts run only to word an error.
+    """
+    sums_and_min = torch.stack([loc.sum(), cov_factor.sum(), cov_diag.sum(), cov_diag.amin()] if loc.numel() else [loc.new_zeros(())] * 3 + [loc.new_ones(())])
+    loc_sum, factor_sum, diag_sum, diag_min = sums_and_min.tolist()
+    if all(math.isfinite(v) for v in (loc_sum, factor_sum, diag_sum)) and diag_min > 0:
+        return
+    bad_loc = int((~torch.isfinite(loc)).sum())
+    bad_factor = int((~torch.isfinite(cov_factor)).sum())
+    if bad_loc or bad_factor:
         raise ValueError(
-            f"non-finite parameters: {bad[0]} values of loc and {bad[1]} of cov_factor are NaN "
+            f"non-finite parameters: {bad_loc} values of loc and {bad_factor} of cov_factor are NaN "
             "or infinite. Check the input images for NaN and lower the learning rate."
         )
-    if bad[2]:
+    bad_diag = int((~torch.isfinite(cov_diag)).sum())
+    if bad_diag:
         raise ValueError(
-            f"cov_diag has {bad[2]} NaN or infinite values: exp() of the log-variance overflowed "
+            f"cov_diag has {bad_diag} NaN or infinite values: exp() of the log-variance overflowed "
             "or the features are NaN. Lower the learning rate or clip gradients."
         )
-    if bad[3]:
+    non_positive = int((cov_diag <= 0).sum())
+    if non_positive:
         raise ValueError(
-            f"cov_diag must be strictly positive; {bad[3]} values are <= 0. Pass exp(x) + eps."
+            f"cov_diag must be strictly positive; {non_positive} values are <= 0. Pass exp(x) + eps."
         )
+    raise ValueError(
+        "the parameters are finite but so large that their sums overflow; rescale the logits"
+    )

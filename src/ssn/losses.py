@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .distributions import LowRankLogitDistribution, _check_values
@@ -51,14 +52,31 @@ def monte_carlo_log_likelihood(
 
 def _log_likelihood(logit_samples: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
     """(M, B, C, *S) samples, validated (B, *S) int64 labels, optional weights -> (B,)."""
-    num_samples = logit_samples.shape[0]
-    log_probs = torch.log_softmax(logit_samples, dim=2)
+    num_samples, _, num_classes = logit_samples.shape[:3]
+    if num_classes == 2:
+        margin = logit_samples.select(2, 1) - logit_samples.select(2, 0)
+        return _binary_log_likelihood(margin, target, weights)
     index = target.unsqueeze(0).unsqueeze(2).expand(num_samples, -1, 1, *target.shape[1:])
-    pixel_log_lik = log_probs.gather(2, index).squeeze(2)  # (M, B, *S)
+    picked = logit_samples.gather(2, index).squeeze(2)
+    pixel_log_lik = picked - torch.logsumexp(logit_samples, dim=2)  # (M, B, *S)
+    return _log_mean_exp_of_map_sums(pixel_log_lik, weights)
+
+
+def _binary_log_likelihood(margin: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
+    """Two classes, from samples of the log-odds eta_1 - eta_0, (M, B, *S) -> (B,).
+
+    log softmax(eta)_y = log sigmoid(+-(eta_1 - eta_0)), + for y = 1 and - for y = 0.
+    """
+    sign = (2 * target - 1).to(margin.dtype)
+    return _log_mean_exp_of_map_sums(F.logsigmoid(margin * sign), weights)
+
+
+def _log_mean_exp_of_map_sums(pixel_log_lik: Tensor, weights: Tensor | None) -> Tensor:
+    """logsumexp_m sum_i w_i l_{m,i} - log M for per-pixel log-likelihoods (M, B, *S) -> (B,)."""
     if weights is not None:
         pixel_log_lik = pixel_log_lik * weights.to(pixel_log_lik.dtype)
     map_log_lik = pixel_log_lik.flatten(2).sum(-1)  # (M, B): the whole map's log-likelihood
-    return torch.logsumexp(map_log_lik, dim=0) - math.log(num_samples)
+    return torch.logsumexp(map_log_lik, dim=0) - math.log(pixel_log_lik.shape[0])
 
 
 def ssn_loss(
@@ -105,8 +123,13 @@ def ssn_loss(
     # Check the target before drawing samples: a bad label should fail fast and clearly.
     expected = distribution.batch_shape + distribution.spatial_shape
     target, weights = _prepare_target(target, tuple(expected), distribution.num_classes, ignore_index, mask)
-    logit_samples = distribution.rsample((num_samples,), antithetic=antithetic)
-    loss = -_log_likelihood(logit_samples, target, weights)
+    if distribution.num_classes == 2:
+        # Only the log-odds eta_1 - eta_0 matter: sample them directly, with half the draws.
+        margin = distribution.class_contrast(1, 0).rsample((num_samples,), antithetic=antithetic)
+        loss = -_binary_log_likelihood(margin[:, :, 0], target, weights)
+    else:
+        logit_samples = distribution.rsample((num_samples,), antithetic=antithetic)
+        loss = -_log_likelihood(logit_samples, target, weights)
     if normalize_by_pixels:
         if weights is None:
             counted = torch.full_like(loss, float(math.prod(expected[1:])))

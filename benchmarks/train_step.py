@@ -1,0 +1,72 @@
+"""Cost of one training step of an SSN against its deterministic counterpart.
+
+Same U-Net backbone, 2D 128x128, batch 8, two classes. SSN: rank 10, 20 antithetic Monte Carlo
+samples, ssn_loss. Deterministic: one 1x1 convolution and cross-entropy. A step is forward,
+loss, backward and an Adam update. Steps of the two models alternate in one process; medians.
+
+    python benchmarks/train_step.py          # writes benchmarks/results/train_step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import medians, paired_ratio, time_interleaved, write  # noqa: E402
+
+import ssn  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    features = (32, 64, 128, 256)
+    model = ssn.models.create("unet", num_classes=2, rank=10, features=features)
+    baseline = ssn.models.create("unet", num_classes=2, deterministic=True, features=features)
+    images = torch.randn(args.batch_size, 1, args.size, args.size)
+    target = (torch.rand(args.batch_size, args.size, args.size) > 0.8).long()
+    loss_fn = ssn.SSNLoss(num_samples=20, antithetic=True)
+    opt_ssn = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt_det = torch.optim.Adam(baseline.parameters(), lr=1e-4)
+
+    def ssn_step():
+        opt_ssn.zero_grad(set_to_none=True)
+        loss_fn(model(images), target).backward()
+        opt_ssn.step()
+
+    def deterministic_step():
+        opt_det.zero_grad(set_to_none=True)
+        # Same scale as the SSN loss: summed over pixels, averaged over the batch.
+        (F.cross_entropy(baseline(images), target, reduction="sum") / len(images)).backward()
+        opt_det.step()
+
+    rounds = time_interleaved({"ssn": ssn_step, "deterministic": deterministic_step}, repeats=args.repeats, warmup=2)
+    times = medians(rounds)
+    ratio = paired_ratio(rounds, "ssn", "deterministic")
+    print(
+        f"train step, U-Net {features}, batch {args.batch_size}, {args.size}x{args.size}: "
+        f"SSN (rank 10, 20 samples) {times['ssn']:.3f} s, deterministic {times['deterministic']:.3f} s, "
+        f"ratio {ratio:.3f} (median of {args.repeats} paired rounds; target <= 1.15)"
+    )
+    write(
+        "train_step",
+        {
+            "backbone": {"name": "unet", "features": features},
+            "batch_size": args.batch_size, "size": args.size, "rank": 10, "mc_samples": 20,
+            "seconds": times, "ratio": ratio, "repeats": args.repeats,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
