@@ -35,6 +35,7 @@ __all__ = [
     "generalized_energy_distance",
     "sample_diversity",
     "hungarian_matched_iou",
+    "image_metrics",
     "class_frequencies",
     "mean_prediction",
     "mean_prediction_dice",
@@ -51,6 +52,8 @@ _FLOAT32_EXACT = 2**24
 
 def _labels(x, name: str, num_classes: int) -> Tensor:
     """Integer label maps as a tensor (n, *S), checked against ``num_classes``."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:  # e.g. memory-mapped data
+        x = np.array(x)
     t = torch.as_tensor(x)
     if t.is_floating_point() or t.is_complex():
         raise TypeError(f"{name} must hold integer labels; got dtype {t.dtype}")
@@ -118,7 +121,16 @@ def _ged_terms(samples: Tensor, annotations: Tensor, num_classes: int) -> tuple[
     return d[:n, n:], d[:n, :n], d[n:, n:]
 
 
-def generalized_energy_distance(samples, annotations, num_classes: int = 2) -> float:
+def _annotation_weights(weights, count: int) -> Tensor | None:
+    if weights is None:
+        return None
+    w = torch.as_tensor(weights, dtype=torch.float64).flatten()
+    if w.shape != (count,) or bool((w < 0).any()) or not math.isclose(float(w.sum()), 1.0, rel_tol=1e-6):
+        raise ValueError(f"annotation_weights must be {count} non-negative numbers summing to 1; got {w.tolist()}")
+    return w
+
+
+def generalized_energy_distance(samples, annotations, num_classes: int = 2, annotation_weights=None) -> float:
     """Squared generalised energy distance GED^2 between samples and annotations of one image.
 
     GED^2 = 2 E[d(S, Y)] - E[d(S, S')] - E[d(Y, Y')], d = 1 - IoU (see the module docstring).
@@ -127,6 +139,9 @@ def generalized_energy_distance(samples, annotations, num_classes: int = 2) -> f
         samples: (N, *S) integer label maps from the model.
         annotations: (A, *S) integer label maps from the annotators.
         num_classes: C; classes 1..C-1 are foreground.
+        annotation_weights: optional (A,) probabilities of the annotations. With the exact
+            label distribution of an image (its possible maps and their probabilities) this
+            gives the GED^2 between the samples and the truth itself.
 
     Returns:
         GED^2 as a float (report N beside it: the value depends on it).
@@ -140,8 +155,48 @@ def generalized_energy_distance(samples, annotations, num_classes: int = 2) -> f
         0.3333
     """
     s, a = _pair(samples, annotations, num_classes)
-    d_sy, d_ss, d_yy = _ged_terms(s, a, num_classes)
-    return float(2 * d_sy.mean() - d_ss.mean() - d_yy.mean())
+    return _ged(*_ged_terms(s, a, num_classes), _annotation_weights(annotation_weights, a.shape[0]))
+
+
+def _ged(d_sy: Tensor, d_ss: Tensor, d_yy: Tensor, weights: Tensor | None = None) -> float:
+    if weights is None:
+        return float(2 * d_sy.mean() - d_ss.mean() - d_yy.mean())
+    weights = weights.to(d_sy.device)
+    return float(2 * (d_sy @ weights).mean() - d_ss.mean() - weights @ d_yy @ weights)
+
+
+def image_metrics(
+    samples, annotations, num_classes: int = 2, matched_sizes: tuple[int, ...] = (), truth=None
+) -> dict[str, float]:
+    """The sample metrics of one image from a single distance computation.
+
+    Args:
+        samples: (N, *S) label maps; annotations: (A, *S).
+        matched_sizes: also report the Hungarian-matched IoU of the first n samples, for each n.
+        truth: optional ``(maps (K, *S), probabilities (K,))``, the exact label distribution.
+
+    Returns:
+        ``ged``, ``diversity``, ``dice``, ``hm_iou_{n}`` for each n in ``matched_sizes`` and,
+        with ``truth``, ``ged_truth`` (GED^2 against the exact distribution).
+    """
+    s, a = _pair(samples, annotations, num_classes)
+    sets = [s, a]
+    if truth is not None:
+        truth_maps = _labels(truth[0], "truth maps", num_classes).to(s.device)
+        sets.append(truth_maps)
+    d = _distance_matrix(sets, num_classes)
+    n, m = s.shape[0], a.shape[0]
+    d_ss, d_sa = d[:n, :n], d[:n, n : n + m]
+    out = {"ged": _ged(d_sa, d_ss, d[n : n + m, n : n + m]), "diversity": float(d_ss.mean())}
+    for size in matched_sizes:
+        if size > n:
+            raise ValueError(f"cannot match {size} samples: only {n} were drawn")
+        out[f"hm_iou_{size}"] = _matched_iou(d_sa[:size])
+    out["dice"] = float(np.mean([_dice(mean_prediction(s, num_classes), y, num_classes) for y in a]))
+    if truth is not None:
+        weights = _annotation_weights(truth[1], truth_maps.shape[0])
+        out["ged_truth"] = _ged(d[:n, n + m :], d_ss, d[n + m :, n + m :], weights)
+    return out
 
 
 def sample_diversity(samples, num_classes: int = 2) -> float:
