@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="cpu or cuda (default cpu)")
     t.add_argument("--resume", action="store_const", const=True, help="continue the run in --out")
     t.add_argument("--config", help="YAML file of the same settings (flags override it)")
-    t.set_defaults(run=_train)
+    t.set_defaults(handler=_train)
 
     e = command("evaluate", "evaluate a run: GED^2, diversity, HM-IoU, Dice, ECE")
     e.add_argument("--run", required=True, help="run directory written by ssn train")
@@ -99,25 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--device", default="cpu")
     e.add_argument("--seed", type=int, default=0)
-    e.set_defaults(run=_evaluate)
+    e.set_defaults(handler=_evaluate)
 
     s = command("sample", "draw samples for new images and plot them")
     s.add_argument("--run", required=True, help="run directory written by ssn train")
     s.add_argument("--input", required=True, help="image (.png, .npy, .nii[.gz]) or dataset .npz")
     s.add_argument("--samples", type=int, default=16, help="samples per image (default 16)")
     s.add_argument("--out", default="samples", help="output folder (default ./samples)")
+    s.add_argument("--figures", type=int, default=16, help="figures for the first N images (default 16)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(run=_sample)
+    s.set_defaults(handler=_sample)
 
     d = command("demo", "train on synthetic data with a known answer and compare with baselines")
     d.add_argument("--out", default="ssn_demo", help="output folder (default ./ssn_demo)")
     d.add_argument("--minutes", type=float, default=0.8, help="training minutes per model (default 0.8)")
     d.add_argument("--seed", type=int, default=0)
-    d.set_defaults(run=_demo)
+    d.set_defaults(handler=_demo)
 
     i = command("info", "print versions, threads and the available backbones")
-    i.set_defaults(run=_info)
+    i.set_defaults(handler=_info)
     return parser
 
 
@@ -127,7 +128,7 @@ def _train(args: argparse.Namespace) -> int:
     settings = {}
     if args.config:
         settings.update(_read_yaml(args.config))
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "run", "config") and v is not None}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config") and v is not None}
     settings.update(flags)
     train(TrainConfig(**settings))
     return 0
@@ -161,7 +162,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from .sampling import sample_run
 
-    sample_run(args.run, args.input, args.samples, args.out, args.device, args.seed)
+    sample_run(args.run, args.input, args.samples, args.out, args.device, args.seed, max_figures=args.figures)
     return 0
 
 
@@ -189,11 +190,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not hasattr(args, "run"):
+    if not hasattr(args, "handler"):
         parser.print_help()
         return 2
     try:
-        return args.run(args)
+        return args.handler(args)
     except (DataError, FileNotFoundError, ValueError, TypeError) as error:
         print(f"ssn: error: {error}", file=sys.stderr)
         return 2

@@ -59,9 +59,12 @@ def read_images(path: str | os.PathLike, in_channels: int, spatial_dims: int) ->
 def sample_run(
     run_dir: str | os.PathLike, input_path: str | os.PathLike, num_samples: int = 16,
     out: str | os.PathLike = "samples", device: str = "cpu", seed: int = 0, batch_size: int = 8,
-    figures: bool = True, log=print,
+    max_figures: int = 16, log=print,
 ) -> Path:
-    """Draw ``num_samples`` label maps per input image; write ``samples.npz`` and figures to ``out``."""
+    """Draw ``num_samples`` label maps per input image; write ``samples.npz`` and figures to ``out``.
+
+    Figures are drawn for the first ``max_figures`` images only (plotting is the slow part).
+    """
     model, config = load_run(run_dir)
     model.to(device)
     images = read_images(input_path, config["in_channels"], config["spatial_dims"])
@@ -80,10 +83,10 @@ def sample_run(
     temporary = out / ".samples.tmp.npz"
     np.savez_compressed(temporary, samples=labels.astype(np.uint8), mean=mean, entropy=entropy)
     temporary.replace(out / "samples.npz")
-    if figures:
-        for i in range(len(images)):
-            plot_samples(images[i], labels[i], mean[i], entropy[i], out / f"image_{i:04d}.png")
-    log(f"wrote {out / 'samples.npz'}: samples {labels.shape}" + (f" and {len(images)} figures" if figures else ""))
+    figures = min(max_figures, len(images))
+    for i in range(figures):
+        plot_samples(images[i], labels[i], mean[i], entropy[i], out / f"image_{i:04d}.png")
+    log(f"wrote {out / 'samples.npz'}: samples {labels.shape}, and {figures} figures (image_NNNN.png)")
     return out / "samples.npz"
 
 

@@ -70,7 +70,7 @@ class TrainConfig:
 
 def image_tensor(images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
     """Images (B, channels, *S) as float32: uint8 scaled to [0, 1], floats as they are."""
-    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = torch.from_numpy(np.array(images))  # a copy: memory-mapped data is read-only
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     return x.to(device)
 

@@ -124,7 +124,7 @@ def _ged_terms(samples: Tensor, annotations: Tensor, num_classes: int) -> tuple[
 def _annotation_weights(weights, count: int) -> Tensor | None:
     if weights is None:
         return None
-    w = torch.as_tensor(weights, dtype=torch.float64).flatten()
+    w = torch.as_tensor(np.array(weights, dtype=np.float64)).flatten()
     if w.shape != (count,) or bool((w < 0).any()) or not math.isclose(float(w.sum()), 1.0, rel_tol=1e-6):
         raise ValueError(f"annotation_weights must be {count} non-negative numbers summing to 1; got {w.tolist()}")
     return w
