@@ -27,6 +27,10 @@ EXAMPLES = {
   ssn sample --run runs/ssn --input scan.png --samples 16 --out samples/
   ssn sample --run runs/ssn --input volume.nii.gz --out samples/
   ssn sample --run runs/ssn --input test.npz --samples 100""",
+    "convert": """examples:
+  ssn convert png-tree LIDC_PNGS/ --out lidc.npz
+  ssn convert pickle data_lidc.pickle --out lidc.npz
+  ssn convert phiseg-hdf5 data_lidc.hdf5 --out lidc.npz --split-out phiseg_split.json""",
     "demo": """examples:
   ssn demo
   ssn demo --out demo_run --minutes 1""",
@@ -111,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(handler=_sample)
 
+    c = command("convert", "convert LIDC distributions into the dataset .npz format")
+    c.add_argument("kind", choices=["png-tree", "pickle", "phiseg-hdf5"], help="input format")
+    c.add_argument("source", help="input folder (png-tree) or file")
+    c.add_argument("--out", required=True, help="dataset .npz to write")
+    c.add_argument("--split-out", help="phiseg-hdf5 only: also write its train/val/test split as JSON")
+    c.set_defaults(handler=_convert)
+
     d = command("demo", "train on synthetic data with a known answer and compare with baselines")
     d.add_argument("--out", default="ssn_demo", help="output folder (default ./ssn_demo)")
     d.add_argument("--minutes", type=float, default=0.8, help="training minutes per model (default 0.8)")
@@ -163,6 +174,26 @@ def _sample(args: argparse.Namespace) -> int:
     from .sampling import sample_run
 
     sample_run(args.run, args.input, args.samples, args.out, args.device, args.seed, max_figures=args.figures)
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .checkpoints import write_json
+    from .data import converters
+    from .data.arrays import save_arrays
+
+    if args.split_out and args.kind != "phiseg-hdf5":
+        raise ValueError("--split-out applies to phiseg-hdf5 only (the other formats carry patient ids)")
+    if args.kind == "png-tree":
+        data = converters.png_tree(args.source)
+    elif args.kind == "pickle":
+        data = converters.probabilistic_unet_pickle(args.source)
+    else:
+        data, split = converters.phiseg_hdf5(args.source)
+        if args.split_out:
+            write_json({"splits": split}, args.split_out)
+    save_arrays(args.out, data)
+    print(f"wrote {args.out}: {len(data)} images {data.images.shape[1:]}, {data.num_annotators} annotators")
     return 0
 
 

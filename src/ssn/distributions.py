@@ -242,11 +242,17 @@ class LowRankLogitDistribution(Distribution):
             (num_samples,) + self.batch_shape + self.spatial_shape, dtype=dtype, device=self.loc.device
         )
         with torch.no_grad():
+            # Two classes: the argmax is the sign of eta_1 - eta_0, drawn directly (half the work).
+            binary = self.class_contrast(1, 0) if self.num_classes == 2 else None
             for start in range(0, num_samples, chunk_size):
                 count = min(chunk_size, num_samples - start)
                 pairs = antithetic and count % 2 == 0
-                logits = self.rsample((count,), antithetic=pairs, generator=generator)
-                out[start : start + count] = logits.argmax(dim=2).to(dtype)
+                if binary is not None:
+                    margin = binary.rsample((count,), antithetic=pairs, generator=generator)
+                    out[start : start + count] = margin[:, :, 0] > 0
+                else:
+                    logits = self.rsample((count,), antithetic=pairs, generator=generator)
+                    out[start : start + count] = logits.argmax(dim=2).to(dtype)
         return out
 
     # ---------------------------------------------------------------------- densities

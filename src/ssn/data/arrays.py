@@ -180,10 +180,12 @@ def _write_cache(folder: Path, data: SegmentationArrays) -> None:
     for name in _KEYS:
         array = getattr(data, name)
         if array is not None:
-            temporary = folder / f"{name}.tmp.npy"
+            temporary = folder / f"{name}.{os.getpid()}.tmp.npy"  # per process: loads may race
             np.save(temporary, np.ascontiguousarray(array))
             temporary.replace(folder / f"{name}.npy")
-    (folder / "done.json").write_text(json.dumps({"images": list(data.images.shape)}))
+    marker = folder / f"done.{os.getpid()}.tmp"
+    marker.write_text(json.dumps({"images": list(data.images.shape)}))
+    marker.replace(folder / "done.json")
 
 
 def _read_cache(folder: Path) -> SegmentationArrays:

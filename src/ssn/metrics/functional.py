@@ -192,7 +192,8 @@ def image_metrics(
         if size > n:
             raise ValueError(f"cannot match {size} samples: only {n} were drawn")
         out[f"hm_iou_{size}"] = _matched_iou(d_sa[:size])
-    out["dice"] = float(np.mean([_dice(mean_prediction(s, num_classes), y, num_classes) for y in a]))
+    prediction = mean_prediction(s, num_classes)
+    out["dice"] = float(np.mean([_dice(prediction, y, num_classes) for y in a]))
     if truth is not None:
         weights = _annotation_weights(truth[1], truth_maps.shape[0])
         out["ged_truth"] = _ged(d[:n, n + m :], d_ss, d[n + m :, n + m :], weights)
@@ -226,7 +227,7 @@ def hungarian_matched_iou(samples, annotations, num_classes: int = 2) -> float:
 def class_frequencies(samples, num_classes: int = 2) -> Tensor:
     """Per-pixel class frequencies among label maps: (N, *S) -> (C, *S) float32, summing to 1."""
     s = _labels(samples, "samples", num_classes)
-    counts = torch.stack([(s == c).sum(0) for c in range(num_classes)])
+    counts = torch.stack([(s == c).sum(0, dtype=torch.int32) for c in range(num_classes)])
     return counts.float() / s.shape[0]
 
 
