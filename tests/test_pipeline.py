@@ -132,3 +132,21 @@ def test_every_command_has_help_with_examples(capsys):
             main([command, "--help"])
         assert exit_info.value.code == 0
         assert "examples:" in capsys.readouterr().out
+
+
+def test_volumes_train_evaluate_and_sample(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.random((12, 1, 8, 16, 16)).astype(np.float32)
+    masks = np.zeros((12, 2, 8, 16, 16), np.uint8)
+    masks[:, 0, 2:6, 4:12, 4:12] = 1
+    masks[:, 1, 3:6, 5:11, 5:11] = 1
+    np.savez(tmp_path / "vol.npz", images=images, masks=masks)
+    run = tmp_path / "run"
+    args = ["--data", str(tmp_path / "vol.npz"), "--out", str(run), "--epochs", "2", "--features", "4", "8", "--batch-size", "4", "--rank", "3", "--val-images", "2", "--val-samples", "4"]
+    assert main(["train", *args]) == 0
+    assert json.loads((run / "config.json").read_text())["spatial_dims"] == 3
+    assert main(["evaluate", "--run", str(run), "--data", str(tmp_path / "vol.npz"), "--samples", "4", "--out", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["num_images"] == 12
+    np.save(tmp_path / "one.npy", images[0])
+    assert main(["sample", "--run", str(run), "--input", str(tmp_path / "one.npy"), "--samples", "3", "--out", str(tmp_path / "s")]) == 0
+    assert np.load(tmp_path / "s" / "samples.npz")["samples"].shape == (1, 3, 8, 16, 16)
