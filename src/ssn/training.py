@@ -148,7 +148,7 @@ def train(config: TrainConfig, log=print) -> dict:
         batches = [np.sort(order[i : i + config.batch_size]) for i in range(0, order.size, config.batch_size)]
         bar = tqdm(batches, desc=f"epoch {progress['epoch'] + 1}", file=sys.stderr, leave=False, disable=None)
         losses = []
-        epoch_start = time.perf_counter()
+        epoch_start = last_report = time.perf_counter()
         for indices in bar:
             images = image_tensor(data.images[indices])
             masks = torch.from_numpy(np.ascontiguousarray(data.masks[indices])).long()
@@ -167,7 +167,11 @@ def train(config: TrainConfig, log=print) -> dict:
             optimiser.step()
             progress["step"] += 1
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.1f}", img_s=f"{len(losses) * config.batch_size / (time.perf_counter() - epoch_start):.1f}")
+            speed = len(losses) * config.batch_size / (time.perf_counter() - epoch_start)
+            bar.set_postfix(loss=f"{losses[-1]:.1f}", img_s=f"{speed:.1f}")
+            if bar.disable and time.perf_counter() - last_report > 60:  # no terminal: a line a minute
+                last_report = time.perf_counter()
+                log(f"  step {progress['step']}: loss {np.mean(losses[-50:]):.1f}, {speed:.1f} images/s")
             writer.add_scalar("train/loss", losses[-1], progress["step"])
             if time.perf_counter() > deadline:
                 stop = True
