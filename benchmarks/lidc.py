@@ -66,6 +66,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=1, help="threads per process")
     parser.add_argument("--skip-training", action="store_true", help="evaluate existing runs in --out")
+    parser.add_argument(
+        "--one-at-a-time", action="store_true",
+        help="train the models one after another, each with --threads threads, instead of all at once",
+    )
     args = parser.parse_args()
     data, split = args.data_dir / "lidc_slices_128.npz", args.data_dir / "split.json"
     if not data.is_file() or not split.is_file():
@@ -83,7 +87,7 @@ def main() -> None:
     started = time.time()
     if not args.skip_training:
         commands = {m: python + ["train", "--out", str(args.out / m), *settings, *flags] for m, flags in MODELS.items()}
-        run_all(commands, args.threads, args.out, "train", parallel=True)
+        run_all(commands, args.threads, args.out, "train", parallel=not args.one_at_a_time)
     trained = time.time()
     run_all(
         {
@@ -100,7 +104,7 @@ def main() -> None:
         results[m]["training"] = json.loads(lines[-1]) if lines else {}
     payload = {
         "command": f"python benchmarks/lidc.py --minutes {args.minutes:g}",
-        "settings": settings, "threads_per_process": args.threads,
+        "settings": settings, "threads_per_process": args.threads, "one_at_a_time": args.one_at_a_time,
         "train_minutes_wall": (trained - started) / 60, "evaluate_minutes_wall": (time.time() - trained) / 60,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "results": results,
     }
@@ -150,29 +154,33 @@ def figure(run_dir: Path, data_path: Path, split: Path, path: Path) -> None:
 
 
 def write_results(payload: dict, args) -> None:
+    """benchmarks/RESULTS.md from the figures of ``payload`` (as saved in results/lidc.json)."""
     r = payload["results"]
     row = lambda m: (  # noqa: E731
         f"| {m} (this project) | {r[m]['ged']['mean']:.3f} ± {r[m]['ged']['stderr']:.3f} | "
         f"{r[m]['hm_iou']['16']['mean']:.3f} | {r[m]['diversity']['mean']:.3f} | {r[m]['dice']['mean']:.3f} | "
-        f"{r[m]['ece']['mean']:.4f} | {r[m]['training'].get('step', '?')} steps, {r[m]['training'].get('epoch', '?')} epochs | {PAPER[m]} |"
+        f"{r[m]['ece']['mean']:.4f} | {r[m]['training'].get('step', 0)} steps of {args.batch_size} slices | "
+        f"{r[m]['seconds']:.0f} s | {PAPER[m]} |"
     )
     lines = [
         "# LIDC-IDRI results",
         "",
         f"Command: `{payload['command']}` (measured {time.strftime('%Y-%m-%d')}).",
         "",
-        f"Budget: {args.minutes:g} minutes of training per model, all three at once, one process and "
-        f"{payload['threads_per_process']} thread each on a {payload['machine']} CPU machine (no GPU); "
+        f"Budget: {args.minutes:g} minutes of training per model, "
+        f"{'one after another' if payload.get('one_at_a_time') else 'all three at once'}, one process and "
+        f"{payload['threads_per_process']} thread(s) each on a {payload['machine']} CPU machine (no GPU); "
         f"the same U-Net backbone (features {args.features}), Adam lr {args.lr:g}, batch {args.batch_size}, "
         "one reader drawn per slice per step, flips and small rotations, 20 antithetic MC samples. Best "
         "checkpoint by validation GED²(16) on 128 validation slices. Test split of `split.json` "
-        f"({r['low-rank']['num_images']} slices), 100 samples per slice.",
+        f"({r['low-rank']['num_images']} slices), 100 samples per slice; ``evaluation`` is the wall time "
+        "of `ssn evaluate` for all of them, run alone on the whole machine (2 threads).",
         "",
-        "| model | GED²(100) | HM-IoU(16) | diversity | Dice | ECE | training | paper GED²(100) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | GED²(100) | HM-IoU(16) | diversity | Dice | ECE | training | evaluation | paper GED²(100) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *[row(m) for m in MODELS],
-        f"| Prob. U-Net | | | | | | | {PAPER['Prob. U-Net (Kohl et al. 2018)']} |",
-        f"| PHiSeg | | | | | | | {PAPER['PHiSeg (Baumgartner et al. 2019)']} |",
+        f"| Prob. U-Net | | | | | | | | {PAPER['Prob. U-Net (Kohl et al. 2018)']} |",
+        f"| PHiSeg | | | | | | | | {PAPER['PHiSeg (Baumgartner et al. 2019)']} |",
         "",
         "Paper figures: Monteiro et al., NeurIPS 2020, on their own split of the same 875 patients, "
         "trained to convergence on a GPU; this project's split differs (patient-level, seeded), so "
