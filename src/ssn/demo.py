@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import metrics
 from .checkpoints import load_run, write_json
 from .data.arrays import save_arrays
 from .data.synthetic import make_synthetic
@@ -25,6 +26,11 @@ MODELS = {
     "diagonal SSN (rank 0)": {"rank": 0},
     "deterministic U-Net": {"deterministic": True},
 }
+
+
+def _run_dir(out: Path, name: str) -> Path:
+    """``low-rank SSN (rank 10)`` -> ``out/low_rank_SSN``."""
+    return out / name.split(" (")[0].replace(" ", "_").replace("-", "_")
 
 
 def run_demo(out: str | Path = "ssn_demo", minutes: float = 0.8, seed: int = 0, num_images: int = 640, size: int = 40, log=print) -> dict:
@@ -42,7 +48,7 @@ def run_demo(out: str | Path = "ssn_demo", minutes: float = 0.8, seed: int = 0, 
 
     results = {}
     for name, overrides in MODELS.items():
-        run_dir = out / name.split(" (")[0].replace(" ", "_").replace("-", "_")
+        run_dir = _run_dir(out, name)
         config = TrainConfig(
             data=str(data_path), out=str(run_dir), split_file=str(split_path), features=[16, 32, 64],
             max_minutes=minutes, batch_size=16, lr=3e-3, val_images=64, val_samples=16, seed=seed, **overrides,
@@ -52,10 +58,10 @@ def run_demo(out: str | Path = "ssn_demo", minutes: float = 0.8, seed: int = 0, 
         metrics = evaluate(run_dir, data_path, "test", split_path, num_samples=100, out=run_dir / "metrics.json", log=lambda *_: None)
         results[name] = {"steps": summary["steps"], **metrics}
     write_json({name: _short(r) for name, r in results.items()}, out / "metrics.json")
-    figure = _figures(out, data, split, seed)
+    figures = _figures(out, data, split, seed)
     log(_table(results))
     log(
-        f"\nwrote {out / 'metrics.json'} (and metrics.json/.csv per model), figures in {figure.parent}.\n"
+        f"\nwrote {out / 'metrics.json'} (and metrics.json/.csv per model), figures in {figures}.\n"
         "GED^2 vs truth compares the samples with the exact label distribution (0 is perfect).\n"
         "The deterministic model draws one map, so its diversity is 0 and it cannot match the spread."
     )
@@ -78,25 +84,22 @@ def _table(results: dict) -> str:
 
 
 def _figures(out: Path, data, split: dict, seed: int) -> Path:
+    """Figures of four test images: 16 samples of each model, and 16 draws of the exact truth."""
     folder = out / "figures"
     folder.mkdir(exist_ok=True)
     test = np.flatnonzero(np.isin(data.patient, split["test"]))[:4]
-    path = folder
     for name in MODELS:
-        run_dir = out / name.split(" (")[0].replace(" ", "_").replace("-", "_")
+        run_dir = _run_dir(out, name)
         model, config = load_run(run_dir)
         labels = predict_labels(model, image_tensor(data.images[test]), 16, config["deterministic"]).numpy()
         for j, index in enumerate(test):
-            from . import metrics
-
             mean = metrics.class_frequencies(labels[j], 2).numpy()
             entropy = metrics.entropy_map(labels[j], 2).numpy()
-            path = folder / f"{run_dir.name}_image{j}.png"
-            plot_samples(data.images[index], labels[j], mean, entropy, path, title=name)
+            plot_samples(data.images[index], labels[j], mean, entropy, folder / f"{run_dir.name}_image{j}.png", title=name)
     for j, index in enumerate(test):
         maps, probs = data.truth(index)
-        draws = np.random.default_rng(seed).choice(len(probs), size=16, p=probs)
-        mean = np.stack([1 - (maps[draws] > 0).mean(0), (maps[draws] > 0).mean(0)])
-        entropy = -(mean * np.log(np.clip(mean, 1e-12, None))).sum(0)
-        plot_samples(data.images[index], maps[draws], mean, entropy, folder / f"truth_image{j}.png", title="exact truth (16 draws)")
-    return path
+        draws = maps[np.random.default_rng(seed).choice(len(probs), size=16, p=probs)]
+        mean = metrics.class_frequencies(draws, 2).numpy()
+        entropy = metrics.entropy_map(draws, 2).numpy()
+        plot_samples(data.images[index], draws, mean, entropy, folder / f"truth_image{j}.png", title="exact truth (16 draws)")
+    return folder

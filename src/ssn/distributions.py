@@ -351,8 +351,10 @@ def _check_values(loc: Tensor, cov_factor: Tensor, cov_diag: Tensor) -> None:
     A sum is finite exactly when every term is (barring overflow of huge finite values), so
     three sums and a minimum decide; the slower per-element counts run only to word an error.
     """
-    sums_and_min = torch.stack([loc.sum(), cov_factor.sum(), cov_diag.sum(), cov_diag.amin()] if loc.numel() else [loc.new_zeros(())] * 3 + [loc.new_ones(())])
-    loc_sum, factor_sum, diag_sum, diag_min = sums_and_min.tolist()
+    if loc.numel() == 0:
+        return
+    summary = torch.stack([loc.sum(), cov_factor.sum(), cov_diag.sum(), cov_diag.amin()])
+    loc_sum, factor_sum, diag_sum, diag_min = summary.tolist()
     if all(math.isfinite(v) for v in (loc_sum, factor_sum, diag_sum)) and diag_min > 0:
         return
     bad_loc = int((~torch.isfinite(loc)).sum())

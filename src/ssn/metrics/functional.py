@@ -192,8 +192,7 @@ def image_metrics(
         if size > n:
             raise ValueError(f"cannot match {size} samples: only {n} were drawn")
         out[f"hm_iou_{size}"] = _matched_iou(d_sa[:size])
-    prediction = mean_prediction(s, num_classes)
-    out["dice"] = float(np.mean([_dice(prediction, y, num_classes) for y in a]))
+    out["dice"] = _mean_prediction_dice(s, a, num_classes)
     if truth is not None:
         weights = _annotation_weights(truth[1], truth_maps.shape[0])
         out["ged_truth"] = _ged(d[:n, n + m :], d_ss, d[n + m :, n + m :], weights)
@@ -255,9 +254,12 @@ def mean_prediction_dice(samples, annotations, num_classes: int = 2) -> float:
     Per annotator, Dice is averaged over the foreground classes present in the prediction or
     in that annotation; if none is present in either, Dice = 1.
     """
-    s, a = _pair(samples, annotations, num_classes)
-    prediction = mean_prediction(s, num_classes)
-    return float(np.mean([_dice(prediction, y, num_classes) for y in a]))
+    return _mean_prediction_dice(*_pair(samples, annotations, num_classes), num_classes)
+
+
+def _mean_prediction_dice(samples: Tensor, annotations: Tensor, num_classes: int) -> float:
+    prediction = mean_prediction(samples, num_classes)
+    return float(np.mean([_dice(prediction, y, num_classes) for y in annotations]))
 
 
 def calibration_bins(probabilities, annotations, num_classes: int = 2, num_bins: int = 10) -> Tensor:
