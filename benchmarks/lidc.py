@@ -1,11 +1,13 @@
 """LIDC-IDRI: the deterministic U-Net, the diagonal SSN and the low-rank SSN on one budget.
 
-All three use the same backbone, the same optimiser settings and the same training time, and
-train at the same time (one process each, one thread each) so that they share the machine
-alike. Each is then evaluated on the test split with 100 samples per slice. Writes
+All three use the same backbone, the same optimiser settings and the same training time. By
+default they train at the same time (one process each, one thread each) so that they share the
+machine alike; with ``--one-at-a-time`` each has the whole machine in turn (the low-rank model
+first). Each is then evaluated on the test split with 100 samples per slice. Writes
 ``benchmarks/RESULTS.md``, ``benchmarks/results/lidc.json`` and ``benchmarks/lidc_samples.png``.
 
     python benchmarks/lidc.py --minutes 40              # data from $SSN_LIDC_DIR or ../shared/data/lidc
+    python benchmarks/lidc.py --minutes 40 --one-at-a-time --threads 2 --out runs/lidc-sequential
 """
 
 from __future__ import annotations
