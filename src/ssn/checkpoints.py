@@ -19,19 +19,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import models
+from .files import write_atomically
 
 __all__ = ["save_weights", "load_weights", "write_json", "read_config", "build_model", "load_run"]
 
 
-def _atomic(path: Path, write) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
 def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic(Path(path), lambda p: save_file(state, str(p)))
+    write_atomically(path, lambda p: save_file(state, str(p)))
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
@@ -39,7 +34,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
 
 
 def write_json(payload: dict, path: str | os.PathLike) -> None:
-    _atomic(Path(path), lambda p: Path(p).write_text(json.dumps(payload, indent=2) + "\n"))
+    write_atomically(path, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
 
 
 def read_config(run_dir: str | os.PathLike) -> dict:

@@ -22,6 +22,7 @@ from . import metrics
 from .checkpoints import load_run, write_json
 from .data.arrays import load_arrays
 from .data.splits import select_split
+from .files import write_atomically
 from .training import image_tensor, predict_labels
 
 __all__ = ["evaluate"]
@@ -103,12 +104,13 @@ def _summarise(rows: list[dict], matched: tuple[int, ...], num_samples: int) -> 
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    temporary.replace(path)
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomically(path, write)
 
 
 def _describe(summary: dict) -> str:

@@ -17,6 +17,7 @@ import torch
 from . import metrics
 from .checkpoints import load_run
 from .data.arrays import DataError, load_arrays
+from .files import write_atomically
 from .training import image_tensor, predict_labels
 
 __all__ = ["read_images", "sample_run", "plot_samples"]
@@ -80,9 +81,8 @@ def sample_run(
     entropy = np.stack([metrics.entropy_map(s, num_classes).numpy() for s in labels])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    temporary = out / ".samples.tmp.npz"
-    np.savez_compressed(temporary, samples=labels.astype(np.uint8), mean=mean, entropy=entropy)
-    temporary.replace(out / "samples.npz")
+    samples = labels.astype(np.uint8)
+    write_atomically(out / "samples.npz", lambda p: np.savez_compressed(p, samples=samples, mean=mean, entropy=entropy))
     figures = min(max_figures, len(images))
     for i in range(figures):
         plot_samples(images[i], labels[i], mean[i], entropy[i], out / f"image_{i:04d}.png")

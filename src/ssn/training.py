@@ -28,6 +28,7 @@ from .augment import augment
 from .checkpoints import build_model, load_weights, save_weights, write_json
 from .data.arrays import SegmentationArrays, load_arrays
 from .data.splits import holdout_split, select_split
+from .files import write_atomically
 from .losses import ssn_loss
 
 __all__ = ["TrainConfig", "train", "image_tensor", "predict_labels"]
@@ -192,7 +193,8 @@ def train(config: TrainConfig, log=print) -> dict:
         if val["ged"] < progress["best_ged"]:
             progress["best_ged"] = val["ged"]
             save_weights(model, out / "best.safetensors")
-        _save_state(out / "state.pt", optimiser, progress)
+        state = {"optimiser": optimiser.state_dict(), "progress": progress}
+        write_atomically(out / "state.pt", lambda p: torch.save(state, p))
         log(
             f"epoch {record['epoch']}: loss {record['train_loss']:.2f}, val GED^2({config.val_samples}) "
             f"{val['ged']:.4f}, diversity {val['diversity']:.3f}, {record['minutes']:.1f} min"
@@ -202,12 +204,6 @@ def train(config: TrainConfig, log=print) -> dict:
         "epochs": progress["epoch"], "steps": progress["step"], "minutes": progress["seconds"] / 60,
         "best_val_ged": progress["best_ged"], "run_dir": str(out),
     }
-
-
-def _save_state(path: Path, optimiser, progress: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save({"optimiser": optimiser.state_dict(), "progress": progress}, temporary)
-    temporary.replace(path)
 
 
 @torch.no_grad()

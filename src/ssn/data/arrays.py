@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import write_atomically
+
 __all__ = ["DataError", "SegmentationArrays", "load_arrays", "save_arrays", "cache_dir", "validate_values"]
 
 
@@ -201,9 +203,7 @@ def save_arrays(path: str | os.PathLike, data: SegmentationArrays, compress: boo
     """Write a dataset ``.npz`` atomically (to a temporary name, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".partial.npz")
     arrays = {k: np.asarray(getattr(data, k)) for k in _KEYS if getattr(data, k) is not None}
     if "patient" in arrays:
         arrays["patient"] = arrays["patient"].astype(str)
-    (np.savez_compressed if compress else np.savez)(temporary, **arrays)
-    temporary.replace(path)
+    write_atomically(path, lambda p: (np.savez_compressed if compress else np.savez)(p, **arrays))

@@ -1,0 +1,21 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["write_atomically"]
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """Call ``write(temporary)`` and rename the temporary file onto ``path``.
+
+    The temporary name keeps the suffix (``.name.tmp.npz`` for ``name.npz``), so writers that
+    append a missing suffix, as ``numpy.savez`` does, write to it as given.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write(temporary)
+    os.replace(temporary, path)
