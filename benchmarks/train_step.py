@@ -1,7 +1,8 @@
 """Cost of one training step of an SSN against its deterministic counterpart.
 
 Same U-Net backbone, 2D 128x128, batch 8, two classes. SSN: rank 10, 20 antithetic Monte Carlo
-samples, ssn_loss. Deterministic: one 1x1 convolution and cross-entropy. A step is forward,
+samples, its Monte Carlo loss. Deterministic: one 1x1 convolution and cross-entropy summed over
+pixels. Both through ``model.loss``. A step is forward,
 loss, backward and an Adam update. Steps of the two models alternate in one process; medians.
 
     python benchmarks/train_step.py          # writes benchmarks/results/train_step.json
@@ -14,7 +15,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import medians, paired_ratio, time_interleaved, write  # noqa: E402
@@ -31,24 +31,21 @@ def main() -> None:
 
     torch.manual_seed(0)
     features = (32, 64, 128, 256)
-    model = ssn.models.create("unet", num_classes=2, rank=10, features=features)
-    baseline = ssn.models.create("unet", num_classes=2, deterministic=True, features=features)
+    model = ssn.models.create("unet", num_classes=2, rank=10, mc_samples=20, features=features)
+    baseline = ssn.models.create("unet", method="deterministic", num_classes=2, features=features)
     images = torch.randn(args.batch_size, 1, args.size, args.size)
     target = (torch.rand(args.batch_size, args.size, args.size) > 0.8).long()
-    loss_fn = ssn.SSNLoss(num_samples=20, antithetic=True)
-    opt_ssn = torch.optim.Adam(model.parameters(), lr=1e-4)
-    opt_det = torch.optim.Adam(baseline.parameters(), lr=1e-4)
 
-    def ssn_step():
-        opt_ssn.zero_grad(set_to_none=True)
-        loss_fn(model(images), target).backward()
-        opt_ssn.step()
+    def step(network, optimiser):
+        def run():
+            optimiser.zero_grad(set_to_none=True)
+            network.loss(images, target).backward()  # each method's own loss, through the interface
+            optimiser.step()
 
-    def deterministic_step():
-        opt_det.zero_grad(set_to_none=True)
-        # Same scale as the SSN loss: summed over pixels, averaged over the batch.
-        (F.cross_entropy(baseline(images), target, reduction="sum") / len(images)).backward()
-        opt_det.step()
+        return run
+
+    ssn_step = step(model, torch.optim.Adam(model.parameters(), lr=1e-4))
+    deterministic_step = step(baseline, torch.optim.Adam(baseline.parameters(), lr=1e-4))
 
     rounds = time_interleaved({"ssn": ssn_step, "deterministic": deterministic_step}, repeats=args.repeats, warmup=2)
     times = medians(rounds)

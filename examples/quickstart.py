@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
 
 import ssn
 
@@ -35,30 +34,24 @@ def make_batch(n: int, generator: torch.Generator):
     return images, annotations
 
 
-def train(model, stochastic: bool, steps: int, generator: torch.Generator):
+def train(model, steps: int, generator: torch.Generator):
     optimiser = torch.optim.Adam(model.parameters(), lr=5e-3)
     for _ in range(steps):
         images, annotations = make_batch(16, generator)
         # One annotator drawn per image per step, as in the paper.
         pick = torch.randint(0, ANNOTATORS, (16,), generator=generator)
         target = annotations[torch.arange(16), pick]
-        if stochastic:
-            loss = ssn.ssn_loss(model(images), target, num_samples=20)
-        else:
-            loss = F.cross_entropy(model(images), target, reduction="sum") / len(images)
+        loss = model.loss(images, target)  # each method's own loss: the SSN's or cross-entropy
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
 
 
 @torch.no_grad()
-def evaluate(model, stochastic: bool, generator: torch.Generator, samples: int = 16):
+def evaluate(model, generator: torch.Generator, samples: int = 16):
     model.eval()
     images, annotations = make_batch(64, generator)
-    if stochastic:
-        labels = model(images).sample_labels(samples).movedim(0, 1)  # (B, N, H, W)
-    else:
-        labels = model(images).argmax(1, keepdim=True).expand(-1, samples, -1, -1)
+    labels = model.sample_labels(images, samples).movedim(0, 1)  # (B, N, H, W)
     ged, diversity = ssn.metrics.GeneralizedEnergyDistance(), ssn.metrics.SampleDiversity()
     ged.update(labels, annotations)
     diversity.update(labels)
@@ -69,12 +62,12 @@ def main() -> None:
     torch.manual_seed(0)
     steps = 800
     results = {}
-    for name, stochastic in (("SSN (rank 4)", True), ("deterministic", False)):
-        model = ssn.models.create("unet", num_classes=2, rank=4, deterministic=not stochastic, features=(16, 32, 64))
+    for name, method, settings in (("SSN (rank 4)", "ssn", {"rank": 4}), ("deterministic", "deterministic", {})):
+        model = ssn.models.create("unet", method=method, num_classes=2, features=(16, 32, 64), **settings)
         start = time.perf_counter()
-        train(model, stochastic, steps, torch.Generator().manual_seed(1))
+        train(model, steps, torch.Generator().manual_seed(1))
         seconds = time.perf_counter() - start
-        results[name] = evaluate(model, stochastic, torch.Generator().manual_seed(2))
+        results[name] = evaluate(model, torch.Generator().manual_seed(2))
         print(f"trained {name:14s} for {steps} steps in {seconds:5.1f} s")
     print("\nOn 64 new images, 16 samples each, against 4 annotators:")
     for name, (ged, diversity) in results.items():

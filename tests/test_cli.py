@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from ssn import __version__
-from ssn.cli import main
+from ssn.apps.cli import main
 
 
 def test_info_prints_versions_and_backbones(capsys):

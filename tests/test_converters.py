@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssn.cli import main
+from ssn.apps.cli import main
 from ssn.data import DataError, load_arrays
 from ssn.data import converters
 

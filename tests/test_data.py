@@ -1,12 +1,13 @@
 """The dataset format, its loader and cache, splits, synthetic data and augmentation."""
 
+import itertools
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from ssn.augment import augment
+from ssn.data.augment import augment
 from ssn.data import DataError, SegmentationArrays, load_arrays, make_synthetic, save_arrays, select_split
 from ssn.data.splits import holdout_split
 
@@ -107,8 +108,17 @@ def test_synthetic_truth_is_a_distribution_and_annotations_come_from_it():
         for mask in data.masks[i]:
             matches = [k for k in range(len(maps)) if np.array_equal(mask, maps[k])]
             assert matches and probs[matches].sum() > 0
-    # The image shows the probabilities: a disc's brightness rises with its marking probability.
-    assert not np.array_equal(make_synthetic(2, size=32, seed=1).images, make_synthetic(2, size=32, seed=2).images)
+    # The image shows the probabilities: inside disc k the brightness is 0.25 + 0.75 p_k (plus
+    # noise of sd 0.05), where p_k is the probability that an annotator marks it.
+    outcomes = list(itertools.product((0, 1), repeat=3))  # (marks disc 1, marks disc 2, loose)
+    for i in range(20):
+        maps, probs = data.truth(i)
+        for k in range(2):
+            marked = sum(p for p, outcome in zip(probs, outcomes) if outcome[k])
+            alone = [0, 0, 0]
+            alone[k] = 1
+            disc = maps[outcomes.index(tuple(alone))].astype(bool)  # disc k alone, tight
+            assert data.images[i, 0][disc].mean() == pytest.approx(0.25 + 0.75 * marked, abs=0.03)
 
 
 def test_augmentation_moves_images_and_masks_together():

@@ -233,3 +233,28 @@ def test_class_contrast_is_the_gaussian_of_a_logit_difference():
         dist.class_contrast(3, 0)
     with pytest.raises(ValueError, match="different"):
         dist.class_contrast(1, 1)
+
+
+def test_support_and_argument_constraints_cover_the_whole_event():
+    dist = make(spatial=(4, 5))
+    assert dist.support.event_dim == len(dist.event_shape) == 3
+    assert dist.support.check(dist.rsample((2,))).shape == (2, 2)  # one verdict per map
+    sample = dist.rsample()
+    sample[0, 0, 0, 0] = math.nan  # torch's real constraint rejects NaN only
+    assert dist.support.check(sample).tolist() == [False, True]
+    assert dist.arg_constraints["cov_diag"].check(dist.cov_diag).all()
+    assert not dist.arg_constraints["cov_diag"].check(-dist.cov_diag).any()
+
+
+def test_expand_repeats_one_image_as_views_and_refuses_other_batches():
+    dist = make(batch=1)
+    expanded = dist.expand((3,))
+    assert expanded.batch_shape == (3,) and expanded.event_shape == dist.event_shape
+    assert expanded.cov_factor.data_ptr() == dist.cov_factor.data_ptr()  # a view, no copy
+    value = dist.rsample((2,))
+    torch.testing.assert_close(expanded.log_prob(value.expand(2, 3, *value.shape[2:])), dist.log_prob(value).expand(2, 3))
+    assert make(batch=2).expand((2,)).batch_shape == (2,)
+    with pytest.raises(ValueError, match="one-dimensional batch"):
+        make(batch=2).expand((3,))
+    with pytest.raises(ValueError, match="one-dimensional batch"):
+        dist.expand((2, 3))

@@ -190,11 +190,23 @@ def test_non_finite_parameters_raise_even_without_distribution_validation():
         ssn_loss(dist, labels(base))
 
 
-def test_ignore_index_pixels_are_allowed_out_of_range():
+def test_ignored_pixels_are_left_out_of_the_sum_even_out_of_range():
+    """A pixel labelled ignore_index counts for nothing: the loss equals the float64 reference
+    computed on the same samples without that pixel."""
     dist = make()
     target = labels(dist)
     target[0, 0, 0] = -100
-    assert torch.isfinite(ssn_loss(dist, target, ignore_index=-100))
+    torch.manual_seed(3)
+    loss = ssn_loss(dist, target, num_samples=20, ignore_index=-100)
+    torch.manual_seed(3)
+    samples = dist.rsample((20,), antithetic=True)
+    # Without the pixel: give it a label and a logit sample that makes its log-probability 0.
+    kept_target = target.clone()
+    kept_target[0, 0, 0] = 0
+    samples = samples.detach().clone()
+    samples[:, 0, :, 0, 0] = torch.tensor([1e4] + [0.0] * (dist.num_classes - 1))
+    assert loss.item() == pytest.approx(numpy_reference(samples, kept_target), rel=1e-5)
+    assert loss.item() != pytest.approx(ssn_loss(dist, kept_target, num_samples=20).item(), rel=1e-3)
 
 
 @pytest.mark.parametrize("variance", [1e-10, 1e-4, 1.0, 1e3, 1e6])

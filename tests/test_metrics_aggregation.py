@@ -1,6 +1,7 @@
 """Accumulating metric classes: dataset means, standard errors and reduction across processes."""
 
 import math
+from dataclasses import astuple
 
 import numpy as np
 import pytest
@@ -85,6 +86,9 @@ def _worker(rank, world, init_file, queue):
     ece = M.ExpectedCalibrationError(3)
     ece.update(s[mine], a[mine])
     results["ece"] = ece.compute()
+    together = M.ImageMetrics(3, matched_sizes=(4, 6))
+    together.update(s[mine], a[mine])
+    results["image_metrics"] = together.compute()
     queue.put((rank, results))
     dist.destroy_process_group()
 
@@ -112,3 +116,29 @@ def test_compute_reduces_across_processes(tmp_path):
     ece = M.ExpectedCalibrationError(3)
     ece.update(s, a)
     assert gathered[0]["ece"].mean == pytest.approx(ece.compute().mean)
+    together = M.ImageMetrics(3, matched_sizes=(4, 6))
+    together.update(s, a)
+    for key, expected in together.compute().items():
+        for rank in (0, 1):
+            assert astuple(gathered[rank]["image_metrics"][key]) == pytest.approx(astuple(expected)), key
+
+
+def test_image_metrics_accumulate_every_per_image_metric_from_one_pass():
+    """ImageMetrics gives the figures of the single metrics, and each image's values."""
+    s, a = dataset()
+    together = M.ImageMetrics(3, matched_sizes=(4, 6))
+    rows = together.update(s[:3], a[:3]) + together.update(s[3:], a[3:])
+    assert len(rows) == 7 and set(rows[0]) == {"ged", "diversity", "dice", "hm_iou_4", "hm_iou_6"}
+    figures = together.compute()
+    for name, key in (("ged", "ged"), ("diversity", "diversity"), ("dice", "dice"), ("hm_iou", "hm_iou_6")):
+        single = CLASSES[name][0](3)
+        single.update(s, a)
+        assert astuple(figures[key]) == pytest.approx(astuple(single.compute())), key
+    assert [row["ged"] for row in rows] == pytest.approx([M.generalized_energy_distance(x, y, 3) for x, y in zip(s, a)])
+    assert figures["hm_iou_4"].num_samples == 4 and figures["ged"].num_samples == 6
+    matched_4 = [M.hungarian_matched_iou(x[:4], y, 3) for x, y in zip(s, a)]
+    assert figures["hm_iou_4"].mean == pytest.approx(np.mean(matched_4))
+
+
+def test_estimates_are_json_ready():
+    assert M.Estimate(0.5, math.nan, 1, 4).as_dict() == {"mean": 0.5, "stderr": None, "num_images": 1, "num_samples": 4}

@@ -1,13 +1,18 @@
-"""SSNHead, the U-Net backbone, the two model kinds and the registry."""
+"""SSNHead, the U-Net backbone, the method interface, the two methods and the registries."""
 
+import json
+import math
+
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import ssn
-from ssn import LowRankLogitDistribution, SSNHead, StochasticSegmentationNetwork
-from ssn.backbones import UNet
+from ssn import ConfigError, LowRankLogitDistribution, SegmentationModel, SSNHead, StochasticSegmentationNetwork
 from ssn.models import DeterministicSegmentationNetwork
+from ssn.networks import UNet
 
 
 @pytest.mark.parametrize("spatial_dims, spatial", [(1, (9,)), (2, (6, 7)), (3, (3, 4, 5))])
@@ -78,12 +83,12 @@ def test_tiny_inputs_are_zero_padded_when_reflection_is_impossible():
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_registry_builds_both_kinds_on_the_same_backbone(spatial_dims):
+def test_registry_builds_both_methods_on_the_same_backbone(spatial_dims):
     shape = (1, 1) + (12,) * spatial_dims
     model = ssn.models.create("unet", spatial_dims=spatial_dims, in_channels=1, num_classes=3, rank=5, features=(4, 8))
-    baseline = ssn.models.create("unet", spatial_dims=spatial_dims, num_classes=3, deterministic=True, features=(4, 8))
-    assert isinstance(model, StochasticSegmentationNetwork)
-    assert isinstance(baseline, DeterministicSegmentationNetwork)
+    baseline = ssn.models.create("unet", method="deterministic", spatial_dims=spatial_dims, num_classes=3, features=(4, 8))
+    assert isinstance(model, StochasticSegmentationNetwork) and isinstance(model, SegmentationModel)
+    assert isinstance(baseline, DeterministicSegmentationNetwork) and isinstance(baseline, SegmentationModel)
     assert model.rank == 5 and model.num_classes == 3
     dist = model(torch.randn(shape))
     assert dist.event_shape == (3,) + shape[2:]
@@ -93,28 +98,63 @@ def test_registry_builds_both_kinds_on_the_same_backbone(spatial_dims):
 
 def test_registry_lists_names_and_refuses_unknown_ones():
     assert "unet" in ssn.models.available_backbones()
-    with pytest.raises(ValueError, match="unknown backbone 'resnet'; available: .*unet"):
+    assert ssn.models.available_methods() == ["deterministic", "ssn"]
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet'; available: .*unet"):
         ssn.models.create("resnet")
+    with pytest.raises(ConfigError, match="unknown method 'bayes'"):
+        ssn.models.create("unet", method="bayes")
 
 
-class Identityish(nn.Module):
+def test_settings_go_to_the_method_and_the_rest_to_the_backbone():
+    model = ssn.models.create("unet", rank=3, mc_samples=8, features=(4, 8), norm="batch")
+    assert model.rank == 3 and model.mc_samples == 8
+    assert isinstance(model.backbone.encoders[0][1], nn.BatchNorm2d)
+    with pytest.raises(ConfigError, match="'rank': not a setting of method 'deterministic'"):
+        ssn.models.create("unet", method="deterministic", rank=3)
+    with pytest.raises(ConfigError, match="backbone 'unet' takes no argument 'width'; it takes: features, norm, dropout"):
+        ssn.models.create("unet", width=8)
+    with pytest.raises(ConfigError, match="features must be one or more positive"):
+        ssn.models.create("unet", features=[0, 8])
+
+
+class Widthy(nn.Module):
+    """A backbone with its own argument and no ``out_channels`` attribute."""
+
     def __init__(self, spatial_dims, in_channels, width=6):
         super().__init__()
-        self.out_channels = width
         self.conv = nn.Conv2d(in_channels, width, 3, padding=1)
 
     def forward(self, x):
         return torch.relu(self.conv(x))
 
 
-def test_any_backbone_can_be_registered_or_wrapped():
-    ssn.models.register_backbone("test-identityish")(Identityish)
-    model = ssn.models.create("test-identityish", in_channels=3, num_classes=2, rank=2, width=7)
+@pytest.fixture
+def widthy():
+    ssn.models.register_backbone("test-widthy")(Widthy)
+    yield "test-widthy"
+    ssn.models.unregister_backbone("test-widthy")
+
+
+def test_a_registered_backbone_gets_its_own_arguments_and_a_dry_run_finds_its_channels(widthy):
+    model = ssn.models.create(widthy, in_channels=3, num_classes=2, rank=2, width=7)
+    assert model.spec.feature_channels == 7 and model.head.mean.in_channels == 7
+    assert model.spec.backbone_kwargs == {"width": 7}
     assert model(torch.randn(2, 3, 8, 8)).event_shape == (2, 8, 8)
-    with pytest.raises(ValueError, match="already registered"):
-        ssn.models.register_backbone("test-identityish")(Identityish)
-    wrapped = StochasticSegmentationNetwork(Identityish(2, 1), feature_channels=6, num_classes=2, rank=1)
+    with pytest.raises(ConfigError, match="already registered"):
+        ssn.models.register_backbone(widthy)(Widthy)
+    wrapped = StochasticSegmentationNetwork(Widthy(2, 1), feature_channels=6, num_classes=2, rank=1)
     assert wrapped(torch.randn(1, 1, 4, 4)).rank == 1
+
+
+def test_the_spec_names_every_argument_and_rebuilds_the_same_model():
+    model = ssn.models.create("unet", rank=4, features=(4, 8))
+    spec = model.spec.as_dict()
+    assert spec["method_kwargs"] == {"rank": 4, "eps": 1e-5, "mc_samples": 20, "antithetic": True}
+    assert spec["backbone_kwargs"] == {"features": [4, 8], "norm": "instance", "dropout": 0.0}
+    rebuilt = ssn.models.build(ssn.models.ModelSpec.from_dict(json.loads(json.dumps(spec))))
+    rebuilt.load_state_dict(model.state_dict())
+    images = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(rebuilt.eval()(images).loc, model.eval()(images).loc)
 
 
 def test_a_backbone_that_changes_the_size_is_reported():
@@ -124,17 +164,82 @@ def test_a_backbone_that_changes_the_size_is_reported():
         model(torch.randn(1, 1, 8, 8))
 
 
+@pytest.mark.parametrize("method", ["ssn", "deterministic"])
+@pytest.mark.parametrize("spatial", [(16, 16), (6, 8, 8)])
+def test_every_method_implements_the_interface(method, spatial):
+    """loss (scalar), sample_labels (N, B, *S) uint8, mean_probabilities (B, C, *S) summing to 1."""
+    torch.manual_seed(0)
+    settings = {"rank": 3} if method == "ssn" else {}
+    model = ssn.models.create("unet", method=method, spatial_dims=len(spatial), num_classes=3, features=(4, 8), **settings)
+    images, target = torch.randn(2, 1, *spatial), torch.randint(0, 3, (2, *spatial))
+    loss = model.loss(images, target)
+    assert loss.shape == () and loss.requires_grad
+    labels = model.sample_labels(images, 5)
+    assert labels.shape == (5, 2, *spatial) and labels.dtype == torch.uint8 and labels.max() < 3
+    probabilities = model.mean_probabilities(images)
+    assert probabilities.shape == (2, 3, *spatial)
+    torch.testing.assert_close(probabilities.sum(1), torch.ones(2, *spatial))
+
+
+def test_the_deterministic_loss_is_the_summed_cross_entropy_and_its_samples_the_argmax():
+    torch.manual_seed(0)
+    model = ssn.models.create("unet", method="deterministic", num_classes=3, features=(4, 8))
+    images, target = torch.randn(2, 1, 10, 10), torch.randint(0, 3, (2, 10, 10))
+    expected = F.cross_entropy(model(images), target, reduction="sum") / 2
+    torch.testing.assert_close(model.loss(images, target), expected)
+    mask = torch.zeros(2, 10, 10, dtype=torch.bool)
+    mask[:, :5] = True
+    inside = F.cross_entropy(model(images), target, reduction="none")[mask].sum() / 2
+    torch.testing.assert_close(model.loss(images, target, mask=mask), inside)
+    labels = model.sample_labels(images, 4)
+    assert (labels == model(images).argmax(1).to(torch.uint8)).all()
+    torch.testing.assert_close(model.mean_probabilities(images), model(images).softmax(1))
+
+
+def test_the_ssn_loss_is_ssn_loss_of_its_distribution():
+    model = ssn.models.create("unet", num_classes=3, rank=2, mc_samples=6, features=(4, 8))
+    images, target = torch.randn(2, 1, 10, 10), torch.randint(0, 3, (2, 10, 10))
+    torch.manual_seed(1)
+    loss = model.loss(images, target)
+    torch.manual_seed(1)
+    expected = ssn.ssn_loss(model.distribution(images), target, num_samples=6, antithetic=True)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_ssn_mean_probabilities_match_the_gaussian_integral_of_the_sigmoid():
+    """Two classes: p(fg) = E[sigmoid(m + s z)], m and s^2 of the log-odds, by Gauss-Hermite quadrature."""
+    torch.manual_seed(0)
+    model = ssn.models.create("unet", num_classes=2, rank=2, features=(4, 8)).eval()
+    images = torch.randn(1, 1, 8, 8)
+    with torch.no_grad():
+        contrast = model(images).class_contrast(1, 0)
+    m, s = contrast.loc[0, 0].double(), contrast.variance[0, 0].double().sqrt()
+    nodes, weights = np.polynomial.hermite_e.hermegauss(60)  # weight exp(-z^2 / 2)
+    nodes, weights = torch.tensor(nodes), torch.tensor(weights) / math.sqrt(2 * math.pi)
+    exact = (torch.sigmoid(m[..., None] + s[..., None] * nodes) * weights).sum(-1)
+    estimate = model.mean_probabilities(images, num_samples=4000, generator=torch.Generator().manual_seed(0))[0, 1]
+    assert (estimate.double() - exact).abs().max() < 0.02  # 4000 draws: standard error <= 0.008
+
+
+def test_sampling_with_a_generator_repeats():
+    model = ssn.models.create("unet", rank=2, features=(4, 8)).eval()
+    images = torch.randn(2, 1, 12, 12)
+    first = model.sample_labels(images, 6, generator=torch.Generator().manual_seed(3))
+    second = model.sample_labels(images, 6, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first, second)
+
+
 def test_model_trains_end_to_end():
     """A few optimiser steps of backbone + head + loss lower the loss on a fixed batch."""
     torch.manual_seed(0)
-    model = ssn.models.create("unet", features=(8, 16), rank=4)
+    model = ssn.models.create("unet", features=(8, 16), rank=4, mc_samples=10)
     images = torch.randn(4, 1, 16, 16)
     target = (images[:, 0] > 0).long()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(30):
         optimiser.zero_grad()
-        loss = ssn.ssn_loss(model(images), target, num_samples=10)
+        loss = model.loss(images, target)
         loss.backward()
         optimiser.step()
         losses.append(loss.item())

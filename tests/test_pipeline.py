@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from ssn.cli import main
+from ssn.apps.cli import main
 from ssn.data import make_synthetic, save_arrays
 
 TRAIN = ["--features", "8", "16", "32", "--batch-size", "16", "--lr", "3e-3", "--val-images", "32", "--val-samples", "8"]
@@ -105,9 +106,20 @@ def test_sample_writes_samples_and_figures(workspace, tmp_path, kind):
     "argv, message",
     [
         (["train", "--data", "missing.npz", "--out", "x"], "no such data file"),
-        (["train", "--out", "x"], "required: --data"),
+        (["train", "--out", "x"], "the setting data is required"),
         (["train", "--data", "d.npz", "--out", "x", "--rank", "ten"], "invalid int value"),
-        (["train", "--data", "d.npz", "--out", "x", "--deterministic", "maybe"], "expected true or false"),
+        (["train", "--data", "d.npz", "--out", "x", "--augment", "maybe"], "expected true or false"),
+        (["train", "--data", "d.npz", "--out", "x", "--lr", "-1"], "lr must be > 0"),
+        (["train", "--data", "d.npz", "--out", "x", "--batch-size", "0"], "batch_size must be >= 1"),
+        (["train", "--data", "d.npz", "--out", "x", "--mc-samples", "7"], "mc_samples must be even"),
+        (["train", "--data", "d.npz", "--out", "x", "--method", "bayes"], "invalid choice: 'bayes'"),
+        (["train", "--data", "d.npz", "--out", "x", "--model", "resnet"], "unknown backbone 'resnet'"),
+        (["train", "--data", "d.npz", "--out", "x", "--features", "0", "8"], "features must be one or more positive"),
+        (["train", "--data", "d.npz", "--out", "x", "--model-kwargs", "{width: 8}"], "takes no argument 'width'"),
+        (["train", "--data", "d.npz", "--out", "x", "--model-kwargs", "[1]"], "expected a YAML or JSON mapping"),
+        (["train", "--data", "d.npz", "--out", "x", "--model", "monai:BasicUNet", "--features", "4"], "features is the U-Net's shorthand"),
+        (["train", "--data", "d.npz", "--out", "x", "--device", "cuda:0"], "no CUDA device"),
+        (["train", "--data", "d.npz", "--out", "x", "--config", "nowhere.yaml"], "no such config file"),
         (["evaluate", "--run", "nowhere", "--data", "d.npz"], "not a run directory"),
         (["sample", "--run", "nowhere", "--input", "x.png"], "not a run directory"),
         (["frobnicate"], "invalid choice"),
@@ -150,3 +162,98 @@ def test_volumes_train_evaluate_and_sample(tmp_path):
     np.save(tmp_path / "one.npy", images[0])
     assert main(["sample", "--run", str(run), "--input", str(tmp_path / "one.npy"), "--samples", "3", "--out", str(tmp_path / "s")]) == 0
     assert np.load(tmp_path / "s" / "samples.npz")["samples"].shape == (1, 3, 8, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("augment: 'false'\n", "augment must be true or false; got 'false'"),
+        ("epochs: 0\n", "epochs must be >= 1; got 0"),
+        ("batch_size: -1\n", "batch_size must be >= 1; got -1"),
+        ("features: [0, 8]\n", "features must be one or more positive"),
+        ("epochs: 2.5\n", "epochs must be an integer; got 2.5"),
+        ("rank: [1]\n", "rank must be an integer"),
+        ("model_kwargs: 3\n", "model_kwargs must be a mapping"),
+        ("lr: fast\n", "lr must be a number; got 'fast'"),
+        ("in_channels: 3\n", "unknown settings in_channels"),
+        ("rnak: 3\n", "unknown settings rnak"),
+        ("- rank\n", "must be a YAML mapping"),
+    ],
+)
+def test_a_wrong_config_value_gives_one_line_exit_2_and_writes_nothing(yaml_text, message, capsys, tmp_path):
+    np.savez(tmp_path / "d.npz", images=np.zeros((4, 8, 8), np.uint8), masks=np.zeros((4, 1, 8, 8), np.uint8))
+    (tmp_path / "c.yaml").write_text(yaml_text)
+    code = main(["train", "--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_numbers_written_without_a_dot_are_numbers(tmp_path):
+    """PyYAML reads `lr: 1e-3` as the string '1e-3'; the configuration takes it as the number."""
+    from ssn.engine import TrainConfig
+    from ssn.engine.config import read_yaml
+
+    (tmp_path / "c.yaml").write_text("lr: 1e-3\nweight_decay: 1e-5\nmethod: deterministic\nmodel_kwargs: {norm: batch}\n")
+    config = TrainConfig(data="d.npz", out="o", **read_yaml(tmp_path / "c.yaml"))
+    assert config.lr == 1e-3 and config.weight_decay == 1e-5 and config.method == "deterministic"
+    assert config.model_kwargs == {"norm": "batch"}
+
+
+class Widthy(torch.nn.Module):
+    """A backbone with its own argument ``width`` and no ``features``."""
+
+    def __init__(self, spatial_dims, in_channels, width=6):
+        super().__init__()
+        self.out_channels = width
+        self.conv = torch.nn.Conv2d(in_channels, width, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+
+def test_a_backbone_registered_with_its_own_arguments_trains_from_a_yaml_config(workspace, tmp_path):
+    import ssn
+
+    ssn.models.register_backbone("test-yaml-widthy")(Widthy)
+    try:
+        (tmp_path / "c.yaml").write_text(
+            "model: test-yaml-widthy\nmodel_kwargs: {width: 5}\nrank: 2\nepochs: 1\nval_images: 8\nbatch_size: 32\n"
+        )
+        run = tmp_path / "run"
+        assert main(["train", "--config", str(tmp_path / "c.yaml"), "--data", str(workspace / "data.npz"), "--out", str(run)]) == 0
+        architecture = json.loads((run / "config.json").read_text())["architecture"]
+        assert architecture["backbone"] == "test-yaml-widthy" and architecture["backbone_kwargs"] == {"width": 5}
+        assert architecture["feature_channels"] == 5 and architecture["method_kwargs"]["rank"] == 2
+        assert main(["evaluate", "--run", str(run), "--data", str(workspace / "data.npz"), "--samples", "4"]) == 0
+    finally:
+        ssn.models.unregister_backbone("test-yaml-widthy")
+
+
+def test_the_method_flag_and_its_alias_record_the_method(workspace, tmp_path):
+    common = ["--data", str(workspace / "data.npz"), "--epochs", "1", "--features", "4", "8", "--val-images", "8"]
+    assert main(["train", "--out", str(tmp_path / "a"), "--method", "deterministic", *common]) == 0
+    assert main(["train", "--out", str(tmp_path / "b"), "--deterministic", *common]) == 0
+    for run in ("a", "b"):
+        config = json.loads((tmp_path / run / "config.json").read_text())
+        assert config["method"] == "deterministic" and config["architecture"]["method"] == "deterministic"
+        assert config["architecture"]["method_kwargs"] == {}
+
+
+def test_an_internal_error_shows_its_traceback_and_exits_1(workspace, tmp_path):
+    """A bug is not a user mistake: no one-line message, the traceback, exit code 1."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, ssn.engine.trainer as trainer\n"
+        "def broken(spec):\n"
+        "    raise TypeError('injected internal error')\n"
+        "trainer.build = broken\n"
+        "from ssn.apps.cli import main\n"
+        f"sys.exit(main(['train', '--data', {str(workspace / 'data.npz')!r}, '--out', {str(tmp_path / 'r')!r}]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr and "TypeError: injected internal error" in result.stderr
+    assert "ssn: error" not in result.stderr

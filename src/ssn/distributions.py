@@ -64,12 +64,6 @@ class LowRankLogitDistribution(Distribution):
         (torch.Size([16, 4, 32, 32]), torch.uint8)
     """
 
-    arg_constraints = {
-        "loc": constraints.real,
-        "cov_factor": constraints.real,
-        "cov_diag": constraints.positive,
-    }
-    support = constraints.real
     has_rsample = True
 
     def __init__(
@@ -86,8 +80,31 @@ class LowRankLogitDistribution(Distribution):
         # The base class would print whole tensors on a bad value; we check values ourselves.
         super().__init__(loc.shape[:1], loc.shape[1:], validate_args=False)
         self._validate_args = Distribution._validate_args if validate_args is None else validate_args
-        if self._validate_args:
-            _check_values(loc, cov_factor, cov_diag)
+        #: whether the values were checked on construction (see :meth:`check_values`).
+        self.values_checked = bool(self._validate_args)
+        if self.values_checked:
+            self.check_values()
+
+    # ------------------------------------------------- the torch.distributions protocol
+    # Shapes: batch (B,) and event (C, *S), so the constraints hold over the whole event.
+    @property
+    def arg_constraints(self) -> dict:
+        event_dims = len(self.event_shape)
+        return {
+            "loc": constraints.independent(constraints.real, event_dims),
+            "cov_factor": constraints.independent(constraints.real, event_dims + 1),
+            "cov_diag": constraints.independent(constraints.positive, event_dims),
+        }
+
+    @property
+    def support(self) -> constraints.Constraint:
+        """Real logit maps: ``independent(real, len(event_shape))``."""
+        return constraints.independent(constraints.real, len(self.event_shape))
+
+    def check_values(self) -> None:
+        """Raise ``ValueError`` naming the problem if a parameter is NaN or infinite, or the
+        diagonal is not positive (one device synchronisation)."""
+        _check_values(self.loc, self.cov_factor, self.cov_diag)
 
     # ----------------------------------------------------------------------------- sizes
     @property
@@ -297,13 +314,24 @@ class LowRankLogitDistribution(Distribution):
         """Differential entropy of the logit map, shape (B,)."""
         return 0.5 * (self.event_size * (1.0 + _LOG_2PI) + self._log_det_covariance)
 
-    def expand(self, batch_shape, _instance=None):  # noqa: D102 - see Distribution.expand
+    def expand(self, batch_shape, _instance=None) -> "LowRankLogitDistribution":
+        """The same distribution for a batch of ``batch_shape = (B',)`` images, as views.
+
+        The batch must stay one-dimensional (the parameters are laid out (B, ...)); a batch of
+        one image expands to any B', a batch of B only to itself, as in ``Tensor.expand``.
+        """
         batch_shape = torch.Size(batch_shape)
-        if batch_shape == self.batch_shape:
-            return self
-        raise NotImplementedError(
-            "LowRankLogitDistribution has a fixed batch of images; build a new one from "
-            "expanded parameters instead"
+        if len(batch_shape) != 1 or self.loc.shape[0] not in (1, batch_shape[0]):
+            raise ValueError(
+                f"LowRankLogitDistribution keeps a one-dimensional batch (B,) of images; it can expand "
+                f"batch {tuple(self.batch_shape)} to (B',) when B is 1 or B' = B, not to {tuple(batch_shape)}"
+            )
+        count = batch_shape[0]
+        return LowRankLogitDistribution(
+            self.loc.expand(count, *self.loc.shape[1:]),
+            self.cov_factor.expand(count, *self.cov_factor.shape[1:]),
+            self.cov_diag.expand(count, *self.cov_diag.shape[1:]),
+            validate_args=False,
         )
 
     def __repr__(self) -> str:

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .distributions import LowRankLogitDistribution, _check_values
+from .distributions import LowRankLogitDistribution
 
-__all__ = ["ssn_loss", "SSNLoss", "monte_carlo_log_likelihood"]
+__all__ = ["ssn_loss", "SSNLoss", "monte_carlo_log_likelihood", "prepare_target"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -46,7 +46,7 @@ def monte_carlo_log_likelihood(
     if logit_samples.dim() < 4:
         raise ValueError(f"logit_samples must have shape (M, B, C, *S); got {tuple(logit_samples.shape)}")
     _, batch, num_classes, *spatial = logit_samples.shape
-    target, weights = _prepare_target(target, (batch, *spatial), num_classes, ignore_index, mask)
+    target, weights = prepare_target(target, (batch, *spatial), num_classes, ignore_index, mask)
     return _log_likelihood(logit_samples, target, weights)
 
 
@@ -118,11 +118,11 @@ def ssn_loss(
         raise ValueError(f"reduction must be one of {_REDUCTIONS}; got {reduction!r}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1; got {num_samples}")
-    if check_inputs and not distribution._validate_args:
-        _check_values(distribution.loc, distribution.cov_factor, distribution.cov_diag)
+    if check_inputs and not distribution.values_checked:
+        distribution.check_values()
     # Check the target before drawing samples: a bad label should fail fast and clearly.
     expected = distribution.batch_shape + distribution.spatial_shape
-    target, weights = _prepare_target(target, tuple(expected), distribution.num_classes, ignore_index, mask)
+    target, weights = prepare_target(target, tuple(expected), distribution.num_classes, ignore_index, mask)
     if distribution.num_classes == 2:
         # Only the log-odds eta_1 - eta_0 matter: sample them directly, with half the draws.
         margin = distribution.class_contrast(1, 0).rsample((num_samples,), antithetic=antithetic)
@@ -189,14 +189,23 @@ class SSNLoss(nn.Module):
         )
 
 
-def _prepare_target(
+def prepare_target(
     target: Tensor,
     expected_shape: tuple[int, ...],
     num_classes: int,
-    ignore_index: int | None,
-    mask: Tensor | None,
+    ignore_index: int | None = None,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Validate labels; return int64 labels safe to gather with, and a bool keep-mask (or None)."""
+    """Check a label map against the model's output; shared by every method's loss.
+
+    Args:
+        target: (B, *S) integer labels; expected_shape: (B, *S).
+        ignore_index: a label whose pixels are left out; mask: (B, *S) or (B, 1, *S) region.
+
+    Returns:
+        int64 labels safe to gather with (ignored pixels set to 0), and a bool (B, *S) map of
+        the pixels to count, or ``None`` when all count.
+    """
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a torch.Tensor of int64 labels; got {type(target).__name__}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
 from ..files import write_atomically
 
 __all__ = ["DataError", "SegmentationArrays", "load_arrays", "save_arrays", "cache_dir", "validate_values"]
@@ -33,10 +34,6 @@ __all__ = ["DataError", "SegmentationArrays", "load_arrays", "save_arrays", "cac
 
 _OPTIONAL = ("patient", "truth_maps", "truth_probs")
 _KEYS = ("images", "masks") + _OPTIONAL
-
-
-class DataError(ValueError):
-    """A data file that cannot be used; the message says what is wrong and how to fix it."""
 
 
 @dataclass
@@ -82,12 +79,6 @@ class SegmentationArrays:
     def num_classes(self) -> int:
         """C = the largest label + 1 (at least 2)."""
         return max(2, int(self.masks.max()) + 1)
-
-    def subset(self, indices: np.ndarray) -> "SegmentationArrays":
-        """The images at ``indices`` (sorted indices keep memory-mapped reads sequential)."""
-        indices = np.asarray(indices)
-        optional = {k: None if getattr(self, k) is None else getattr(self, k)[indices] for k in _OPTIONAL}
-        return SegmentationArrays(self.images[indices], self.masks[indices], **optional)
 
     def truth(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(maps (K, *S), probabilities (K,)) of image ``index``, if the data has the truth."""

@@ -8,6 +8,7 @@ from .aggregation import (
     ExpectedCalibrationError,
     GeneralizedEnergyDistance,
     HungarianMatchedIoU,
+    ImageMetrics,
     MeanPredictionDice,
     SampleDiversity,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "ExpectedCalibrationError",
     "GeneralizedEnergyDistance",
     "HungarianMatchedIoU",
+    "ImageMetrics",
     "MeanPredictionDice",
     "SampleDiversity",
     "calibration_bins",

@@ -26,6 +26,7 @@ __all__ = [
     "HungarianMatchedIoU",
     "MeanPredictionDice",
     "ExpectedCalibrationError",
+    "ImageMetrics",
 ]
 
 
@@ -42,9 +43,10 @@ class Estimate:
         return self.mean
 
     def as_dict(self) -> dict:
+        """JSON-ready: ``stderr`` is ``None`` where it is undefined (one image, or ECE)."""
         return {
             "mean": self.mean,
-            "stderr": self.stderr,
+            "stderr": None if math.isnan(self.stderr) else self.stderr,
             "num_images": self.num_images,
             "num_samples": self.num_samples,
         }
@@ -67,48 +69,20 @@ def _batch(x, name: str) -> Tensor:
     return t
 
 
-class _PerImageMean:
-    """Mean over images of a per-image score, with its standard error."""
+class _MeanAccumulator:
+    """Sum, sum of squares and count of per-image values: a mean and its standard error,
+    summed over processes. Every dataset figure with a ± goes through it."""
 
-    def __init__(self, num_classes: int = 2) -> None:
-        self.num_classes = num_classes
-        self.reset()
+    def __init__(self) -> None:
+        self.state = torch.zeros(3, dtype=torch.float64)
 
-    def reset(self) -> None:
-        # sum, sum of squares, count: enough for the mean and its standard error.
-        self._state = torch.zeros(3, dtype=torch.float64)
-        self._num_samples: int | None = None
+    def add(self, value: float) -> None:
+        self.state += torch.tensor([value, value * value, 1.0], dtype=torch.float64)
 
-    def _score(self, samples: Tensor, annotations: Tensor) -> float:
-        raise NotImplementedError
-
-    def update(self, samples, annotations) -> None:
-        """Add a batch: samples (B, N, *S), annotations (B, A, *S), integer labels."""
-        samples, annotations = _batch(samples, "samples"), _batch(annotations, "annotations")
-        if samples.shape[0] != annotations.shape[0]:
-            raise ValueError(
-                f"samples and annotations must have the same batch size; got {samples.shape[0]} "
-                f"and {annotations.shape[0]} (samples are (B, N, *S): movedim(0, 1) sample_labels' output)"
-            )
-        self._note_num_samples(samples.shape[1])
-        for s, a in zip(samples, annotations):
-            value = self._score(s, a)
-            self._state += torch.tensor([value, value * value, 1.0], dtype=torch.float64)
-
-    def _note_num_samples(self, n: int) -> None:
-        if self._num_samples is not None and n != self._num_samples:
-            raise ValueError(
-                f"this metric was updated with {self._num_samples} samples per image and now {n}; "
-                "its value depends on the number of samples, so keep it fixed (or reset())"
-            )
-        self._num_samples = n
-
-    def compute(self) -> Estimate:
-        """The mean over all images seen (by all processes), with its standard error."""
-        total, total_sq, count = _all_reduce(self._state).tolist()
-        num_samples = self._reduced_num_samples()
+    def estimate(self, num_samples: int | None, name: str) -> Estimate:
+        total, total_sq, count = _all_reduce(self.state).tolist()
         if count == 0:
-            raise RuntimeError(f"{type(self).__name__}.compute() called before any update()")
+            raise RuntimeError(f"{name}.compute() called before any update()")
         mean = total / count
         if count > 1:
             variance = max(total_sq - count * mean * mean, 0.0) / (count - 1)
@@ -117,8 +91,23 @@ class _PerImageMean:
             stderr = math.nan
         return Estimate(mean, stderr, int(count), num_samples)
 
-    def _reduced_num_samples(self) -> int | None:
-        local = self._num_samples
+
+class _SampleCount:
+    """The number of samples per image, which must stay fixed (and agree across processes)."""
+
+    def __init__(self) -> None:
+        self.value: int | None = None
+
+    def note(self, n: int) -> None:
+        if self.value is not None and n != self.value:
+            raise ValueError(
+                f"this metric was updated with {self.value} samples per image and now {n}; "
+                "its value depends on the number of samples, so keep it fixed (or reset())"
+            )
+        self.value = n
+
+    def reduced(self) -> int | None:
+        local = self.value
         if not (dist.is_available() and dist.is_initialized()):
             return local
         # max over processes of N and of -N gives the largest and smallest N used anywhere.
@@ -131,6 +120,46 @@ class _PerImageMean:
                 f"processes used different numbers of samples per image ({int(-neg_low)} to {int(high)})"
             )
         return int(high)
+
+
+def _check_batches(samples: Tensor, annotations: Tensor) -> None:
+    if samples.shape[0] != annotations.shape[0]:
+        raise ValueError(
+            f"samples and annotations must have the same batch size; got {samples.shape[0]} "
+            f"and {annotations.shape[0]} (samples are (B, N, *S): movedim(0, 1) sample_labels' output)"
+        )
+
+
+class _PerImageMean:
+    """Mean over images of a per-image score, with its standard error."""
+
+    def __init__(self, num_classes: int = 2) -> None:
+        self.num_classes = num_classes
+        self.reset()
+
+    def reset(self) -> None:
+        self._values = _MeanAccumulator()
+        self._num_samples = _SampleCount()
+
+    def _score(self, samples: Tensor, annotations: Tensor) -> float:
+        raise NotImplementedError
+
+    def update(self, samples, annotations) -> list[float]:
+        """Add a batch: samples (B, N, *S), annotations (B, A, *S), integer labels.
+
+        Returns the B per-image values added.
+        """
+        samples, annotations = _batch(samples, "samples"), _batch(annotations, "annotations")
+        _check_batches(samples, annotations)
+        self._num_samples.note(samples.shape[1])
+        values = [self._score(s, a) for s, a in zip(samples, annotations)]
+        for value in values:
+            self._values.add(value)
+        return values
+
+    def compute(self) -> Estimate:
+        """The mean over all images seen (by all processes), with its standard error."""
+        return self._values.estimate(self._num_samples.reduced(), type(self).__name__)
 
 
 class GeneralizedEnergyDistance(_PerImageMean):
@@ -146,12 +175,13 @@ class SampleDiversity(_PerImageMean):
     ``update(samples, annotations=None)``: annotations are not needed.
     """
 
-    def update(self, samples, annotations=None) -> None:
+    def update(self, samples, annotations=None) -> list[float]:
         samples = _batch(samples, "samples")
-        self._note_num_samples(samples.shape[1])
-        for s in samples:
-            value = F.sample_diversity(s, self.num_classes)
-            self._state += torch.tensor([value, value * value, 1.0], dtype=torch.float64)
+        self._num_samples.note(samples.shape[1])
+        values = [F.sample_diversity(s, self.num_classes) for s in samples]
+        for value in values:
+            self._values.add(value)
+        return values
 
 
 class HungarianMatchedIoU(_PerImageMean):
@@ -204,3 +234,50 @@ class ExpectedCalibrationError:
         if count == 0:
             raise RuntimeError("ExpectedCalibrationError.compute() called before any update()")
         return Estimate(F.ece_from_bins(bins), math.nan, count, None)
+
+
+class ImageMetrics:
+    """Every per-image sample metric of an evaluation at once, from one distance computation
+    per image (:func:`~ssn.metrics.image_metrics`), accumulated over a dataset.
+
+    ``update(samples, annotations, truths=None)`` returns one dict of values per image (for
+    per-image tables); ``compute()`` returns an :class:`Estimate` per key (``ged``,
+    ``diversity``, ``dice``, ``hm_iou_{n}`` and, with the exact truth, ``ged_truth``), summed
+    across processes like the single metrics above.
+
+    Args:
+        num_classes: C.
+        matched_sizes: report the Hungarian-matched IoU of the first n samples, for each n.
+    """
+
+    def __init__(self, num_classes: int = 2, matched_sizes: tuple[int, ...] = ()) -> None:
+        self.num_classes = num_classes
+        self.matched_sizes = tuple(matched_sizes)
+        self.reset()
+
+    def reset(self) -> None:
+        self._values: dict[str, _MeanAccumulator] = {}
+        self._num_samples = _SampleCount()
+
+    def update(self, samples, annotations, truths=None) -> list[dict[str, float]]:
+        """samples (B, N, *S), annotations (B, A, *S); truths: B pairs (maps (K, *S), probs (K,)) or None."""
+        samples, annotations = _batch(samples, "samples"), _batch(annotations, "annotations")
+        _check_batches(samples, annotations)
+        self._num_samples.note(samples.shape[1])
+        truths = [None] * samples.shape[0] if truths is None else truths
+        rows = []
+        for s, a, truth in zip(samples, annotations, truths):
+            row = F.image_metrics(s, a, self.num_classes, self.matched_sizes, truth)
+            for key, value in row.items():
+                self._values.setdefault(key, _MeanAccumulator()).add(value)
+            rows.append(row)
+        return rows
+
+    def compute(self) -> dict[str, Estimate]:
+        """An :class:`Estimate` per metric; ``hm_iou_{n}`` carries ``num_samples = n``."""
+        num_samples = self._num_samples.reduced()
+        out = {}
+        for key in sorted(self._values):  # the same order in every process
+            n = int(key.rsplit("_", 1)[1]) if key.startswith("hm_iou_") else num_samples
+            out[key] = self._values[key].estimate(n, f"ImageMetrics[{key}]")
+        return out

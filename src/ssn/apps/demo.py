@@ -12,19 +12,21 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from . import metrics
-from .checkpoints import load_run, write_json
-from .data.arrays import save_arrays
-from .data.synthetic import make_synthetic
-from .evaluation import evaluate
-from .sampling import plot_samples
-from .training import TrainConfig, image_tensor, predict_labels, train
+from .. import metrics
+from ..data.arrays import save_arrays
+from ..data.synthetic import make_synthetic
+from ..engine import TrainConfig, load_run, train
+from ..engine.checkpoints import write_json
+from ..inference import predict_batches
+from .evaluate import evaluate
+from .plotting import plot_samples
 
 MODELS = {
     "low-rank SSN (rank 10)": {"rank": 10},
     "diagonal SSN (rank 0)": {"rank": 0},
-    "deterministic U-Net": {"deterministic": True},
+    "deterministic U-Net": {"method": "deterministic"},
 }
 
 
@@ -55,8 +57,8 @@ def run_demo(out: str | Path = "ssn_demo", minutes: float = 0.8, seed: int = 0, 
         )
         log(f"training {name} for {minutes:.1f} min ...")
         summary = train(config, log=lambda *_: None)
-        metrics = evaluate(run_dir, data_path, "test", split_path, num_samples=100, out=run_dir / "metrics.json", log=lambda *_: None)
-        results[name] = {"steps": summary["steps"], **metrics}
+        scores = evaluate(run_dir, data_path, "test", split_path, num_samples=100, out=run_dir / "metrics.json", log=lambda *_: None)
+        results[name] = {"steps": summary["steps"], **scores}
     write_json({name: _short(r) for name, r in results.items()}, out / "metrics.json")
     figures = _figures(out, data, split, seed)
     log(_table(results))
@@ -90,8 +92,10 @@ def _figures(out: Path, data, split: dict, seed: int) -> Path:
     test = np.flatnonzero(np.isin(data.patient, split["test"]))[:4]
     for name in MODELS:
         run_dir = _run_dir(out, name)
-        model, config = load_run(run_dir)
-        labels = predict_labels(model, image_tensor(data.images[test]), 16, config["deterministic"]).numpy()
+        model, _ = load_run(run_dir)
+        generator = torch.Generator().manual_seed(seed)
+        ((_, labels),) = predict_batches(model, data.images, test, 16, batch_size=len(test), generator=generator)
+        labels = labels.numpy()
         for j, index in enumerate(test):
             mean = metrics.class_frequencies(labels[j], 2).numpy()
             entropy = metrics.entropy_map(labels[j], 2).numpy()

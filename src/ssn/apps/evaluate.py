@@ -3,14 +3,15 @@
 Per image, ``num_samples`` label maps are drawn and compared with the annotators: GED^2, sample
 diversity, Hungarian-matched IoU (16 and ``num_samples`` samples), Dice of the mean prediction,
 and, where the data carries its exact label distribution, GED^2 against that truth. Calibration
-(ECE) pools all pixels. The JSON holds dataset means with standard errors, each with its
-number of samples; a CSV beside it holds the per-image values.
+(ECE) pools all pixels. The figures come from the accumulating metrics of :mod:`ssn.metrics`
+(dataset means with standard errors, each with its number of samples); a CSV beside the JSON
+holds the per-image values.
 """
 
 from __future__ import annotations
 
 import csv
-import math
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -18,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics
-from .checkpoints import load_run, write_json
-from .data.arrays import load_arrays
-from .data.splits import select_split
-from .files import write_atomically
-from .training import image_tensor, predict_labels
+from .. import metrics
+from ..data.arrays import load_arrays
+from ..data.splits import select_split
+from ..engine.checkpoints import load_run, write_json
+from ..errors import ConfigError, DataError
+from ..files import write_atomically
+from ..inference import predict_batches
 
 __all__ = ["evaluate"]
 
@@ -41,40 +43,41 @@ def evaluate(
     log=print,
 ) -> dict:
     """Evaluate ``run_dir``'s best weights on ``data_path`` (all images, or one split)."""
+    if num_samples < 2 or batch_size < 1:
+        raise ConfigError(f"need --samples >= 2 and --batch-size >= 1; got {num_samples} and {batch_size}")
     model, config = load_run(run_dir)
     model.to(device)
     data = load_arrays(data_path)
     if split_file is not None:
         indices = select_split(data, split or "test", split_file)
     elif split is not None:
-        raise ValueError("--split needs --split-file (the JSON listing each split's patients)")
+        raise ConfigError("--split needs --split-file (the JSON listing each split's patients)")
     else:
         indices = np.arange(len(data))
-    num_classes = config["num_classes"]
+    num_classes = model.num_classes
     if data.num_classes() > num_classes:
-        raise ValueError(f"the data holds labels up to {data.num_classes() - 1}, the model only {num_classes} classes")
+        raise DataError(f"the data holds labels up to {data.num_classes() - 1}, the model only {num_classes} classes")
     matched = tuple(sorted({min(16, num_samples), num_samples}))
-    torch.manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed)
+    per_image = metrics.ImageMetrics(num_classes, matched)
     ece = metrics.ExpectedCalibrationError(num_classes)
     rows = []
     start = time.perf_counter()
-    for i in range(0, indices.size, batch_size):
-        chunk = indices[i : i + batch_size]
-        labels = predict_labels(
-            model, image_tensor(data.images[chunk], device), num_samples, config["deterministic"]
-        ).cpu()
+    for chunk, labels in predict_batches(model, data.images, indices, num_samples, batch_size, device, generator):
         annotations = torch.from_numpy(np.ascontiguousarray(data.masks[chunk]))
         ece.update(labels, annotations)
-        for j, index in enumerate(chunk):
-            values = metrics.image_metrics(labels[j], annotations[j], num_classes, matched, data.truth(index))
-            rows.append({"index": int(index), **({"patient": str(data.patient[index])} if data.patient is not None else {}), **values})
+        truths = [data.truth(i) for i in chunk] if data.truth_maps is not None else None
+        for index, values in zip(chunk, per_image.update(labels, annotations, truths)):
+            patient = {"patient": str(data.patient[index])} if data.patient is not None else {}
+            rows.append({"index": int(index), **patient, **values})
     seconds = time.perf_counter() - start
-    summary = _summarise(rows, matched, num_samples)
-    summary["ece"] = {"mean": ece.compute().mean, "num_samples": num_samples, "num_images": len(rows)}
+    figures = per_image.compute()
+    summary = {key: figures[key].as_dict() for key in ("ged", "diversity", "dice", "ged_truth") if key in figures}
+    summary["hm_iou"] = {str(n): figures[f"hm_iou_{n}"].as_dict() for n in matched}
+    summary["ece"] = dataclasses.replace(ece.compute(), num_samples=num_samples).as_dict()
     summary.update(
         num_samples=num_samples, num_images=len(rows), run=str(run_dir), data=str(data_path),
-        split=split if split_file else "all", seconds=seconds,
-        model={k: config[k] for k in ("model", "rank", "deterministic", "features")},
+        split=split if split_file else "all", seconds=seconds, model=config["architecture"],
     )
     if out is not None:
         out = Path(out)
@@ -82,24 +85,6 @@ def evaluate(
         write_json(summary, out)
         _write_csv(rows, out.with_suffix(".csv"))
     log(_describe(summary))
-    return summary
-
-
-def _estimate(values: list[float], num_samples: int) -> dict:
-    array = np.asarray(values, dtype=np.float64)
-    stderr = float(array.std(ddof=1) / math.sqrt(array.size)) if array.size > 1 else math.nan
-    return {"mean": float(array.mean()), "stderr": stderr, "num_samples": num_samples, "num_images": int(array.size)}
-
-
-def _summarise(rows: list[dict], matched: tuple[int, ...], num_samples: int) -> dict:
-    summary = {
-        "ged": _estimate([r["ged"] for r in rows], num_samples),
-        "diversity": _estimate([r["diversity"] for r in rows], num_samples),
-        "hm_iou": {str(n): _estimate([r[f"hm_iou_{n}"] for r in rows], n) for n in matched},
-        "dice": _estimate([r["dice"] for r in rows], num_samples),
-    }
-    if rows and "ged_truth" in rows[0]:
-        summary["ged_truth"] = _estimate([r["ged_truth"] for r in rows], num_samples)
     return summary
 
 
@@ -116,7 +101,7 @@ def _write_csv(rows: list[dict], path: Path) -> None:
 def _describe(summary: dict) -> str:
     n = summary["num_samples"]
     parts = [
-        f"GED^2({n}) {summary['ged']['mean']:.4f} +- {summary['ged']['stderr']:.4f}",
+        f"GED^2({n}) {summary['ged']['mean']:.4f} +- {summary['ged']['stderr'] or float('nan'):.4f}",
         f"diversity {summary['diversity']['mean']:.4f}",
         *[f"HM-IoU({k}) {v['mean']:.4f}" for k, v in summary["hm_iou"].items()],
         f"Dice {summary['dice']['mean']:.4f}",

@@ -14,13 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics
-from .checkpoints import load_run
-from .data.arrays import DataError, load_arrays
-from .files import write_atomically
-from .training import image_tensor, predict_labels
+from .. import metrics
+from ..data.arrays import load_arrays
+from ..engine.checkpoints import load_run
+from ..errors import ConfigError, DataError
+from ..files import write_atomically
+from ..inference import predict_batches
+from .plotting import plot_samples
 
-__all__ = ["read_images", "sample_run", "plot_samples"]
+__all__ = ["read_images", "sample_run"]
 
 
 def read_images(path: str | os.PathLike, in_channels: int, spatial_dims: int) -> np.ndarray:
@@ -66,17 +68,16 @@ def sample_run(
 
     Figures are drawn for the first ``max_figures`` images only (plotting is the slow part).
     """
+    if num_samples < 1 or batch_size < 1:
+        raise ConfigError(f"need --samples >= 1 and a batch size >= 1; got {num_samples} and {batch_size}")
     model, config = load_run(run_dir)
     model.to(device)
-    images = read_images(input_path, config["in_channels"], config["spatial_dims"])
-    torch.manual_seed(seed)
-    labels = np.concatenate(
-        [
-            predict_labels(model, image_tensor(images[i : i + batch_size], device), num_samples, config["deterministic"]).cpu().numpy()
-            for i in range(0, len(images), batch_size)
-        ]
-    )
-    num_classes = config["num_classes"]
+    spec = config["architecture"]
+    images = read_images(input_path, spec["in_channels"], spec["spatial_dims"])
+    generator = torch.Generator(device).manual_seed(seed)
+    batches = predict_batches(model, images, np.arange(len(images)), num_samples, batch_size, device, generator)
+    labels = np.concatenate([batch.numpy() for _, batch in batches])
+    num_classes = model.num_classes
     mean = np.stack([metrics.class_frequencies(s, num_classes).numpy() for s in labels])
     entropy = np.stack([metrics.entropy_map(s, num_classes).numpy() for s in labels])
     out = Path(out)
@@ -88,47 +89,3 @@ def sample_run(
         plot_samples(images[i], labels[i], mean[i], entropy[i], out / f"image_{i:04d}.png")
     log(f"wrote {out / 'samples.npz'}: samples {labels.shape}, and {figures} figures (image_NNNN.png)")
     return out / "samples.npz"
-
-
-def _middle_slice(array: np.ndarray, spatial_dims: int) -> np.ndarray:
-    """A 2D view of a map (*S): the middle slice of a volume, a strip for 1D."""
-    if spatial_dims == 3:
-        return array[array.shape[0] // 2]
-    return array[None] if spatial_dims == 1 else array
-
-
-def plot_samples(image, samples, mean, entropy, path, max_samples: int = 8, title: str | None = None) -> None:
-    """One figure: the image, the mean prediction, the entropy and up to ``max_samples`` samples.
-
-    Args:
-        image: (channels, *S); samples: (N, *S); mean: (C, *S); entropy: (*S).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    spatial_dims = samples.ndim - 1
-    picture = _middle_slice(np.asarray(image[0], dtype=np.float32), spatial_dims)
-    shown = [_middle_slice(np.asarray(s), spatial_dims) for s in samples[:max_samples]]
-    foreground = 1.0 - _middle_slice(np.asarray(mean[0]), spatial_dims)
-    panels = [("image", picture, "gray"), ("P(foreground)", foreground, "viridis"),
-              ("entropy", _middle_slice(np.asarray(entropy), spatial_dims), "magma")]
-    panels += [(f"sample {k + 1}", s, "tab10") for k, s in enumerate(shown)]
-    columns = min(len(panels), 6)
-    rows = -(-len(panels) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.3 * rows), squeeze=False)
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, (name, array, cmap) in zip(axes.flat, panels):
-        if name.startswith("sample"):
-            axis.imshow(picture, cmap="gray")
-            axis.imshow(np.ma.masked_equal(array, 0), cmap=cmap, alpha=0.6, vmin=0, vmax=9, interpolation="nearest")
-        else:
-            axis.imshow(array, cmap=cmap)
-        axis.set_title(name, fontsize=9)
-    if title:
-        figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)

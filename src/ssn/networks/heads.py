@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .backbones import conv_layer
-from .distributions import LowRankLogitDistribution
+from ..distributions import LowRankLogitDistribution
+from ..errors import ConfigError
+from .layers import conv_layer
 
 __all__ = ["SSNHead"]
 
@@ -38,11 +39,11 @@ class SSNHead(nn.Module):
     ) -> None:
         super().__init__()
         if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2 (background and one class); got {num_classes}")
+            raise ConfigError(f"num_classes must be at least 2 (background and one class); got {num_classes}")
         if rank < 0:
-            raise ValueError(f"rank must be >= 0; got {rank}")
+            raise ConfigError(f"rank must be >= 0; got {rank}")
         if eps <= 0:
-            raise ValueError(f"eps must be > 0 so that the diagonal stays positive; got {eps}")
+            raise ConfigError(f"eps must be > 0 so that the diagonal stays positive; got {eps}")
         conv = conv_layer(spatial_dims)
         self.num_classes = num_classes
         self.rank = rank

@@ -1,7 +1,8 @@
-"""The ``ssn`` command line: train, evaluate, sample, demo, info.
+"""The ``ssn`` command line: train, evaluate, sample, convert, demo, info.
 
-Errors a user can fix (a wrong flag, a missing file, bad data) print one line, ``ssn: error:
-...``, and exit with code 2.
+Errors a user can fix (a wrong flag, a bad setting, a missing file, bad data: every
+:class:`~ssn.errors.UserError`) print one line, ``ssn: error: ...``, and exit with code 2.
+Anything else is a bug: it keeps its traceback and exits with code 1.
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ import argparse
 import dataclasses
 import platform
 import sys
-from pathlib import Path
+import typing
 
-from . import __version__
+from .. import __version__
+from ..errors import ConfigError, UserError
 
 EXAMPLES = {
     "train": """examples:
   ssn train --data lidc.npz --out runs/ssn --split-file split.json --max-minutes 40
   ssn train --data lidc.npz --out runs/diag --rank 0 --epochs 10
-  ssn train --data lidc.npz --out runs/det --deterministic --config train.yaml
+  ssn train --data lidc.npz --out runs/det --method deterministic --config train.yaml
+  ssn train --data lidc.npz --out runs/monai --model monai:BasicUNet --model-kwargs '{features: [16, 16, 32, 64, 128, 16]}'
   ssn train --data lidc.npz --out runs/ssn --resume        # continue from last.safetensors""",
     "evaluate": """examples:
   ssn evaluate --run runs/ssn --data lidc.npz --split test --split-file split.json --out metrics.json
@@ -69,27 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     t = command("train", "train an SSN (or a baseline) on a dataset .npz")
-    t.add_argument("--data", required=True, help="dataset .npz (images, masks[, patient])")
-    t.add_argument("--out", required=True, help="run directory to write (config, weights, logs)")
-    t.add_argument("--split-file", help='JSON {"splits": {"train": [...], "val": [...]}}; default: hold out 10%% of patients')
-    t.add_argument("--train-split", help="split name to train on (default train)")
-    t.add_argument("--val-split", help="split name to validate on (default val)")
-    t.add_argument("--model", help="backbone name (default unet)")
-    t.add_argument("--features", type=int, nargs="+", help="backbone channels per level (default 32 64 128 256)")
-    t.add_argument("--rank", type=int, help="covariance rank; 0 = the diagonal model (default 10)")
-    t.add_argument("--mc-samples", type=int, help="Monte Carlo samples in the loss, even (default 20)")
-    t.add_argument("--deterministic", type=_bool, nargs="?", const=True, help="train the plain-softmax baseline")
-    t.add_argument("--epochs", type=int, help="number of epochs (default 20 unless --max-minutes)")
-    t.add_argument("--max-minutes", type=float, help="stop after this many minutes")
-    t.add_argument("--batch-size", type=int, help="images per step (default 16)")
-    t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    t.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
-    t.add_argument("--augment", type=_bool, help="flips and small rotations (default true)")
-    t.add_argument("--val-images", type=int, help="fixed validation subset size (default 128)")
-    t.add_argument("--val-samples", type=int, help="samples per validation image (default 16)")
-    t.add_argument("--seed", type=int, help="random seed (default 0)")
-    t.add_argument("--device", help="cpu or cuda (default cpu)")
-    t.add_argument("--resume", action="store_const", const=True, help="continue the run in --out")
+    _add_train_flags(t)
+    t.add_argument("--deterministic", dest="method", action="store_const", const="deterministic",
+                   help="the same as --method deterministic")
     t.add_argument("--config", help="YAML file of the same settings (flags override it)")
     t.set_defaults(handler=_train)
 
@@ -128,62 +113,88 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(handler=_demo)
 
-    i = command("info", "print versions, threads and the available backbones")
+    i = command("info", "print versions, threads, the methods and the available backbones")
     i.set_defaults(handler=_info)
     return parser
 
 
-def _train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, train
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per setting of TrainConfig, with its help text and default from there."""
+    from ..engine.config import TrainConfig
 
-    settings = {}
-    if args.config:
-        settings.update(_read_yaml(args.config))
+    hints = typing.get_type_hints(TrainConfig)
+    for f in TrainConfig.flag_fields():
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        if isinstance(hint, typing.types.UnionType):
+            (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        text = f.metadata["help"] + (f" (default {default})" if default not in (None, "") else "")
+        options = {"help": text, "default": None}
+        if f.name in ("data", "out"):
+            options["required"] = False  # may come from --config; TrainConfig says when missing
+        if hint is bool:
+            options.update(type=_bool, nargs="?", const=True, metavar="BOOL")
+        elif typing.get_origin(hint) is list:
+            options.update(type=int, nargs="+")
+        elif hint is dict:
+            options.update(type=_mapping, metavar="YAML")
+        else:
+            options["type"] = hint
+        if f.name == "method":
+            from ..models import available_methods
+
+            options["choices"] = available_methods()
+        parser.add_argument(flag, **options)
+
+
+def _mapping(text: str) -> dict:
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a YAML or JSON mapping such as '{{width: 8}}', got {text!r}")
+    return value
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..engine import TrainConfig, train
+    from ..engine.config import read_yaml
+
+    settings = read_yaml(args.config) if args.config else {}
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config") and v is not None}
     settings.update(flags)
+    unknown = set(settings) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ConfigError(f"unknown settings {', '.join(sorted(unknown))}")
     train(TrainConfig(**settings))
     return 0
 
 
-def _read_yaml(path: str) -> dict:
-    import yaml
-
-    from .training import TrainConfig
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no such config file: {path}")
-    content = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(content, dict):
-        raise ValueError(f"{path} must be a YAML mapping of settings, e.g. `rank: 10`")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    settings = {k.replace("-", "_"): v for k, v in content.items()}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown settings {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return settings
-
-
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate
+    from .evaluate import evaluate
 
     evaluate(args.run, args.data, args.split, args.split_file, args.samples, args.out, args.batch_size, args.device, args.seed)
     return 0
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from .sampling import sample_run
+    from .sample import sample_run
 
     sample_run(args.run, args.input, args.samples, args.out, args.device, args.seed, max_figures=args.figures)
     return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .checkpoints import write_json
-    from .data import converters
-    from .data.arrays import save_arrays
+    from ..data import converters
+    from ..data.arrays import save_arrays
+    from ..engine.checkpoints import write_json
 
     if args.split_out and args.kind != "phiseg-hdf5":
-        raise ValueError("--split-out applies to phiseg-hdf5 only (the other formats carry patient ids)")
+        raise ConfigError("--split-out applies to phiseg-hdf5 only (the other formats carry patient ids)")
     if args.kind == "png-tree":
         data = converters.png_tree(args.source)
     elif args.kind == "pickle":
@@ -207,18 +218,26 @@ def _demo(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import torch
 
-    from .models import available_backbones
+    from ..models import available_backbones, available_methods
+    from ..networks import monai_nets
 
     print(f"ssn {__version__}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     print(f"cuda available: {torch.cuda.is_available()}")
+    print(f"methods: {', '.join(available_methods())}")
     print(f"backbones: {', '.join(available_backbones())}")
+    monai = monai_nets.available()
+    if monai:
+        import monai as monai_package
+
+        print(f"MONAI {monai_package.__version__} networks (those whose output keeps the input size work):")
+        print("  " + ", ".join(monai))
+    else:
+        print("MONAI networks: not installed (pip install 'ssn[monai]')")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .data.arrays import DataError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
@@ -226,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except (DataError, FileNotFoundError, ValueError, TypeError) as error:
+    except UserError as error:
         print(f"ssn: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

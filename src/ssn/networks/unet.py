@@ -1,8 +1,7 @@
-"""Backbones: networks that map an image to a feature map of the same spatial size.
+"""A U-Net (Ronneberger et al., 2015) written once for 1, 2 and 3 spatial dimensions.
 
-Any ``nn.Module`` with that contract can carry an SSN head. This module provides a U-Net
-(Ronneberger et al., 2015) written once for 1, 2 and 3 spatial dimensions: layers come from
-small factories keyed on ``spatial_dims``, so there is no 2D copy of a 3D class.
+Layers come from the factories of :mod:`ssn.networks.layers`, keyed on ``spatial_dims``, so there
+is no 2D copy of a 3D class. It is registered as the backbone ``"unet"``.
 """
 
 from __future__ import annotations
@@ -10,44 +9,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["UNet", "conv_layer", "norm_layer"]
+from ..errors import ConfigError
+from .layers import NORMS, conv_layer, crop_to, max_pool_layer, norm_layer, pad_to_multiple, transposed_conv_layer
 
-
-def conv_layer(spatial_dims: int) -> type[nn.Module]:
-    """``nn.Conv1d``, ``nn.Conv2d`` or ``nn.Conv3d``."""
-    return _pick(spatial_dims, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def _transposed_conv_layer(spatial_dims: int) -> type[nn.Module]:
-    return _pick(spatial_dims, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
-def _max_pool_layer(spatial_dims: int) -> type[nn.Module]:
-    return _pick(spatial_dims, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
-
-
-def norm_layer(kind: str | None, spatial_dims: int, channels: int) -> nn.Module:
-    """A normalisation layer: ``"instance"``, ``"batch"``, ``"group"`` (8 groups) or ``None``."""
-    if kind is None or kind == "none":
-        return nn.Identity()
-    if kind == "instance":
-        return _pick(spatial_dims, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)(
-            channels, affine=True
-        )
-    if kind == "batch":
-        return _pick(spatial_dims, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)(channels)
-    if kind == "group":
-        return nn.GroupNorm(min(8, channels), channels)
-    raise ValueError(f"unknown norm {kind!r}; choose 'instance', 'batch', 'group' or None")
-
-
-def _pick(spatial_dims: int, *layers):
-    if spatial_dims not in (1, 2, 3):
-        raise ValueError(f"spatial_dims must be 1, 2 or 3; got {spatial_dims}")
-    return layers[spatial_dims - 1]
+__all__ = ["UNet"]
 
 
 class _ConvBlock(nn.Sequential):
@@ -92,8 +59,14 @@ class UNet(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if len(features) < 1:
-            raise ValueError("features needs at least one level, e.g. (32, 64, 128, 256)")
+        features = list(features)
+        if not features or not all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in features):
+            raise ConfigError(f"features must be one or more positive channel counts, e.g. [32, 64, 128, 256]; got {features}")
+        norm = None if norm == "none" else norm
+        if norm not in NORMS:
+            raise ConfigError(f"unknown norm {norm!r}; choose 'instance', 'batch', 'group' or none")
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1); got {dropout}")
         self.spatial_dims = spatial_dims
         self.out_channels = features[0]
         self.divisor = 2 ** (len(features) - 1)
@@ -102,12 +75,12 @@ class UNet(nn.Module):
         for width in features:
             self.encoders.append(_ConvBlock(spatial_dims, channels, width, norm))
             channels = width
-        self.pool = _max_pool_layer(spatial_dims)(2)
+        self.pool = max_pool_layer(spatial_dims)(2)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.upsamplers = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for coarse, fine in zip(features[:0:-1], features[-2::-1]):
-            self.upsamplers.append(_transposed_conv_layer(spatial_dims)(coarse, fine, 2, stride=2))
+            self.upsamplers.append(transposed_conv_layer(spatial_dims)(coarse, fine, 2, stride=2))
             self.decoders.append(_ConvBlock(spatial_dims, 2 * fine, fine, norm))
 
     def forward(self, image: Tensor) -> Tensor:
@@ -118,7 +91,7 @@ class UNet(nn.Module):
                 f"{', '.join('DHW'[-self.spatial_dims:])}); got shape {tuple(image.shape)}"
             )
         spatial = image.shape[2:]
-        x = _pad_to_multiple(image, self.divisor)
+        x = pad_to_multiple(image, self.divisor)
         skips = []
         for level, encoder in enumerate(self.encoders):
             if level > 0:
@@ -128,20 +101,4 @@ class UNet(nn.Module):
         x = self.dropout(skips.pop())
         for upsample, decoder in zip(self.upsamplers, self.decoders):
             x = decoder(torch.cat([upsample(x), skips.pop()], dim=1))
-        return x[(..., *(slice(0, size) for size in spatial))]
-
-
-def _pad_to_multiple(x: Tensor, divisor: int) -> Tensor:
-    """Pad the spatial dimensions at their far end up to multiples of ``divisor``.
-
-    Sizes are padded to at least ``2 * divisor`` so that the bottleneck keeps more than one
-    element per dimension (instance normalisation needs that).
-    """
-    extra = [max((-size) % divisor, 2 * divisor - size) for size in x.shape[2:]]
-    if not any(extra):
-        return x
-    pad = []
-    for amount in reversed(extra):  # F.pad lists the last dimension first
-        pad += [0, amount]
-    reflect_ok = all(amount < size for amount, size in zip(extra, x.shape[2:]))
-    return F.pad(x, pad, mode="reflect" if reflect_ok else "constant")
+        return crop_to(x, spatial)

@@ -1,0 +1,1 @@
+"""The faces of ssn: the command line, evaluation, sampling, the demo and figures."""

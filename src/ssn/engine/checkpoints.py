@@ -1,0 +1,73 @@
+"""Run directories: a JSON configuration and safetensors weights, written atomically.
+
+A run directory holds everything ``evaluate`` and ``sample`` need:
+
+- ``config.json``      the training configuration, with ``architecture``: the
+  :class:`~ssn.models.ModelSpec` (method, backbone, every model argument) the model is rebuilt from;
+- ``best.safetensors`` the weights with the best validation GED^2, ``last.safetensors`` the latest;
+- ``state.pt``         optimiser state and progress, for ``--resume``;
+- ``metrics.jsonl``    one line of metrics per epoch; ``tensorboard/`` the same as events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import RunError
+from ..models import ModelSpec, SegmentationModel, build
+from ..files import write_atomically
+
+__all__ = ["save_weights", "load_weights", "write_json", "read_config", "load_run"]
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_atomically(path, lambda p: save_file(state, str(p)))
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    model.load_state_dict(load_file(str(path)))
+
+
+def write_json(payload: dict, path: str | os.PathLike) -> None:
+    write_atomically(path, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
+
+
+def read_config(run_dir: str | os.PathLike) -> dict:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a run directory: it has no config.json (train one with `ssn train`)")
+    config = json.loads(path.read_text())
+    if "architecture" not in config:
+        config["architecture"] = _architecture_of_version_0_1(config)
+    return config
+
+
+def _architecture_of_version_0_1(config: dict) -> dict:
+    """Runs written by ssn 0.1 named the model by ``deterministic``, ``model``, ``features``, ``rank``."""
+    missing = [k for k in ("model", "features", "spatial_dims", "in_channels", "num_classes") if k not in config]
+    if missing:
+        raise RunError(f"config.json lacks {', '.join(missing)}: it was not written by ssn train")
+    deterministic = config.get("deterministic", False)
+    return ModelSpec(
+        method="deterministic" if deterministic else "ssn", backbone=config["model"],
+        spatial_dims=config["spatial_dims"], in_channels=config["in_channels"], num_classes=config["num_classes"],
+        method_kwargs={} if deterministic else {"rank": config["rank"], "mc_samples": config.get("mc_samples", 20)},
+        backbone_kwargs={"features": config["features"]},
+    ).as_dict()
+
+
+def load_run(run_dir: str | os.PathLike, which: str = "best") -> tuple[SegmentationModel, dict]:
+    """(model with the ``best`` or ``last`` weights, in eval mode; configuration)."""
+    config = read_config(run_dir)
+    weights = Path(run_dir) / f"{which}.safetensors"
+    if not weights.is_file():
+        raise RunError(f"{weights} is missing: the run has not saved {which} weights yet")
+    model = build(ModelSpec.from_dict(config["architecture"]))
+    load_weights(model, weights)
+    return model.eval(), config

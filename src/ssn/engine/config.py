@@ -1,0 +1,216 @@
+"""The training configuration: one dataclass, the single home of every setting.
+
+Each field holds its default, its help text and its valid range. The command line builds its
+flags from these fields and a YAML file uses the same names, so a setting is declared once.
+Values are checked when a :class:`TrainConfig` is built, whatever they came from; a wrong one
+raises :class:`~ssn.errors.ConfigError` naming the setting and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..models import ModelSpec, available_methods, method_class
+
+__all__ = ["TrainConfig", "read_yaml", "model_spec"]
+
+
+def setting(default: Any = None, help: str = "", *, low: float | None = None, above: float | None = None,
+            choices: tuple | None = None, flag: bool = True, factory=None):
+    """A dataclass field with its help text and range: ``low`` <= value, ``above`` < value."""
+    metadata = {"help": help, "low": low, "above": above, "choices": choices, "flag": flag}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Model sizes left unset are read from the data."""
+
+    data: str = setting(help="dataset .npz (images, masks[, patient])")
+    out: str = setting(help="run directory to write (config, weights, logs)")
+    split_file: str | None = setting(help='JSON {"splits": {"train": [...], "val": [...]}}; default: hold out 10%% of the patients')
+    train_split: str = setting("train", "split name to train on")
+    val_split: str = setting("val", "split name to validate on")
+    method: str = setting("ssn", "the method: ssn or deterministic (the plain-softmax baseline)")
+    model: str = setting("unet", "backbone: unet, monai:NAME (e.g. monai:BasicUNet) or a registered name")
+    features: list[int] | None = setting(help="U-Net channels per level, e.g. 32 64 128 256 (a shorthand for model_kwargs features)")
+    model_kwargs: dict = setting(help="the backbone's own arguments, as YAML/JSON, e.g. '{norm: batch}'", factory=dict)
+    rank: int = setting(10, "ssn: covariance rank; 0 = the diagonal model", low=0)
+    mc_samples: int = setting(20, "ssn: Monte Carlo samples in the loss (even: antithetic pairs)", low=2)
+    epochs: int | None = setting(help="number of epochs (default 20 unless --max-minutes or --max-steps)", low=1)
+    max_minutes: float | None = setting(help="stop training after this many minutes", above=0)
+    max_steps: int | None = setting(help="stop training after this many optimiser steps", low=1)
+    batch_size: int = setting(16, "images per step", low=1)
+    lr: float = setting(1e-3, "Adam learning rate", above=0)
+    weight_decay: float = setting(0.0, "Adam weight decay", low=0)
+    grad_clip: float = setting(10.0, "clip the gradient norm to this", above=0)
+    augment: bool = setting(True, "flips and small rotations")
+    val_images: int = setting(128, "fixed validation subset size", low=1)
+    val_samples: int = setting(16, "samples per validation image", low=1)
+    seed: int = setting(0, "random seed (data order, augmentation, initialisation, validation draws)", low=0)
+    device: str = setting("cpu", "cpu, cuda or cuda:N")
+    resume: bool = setting(False, "continue the run in --out from its last state")
+    num_classes: int | None = setting(help="number of classes (default: the largest label + 1)", low=2)
+    in_channels: int | None = setting(help="read from the data", low=1, flag=False)
+    spatial_dims: int | None = setting(help="read from the data", choices=(1, 2, 3), flag=False)
+
+    def __post_init__(self) -> None:
+        for name in ("data", "out"):
+            if not getattr(self, name):
+                raise ConfigError(f"the setting {name} is required (--{name} on the command line)")
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = _coerce(f.name, getattr(self, f.name), hints[f.name])
+            _check_range(f.name, value, f.metadata)
+            setattr(self, f.name, value)
+        if self.method not in available_methods():
+            raise ConfigError(f"method must be one of {', '.join(available_methods())}; got {self.method!r}")
+        if self.method == "ssn" and self.mc_samples % 2:
+            raise ConfigError(f"mc_samples must be even (antithetic pairs); got {self.mc_samples}")
+        if self.features is not None:
+            if self.model != "unet":
+                raise ConfigError(f"features is the U-Net's shorthand; give {self.model}'s arguments as model_kwargs")
+            if "features" in self.model_kwargs and list(self.model_kwargs["features"]) != self.features:
+                raise ConfigError("features is given twice (features and model_kwargs.features) with different values")
+        _check_device(self.device)
+        if self.epochs is None and self.max_minutes is None and self.max_steps is None:
+            self.epochs = 20
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def flag_fields(cls) -> list[dataclasses.Field]:
+        """The settings the command line offers as ``--flags``."""
+        return [f for f in dataclasses.fields(cls) if f.metadata["flag"]]
+
+
+def model_spec(config: TrainConfig) -> ModelSpec:
+    """The model a (completed) configuration describes: its method, backbone and sizes."""
+    cls = method_class(config.method)
+    backbone_kwargs = dict(config.model_kwargs)
+    if config.features is not None:
+        backbone_kwargs["features"] = list(config.features)
+    return ModelSpec(
+        method=config.method, backbone=config.model, spatial_dims=config.spatial_dims,
+        in_channels=config.in_channels, num_classes=config.num_classes,
+        method_kwargs={name: getattr(config, name) for name in cls.settings if hasattr(config, name)},
+        backbone_kwargs=backbone_kwargs,
+    )
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The settings of a YAML file (names as in :class:`TrainConfig`, ``-`` or ``_``)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no such config file: {path}")
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path} must be a YAML mapping of settings, e.g. `rank: 10`")
+    settings = {str(k).replace("-", "_"): v for k, v in content.items()}
+    if settings.pop("deterministic", False) is True:  # the old switch, kept as an alias
+        settings.setdefault("method", "deterministic")
+    allowed = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["flag"]}
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+    return settings
+
+
+# ------------------------------------------------------------------------- value checks
+def _describe(hint) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping"}
+    if typing.get_origin(hint) is list:
+        return "a list of integers"
+    return names.get(hint, str(hint))
+
+
+def _coerce(name: str, value: Any, hint) -> Any:
+    """``value`` as the type ``hint`` names, or :class:`ConfigError`.
+
+    Strings that spell a number are accepted for numbers: PyYAML reads ``1e-3`` as a string.
+    Nothing else is converted: ``'false'`` is not a boolean, 2.5 is not an integer.
+    """
+    if isinstance(hint, types.UnionType):  # X | None
+        if value is None:
+            return None
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    wrong = ConfigError(f"{name} must be {_describe(hint)}; got {value!r} ({type(value).__name__})")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if hint is int:
+        if isinstance(value, bool):
+            raise wrong
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise wrong from None
+        if not isinstance(value, int):
+            raise wrong
+        return value
+    if hint is float:
+        if isinstance(value, bool):
+            raise wrong
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise wrong from None
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise wrong
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise wrong
+        return value
+    if hint is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise wrong
+        return value
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise wrong
+        return list(value)
+    raise TypeError(f"no check for the type {hint} of setting {name}")  # a bug: a new field type
+
+
+def _check_range(name: str, value: Any, metadata) -> None:
+    if value is None:
+        return
+    low, above, choices = metadata["low"], metadata["above"], metadata["choices"]
+    if low is not None and value < low:
+        raise ConfigError(f"{name} must be >= {low}; got {value}")
+    if above is not None and not value > above:
+        raise ConfigError(f"{name} must be > {above}; got {value}")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got {value}")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device must be cpu, cuda or cuda:N; got {device!r}") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for, but this machine has no CUDA device; use --device cpu")

@@ -1,0 +1,72 @@
+"""The interface every segmentation method implements.
+
+Training, validation, evaluation, sampling, the demo and the benchmarks call only these
+methods, so a new method (a Probabilistic U-Net, say) plugs in by subclassing
+:class:`SegmentationModel` and registering itself (:func:`ssn.models.register_method`).
+
+Shapes: images (B, in_channels, *S); targets (B, *S) integer labels in [0, C); masks (B, *S)
+or (B, 1, *S), bool or {0, 1}, a region of interest (optional).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SegmentationModel"]
+
+
+class SegmentationModel(nn.Module, abc.ABC):
+    """A backbone and a method-specific head.
+
+    Attributes:
+        method: the name it is registered under (``"ssn"``, ``"deterministic"``).
+        settings: the names of the constructor arguments specific to this method (recorded in
+            a run's configuration and passed back when the run is loaded).
+        backbone: the feature network.
+        num_classes: C.
+        spatial_dims: 1, 2 or 3.
+        spec: how :func:`ssn.models.create` built it (``None`` when built by hand); a run
+            directory stores it, so that the model can be rebuilt exactly.
+    """
+
+    method: ClassVar[str]
+    settings: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, backbone: nn.Module, num_classes: int, spatial_dims: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.spatial_dims = spatial_dims
+        self.spec = None
+
+    def features(self, images: Tensor) -> Tensor:
+        """Backbone features (B, F, *S), checked to keep the image's spatial size."""
+        features = self.backbone(images)
+        if features.shape[2:] != images.shape[2:]:
+            raise ValueError(
+                f"the backbone must return features of the image's spatial size {tuple(images.shape[2:])}; "
+                f"it returned {tuple(features.shape[2:])}. Pad and crop inside the backbone."
+            )
+        return features
+
+    @abc.abstractmethod
+    def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The training objective, a scalar: the batch mean of each image's negative
+        log-likelihood of its label map (summed over the pixels inside ``mask``)."""
+
+    @abc.abstractmethod
+    def sample_labels(
+        self, images: Tensor, num_samples: int, mask: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``num_samples`` label maps per image, (N, B, *S) uint8, without gradients."""
+
+    @abc.abstractmethod
+    def mean_probabilities(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The predictive class probabilities (B, C, *S), without gradients."""
+
+    def extra_repr(self) -> str:
+        return f"method={self.method!r}, num_classes={self.num_classes}, spatial_dims={self.spatial_dims}"

@@ -1,0 +1,53 @@
+"""The baseline: the same backbone, one 1x1 convolution, a plain softmax."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..losses import prepare_target
+from ..networks.layers import conv_layer
+from .base import SegmentationModel
+
+__all__ = ["DeterministicSegmentationNetwork"]
+
+
+class DeterministicSegmentationNetwork(SegmentationModel):
+    """A backbone and a 1x1 convolution to logits; ``model(images)`` returns logits (B, C, *S).
+
+    Its loss is the cross-entropy summed over pixels and averaged over the batch, the scale of
+    the SSN loss, so the two train alike with one learning rate. Its "samples" are the argmax
+    repeated: it has no spread to offer, which is what the SSN is compared against.
+    """
+
+    method = "deterministic"
+    settings = ()
+
+    def __init__(self, backbone: nn.Module, feature_channels: int, num_classes: int, spatial_dims: int = 2) -> None:
+        super().__init__(backbone, num_classes, spatial_dims)
+        self.head = conv_layer(spatial_dims)(feature_channels, num_classes, 1)
+
+    def forward(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Images (B, in_channels, *S) -> logits (B, C, *S). ``mask`` is accepted and unused."""
+        return self.head(self.features(images))
+
+    def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        logits = self(images)
+        target, keep = prepare_target(target, (logits.shape[0], *logits.shape[2:]), self.num_classes, None, mask)
+        pixel_loss = F.cross_entropy(logits, target, reduction="none")
+        if keep is not None:
+            pixel_loss = pixel_loss * keep
+        return pixel_loss.flatten(1).sum(1).mean()
+
+    @torch.no_grad()
+    def sample_labels(
+        self, images: Tensor, num_samples: int, mask: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """(N, B, *S) uint8: the argmax, N times."""
+        labels = self(images).argmax(1).to(torch.uint8)
+        return labels.unsqueeze(0).expand(num_samples, *labels.shape).contiguous()
+
+    @torch.no_grad()
+    def mean_probabilities(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self(images).softmax(dim=1)

@@ -1,0 +1,93 @@
+"""The Stochastic Segmentation Network: a backbone, an SSN head and the Monte Carlo loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..distributions import LowRankLogitDistribution
+from ..errors import ConfigError
+from ..losses import ssn_loss
+from ..networks.heads import SSNHead
+from .base import SegmentationModel
+
+__all__ = ["StochasticSegmentationNetwork"]
+
+
+class StochasticSegmentationNetwork(SegmentationModel):
+    """Any backbone followed by an :class:`~ssn.networks.SSNHead` (Monteiro et al. 2020).
+
+    ``model(images, mask=None)`` and ``model.distribution(images, mask=None)`` return the
+    :class:`~ssn.LowRankLogitDistribution` of the logit map.
+
+    Args:
+        backbone: an ``nn.Module`` mapping images (B, in_channels, *S) to features
+            (B, feature_channels, *S) of the same spatial size.
+        feature_channels: channels of the backbone's output.
+        num_classes: C.
+        rank: R of the covariance factor (0: the paper's diagonal model).
+        spatial_dims: 1, 2 or 3.
+        eps: floor of the diagonal variance (the paper's 1e-5).
+        mc_samples: M, the Monte Carlo samples of :meth:`loss` (the paper's 20).
+        antithetic: draw the loss's samples in antithetic pairs (mu + e, mu - e).
+    """
+
+    method = "ssn"
+    settings = ("rank", "eps", "mc_samples", "antithetic")
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_channels: int,
+        num_classes: int,
+        rank: int = 10,
+        spatial_dims: int = 2,
+        eps: float = 1e-5,
+        mc_samples: int = 20,
+        antithetic: bool = True,
+    ) -> None:
+        super().__init__(backbone, num_classes, spatial_dims)
+        if mc_samples < 1 or (antithetic and mc_samples % 2):
+            raise ConfigError(f"mc_samples must be positive, and even with antithetic sampling; got {mc_samples}")
+        self.head = SSNHead(feature_channels, num_classes, rank, spatial_dims, eps)
+        self.mc_samples = mc_samples
+        self.antithetic = antithetic
+
+    @property
+    def rank(self) -> int:
+        return self.head.rank
+
+    def forward(self, images: Tensor, mask: Tensor | None = None) -> LowRankLogitDistribution:
+        """Images (B, in_channels, *S) -> distribution over logit maps (B, C, *S)."""
+        return self.head(self.features(images), mask)
+
+    def distribution(self, images: Tensor, mask: Tensor | None = None) -> LowRankLogitDistribution:
+        """The same as calling the model: the distribution over logit maps."""
+        return self(images, mask)
+
+    def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The paper's L = -(1/B) sum_b [logsumexp_m sum_i log softmax(eta_b^m)_{i,y_i} - log M]."""
+        return ssn_loss(self(images, mask), target, num_samples=self.mc_samples, antithetic=self.antithetic, mask=mask)
+
+    @torch.no_grad()
+    def sample_labels(
+        self, images: Tensor, num_samples: int, mask: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """(N, B, *S) uint8: the argmax of N logit maps drawn from one network pass."""
+        return self(images, mask).sample_labels(num_samples, generator=generator)
+
+    @torch.no_grad()
+    def mean_probabilities(
+        self, images: Tensor, mask: Tensor | None = None, num_samples: int = 100,
+        generator: torch.Generator | None = None, chunk_size: int = 16,
+    ) -> Tensor:
+        """E[softmax(eta)], (B, C, *S), estimated from ``num_samples`` logit draws (in chunks)."""
+        dist = self(images, mask)
+        total = torch.zeros_like(dist.loc)
+        for start in range(0, num_samples, chunk_size):
+            count = min(chunk_size, num_samples - start)
+            total += dist.rsample((count,), generator=generator).softmax(dim=2).sum(0)
+        return total / num_samples
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.rank}, mc_samples={self.mc_samples}, antithetic={self.antithetic}"
