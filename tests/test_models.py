@@ -157,11 +157,11 @@ def test_the_spec_names_every_argument_and_rebuilds_the_same_model():
     torch.testing.assert_close(rebuilt.eval()(images).loc, model.eval()(images).loc)
 
 
-def test_a_backbone_that_changes_the_size_is_reported():
+def test_a_backbone_that_changes_the_size_is_reported_as_a_configuration_error():
     shrinking = nn.Conv2d(1, 4, 3)  # no padding: 8x8 -> 6x6
-    model = StochasticSegmentationNetwork(shrinking, 4, 2)
-    with pytest.raises(ValueError, match="same spatial size|image's spatial size"):
-        model(torch.randn(1, 1, 8, 8))
+    for model in (StochasticSegmentationNetwork(shrinking, 4, 2), DeterministicSegmentationNetwork(shrinking, 4, 2)):
+        with pytest.raises(ConfigError, match=r"image's spatial size \(8, 8\); it returned \(6, 6\)"):
+            model.sample_labels(torch.randn(1, 1, 8, 8), 2)
 
 
 @pytest.mark.parametrize("method", ["ssn", "deterministic"])

@@ -257,3 +257,14 @@ def test_an_internal_error_shows_its_traceback_and_exits_1(workspace, tmp_path):
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr and "TypeError: injected internal error" in result.stderr
     assert "ssn: error" not in result.stderr
+
+
+def test_the_old_deterministic_switch_in_yaml_is_an_alias_and_checked(tmp_path):
+    from ssn import ConfigError
+    from ssn.engine.config import read_yaml
+
+    (tmp_path / "a.yaml").write_text("deterministic: true\n")
+    assert read_yaml(tmp_path / "a.yaml") == {"method": "deterministic"}
+    (tmp_path / "b.yaml").write_text("deterministic: 'false'\n")
+    with pytest.raises(ConfigError, match="deterministic must be true or false"):
+        read_yaml(tmp_path / "b.yaml")

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import platform
 import sys
+import types
 import typing
 
 from .. import __version__
@@ -126,13 +127,11 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     for f in TrainConfig.flag_fields():
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
-        if isinstance(hint, typing.types.UnionType):
+        if isinstance(hint, types.UnionType):  # X | None
             (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
         default = f.default if f.default is not dataclasses.MISSING else None
         text = f.metadata["help"] + (f" (default {default})" if default not in (None, "") else "")
-        options = {"help": text, "default": None}
-        if f.name in ("data", "out"):
-            options["required"] = False  # may come from --config; TrainConfig says when missing
+        options = {"help": text, "default": None}  # None: not given (--data may come from --config)
         if hint is bool:
             options.update(type=_bool, nargs="?", const=True, metavar="BOOL")
         elif typing.get_origin(hint) is list:
@@ -167,9 +166,6 @@ def _train(args: argparse.Namespace) -> int:
     settings = read_yaml(args.config) if args.config else {}
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config") and v is not None}
     settings.update(flags)
-    unknown = set(settings) - {f.name for f in dataclasses.fields(TrainConfig)}
-    if unknown:
-        raise ConfigError(f"unknown settings {', '.join(sorted(unknown))}")
     train(TrainConfig(**settings))
     return 0
 

@@ -122,8 +122,12 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(content, dict):
         raise ConfigError(f"{path} must be a YAML mapping of settings, e.g. `rank: 10`")
     settings = {str(k).replace("-", "_"): v for k, v in content.items()}
-    if settings.pop("deterministic", False) is True:  # the old switch, kept as an alias
-        settings.setdefault("method", "deterministic")
+    if "deterministic" in settings:  # the old switch, kept as an alias of method
+        alias = settings.pop("deterministic")
+        if not isinstance(alias, bool):
+            raise ConfigError(f"{path}: deterministic must be true or false; got {alias!r} (or write method: deterministic)")
+        if alias:
+            settings.setdefault("method", "deterministic")
     allowed = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["flag"]}
     unknown = sorted(set(settings) - allowed)
     if unknown:

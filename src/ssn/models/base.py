@@ -16,6 +16,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 __all__ = ["SegmentationModel"]
 
 
@@ -47,7 +49,7 @@ class SegmentationModel(nn.Module, abc.ABC):
         """Backbone features (B, F, *S), checked to keep the image's spatial size."""
         features = self.backbone(images)
         if features.shape[2:] != images.shape[2:]:
-            raise ValueError(
+            raise ConfigError(
                 f"the backbone must return features of the image's spatial size {tuple(images.shape[2:])}; "
                 f"it returned {tuple(features.shape[2:])}. Pad and crop inside the backbone."
             )
