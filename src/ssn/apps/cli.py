@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import platform
 import sys
-import types
 import typing
 
 from .. import __version__
@@ -121,14 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     """One ``--flag`` per setting of TrainConfig, with its help text and default from there."""
-    from ..engine.config import TrainConfig
+    from ..engine.config import TrainConfig, setting_types
 
-    hints = typing.get_type_hints(TrainConfig)
     for f in TrainConfig.flag_fields():
         flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
-        if isinstance(hint, types.UnionType):  # X | None
-            (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint, _ = setting_types()[f.name]
         default = f.default if f.default is not dataclasses.MISSING else None
         text = f.metadata["help"] + (f" (default {default})" if default not in (None, "") else "")
         options = {"help": text, "default": None}  # None: not given (--data may come from --config)

@@ -82,8 +82,7 @@ def sample_run(
     entropy = np.stack([metrics.entropy_map(s, num_classes).numpy() for s in labels])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    samples = labels.astype(np.uint8)
-    write_atomically(out / "samples.npz", lambda p: np.savez_compressed(p, samples=samples, mean=mean, entropy=entropy))
+    write_atomically(out / "samples.npz", lambda p: np.savez_compressed(p, samples=labels, mean=mean, entropy=entropy))
     figures = min(max_figures, len(images))
     for i in range(figures):
         plot_samples(images[i], labels[i], mean[i], entropy[i], out / f"image_{i:04d}.png")

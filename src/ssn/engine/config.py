@@ -9,6 +9,7 @@ raises :class:`~ssn.errors.ConfigError` naming the setting and what it accepts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -19,7 +20,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..models import ModelSpec, available_methods, method_class
 
-__all__ = ["TrainConfig", "read_yaml", "model_spec"]
+__all__ = ["TrainConfig", "read_yaml", "model_spec", "setting_types"]
 
 
 def setting(default: Any = None, help: str = "", *, low: float | None = None, above: float | None = None,
@@ -67,9 +68,9 @@ class TrainConfig:
         for name in ("data", "out"):
             if not getattr(self, name):
                 raise ConfigError(f"the setting {name} is required (--{name} on the command line)")
-        hints = typing.get_type_hints(type(self))
+        types_ = setting_types()
         for f in dataclasses.fields(self):
-            value = _coerce(f.name, getattr(self, f.name), hints[f.name])
+            value = _coerce(f.name, getattr(self, f.name), *types_[f.name])
             _check_range(f.name, value, f.metadata)
             setattr(self, f.name, value)
         if self.method not in available_methods():
@@ -92,6 +93,18 @@ class TrainConfig:
     def flag_fields(cls) -> list[dataclasses.Field]:
         """The settings the command line offers as ``--flags``."""
         return [f for f in dataclasses.fields(cls) if f.metadata["flag"]]
+
+
+@functools.cache
+def setting_types() -> dict[str, tuple[Any, bool]]:
+    """For each setting of :class:`TrainConfig`: (its type without ``None``, whether ``None`` is allowed)."""
+    out = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        optional = isinstance(hint, types.UnionType)  # X | None
+        if optional:
+            (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        out[name] = (hint, optional)
+    return out
 
 
 def model_spec(config: TrainConfig) -> ModelSpec:
@@ -143,16 +156,14 @@ def _describe(hint) -> str:
     return names.get(hint, str(hint))
 
 
-def _coerce(name: str, value: Any, hint) -> Any:
+def _coerce(name: str, value: Any, hint, optional: bool) -> Any:
     """``value`` as the type ``hint`` names, or :class:`ConfigError`.
 
     Strings that spell a number are accepted for numbers: PyYAML reads ``1e-3`` as a string.
     Nothing else is converted: ``'false'`` is not a boolean, 2.5 is not an integer.
     """
-    if isinstance(hint, types.UnionType):  # X | None
-        if value is None:
-            return None
-        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if optional and value is None:
+        return None
     wrong = ConfigError(f"{name} must be {_describe(hint)}; got {value!r} ({type(value).__name__})")
     if hint is bool:
         if not isinstance(value, bool):

@@ -102,7 +102,7 @@ def build(spec: ModelSpec) -> SegmentationModel:
     model = cls(backbone, channels, spec.num_classes, spatial_dims=spec.spatial_dims, **spec.method_kwargs)
     # Record every argument, defaults included, so that a saved run names its whole model.
     method_kwargs = {**_defaults(cls, cls.settings), **_plain(spec.method_kwargs)}
-    backbone_kwargs = {**backbone_defaults(spec.backbone), **_plain(spec.backbone_kwargs)}
+    backbone_kwargs = _plain({**backbone_defaults(spec.backbone), **spec.backbone_kwargs})
     model.spec = dataclasses.replace(
         spec, method_kwargs=method_kwargs, backbone_kwargs=backbone_kwargs, feature_channels=channels
     )

@@ -139,20 +139,18 @@ def feature_channels(backbone: nn.Module, spatial_dims: int, in_channels: int, s
 
 
 def backbone_defaults(name: str) -> dict:
-    """The default arguments of a registered backbone, where JSON can carry them (lists for
-    tuples). MONAI's are left to MONAI: they hold objects that JSON cannot carry."""
+    """The default arguments of a registered backbone, where JSON can carry them. MONAI's are
+    left to MONAI: they hold objects that JSON cannot carry."""
     if name not in _BACKBONES:
         return {}
     parameters = inspect.signature(_BACKBONES[name]).parameters
-    defaults = {
-        n: list(p.default) if isinstance(p.default, tuple) else p.default
-        for n, p in parameters.items()
-        if n not in ("spatial_dims", "in_channels") and p.default is not inspect.Parameter.empty
+    return {
+        n: p.default for n, p in parameters.items()
+        if n not in ("spatial_dims", "in_channels") and p.default is not inspect.Parameter.empty and _is_plain(p.default)
     }
-    return {n: v for n, v in defaults.items() if _is_plain(v)}
 
 
 def _is_plain(value) -> bool:
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return all(_is_plain(v) for v in value)
     return value is None or isinstance(value, (bool, int, float, str))
