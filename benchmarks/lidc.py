@@ -1,9 +1,12 @@
-"""LIDC-IDRI: the deterministic U-Net, the diagonal SSN and the low-rank SSN on one budget.
+"""LIDC-IDRI: the deterministic U-Net, the diagonal and low-rank SSNs and the Prob. U-Net on one budget.
 
 All use the same backbone and optimiser settings and the same budget (minutes or optimiser
 steps). By default the chosen models train at the same time (one process each) so that they
 share the machine alike; with ``--one-at-a-time`` each has the whole machine in turn (the
-low-rank model first). Each is then evaluated on the test split with 100 samples per slice.
+low-rank model first). The stochastic models are calibrated (``ssn calibrate``, 512 validation
+slices); each model is then evaluated on the test split with 100 samples per slice, at t = 1
+and at the calibrated temperature. Reference rows (an empty prediction, the readers' majority
+vote, the readers' own diversity) are measured on the same test slices.
 
 Models can be run separately (``--models low-rank``): every run is appended to
 ``benchmarks/results/lidc.json`` and ``benchmarks/RESULTS.md`` shows the latest run of each
@@ -12,7 +15,7 @@ as ``$SSN_LIDC_DIR``.
 
     python benchmarks/lidc.py --minutes 40              # data from $SSN_LIDC_DIR or ../shared/data/lidc
     python benchmarks/lidc.py --minutes 40 --one-at-a-time --threads 2 --out runs/lidc-sequential
-    python benchmarks/lidc.py --steps 5042 --models low-rank --threads 2 --out runs/lidc-steps
+    python benchmarks/lidc.py --steps 5042 --models low-rank prob-unet --threads 1 --out runs/lidc-v3
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -28,17 +32,16 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # report.py beside this file
 ROOT = HERE.parent
 RESULTS_JSON = HERE / "results" / "lidc.json"
 MODELS = {
     "deterministic": ["--method", "deterministic"],
     "diagonal": ["--rank", "0"],
     "low-rank": ["--rank", "10"],
+    "prob-unet": ["--method", "prob-unet"],
 }
-PAPER = {  # Monteiro et al. 2020, Table 1 (LIDC, 100 samples, the paper's own split)
-    "deterministic": "0.607", "diagonal": "0.622", "low-rank": "0.225",
-    "Prob. U-Net (Kohl et al. 2018)": "0.252", "PHiSeg (Baumgartner et al. 2019)": "0.224",
-}
+PROTOCOL = 3  # ssn 0.3: the library's training defaults, calibration, GED^2(16); older runs are listed only
 
 
 def run_all(commands: dict[str, list[str]], threads: int, log_dir: Path, phase: str, parallel: bool) -> None:
@@ -87,6 +90,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=1, help="threads per process")
+    parser.add_argument("--extra", default="", help="further `ssn train` flags for every model, one string")
     parser.add_argument("--seed", type=int, default=0, help="training seed; the summary table shows seed 0, other seeds measure training noise")
     parser.add_argument("--skip-training", action="store_true", help="evaluate existing runs in --out")
     parser.add_argument(
@@ -106,6 +110,7 @@ def main() -> None:
         "--data", str(data), "--split-file", str(split), *budget,
         "--features", *map(str, args.features), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
         "--mc-samples", "20", "--val-images", "128", "--val-samples", "16", "--seed", str(args.seed),
+        "--encoder-features", *map(str, args.features), *shlex.split(args.extra),
     ]
     models = [m for m in MODELS if m in args.models]
     import ssn
@@ -118,35 +123,97 @@ def main() -> None:
         commands = {m: python + ["train", "--out", str(args.out / m), *settings, *MODELS[m]] for m in order}
         run_all(commands, args.threads, args.out, "train", parallel=not args.one_at_a_time)
     trained = time.time()
+    stochastic = [m for m in models if m != "deterministic"]
     run_all(
         {
-            m: python + ["evaluate", "--run", str(args.out / m), "--data", str(data), "--split", "test",
-                         "--split-file", str(split), "--samples", "100", "--out", str(args.out / m / "test_metrics.json")]
-            for m in models
+            m: python + ["calibrate", "--run", str(args.out / m), "--data", str(data), "--split", "val",
+                         "--split-file", str(split), "--samples", "16", "--max-images", "512"]
+            for m in stochastic
+        },
+        os.cpu_count() or 1, args.out, "calibrate", parallel=False,
+    )
+    evaluations = {}
+    for m in models:
+        evaluations[m] = python + ["evaluate", "--run", str(args.out / m), "--data", str(data), "--split", "test",
+                                   "--split-file", str(split), "--samples", "100"]
+    run_all(
+        {
+            **{m: command + ["--temperature", "1", "--out", str(args.out / m / "test_metrics.json")] for m, command in evaluations.items()},
+            **{f"{m}.calibrated": command + ["--out", str(args.out / m / "test_metrics_calibrated.json")]
+               for m, command in evaluations.items() if m in stochastic},
         },
         os.cpu_count() or 1, args.out, "evaluate", parallel=False,  # one at a time, whole machine: timed
     )
     command = " ".join(["python", "benchmarks/lidc.py", *sys.argv[1:]])
+    content = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.is_file() else {}
     runs = load_runs()
     for m in models:
         result = json.loads((args.out / m / "test_metrics.json").read_text())
         result["run"], result["data"] = portable(result["run"], args.data_dir), portable(result["data"], args.data_dir)
+        calibrated = args.out / m / "test_metrics_calibrated.json"
         lines = (args.out / m / "metrics.jsonl").read_text().splitlines()
         runs.append({
             "name": m, "measured": time.strftime("%Y-%m-%d"), "ssn_version": ssn.__version__, "seed": args.seed,
-            "command": command,
+            "protocol": PROTOCOL, "command": command,
             "settings": [portable(s, args.data_dir) if "/" in s else s for s in settings + MODELS[m]],
             "threads_per_process": args.threads, "one_at_a_time": args.one_at_a_time,
             "models_at_once": 1 if args.one_at_a_time else len(models),
             "train_minutes_wall": (trained - started) / 60, "machine": f"{os.cpu_count()} cores",
             "training": json.loads(lines[-1]) if lines else {}, **result,
+            "calibrated": _without_paths(json.loads(calibrated.read_text())) if calibrated.is_file() else None,
+            "calibration": _without_paths(json.loads((args.out / m / "calibration.json").read_text()))
+            if m in stochastic else None,
         })
+    reference = content.get("reference") or references(data, split)
     RESULTS_JSON.parent.mkdir(exist_ok=True)
-    RESULTS_JSON.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    RESULTS_JSON.write_text(json.dumps({"reference": reference, "runs": runs}, indent=2) + "\n")
     if "low-rank" in models:
         figure(args.out / "low-rank", data, split, HERE / "lidc_samples.png")
-    write_results(runs, args)
-    print((HERE / "RESULTS.md").read_text())
+    import report
+
+    print(report.write().read_text())
+
+
+def _without_paths(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in ("run", "data", "model")}
+
+
+def references(data_path: Path, split: Path) -> dict:
+    """An empty prediction and the readers' majority vote as predictions, and the readers' own
+    diversity (mean 1 - IoU over distinct pairs), on the test slices."""
+    import torch
+
+    from ssn import metrics
+    from ssn.data import load_arrays, select_split
+
+    data = load_arrays(data_path)
+    test = select_split(data, "test", split)
+    out = {}
+    for name in ("empty", "majority_vote"):
+        figures = metrics.ImageMetrics(2, matched_sizes=(16,))
+        ece = metrics.ExpectedCalibrationError(2)
+        for start in range(0, test.size, 256):
+            masks = torch.from_numpy(np.asarray(data.masks[test[start : start + 256]])).long()
+            if name == "empty":
+                prediction = torch.zeros_like(masks[:, 0])
+            else:
+                prediction = (masks.float().mean(1) >= 0.5).long()  # 2 of 4 readers count as nodule
+            samples = prediction.unsqueeze(1).expand(-1, 16, *prediction.shape[1:]).to(torch.uint8)
+            figures.update(samples, masks)
+            ece.update(samples, masks)
+        computed = figures.compute()
+        out[name] = {
+            "ged": computed["ged"].as_dict(), "ged_at": {"16": computed["ged_16"].as_dict()},
+            "hm_iou": {"16": computed["hm_iou_16"].as_dict()}, "diversity": computed["diversity"].as_dict(),
+            "dice": computed["dice"].as_dict(), "ece": ece.compute().as_dict(),
+        }
+    masks = np.asarray(data.masks[test]).reshape(test.size, 4, -1).astype(bool)
+    a, b = np.triu_indices(4, 1)
+    union = (masks[:, a] | masks[:, b]).sum(-1)
+    iou = np.where(union > 0, (masks[:, a] & masks[:, b]).sum(-1) / np.maximum(union, 1), 1.0)
+    out["reader_diversity"] = float((1 - iou).mean())
+    out["num_images"] = int(test.size)
+    return out
 
 
 def load_runs() -> list[dict]:
@@ -206,69 +273,6 @@ def figure(run_dir: Path, data_path: Path, split: Path, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-
-
-def _row(run: dict, label: str) -> str:
-    budget = run["training"].get("step", 0)
-    return (
-        f"| {label} | {run['ged']['mean']:.3f} ± {run['ged']['stderr']:.3f} | {run['hm_iou']['16']['mean']:.3f} | "
-        f"{run['diversity']['mean']:.3f} | {run['dice']['mean']:.3f} | {run['ece']['mean']:.4f} | "
-        f"{budget} steps, {run['training'].get('minutes', 0):.0f} min | {run['seconds']:.0f} s |"
-    )
-
-
-def write_results(runs: list[dict], args) -> None:
-    """benchmarks/RESULTS.md: the latest run of each model with seed 0, then every run recorded."""
-    latest = {run["name"]: run for run in runs if run.get("seed", 0) == 0}
-    header = "| model | GED²(100) | HM-IoU(16) | diversity | Dice | ECE | training | evaluation |"
-    rule = "| --- | --- | --- | --- | --- | --- | --- | --- |"
-    lines = [
-        "# LIDC-IDRI results",
-        "",
-        "Written by `benchmarks/lidc.py` (the commands are listed with each run below). All models use "
-        f"the same U-Net backbone (features {args.features}), Adam lr {args.lr:g}, batch {args.batch_size}, one "
-        "reader drawn per slice per step, flips and small rotations, 20 antithetic MC samples for the SSNs; "
-        "the best checkpoint by validation GED²(16) on 128 validation slices. Test split of `split.json` "
-        "(3,095 slices), 100 samples per slice; *evaluation* is the wall time of `ssn evaluate` for all of "
-        "them, alone on the whole machine (2 threads, no GPU).",
-        "",
-        "## Latest run of each model (seed 0)",
-        "",
-        header + " paper GED²(100) |",
-        rule + " --- |",
-        *[_row(latest[m], m) + f" {PAPER[m]} |" for m in MODELS if m in latest],
-        f"| Prob. U-Net | | | | | | | | {PAPER['Prob. U-Net (Kohl et al. 2018)']} |",
-        f"| PHiSeg | | | | | | | | {PAPER['PHiSeg (Baumgartner et al. 2019)']} |",
-        "",
-        "Paper figures: Monteiro et al., NeurIPS 2020, on their own split of the same 875 patients, "
-        "trained to convergence on a GPU; this project's split differs (patient-level, seeded), so "
-        "the comparison is approximate. GED² uses d = 1 − IoU with d = 0 for two empty masks, all "
-        "ordered pairs including self-pairs.",
-        "",
-        "![LIDC samples](lidc_samples.png)",
-        "",
-        "## Every run",
-        "",
-        "| model | measured | ssn | seed | GED²(100) | HM-IoU(16) | diversity | Dice | ECE | training | evaluation | command |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for run in runs:
-        cells = _row(run, run["name"]).split("|", 2)[2]  # the figures, without the model name
-        lines.append(
-            f"| {run['name']} | {run['measured']} | {run['ssn_version']} | {run.get('seed', 0)} |{cells} `{run['command']}` |"
-        )
-    lines += [
-        "",
-        "A timed budget depends on what else runs: `--minutes` with all models at once gives each a third "
-        "of the machine; `--one-at-a-time` gives each the whole machine; `--steps` fixes the work itself.",
-        "",
-        "Data: Armato III, S. G., McLennan, G., Bidaut, L., et al. (2011). The Lung Image Database "
-        "Consortium (LIDC) and Image Database Resource Initiative (IDRI): a completed reference "
-        "database of lung nodules on CT scans. Medical Physics, 38(2), 915-931. The Cancer Imaging "
-        "Archive, LIDC-IDRI collection, CC BY 3.0.",
-        "",
-    ]
-    (HERE / "RESULTS.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -131,3 +131,22 @@ def test_augmentation_moves_images_and_masks_together():
     agreement = ((out_images[:, 0] > 0.5) == out_masks[:, 0].bool()).float().mean()
     assert agreement > 0.97
     assert not torch.equal(out_masks, masks)  # something moved
+
+
+def test_crops_are_rescaled_to_full_size_inside_the_image():
+    """A crop of half the side at most doubles a square's width, and it stays aligned with its mask."""
+    masks = torch.zeros(16, 1, 64, 64, dtype=torch.long)
+    masks[:, :, 24:40, 24:40] = 1
+    images = masks.float()
+    out_images, out_masks = augment(images, masks, max_degrees=0, min_crop=0.5, generator=torch.Generator().manual_seed(0))
+    area = out_masks.flatten(1).sum(1).float()
+    assert (area >= 16 * 16 - 40).all() and (area <= 32 * 32 + 80).all() and (area > 300).any()  # zoomed in
+    agreement = ((out_images[:, 0] > 0.5) == out_masks[:, 0].bool()).float().mean()
+    assert agreement > 0.98
+    same, _ = augment(images, masks, max_degrees=0, min_crop=1.0, generator=torch.Generator().manual_seed(0))
+    assert set(same.flatten(1).sum(1).tolist()) == {256.0}  # no crop: only flips, the area is kept
+
+
+def test_a_crop_scale_outside_zero_to_one_is_refused():
+    with pytest.raises(ValueError, match="min_crop"):
+        augment(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8, dtype=torch.long), min_crop=1.5)

@@ -128,7 +128,7 @@ def test_image_metrics_accumulate_every_per_image_metric_from_one_pass():
     s, a = dataset()
     together = M.ImageMetrics(3, matched_sizes=(4, 6))
     rows = together.update(s[:3], a[:3]) + together.update(s[3:], a[3:])
-    assert len(rows) == 7 and set(rows[0]) == {"ged", "diversity", "dice", "hm_iou_4", "hm_iou_6"}
+    assert len(rows) == 7 and set(rows[0]) == {"ged", "diversity", "dice", "hm_iou_4", "hm_iou_6", "ged_4", "ged_6"}
     figures = together.compute()
     for name, key in (("ged", "ged"), ("diversity", "diversity"), ("dice", "dice"), ("hm_iou", "hm_iou_6")):
         single = CLASSES[name][0](3)
@@ -138,6 +138,9 @@ def test_image_metrics_accumulate_every_per_image_metric_from_one_pass():
     assert figures["hm_iou_4"].num_samples == 4 and figures["ged"].num_samples == 6
     matched_4 = [M.hungarian_matched_iou(x[:4], y, 3) for x, y in zip(s, a)]
     assert figures["hm_iou_4"].mean == pytest.approx(np.mean(matched_4))
+    ged_4 = [M.generalized_energy_distance(x[:4], y, 3) for x, y in zip(s, a)]
+    assert figures["ged_4"].mean == pytest.approx(np.mean(ged_4)) and figures["ged_4"].num_samples == 4
+    assert figures["ged_6"].mean == pytest.approx(figures["ged"].mean)
 
 
 def test_estimates_are_json_ready():

@@ -98,7 +98,7 @@ def test_registry_builds_both_methods_on_the_same_backbone(spatial_dims):
 
 def test_registry_lists_names_and_refuses_unknown_ones():
     assert "unet" in ssn.models.available_backbones()
-    assert ssn.models.available_methods() == ["deterministic", "ssn"]
+    assert ssn.models.available_methods() == ["deterministic", "prob-unet", "ssn"]
     with pytest.raises(ConfigError, match="unknown backbone 'resnet'; available: .*unet"):
         ssn.models.create("resnet")
     with pytest.raises(ConfigError, match="unknown method 'bayes'"):
@@ -149,8 +149,8 @@ def test_a_registered_backbone_gets_its_own_arguments_and_a_dry_run_finds_its_ch
 def test_the_spec_names_every_argument_and_rebuilds_the_same_model():
     model = ssn.models.create("unet", rank=4, features=(4, 8))
     spec = model.spec.as_dict()
-    assert spec["method_kwargs"] == {"rank": 4, "eps": 1e-5, "mc_samples": 20, "antithetic": True}
-    assert spec["backbone_kwargs"] == {"features": [4, 8], "norm": "instance", "dropout": 0.0}
+    assert spec["method_kwargs"] == {"rank": 4, "eps": 1e-5, "mc_samples": 20, "antithetic": True, "variance_init": None}
+    assert spec["backbone_kwargs"] == {"features": [4, 8], "norm": "instance", "dropout": 0.0, "convs_per_level": 2}
     rebuilt = ssn.models.build(ssn.models.ModelSpec.from_dict(json.loads(json.dumps(spec))))
     rebuilt.load_state_dict(model.state_dict())
     images = torch.randn(2, 1, 16, 16)
@@ -164,12 +164,12 @@ def test_a_backbone_that_changes_the_size_is_reported_as_a_configuration_error()
             model.sample_labels(torch.randn(1, 1, 8, 8), 2)
 
 
-@pytest.mark.parametrize("method", ["ssn", "deterministic"])
+@pytest.mark.parametrize("method", ["ssn", "deterministic", "prob-unet"])
 @pytest.mark.parametrize("spatial", [(16, 16), (6, 8, 8)])
 def test_every_method_implements_the_interface(method, spatial):
     """loss (scalar), sample_labels (N, B, *S) uint8, mean_probabilities (B, C, *S) summing to 1."""
     torch.manual_seed(0)
-    settings = {"rank": 3} if method == "ssn" else {}
+    settings = {"ssn": {"rank": 3}, "prob-unet": {"encoder_features": (4, 8)}}.get(method, {})
     model = ssn.models.create("unet", method=method, spatial_dims=len(spatial), num_classes=3, features=(4, 8), **settings)
     images, target = torch.randn(2, 1, *spatial), torch.randint(0, 3, (2, *spatial))
     loss = model.loss(images, target)
@@ -244,3 +244,56 @@ def test_model_trains_end_to_end():
         optimiser.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_variance_init_starts_the_head_near_zero_variance():
+    torch.manual_seed(0)
+    features = torch.randn(2, 8, 6, 6)
+    default = SSNHead(8, 3, rank=4)(features)
+    small = SSNHead(8, 3, rank=4, variance_init=1e-3)(features)
+    torch.testing.assert_close(small.cov_diag, torch.full_like(small.cov_diag, 1e-3 + 1e-5))
+    assert small.variance.mean() < 0.01 < 0.5 < default.variance.mean()
+    assert small.cov_factor.abs().max() > 0  # not zero: a zero factor gets no gradient
+
+
+def test_variance_init_is_a_recorded_setting_of_the_ssn():
+    model = ssn.models.create("unet", features=(4, 8), variance_init=0.01)
+    assert model.spec.method_kwargs["variance_init"] == 0.01
+    with pytest.raises(ConfigError, match="variance_init"):
+        ssn.models.create("unet", features=(4, 8), variance_init=-1.0)
+
+
+def test_the_phiseg_unet_has_seven_levels_of_three_convolutions_with_batch_norm():
+    backbone = ssn.networks.build_backbone("phiseg-unet", 2, 1)
+    assert len(backbone.encoders) == 7 and backbone.divisor == 64 and backbone.out_channels == 32
+    convs = [m for m in backbone.encoders[0] if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 3 and any(isinstance(m, nn.BatchNorm2d) for m in backbone.encoders[0])
+    assert [block[0].out_channels for block in backbone.encoders] == [32, 64, 128, 192, 192, 192, 192]
+    narrow = ssn.models.create("phiseg-unet", features=(4, 4, 4, 4, 4, 4, 4))
+    assert narrow.sample_labels(torch.randn(1, 1, 40, 30), 2).shape == (2, 1, 40, 30)
+
+
+def test_the_temperature_scales_the_deviation_of_each_sample_from_the_mean():
+    torch.manual_seed(0)
+    model = ssn.models.create("unet", rank=3, num_classes=3, features=(4, 8)).eval()
+    images = torch.randn(1, 1, 10, 10)
+    dist = model(images)
+    model.temperature = 0.0
+    assert torch.equal(model.sample_labels(images, 3)[0, 0], dist.loc.argmax(1)[0].to(torch.uint8))
+    hot = dist.scaled(2.0)
+    torch.testing.assert_close(hot.variance, 4 * dist.variance)
+    draw = dist.rsample((2,), generator=torch.Generator().manual_seed(5))
+    hot_draw = hot.rsample((2,), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(hot_draw - dist.loc, 2 * (draw - dist.loc))
+
+
+def test_the_mean_loss_is_the_ssn_loss_at_zero_covariance_and_leaves_the_covariance_head_alone():
+    torch.manual_seed(0)
+    model = ssn.models.create("unet", rank=2, features=(4, 8), mc_samples=4)
+    images, target = torch.randn(2, 1, 10, 10), torch.randint(0, 2, (2, 10, 10))
+    dist = model(images)
+    frozen = LowRankLogitDistribution(dist.loc, torch.zeros_like(dist.cov_factor), torch.full_like(dist.cov_diag, 1e-12))
+    torch.testing.assert_close(model.mean_loss(images, target), ssn.ssn_loss(frozen, target, num_samples=4), rtol=1e-4, atol=1e-3)
+    model.mean_loss(images, target).backward()
+    assert model.head.factor.weight.grad is None and model.head.log_diag.weight.grad is None
+    assert model.head.mean.weight.grad.abs().sum() > 0

@@ -117,7 +117,7 @@ def test_sample_writes_samples_and_figures(workspace, tmp_path, kind):
         (["train", "--data", "d.npz", "--out", "x", "--features", "0", "8"], "features must be one or more positive"),
         (["train", "--data", "d.npz", "--out", "x", "--model-kwargs", "{width: 8}"], "takes no argument 'width'"),
         (["train", "--data", "d.npz", "--out", "x", "--model-kwargs", "[1]"], "expected a YAML or JSON mapping"),
-        (["train", "--data", "d.npz", "--out", "x", "--model", "monai:BasicUNet", "--features", "4"], "features is the U-Net's shorthand"),
+        (["train", "--data", "d.npz", "--out", "x", "--model", "monai:BasicUNet", "--features", "4"], "features is the U-Nets' shorthand"),
         (["train", "--data", "d.npz", "--out", "x", "--device", "cuda:0"], "no CUDA device"),
         (["train", "--data", "d.npz", "--out", "x", "--config", "nowhere.yaml"], "no such config file"),
         (["evaluate", "--run", "nowhere", "--data", "d.npz"], "not a run directory"),
@@ -268,3 +268,45 @@ def test_the_old_deterministic_switch_in_yaml_is_an_alias_and_checked(tmp_path):
     (tmp_path / "b.yaml").write_text("deterministic: 'false'\n")
     with pytest.raises(ConfigError, match="deterministic must be true or false"):
         read_yaml(tmp_path / "b.yaml")
+
+
+def test_validation_every_n_steps_with_a_schedule_and_a_weight_average(workspace, tmp_path):
+    run = tmp_path / "ema"
+    args = ["--data", str(workspace / "data.npz"), "--out", str(run), "--features", "4", "8", "--batch-size", "16",
+            "--val-images", "8", "--val-samples", "4", "--max-steps", "25", "--val-every", "10",
+            "--lr-schedule", "cosine", "--warmup-steps", "3", "--ema-decay", "0.9", "--variance-init", "0.01",
+            "--factor-weight-decay", "1e-4", "--crop-scale", "0.8"]
+    assert main(["train", *args]) == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [10, 20, 25]  # and at the end of the budget
+    assert lines[0]["lr"] > lines[1]["lr"] > lines[2]["lr"] > 0  # cosine decay over the 25 steps
+    from safetensors.torch import load_file
+
+    saved = load_file(str(run / "last.safetensors"))
+    trained = torch.load(run / "state.pt", weights_only=True)["model"]
+    name = "head.mean.weight"
+    assert not torch.equal(saved[name], trained[name])  # the checkpoint holds the average, not the last step
+    config = json.loads((run / "config.json").read_text())
+    assert config["architecture"]["method_kwargs"]["variance_init"] == 0.01
+
+
+def test_calibrate_stores_a_temperature_that_evaluate_and_sample_use(workspace, tmp_path, capsys):
+    data, split = str(workspace / "data.npz"), str(workspace / "split.json")
+    run = workspace / "ssn"
+    assert main(["calibrate", "--run", str(run), "--data", data, "--split", "val", "--split-file", split,
+                 "--samples", "4", "--temperatures", "0.01", "1", "3"]) == 0
+    calibration = json.loads((run / "calibration.json").read_text())
+    curve = {point["temperature"]: point["ged"] for point in calibration["curve"]}
+    assert set(curve) == {0.01, 1.0, 3.0} and calibration["temperature"] == min(curve, key=curve.get)
+    assert calibration["split"] == "val" and calibration["num_images"] == 32
+    try:
+        calibrated, _ = evaluate(workspace, "ssn", samples=4)
+        assert calibrated["temperature"] == calibration["temperature"]
+        out = tmp_path / "t1.json"
+        assert main(["evaluate", "--run", str(run), "--data", data, "--samples", "4", "--temperature", "1",
+                     "--out", str(out)]) == 0
+        assert json.loads(out.read_text())["temperature"] == 1.0
+    finally:
+        (run / "calibration.json").unlink()  # the other tests use the run at t = 1
+    assert main(["calibrate", "--run", str(workspace / "det"), "--data", data]) == 2
+    assert "no spread to calibrate" in capsys.readouterr().err

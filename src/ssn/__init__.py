@@ -7,7 +7,8 @@ The pieces a researcher imports into their own code:
 - :mod:`ssn.metrics`: GED^2, sample diversity, Hungarian-matched IoU, Dice, calibration;
 - :class:`SSNHead` and :mod:`ssn.networks`: the head, the U-Net and the backbone registry;
 - :mod:`ssn.models`: the method interface (:class:`SegmentationModel`), the SSN, the
-  deterministic baseline and ``ssn.models.create``.
+  deterministic baseline, the Probabilistic U-Net and ``ssn.models.create``;
+- :func:`pretrained`: the trained models shipped with the package (``"lidc-2d"``).
 
 The layers, each importing only from those above it in this list:
 ``distributions``, ``losses``, ``metrics``, ``errors`` (the maths) -> ``networks`` -> ``models``
@@ -22,7 +23,28 @@ from .losses import SSNLoss, monte_carlo_log_likelihood, ssn_loss
 from .models import DeterministicSegmentationNetwork, SegmentationModel, StochasticSegmentationNetwork
 from .networks import SSNHead
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
+
+
+def pretrained(name: str = "lidc-2d", device: str = "cpu", temperature: float | None = None) -> SegmentationModel:
+    """A trained model shipped with the package, loaded offline, in eval mode on ``device``.
+
+    ``"lidc-2d"``: the low-rank SSN trained on LIDC-IDRI 128x128 CT crops of lung nodules
+    (images uint8 / 255, one channel; classes background and nodule); its model card is
+    ``ssn/weights/lidc-2d/MODEL_CARD.md``. Samples are drawn at its calibrated temperature
+    unless ``temperature`` is given.
+
+    Example:
+        >>> import torch, ssn
+        >>> model = ssn.pretrained("lidc-2d")
+        >>> model.sample_labels(torch.rand(1, 1, 128, 128), num_samples=16).shape
+        torch.Size([16, 1, 128, 128])
+    """
+    from .engine.checkpoints import load_run
+    from .engine.pretrained import PREFIX
+
+    model, _ = load_run(PREFIX + name, temperature=temperature)
+    return model.to(device)
 
 __all__ = [
     "LowRankLogitDistribution",
@@ -39,5 +61,6 @@ __all__ = [
     "DataError",
     "ConfigError",
     "RunError",
+    "pretrained",
     "__version__",
 ]

@@ -181,6 +181,22 @@ class LowRankLogitDistribution(Distribution):
             validate_args=False,
         )
 
+    def scaled(self, temperature: float) -> "LowRankLogitDistribution":
+        """The distribution of mu + t (eta - mu): the same mean, the covariance times t^2.
+
+        The factor is multiplied by t and the diagonal by t^2, so a draw at temperature t is
+        the mean plus t times a draw's deviation (with the same noise). t = 1 is this
+        distribution, t = 0 its mean; a temperature chosen on validation data corrects a
+        model whose samples spread too much (t < 1) or too little (t > 1).
+        """
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0; got {temperature}")
+        if temperature == 1:
+            return self
+        return LowRankLogitDistribution(
+            self.loc, self.cov_factor * temperature, self.cov_diag * temperature**2, validate_args=False
+        )
+
     # ------------------------------------------------------------------------ sampling
     def rsample(
         self,

@@ -1,4 +1,4 @@
-"""The ``ssn`` command line: train, evaluate, sample, convert, demo, info.
+"""The ``ssn`` command line: train, evaluate, calibrate, sample, convert, demo, info.
 
 Errors a user can fix (a wrong flag, a bad setting, a missing file, bad data: every
 :class:`~ssn.errors.UserError`) print one line, ``ssn: error: ...``, and exit with code 2.
@@ -21,11 +21,17 @@ EXAMPLES = {
   ssn train --data lidc.npz --out runs/ssn --split-file split.json --max-minutes 40
   ssn train --data lidc.npz --out runs/diag --rank 0 --epochs 10
   ssn train --data lidc.npz --out runs/det --method deterministic --config train.yaml
+  ssn train --data lidc.npz --out runs/pu --method prob-unet --encoder-features 16 32 64 128
+  ssn train --data lidc.npz --out runs/ssn --model phiseg-unet --model-kwargs '{features: [16, 32, 64, 96, 96, 96, 96]}'
   ssn train --data lidc.npz --out runs/monai --model monai:BasicUNet --model-kwargs '{features: [16, 16, 32, 64, 128, 16]}'
   ssn train --data lidc.npz --out runs/ssn --resume        # continue from last.safetensors""",
     "evaluate": """examples:
   ssn evaluate --run runs/ssn --data lidc.npz --split test --split-file split.json --out metrics.json
-  ssn evaluate --run runs/ssn --data synthetic.npz --samples 16""",
+  ssn evaluate --run runs/ssn --data synthetic.npz --samples 16
+  ssn evaluate --run runs/ssn --data lidc.npz --split test --split-file split.json --temperature 1""",
+    "calibrate": """examples:
+  ssn calibrate --run runs/ssn --data lidc.npz --split val --split-file split.json
+  ssn calibrate --run runs/ssn --data lidc.npz --split val --split-file split.json --temperatures 0.5 0.7 1""",
     "sample": """examples:
   ssn sample --run runs/ssn --input scan.png --samples 16 --out samples/
   ssn sample --run runs/ssn --input volume.nii.gz --out samples/
@@ -88,7 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--device", default="cpu")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--temperature", type=float, help="sampling temperature (default: the run's calibrated one, else 1)")
     e.set_defaults(handler=_evaluate)
+
+    k = command("calibrate", "choose the sampling temperature of a run on validation data")
+    k.add_argument("--run", required=True, help="run directory written by ssn train")
+    k.add_argument("--data", required=True, help="dataset .npz")
+    k.add_argument("--split", help="split name (with --split-file; default val)")
+    k.add_argument("--split-file", help="JSON split file; without it every image is used")
+    k.add_argument("--samples", type=int, default=16, help="samples per image (default 16)")
+    k.add_argument("--max-images", type=int, default=512, help="at most this many images, drawn with --seed (default 512)")
+    k.add_argument("--temperatures", type=float, nargs="+", help="the grid to try (default 0.1 ... 2)")
+    k.add_argument("--batch-size", type=int, default=16)
+    k.add_argument("--device", default="cpu")
+    k.add_argument("--seed", type=int, default=0)
+    k.set_defaults(handler=_calibrate)
 
     s = command("sample", "draw samples for new images and plot them")
     s.add_argument("--run", required=True, help="run directory written by ssn train")
@@ -98,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figures", type=int, default=16, help="figures for the first N images (default 16)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--temperature", type=float, help="sampling temperature (default: the run's calibrated one, else 1)")
     s.set_defaults(handler=_sample)
 
     c = command("convert", "convert LIDC distributions into the dataset .npz format")
@@ -169,14 +190,30 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    evaluate(args.run, args.data, args.split, args.split_file, args.samples, args.out, args.batch_size, args.device, args.seed)
+    evaluate(
+        args.run, args.data, args.split, args.split_file, args.samples, args.out, args.batch_size, args.device,
+        args.seed, temperature=args.temperature,
+    )
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import DEFAULT_TEMPERATURES, calibrate
+
+    calibrate(
+        args.run, args.data, args.split, args.split_file, args.temperatures or DEFAULT_TEMPERATURES, args.samples,
+        args.max_images, args.batch_size, args.device, args.seed,
+    )
     return 0
 
 
 def _sample(args: argparse.Namespace) -> int:
     from .sample import sample_run
 
-    sample_run(args.run, args.input, args.samples, args.out, args.device, args.seed, max_figures=args.figures)
+    sample_run(
+        args.run, args.input, args.samples, args.out, args.device, args.seed, max_figures=args.figures,
+        temperature=args.temperature,
+    )
     return 0
 
 

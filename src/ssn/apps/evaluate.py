@@ -1,7 +1,7 @@
 """Evaluation of a trained run on a dataset, the way the field reports it.
 
-Per image, ``num_samples`` label maps are drawn and compared with the annotators: GED^2, sample
-diversity, Hungarian-matched IoU (16 and ``num_samples`` samples), Dice of the mean prediction,
+Per image, ``num_samples`` label maps are drawn and compared with the annotators: GED^2 and
+Hungarian-matched IoU (of the first 16 and of all ``num_samples`` samples), sample diversity, Dice of the mean prediction,
 and, where the data carries its exact label distribution, GED^2 against that truth. Calibration
 (ECE) pools all pixels. The figures come from the accumulating metrics of :mod:`ssn.metrics`
 (dataset means with standard errors, each with its number of samples); a CSV beside the JSON
@@ -20,12 +20,10 @@ import numpy as np
 import torch
 
 from .. import metrics
-from ..data.arrays import load_arrays
-from ..data.splits import select_split
 from ..engine.checkpoints import load_run, write_json
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..files import write_atomically
-from ..inference import predict_batches
+from ..inference import images_to_predict, predict_batches
 
 __all__ = ["evaluate"]
 
@@ -40,23 +38,20 @@ def evaluate(
     batch_size: int = 16,
     device: str = "cpu",
     seed: int = 0,
+    temperature: float | None = None,
     log=print,
 ) -> dict:
-    """Evaluate ``run_dir``'s best weights on ``data_path`` (all images, or one split)."""
+    """Evaluate ``run_dir``'s best weights on ``data_path`` (all images, or one split).
+
+    Samples are drawn at ``temperature``: by default the run's calibrated one (``ssn
+    calibrate``), else 1. The summary records the temperature used.
+    """
     if num_samples < 2 or batch_size < 1:
         raise ConfigError(f"need --samples >= 2 and --batch-size >= 1; got {num_samples} and {batch_size}")
-    model, config = load_run(run_dir)
+    model, config = load_run(run_dir, temperature=temperature)
     model.to(device)
-    data = load_arrays(data_path)
-    if split_file is not None:
-        indices = select_split(data, split or "test", split_file)
-    elif split is not None:
-        raise ConfigError("--split needs --split-file (the JSON listing each split's patients)")
-    else:
-        indices = np.arange(len(data))
+    data, indices = images_to_predict(model, data_path, split, split_file, default_split="test")
     num_classes = model.num_classes
-    if data.num_classes() > num_classes:
-        raise DataError(f"the data holds labels up to {data.num_classes() - 1}, the model only {num_classes} classes")
     matched = tuple(sorted({min(16, num_samples), num_samples}))
     generator = torch.Generator(device).manual_seed(seed)
     per_image = metrics.ImageMetrics(num_classes, matched)
@@ -74,10 +69,12 @@ def evaluate(
     figures = per_image.compute()
     summary = {key: figures[key].as_dict() for key in ("ged", "diversity", "dice", "ged_truth") if key in figures}
     summary["hm_iou"] = {str(n): figures[f"hm_iou_{n}"].as_dict() for n in matched}
+    summary["ged_at"] = {str(n): figures[f"ged_{n}"].as_dict() for n in matched}
     summary["ece"] = dataclasses.replace(ece.compute(), num_samples=num_samples).as_dict()
     summary.update(
         num_samples=num_samples, num_images=len(rows), run=str(run_dir), data=str(data_path),
-        split=split if split_file else "all", seconds=seconds, model=config["architecture"],
+        split=split if split_file else "all", seconds=seconds, temperature=model.temperature,
+        model=config["architecture"],
     )
     if out is not None:
         out = Path(out)
@@ -103,10 +100,11 @@ def _describe(summary: dict) -> str:
     parts = [
         f"GED^2({n}) {summary['ged']['mean']:.4f} +- {summary['ged']['stderr'] or float('nan'):.4f}",
         f"diversity {summary['diversity']['mean']:.4f}",
+        *[f"GED^2({k}) {v['mean']:.4f}" for k, v in summary["ged_at"].items() if k != str(n)],
         *[f"HM-IoU({k}) {v['mean']:.4f}" for k, v in summary["hm_iou"].items()],
         f"Dice {summary['dice']['mean']:.4f}",
         f"ECE {summary['ece']['mean']:.4f}",
     ]
     if "ged_truth" in summary:
         parts.append(f"GED^2({n}) vs exact truth {summary['ged_truth']['mean']:.4f}")
-    return f"{summary['num_images']} images: " + ", ".join(parts)
+    return f"{summary['num_images']} images, temperature {summary['temperature']:g}: " + ", ".join(parts)

@@ -62,15 +62,16 @@ def read_images(path: str | os.PathLike, in_channels: int, spatial_dims: int) ->
 def sample_run(
     run_dir: str | os.PathLike, input_path: str | os.PathLike, num_samples: int = 16,
     out: str | os.PathLike = "samples", device: str = "cpu", seed: int = 0, batch_size: int = 8,
-    max_figures: int = 16, log=print,
+    max_figures: int = 16, temperature: float | None = None, log=print,
 ) -> Path:
     """Draw ``num_samples`` label maps per input image; write ``samples.npz`` and figures to ``out``.
 
     Figures are drawn for the first ``max_figures`` images only (plotting is the slow part).
+    Samples are drawn at ``temperature``, by default the run's calibrated one, else 1.
     """
     if num_samples < 1 or batch_size < 1:
         raise ConfigError(f"need --samples >= 1 and a batch size >= 1; got {num_samples} and {batch_size}")
-    model, config = load_run(run_dir)
+    model, config = load_run(run_dir, temperature=temperature)
     model.to(device)
     spec = config["architecture"]
     images = read_images(input_path, spec["in_channels"], spec["spatial_dims"])
@@ -86,5 +87,8 @@ def sample_run(
     figures = min(max_figures, len(images))
     for i in range(figures):
         plot_samples(images[i], labels[i], mean[i], entropy[i], out / f"image_{i:04d}.png")
-    log(f"wrote {out / 'samples.npz'}: samples {labels.shape}, and {figures} figures (image_NNNN.png)")
+    log(
+        f"wrote {out / 'samples.npz'}: samples {labels.shape} at temperature {model.temperature:g}, "
+        f"and {figures} figures (image_NNNN.png)"
+    )
     return out / "samples.npz"

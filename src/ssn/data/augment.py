@@ -1,4 +1,4 @@
-"""Batch augmentation: random flips and small rotations, applied alike to images and masks."""
+"""Batch augmentation: random flips, small rotations and crops rescaled to full size, alike for images and masks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def augment(images: Tensor, masks: Tensor, max_degrees: float = 10.0, generator: torch.Generator | None = None):
-    """Flip each spatial axis with probability 1/2; rotate 2D images by up to +-max_degrees.
+def augment(
+    images: Tensor, masks: Tensor, max_degrees: float = 10.0, min_crop: float = 1.0,
+    generator: torch.Generator | None = None,
+):
+    """Flip each spatial axis with probability 1/2; for 2D images also rotate and crop.
+
+    The 2D transform is one affine resampling: a rotation by up to +-``max_degrees`` and a
+    square crop whose side is a uniform fraction in [``min_crop``, 1] of the image's, at a
+    uniform position inside the image, rescaled to the full size (the paper's LIDC setup:
+    crops of 98-128 px of a 128 px slice, ``min_crop`` = 0.766).
 
     Args:
         images: (B, channels, *S) float; masks: (B, A, *S) integer labels.
@@ -18,17 +26,21 @@ def augment(images: Tensor, masks: Tensor, max_degrees: float = 10.0, generator:
     Returns:
         The augmented (images, masks); masks are resampled by nearest neighbour.
     """
+    if not 0 < min_crop <= 1:
+        raise ValueError(f"min_crop must be in (0, 1]; got {min_crop}")
     batch, spatial_dims = images.shape[0], images.dim() - 2
     for axis in range(2, 2 + spatial_dims):
         flip = torch.rand(batch, generator=generator) < 0.5
         if flip.any():
             images = torch.where(_expand(flip, images), images.flip(axis), images)
             masks = torch.where(_expand(flip, masks), masks.flip(axis), masks)
-    if spatial_dims == 2 and max_degrees > 0:
+    if spatial_dims == 2 and (max_degrees > 0 or min_crop < 1):
         angle = (torch.rand(batch, generator=generator) * 2 - 1) * math.radians(max_degrees)
-        cos, sin = angle.cos(), angle.sin()
-        zero = torch.zeros_like(cos)
-        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        scale = min_crop + (1 - min_crop) * torch.rand(batch, generator=generator)
+        # the crop's centre, in the normalised coordinates [-1, 1] of the input
+        shift = (torch.rand(batch, 2, generator=generator) * 2 - 1) * (1 - scale).unsqueeze(1)
+        cos, sin = angle.cos() * scale, angle.sin() * scale
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
         grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
         rotated = F.grid_sample(masks.to(images.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False)

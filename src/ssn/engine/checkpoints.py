@@ -6,7 +6,8 @@ A run directory holds everything ``evaluate`` and ``sample`` need:
   :class:`~ssn.models.ModelSpec` (method, backbone, every model argument) the model is rebuilt from;
 - ``best.safetensors`` the weights with the best validation GED^2, ``last.safetensors`` the latest;
 - ``state.pt``         optimiser state and progress, for ``--resume``;
-- ``metrics.jsonl``    one line of metrics per epoch; ``tensorboard/`` the same as events.
+- ``metrics.jsonl``    one line of metrics per validation; ``tensorboard/`` the same as events;
+- ``calibration.json`` (after ``ssn calibrate``) the sampling temperature chosen on validation data.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from torch import nn
 from ..errors import RunError
 from ..models import ModelSpec, SegmentationModel, build
 from ..files import write_atomically
+from .pretrained import resolve_run_dir
 
-__all__ = ["save_weights", "load_weights", "write_json", "read_config", "load_run"]
+__all__ = ["save_weights", "load_weights", "write_json", "read_config", "load_run", "CALIBRATION_FILE"]
+
+CALIBRATION_FILE = "calibration.json"
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
@@ -39,7 +43,8 @@ def write_json(payload: dict, path: str | os.PathLike) -> None:
 
 
 def read_config(run_dir: str | os.PathLike) -> dict:
-    path = Path(run_dir) / "config.json"
+    run_dir = resolve_run_dir(run_dir)
+    path = run_dir / "config.json"
     if not path.is_file():
         raise RunError(f"{run_dir} is not a run directory: it has no config.json (train one with `ssn train`)")
     config = json.loads(path.read_text())
@@ -62,12 +67,26 @@ def _architecture_of_version_0_1(config: dict) -> dict:
     ).as_dict()
 
 
-def load_run(run_dir: str | os.PathLike, which: str = "best") -> tuple[SegmentationModel, dict]:
-    """(model with the ``best`` or ``last`` weights, in eval mode; configuration)."""
+def load_run(
+    run_dir: str | os.PathLike, which: str = "best", temperature: float | None = None
+) -> tuple[SegmentationModel, dict]:
+    """(model with the ``best`` or ``last`` weights, in eval mode; configuration).
+
+    The model's sampling temperature is ``temperature`` if given, else the one ``ssn
+    calibrate`` stored in the run, else 1. ``run_dir`` may be ``pretrained:NAME``, a model
+    shipped with the package (:func:`ssn.pretrained`).
+    """
+    run_dir = resolve_run_dir(run_dir)
     config = read_config(run_dir)
     weights = Path(run_dir) / f"{which}.safetensors"
     if not weights.is_file():
         raise RunError(f"{weights} is missing: the run has not saved {which} weights yet")
     model = build(ModelSpec.from_dict(config["architecture"]))
     load_weights(model, weights)
+    if temperature is None:
+        calibration = Path(run_dir) / CALIBRATION_FILE
+        temperature = json.loads(calibration.read_text())["temperature"] if calibration.is_file() else 1.0
+    if not temperature >= 0:
+        raise RunError(f"the sampling temperature must be >= 0; got {temperature}")
+    model.temperature = float(temperature)
     return model.eval(), config

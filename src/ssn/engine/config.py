@@ -41,21 +41,33 @@ class TrainConfig:
     split_file: str | None = setting(help='JSON {"splits": {"train": [...], "val": [...]}}; default: hold out 10%% of the patients')
     train_split: str = setting("train", "split name to train on")
     val_split: str = setting("val", "split name to validate on")
-    method: str = setting("ssn", "the method: ssn or deterministic (the plain-softmax baseline)")
+    method: str = setting("ssn", "the method: ssn, deterministic (the plain-softmax baseline) or prob-unet (Kohl et al. 2018)")
     model: str = setting("unet", "backbone: unet, monai:NAME (e.g. monai:BasicUNet) or a registered name")
-    features: list[int] | None = setting(help="U-Net channels per level, e.g. 32 64 128 256 (a shorthand for model_kwargs features)")
+    features: list[int] | None = setting(help="U-Net (or phiseg-unet) channels per level, e.g. 32 64 128 256 (a shorthand for model_kwargs features)")
     model_kwargs: dict = setting(help="the backbone's own arguments, as YAML/JSON, e.g. '{norm: batch}'", factory=dict)
     rank: int = setting(10, "ssn: covariance rank; 0 = the diagonal model", low=0)
     mc_samples: int = setting(20, "ssn: Monte Carlo samples in the loss (even: antithetic pairs)", low=2)
+    mean_warmup: float = setting(0.25, "ssn: the share of the budget spent training the mean alone (cross-entropy of mu) before the paper's loss", low=0)
+    variance_init: float = setting(0.01, "ssn: start near zero logit variance, at this value; 0: PyTorch's default initialisation, as in the paper", low=0)
+    latent_dim: int = setting(6, "prob-unet: dimension of the global latent", low=1)
+    beta: float = setting(1.0, "prob-unet: weight of the KL term", low=0)
+    encoder_features: list[int] = setting(help="prob-unet: channels per level of the prior and posterior nets", factory=lambda: [32, 64, 128, 256])
     epochs: int | None = setting(help="number of epochs (default 20 unless --max-minutes or --max-steps)", low=1)
     max_minutes: float | None = setting(help="stop training after this many minutes", above=0)
     max_steps: int | None = setting(help="stop training after this many optimiser steps", low=1)
     batch_size: int = setting(16, "images per step", low=1)
     lr: float = setting(1e-3, "Adam learning rate", above=0)
     weight_decay: float = setting(0.0, "Adam weight decay", low=0)
+    factor_weight_decay: float = setting(0.0, "ssn: extra weight decay on the covariance head (factor and diagonal)", low=0)
+    lr_schedule: str = setting("constant", "learning-rate decay over the budget: constant, cosine or linear (to final_lr x lr)", choices=("constant", "cosine", "linear"))
+    warmup_steps: int = setting(0, "linear learning-rate warm-up over this many steps", low=0)
+    final_lr: float = setting(0.01, "the decayed learning rate at the end of the budget, as a fraction of lr", above=0)
+    ema_decay: float = setting(0.0, "exponential moving average of the weights, used for validation and checkpoints (e.g. 0.999; 0: off)", low=0)
     grad_clip: float = setting(10.0, "clip the gradient norm to this", above=0)
     augment: bool = setting(True, "flips and small rotations")
+    crop_scale: float = setting(1.0, "augmentation: random crops of this fraction of the side or more, rescaled to full size (1: off)", above=0)
     val_images: int = setting(128, "fixed validation subset size", low=1)
+    val_every: int | None = setting(help="validate and save every this many steps (default: at the end of each epoch)", low=1)
     val_samples: int = setting(16, "samples per validation image", low=1)
     seed: int = setting(0, "random seed (data order, augmentation, initialisation, validation draws)", low=0)
     device: str = setting("cpu", "cpu, cuda or cuda:N")
@@ -75,11 +87,19 @@ class TrainConfig:
             setattr(self, f.name, value)
         if self.method not in available_methods():
             raise ConfigError(f"method must be one of {', '.join(available_methods())}; got {self.method!r}")
+        if self.mean_warmup >= 1:
+            raise ConfigError(f"mean_warmup is a share of the training budget, below 1 (e.g. 0.25; 0: off); got {self.mean_warmup}")
+        if self.crop_scale > 1:
+            raise ConfigError(f"crop_scale must be in (0, 1]; got {self.crop_scale}")
+        if not self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be below 1 (e.g. 0.999), or 0 to switch it off; got {self.ema_decay}")
+        if self.final_lr > 1:
+            raise ConfigError(f"final_lr is a fraction of lr, at most 1; got {self.final_lr}")
         if self.method == "ssn" and self.mc_samples % 2:
             raise ConfigError(f"mc_samples must be even (antithetic pairs); got {self.mc_samples}")
         if self.features is not None:
-            if self.model != "unet":
-                raise ConfigError(f"features is the U-Net's shorthand; give {self.model}'s arguments as model_kwargs")
+            if self.model not in ("unet", "phiseg-unet"):
+                raise ConfigError(f"features is the U-Nets' shorthand; give {self.model}'s arguments as model_kwargs")
             if "features" in self.model_kwargs and list(self.model_kwargs["features"]) != self.features:
                 raise ConfigError("features is given twice (features and model_kwargs.features) with different values")
         _check_device(self.device)

@@ -2,11 +2,13 @@
 
 The configuration (:class:`~ssn.engine.config.TrainConfig`) is printed at the start and saved as
 ``config.json`` beside the weights, with the model's full description. Each step draws one
-annotator per image (as the paper did), augments with flips and small rotations, and takes one
-optimiser step on the method's own loss (``model.loss``: the SSN's Monte Carlo log-likelihood,
-or the baseline's cross-entropy on the same scale). After each epoch the GED^2 on a fixed
-validation subset, drawn with a fixed seed, is logged, and the last and best weights are saved
-atomically.
+annotator per image (as the paper did), augments with flips, small rotations and optionally
+crops rescaled to full size, and takes one optimiser step on the method's own loss
+(``model.loss``: the SSN's Monte Carlo log-likelihood, or the baseline's cross-entropy on the
+same scale) at the learning rate of the schedule. After each epoch (or every ``val_every``
+steps) the GED^2 on a fixed validation subset, drawn with a fixed seed, is logged, and the last
+and best weights are saved atomically: the moving average of the weights when ``ema_decay`` is
+set, the trained weights otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..inference import image_tensor, predict_batches
 from ..models import build
 from .checkpoints import load_weights, save_weights, write_json
 from .config import TrainConfig, model_spec
+from .optim import WeightAverage, learning_rate_factor
 from ..files import write_atomically
 
 __all__ = ["train"]
@@ -48,7 +51,9 @@ def train(config: TrainConfig, log=print) -> dict:
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     model = build(model_spec(config)).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimiser = torch.optim.Adam(_parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
+    evaluated = average.module if average is not None else model  # validated and saved
     progress = {"epoch": 0, "step": 0, "seconds": 0.0, "best_ged": math.inf}
 
     # ---------------------------------------------------------------- run directory
@@ -58,22 +63,71 @@ def train(config: TrainConfig, log=print) -> dict:
         state_path = out / "state.pt"
         if not state_path.is_file():
             raise RunError(f"--resume: {state_path} does not exist; train without --resume first")
-        load_weights(model, out / "last.safetensors")
         state = torch.load(state_path, weights_only=True)
-        optimiser.load_state_dict(state["optimiser"])
+        if "model" in state:
+            model.load_state_dict(state["model"])
+        else:  # written by ssn 0.2, where last.safetensors held the trained weights
+            load_weights(model, out / "last.safetensors")
+        if average is not None:
+            load_weights(average.module, out / "last.safetensors")
+        try:
+            optimiser.load_state_dict(state["optimiser"])
+        except ValueError as error:
+            raise RunError(f"--resume: the saved optimiser state does not fit these settings ({error}); "
+                           "resume with the settings the run was started with") from None
         progress = state["progress"]
         rng = np.random.default_rng([config.seed, progress["epoch"]])
     record = {**config.as_dict(), "architecture": model.spec.as_dict(), "ssn_version": __version__}
     write_json(record, out / "config.json")
     log("configuration:\n" + json.dumps(record, indent=2))
-    log(f"{train_idx.size} training images, {val_idx.size} validation images ({val_subset.size} used per epoch)")
+    every = f"every {config.val_every} steps" if config.val_every else "per epoch"
+    log(f"{train_idx.size} training images, {val_idx.size} validation images ({val_subset.size} used {every})")
 
     from torch.utils.tensorboard import SummaryWriter  # imported here: slow, and only training needs it
 
     writer = SummaryWriter(str(out / "tensorboard"))
     generator = torch.Generator().manual_seed(config.seed + progress["step"])  # augmentation, reader choice
     start = time.perf_counter() - progress["seconds"]
-    deadline = math.inf if config.max_minutes is None else start + 60 * config.max_minutes
+    steps_per_epoch = math.ceil(train_idx.size / config.batch_size)
+
+    def budget_spent() -> float:
+        """The share of the training budget used so far: the largest of steps, minutes and epochs."""
+        shares = [0.0]
+        if config.max_steps is not None:
+            shares.append(progress["step"] / config.max_steps)
+        if config.max_minutes is not None:
+            shares.append((time.perf_counter() - start) / (60 * config.max_minutes))
+        if config.epochs is not None:
+            shares.append(progress["step"] / (config.epochs * steps_per_epoch))
+        return min(1.0, max(shares))
+
+    losses: list[float] = []
+
+    def validate_and_save() -> None:
+        """Validation GED^2 of the evaluated weights on the fixed subset; last and best weights saved."""
+        val = _validate(evaluated, data, val_subset, config, device)
+        progress["seconds"] = time.perf_counter() - start
+        entry = {
+            "epoch": progress["epoch"], "step": progress["step"], "minutes": progress["seconds"] / 60,
+            "train_loss": float(np.mean(losses)) if losses else math.nan, "lr": optimiser.param_groups[0]["lr"],
+            "val_ged": val["ged"], "val_diversity": val["diversity"], "val_samples": config.val_samples,
+        }
+        losses.clear()
+        for key in ("train_loss", "val_ged", "val_diversity"):
+            writer.add_scalar(key.replace("_", "/", 1), entry[key], progress["step"])
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        save_weights(evaluated, out / "last.safetensors")
+        if val["ged"] < progress["best_ged"]:
+            progress["best_ged"] = val["ged"]
+            save_weights(evaluated, out / "best.safetensors")
+        state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "progress": progress}
+        write_atomically(out / "state.pt", lambda p: torch.save(state, p))
+        log(
+            f"step {entry['step']} (epoch {entry['epoch']}): loss {entry['train_loss']:.2f}, "
+            f"val GED^2({config.val_samples}) {val['ged']:.4f}, diversity {val['diversity']:.3f}, {entry['minutes']:.1f} min"
+        )
+
     last_epoch = math.inf if config.epochs is None else config.epochs
     last_step = math.inf if config.max_steps is None else config.max_steps
     stop = False
@@ -83,62 +137,64 @@ def train(config: TrainConfig, log=print) -> dict:
         order = rng.permutation(train_idx)
         batches = [np.sort(order[i : i + config.batch_size]) for i in range(0, order.size, config.batch_size)]
         bar = tqdm(batches, desc=f"epoch {progress['epoch'] + 1}", file=sys.stderr, leave=False, disable=None)
-        losses = []
         epoch_start = last_report = time.perf_counter()
-        for indices in bar:
+        for count, indices in enumerate(bar, 1):
             images = image_tensor(data.images[indices])
             masks = torch.from_numpy(np.ascontiguousarray(data.masks[indices])).long()
             if config.augment:
-                images, masks = augment(images, masks, generator=generator)
+                images, masks = augment(images, masks, min_crop=config.crop_scale, generator=generator)
             reader = torch.randint(0, masks.shape[1], (masks.shape[0],), generator=generator)
             target = masks[torch.arange(masks.shape[0]), reader]  # one annotator per image
-            loss = model.loss(images.to(device), target.to(device))
+            factor = learning_rate_factor(
+                progress["step"], budget_spent(), config.lr_schedule, config.warmup_steps, config.final_lr
+            )
+            for group in optimiser.param_groups:
+                group["lr"] = config.lr * factor
+            if hasattr(model, "mean_loss") and budget_spent() < config.mean_warmup:
+                loss = model.mean_loss(images.to(device), target.to(device))  # the SSN's mean alone, first
+            else:
+                loss = model.loss(images.to(device), target.to(device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimiser.step()
             progress["step"] += 1
+            if average is not None:
+                average.update(model, progress["step"])
             losses.append(loss.item())
-            speed = len(losses) * config.batch_size / (time.perf_counter() - epoch_start)
+            speed = count * config.batch_size / (time.perf_counter() - epoch_start)
             bar.set_postfix(loss=f"{losses[-1]:.1f}", img_s=f"{speed:.1f}")
             if bar.disable and time.perf_counter() - last_report > 60:  # no terminal: a line a minute
                 last_report = time.perf_counter()
                 log(f"  step {progress['step']}: loss {np.mean(losses[-50:]):.1f}, {speed:.1f} images/s")
             writer.add_scalar("train/loss", losses[-1], progress["step"])
-            if time.perf_counter() > deadline or progress["step"] >= last_step:
-                stop = True
+            stop = time.perf_counter() - start > 60 * (config.max_minutes or math.inf) or progress["step"] >= last_step
+            if config.val_every and (progress["step"] % config.val_every == 0 or stop):
+                validate_and_save()
+                model.train()
+            if stop:
                 break
         progress["epoch"] += 1
-
-        # ------------------------------------------------------------ validation and logs
-        val = _validate(model, data, val_subset, config, device)
-        progress["seconds"] = time.perf_counter() - start
-        entry = {
-            "epoch": progress["epoch"], "step": progress["step"], "minutes": progress["seconds"] / 60,
-            "train_loss": float(np.mean(losses)) if losses else math.nan,
-            "val_ged": val["ged"], "val_diversity": val["diversity"], "val_samples": config.val_samples,
-        }
-        for key in ("train_loss", "val_ged", "val_diversity"):
-            writer.add_scalar(key.replace("_", "/", 1), entry[key], progress["epoch"])
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
-
-        # ------------------------------------------------------------ checkpoints
-        save_weights(model, out / "last.safetensors")
-        if val["ged"] < progress["best_ged"]:
-            progress["best_ged"] = val["ged"]
-            save_weights(model, out / "best.safetensors")
-        state = {"optimiser": optimiser.state_dict(), "progress": progress}
-        write_atomically(out / "state.pt", lambda p: torch.save(state, p))
-        log(
-            f"epoch {entry['epoch']}: loss {entry['train_loss']:.2f}, val GED^2({config.val_samples}) "
-            f"{val['ged']:.4f}, diversity {val['diversity']:.3f}, {entry['minutes']:.1f} min"
-        )
+        if not config.val_every or (progress["epoch"] >= last_epoch and losses):
+            validate_and_save()
     writer.close()
     return {
         "epochs": progress["epoch"], "steps": progress["step"], "minutes": progress["seconds"] / 60,
         "best_val_ged": progress["best_ged"], "run_dir": str(out),
     }
+
+
+def _parameter_groups(model, config: TrainConfig) -> list[dict]:
+    """All parameters, with ``factor_weight_decay`` added on the SSN's covariance head."""
+    head = getattr(model, "head", None)
+    covariance = [] if config.factor_weight_decay == 0 or head is None else [
+        p for name, p in head.named_parameters() if name.startswith(("factor", "log_diag"))
+    ]
+    chosen = {id(p) for p in covariance}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in chosen]}]
+    if covariance:
+        groups.append({"params": covariance, "weight_decay": config.weight_decay + config.factor_weight_decay})
+    return groups
 
 
 def _complete(config: TrainConfig, data: SegmentationArrays) -> None:

@@ -7,9 +7,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..errors import ConfigError, DataError
 from ..models import SegmentationModel
 
-__all__ = ["image_tensor", "predict_batches"]
+__all__ = ["image_tensor", "predict_batches", "images_to_predict"]
 
 
 def image_tensor(images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -17,6 +18,27 @@ def image_tensor(images: np.ndarray, device: str | torch.device = "cpu") -> torc
     x = torch.from_numpy(np.array(images))  # a copy: memory-mapped data is read-only
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     return x.to(device)
+
+
+def images_to_predict(model: SegmentationModel, data_path, split: str | None, split_file, default_split: str):
+    """(the dataset, the indices of its images to use): one split of a split file, or all images.
+
+    Raises a :class:`~ssn.errors.ConfigError` for ``split`` without ``split_file``, and a
+    :class:`~ssn.errors.DataError` for labels beyond the model's classes.
+    """
+    from ..data.arrays import load_arrays
+    from ..data.splits import select_split
+
+    data = load_arrays(data_path)
+    if split_file is not None:
+        indices = select_split(data, split or default_split, split_file)
+    elif split is not None:
+        raise ConfigError("--split needs --split-file (the JSON listing each split's patients)")
+    else:
+        indices = np.arange(len(data))
+    if data.num_classes() > model.num_classes:
+        raise DataError(f"the data holds labels up to {data.num_classes() - 1}, the model only {model.num_classes} classes")
+    return data, indices
 
 
 def predict_batches(

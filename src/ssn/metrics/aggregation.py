@@ -242,12 +242,12 @@ class ImageMetrics:
 
     ``update(samples, annotations, truths=None)`` returns one dict of values per image (for
     per-image tables); ``compute()`` returns an :class:`Estimate` per key (``ged``,
-    ``diversity``, ``dice``, ``hm_iou_{n}`` and, with the exact truth, ``ged_truth``), summed
+    ``diversity``, ``dice``, ``hm_iou_{n}``, ``ged_{n}`` and, with the exact truth, ``ged_truth``), summed
     across processes like the single metrics above.
 
     Args:
         num_classes: C.
-        matched_sizes: report the Hungarian-matched IoU of the first n samples, for each n.
+        matched_sizes: report the Hungarian-matched IoU and the GED^2 of the first n samples, for each n.
     """
 
     def __init__(self, num_classes: int = 2, matched_sizes: tuple[int, ...] = ()) -> None:
@@ -274,10 +274,11 @@ class ImageMetrics:
         return rows
 
     def compute(self) -> dict[str, Estimate]:
-        """An :class:`Estimate` per metric; ``hm_iou_{n}`` carries ``num_samples = n``."""
+        """An :class:`Estimate` per metric; ``hm_iou_{n}`` and ``ged_{n}`` carry ``num_samples = n``."""
         num_samples = self._num_samples.reduced()
         out = {}
         for key in sorted(self._values):  # the same order in every process
-            n = int(key.rsplit("_", 1)[1]) if key.startswith("hm_iou_") else num_samples
+            suffix = key.rsplit("_", 1)[-1]
+            n = int(suffix) if key.startswith(("hm_iou_", "ged_")) and suffix.isdigit() else num_samples
             out[key] = self._values[key].estimate(n, f"ImageMetrics[{key}]")
         return out

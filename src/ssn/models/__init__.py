@@ -1,4 +1,4 @@
-"""Models: the method interface, the SSN and the deterministic baseline, and their registries.
+"""Models: the method interface, the SSN, the deterministic baseline, the Probabilistic U-Net, and their registries.
 
 Example:
     >>> import torch, ssn
@@ -12,6 +12,7 @@ Example:
 from ..networks.backbones import available_backbones, register_backbone, unregister_backbone
 from .base import SegmentationModel
 from .deterministic import DeterministicSegmentationNetwork
+from .prob_unet import ProbabilisticUNet
 from .registry import ModelSpec, available_methods, build, create, method_class, register_method, unregister_method
 from .stochastic import StochasticSegmentationNetwork
 
@@ -19,6 +20,7 @@ __all__ = [
     "SegmentationModel",
     "StochasticSegmentationNetwork",
     "DeterministicSegmentationNetwork",
+    "ProbabilisticUNet",
     "ModelSpec",
     "create",
     "build",

@@ -33,6 +33,9 @@ class SegmentationModel(nn.Module, abc.ABC):
         spatial_dims: 1, 2 or 3.
         spec: how :func:`ssn.models.create` built it (``None`` when built by hand); a run
             directory stores it, so that the model can be rebuilt exactly.
+        temperature: scales the spread of ``sample_labels`` and ``mean_probabilities`` about
+            the model's mean (1: as trained; ``ssn calibrate`` chooses it on validation data).
+            Training ignores it. A method without spread (the deterministic one) ignores it too.
     """
 
     method: ClassVar[str]
@@ -44,6 +47,7 @@ class SegmentationModel(nn.Module, abc.ABC):
         self.num_classes = num_classes
         self.spatial_dims = spatial_dims
         self.spec = None
+        self.temperature = 1.0
 
     def features(self, images: Tensor) -> Tensor:
         """Backbone features (B, F, *S), checked to keep the image's spatial size."""

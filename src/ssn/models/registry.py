@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..networks.backbones import backbone_defaults, build_backbone, feature_channels
 from .base import SegmentationModel
 from .deterministic import DeterministicSegmentationNetwork
+from .prob_unet import ProbabilisticUNet
 from .stochastic import StochasticSegmentationNetwork
 
 __all__ = ["ModelSpec", "register_method", "available_methods", "method_class", "create", "build"]
@@ -27,7 +28,8 @@ def register_method(cls: type[SegmentationModel]) -> type[SegmentationModel]:
     """Register a :class:`SegmentationModel` subclass under its ``method`` name (a decorator).
 
     Its constructor must take ``(backbone, feature_channels, num_classes, spatial_dims=...,
-    **settings)``, with its own arguments named in its ``settings``.
+    **settings)``, with its own arguments named in its ``settings``, and ``in_channels=...``
+    if it reads the images itself (as the Probabilistic U-Net's prior net does).
     """
     name = getattr(cls, "method", None)
     if not isinstance(name, str) or not name:
@@ -57,6 +59,7 @@ def method_class(name: str) -> type[SegmentationModel]:
 
 register_method(StochasticSegmentationNetwork)
 register_method(DeterministicSegmentationNetwork)
+register_method(ProbabilisticUNet)
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,10 @@ def build(spec: ModelSpec) -> SegmentationModel:
         )
     backbone = build_backbone(spec.backbone, spec.spatial_dims, spec.in_channels, **spec.backbone_kwargs)
     channels = spec.feature_channels or feature_channels(backbone, spec.spatial_dims, spec.in_channels)
-    model = cls(backbone, channels, spec.num_classes, spatial_dims=spec.spatial_dims, **spec.method_kwargs)
+    sizes = {"spatial_dims": spec.spatial_dims}
+    if "in_channels" in inspect.signature(cls).parameters:
+        sizes["in_channels"] = spec.in_channels
+    model = cls(backbone, channels, spec.num_classes, **sizes, **spec.method_kwargs)
     # Record every argument, defaults included, so that a saved run names its whole model.
     method_kwargs = {**_defaults(cls, cls.settings), **_plain(spec.method_kwargs)}
     backbone_kwargs = _plain({**backbone_defaults(spec.backbone), **spec.backbone_kwargs})

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributions import LowRankLogitDistribution
 from ..errors import ConfigError
-from ..losses import ssn_loss
+from ..losses import prepare_target, ssn_loss
 from ..networks.heads import SSNHead
 from .base import SegmentationModel
 
@@ -30,10 +31,12 @@ class StochasticSegmentationNetwork(SegmentationModel):
         eps: floor of the diagonal variance (the paper's 1e-5).
         mc_samples: M, the Monte Carlo samples of :meth:`loss` (the paper's 20).
         antithetic: draw the loss's samples in antithetic pairs (mu + e, mu - e).
+        variance_init: the head's initial variance (see :class:`~ssn.networks.SSNHead`);
+            ``None`` is PyTorch's default initialisation, as in the paper.
     """
 
     method = "ssn"
-    settings = ("rank", "eps", "mc_samples", "antithetic")
+    settings = ("rank", "eps", "mc_samples", "antithetic", "variance_init")
 
     def __init__(
         self,
@@ -45,11 +48,12 @@ class StochasticSegmentationNetwork(SegmentationModel):
         eps: float = 1e-5,
         mc_samples: int = 20,
         antithetic: bool = True,
+        variance_init: float | None = None,
     ) -> None:
         super().__init__(backbone, num_classes, spatial_dims)
         if mc_samples < 1 or (antithetic and mc_samples % 2):
             raise ConfigError(f"mc_samples must be positive, and even with antithetic sampling; got {mc_samples}")
-        self.head = SSNHead(feature_channels, num_classes, rank, spatial_dims, eps)
+        self.head = SSNHead(feature_channels, num_classes, rank, spatial_dims, eps, variance_init)
         self.mc_samples = mc_samples
         self.antithetic = antithetic
 
@@ -69,20 +73,31 @@ class StochasticSegmentationNetwork(SegmentationModel):
         """The paper's L = -(1/B) sum_b [logsumexp_m sum_i log softmax(eta_b^m)_{i,y_i} - log M]."""
         return ssn_loss(self(images, mask), target, num_samples=self.mc_samples, antithetic=self.antithetic, mask=mask)
 
+    def mean_loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The cross-entropy of the mean logits mu, summed over pixels and averaged over the batch:
+        the paper's loss in the limit of zero covariance, which trains the mean alone (the
+        covariance head gets no gradient). Training uses it for the first ``mean_warmup`` of its budget."""
+        loc = self.head.mean(self.features(images))
+        target, keep = prepare_target(target, (loc.shape[0], *loc.shape[2:]), self.num_classes, None, mask)
+        pixel_loss = F.cross_entropy(loc, target, reduction="none")
+        if keep is not None:
+            pixel_loss = pixel_loss * keep
+        return pixel_loss.flatten(1).sum(1).mean()
+
     @torch.no_grad()
     def sample_labels(
         self, images: Tensor, num_samples: int, mask: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        """(N, B, *S) uint8: the argmax of N logit maps drawn from one network pass."""
-        return self(images, mask).sample_labels(num_samples, generator=generator)
+        """(N, B, *S) uint8: the argmax of N logit maps drawn from one network pass, at ``temperature``."""
+        return self(images, mask).scaled(self.temperature).sample_labels(num_samples, generator=generator)
 
     @torch.no_grad()
     def mean_probabilities(
         self, images: Tensor, mask: Tensor | None = None, num_samples: int = 100,
         generator: torch.Generator | None = None, chunk_size: int = 16,
     ) -> Tensor:
-        """E[softmax(eta)], (B, C, *S), estimated from ``num_samples`` logit draws (in chunks)."""
-        dist = self(images, mask)
+        """E[softmax(eta)], (B, C, *S), estimated from ``num_samples`` logit draws (in chunks), at ``temperature``."""
+        dist = self(images, mask).scaled(self.temperature)
         total = torch.zeros_like(dist.loc)
         for start in range(0, num_samples, chunk_size):
             count = min(chunk_size, num_samples - start)

@@ -3,7 +3,8 @@
 A backbone maps images (B, in_channels, *S) to features (B, F, *S) of the same spatial size.
 Registered here:
 
-- ``"unet"``: :class:`ssn.networks.unet.UNet` (``features``, ``norm``, ``dropout``);
+- ``"unet"``: :class:`ssn.networks.unet.UNet` (``features``, ``norm``, ``dropout``, ``convs_per_level``);
+- ``"phiseg-unet"``: the paper's 7-level LIDC U-Net (:func:`ssn.networks.unet.phiseg_unet`);
 - ``"monai:NAME"``: any network of ``monai.networks.nets`` whose output keeps the input's
   spatial size (``BasicUNet``, ``UNet``, ``SegResNet``, ``DynUNet``, ...), through
   :mod:`ssn.networks.monai_nets` (needs ``pip install 'ssn[monai]'``);
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .unet import UNet
+from .unet import UNet, phiseg_unet
 
 __all__ = [
     "register_backbone",
@@ -72,6 +73,7 @@ def available_backbones() -> list[str]:
 
 
 register_backbone("unet")(UNet)
+register_backbone("phiseg-unet")(phiseg_unet)
 
 
 def build_backbone(name: str, spatial_dims: int, in_channels: int, **kwargs) -> nn.Module:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor, nn
 
 from ..distributions import LowRankLogitDistribution
@@ -27,6 +30,12 @@ class SSNHead(nn.Module):
         rank: R >= 0. ``0`` drops the factor (independent per-pixel Gaussians).
         spatial_dims: 1, 2 or 3.
         eps: added to the diagonal so that D stays positive (the paper's 1e-5).
+        variance_init: ``None`` or 0 (the paper): PyTorch's default initialisation, which starts
+            with a logit variance of about 1 + R * 0.1 per pixel. A number v starts near zero
+            variance instead: the diagonal at exactly v (its weights zero, its bias log v) and
+            the factor's weights scaled by sqrt(v), so that training begins as the deterministic
+            model and adds variance where the data asks for it. Not zero: with antithetic
+            samples a zero factor has zero gradient and would never grow.
     """
 
     def __init__(
@@ -36,6 +45,7 @@ class SSNHead(nn.Module):
         rank: int = 10,
         spatial_dims: int = 2,
         eps: float = 1e-5,
+        variance_init: float | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -44,6 +54,8 @@ class SSNHead(nn.Module):
             raise ConfigError(f"rank must be >= 0; got {rank}")
         if eps <= 0:
             raise ConfigError(f"eps must be > 0 so that the diagonal stays positive; got {eps}")
+        if variance_init is not None and not 0 <= variance_init <= 10:
+            raise ConfigError(f"variance_init must be in [0, 10] (0 or None: the default initialisation); got {variance_init}")
         conv = conv_layer(spatial_dims)
         self.num_classes = num_classes
         self.rank = rank
@@ -52,6 +64,14 @@ class SSNHead(nn.Module):
         self.mean = conv(in_channels, num_classes, 1)
         self.log_diag = conv(in_channels, num_classes, 1)
         self.factor = conv(in_channels, rank * num_classes, 1) if rank > 0 else None
+        self.variance_init = variance_init
+        if variance_init:
+            with torch.no_grad():
+                self.log_diag.weight.zero_()
+                self.log_diag.bias.fill_(math.log(variance_init))
+                if self.factor is not None:
+                    self.factor.weight.mul_(math.sqrt(variance_init))
+                    self.factor.bias.zero_()
 
     def forward(self, features: Tensor, mask: Tensor | None = None) -> LowRankLogitDistribution:
         """Features (B, in_channels, *S) -> distribution over (B, C, *S) logit maps.
@@ -80,7 +100,8 @@ class SSNHead(nn.Module):
         return LowRankLogitDistribution(loc, factor, diag_scale + self.eps)
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, rank={self.rank}, eps={self.eps}"
+        init = "" if self.variance_init is None else f", variance_init={self.variance_init}"
+        return f"num_classes={self.num_classes}, rank={self.rank}, eps={self.eps}{init}"
 
 
 def _mask_as_channel(mask: Tensor, features: Tensor) -> Tensor:

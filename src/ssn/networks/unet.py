@@ -14,22 +14,22 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from .layers import NORMS, conv_layer, crop_to, max_pool_layer, norm_layer, pad_to_multiple, transposed_conv_layer
 
-__all__ = ["UNet"]
+__all__ = ["UNet", "phiseg_unet"]
 
 
 class _ConvBlock(nn.Sequential):
-    """Two (conv 3 -> norm -> LeakyReLU) layers."""
+    """``convs`` (conv 3 -> norm -> LeakyReLU) layers."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, norm: str | None):
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, norm: str | None, convs: int = 2):
         conv = conv_layer(spatial_dims)
-        super().__init__(
-            conv(in_channels, out_channels, 3, padding=1, bias=norm is None),
-            norm_layer(norm, spatial_dims, out_channels),
-            nn.LeakyReLU(0.01, inplace=True),
-            conv(out_channels, out_channels, 3, padding=1, bias=norm is None),
-            norm_layer(norm, spatial_dims, out_channels),
-            nn.LeakyReLU(0.01, inplace=True),
-        )
+        layers = []
+        for index in range(convs):
+            layers += [
+                conv(in_channels if index == 0 else out_channels, out_channels, 3, padding=1, bias=norm is None),
+                norm_layer(norm, spatial_dims, out_channels),
+                nn.LeakyReLU(0.01, inplace=True),
+            ]
+        super().__init__(*layers)
 
 
 class UNet(nn.Module):
@@ -45,6 +45,8 @@ class UNet(nn.Module):
         features: channels per level, coarsest last; ``len(features) - 1`` poolings.
         norm: ``"instance"`` (default), ``"batch"``, ``"group"`` or ``None``.
         dropout: dropout probability at the bottleneck.
+        convs_per_level: 3x3 convolutions in each encoder and decoder block (2 in the original
+            U-Net, 3 in PHiSeg's).
 
     Attributes:
         out_channels: the number of feature channels returned (``features[0]``).
@@ -57,6 +59,7 @@ class UNet(nn.Module):
         features: Sequence[int] = (32, 64, 128, 256),
         norm: str | None = "instance",
         dropout: float = 0.0,
+        convs_per_level: int = 2,
     ) -> None:
         super().__init__()
         features = list(features)
@@ -67,13 +70,15 @@ class UNet(nn.Module):
             raise ConfigError(f"unknown norm {norm!r}; choose 'instance', 'batch', 'group' or none")
         if not 0 <= dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1); got {dropout}")
+        if not isinstance(convs_per_level, int) or isinstance(convs_per_level, bool) or convs_per_level < 1:
+            raise ConfigError(f"convs_per_level must be a positive integer; got {convs_per_level!r}")
         self.spatial_dims = spatial_dims
         self.out_channels = features[0]
         self.divisor = 2 ** (len(features) - 1)
         self.encoders = nn.ModuleList()
         channels = in_channels
         for width in features:
-            self.encoders.append(_ConvBlock(spatial_dims, channels, width, norm))
+            self.encoders.append(_ConvBlock(spatial_dims, channels, width, norm, convs_per_level))
             channels = width
         self.pool = max_pool_layer(spatial_dims)(2)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -81,7 +86,7 @@ class UNet(nn.Module):
         self.decoders = nn.ModuleList()
         for coarse, fine in zip(features[:0:-1], features[-2::-1]):
             self.upsamplers.append(transposed_conv_layer(spatial_dims)(coarse, fine, 2, stride=2))
-            self.decoders.append(_ConvBlock(spatial_dims, 2 * fine, fine, norm))
+            self.decoders.append(_ConvBlock(spatial_dims, 2 * fine, fine, norm, convs_per_level))
 
     def forward(self, image: Tensor) -> Tensor:
         """(B, in_channels, *S) -> (B, out_channels, *S)."""
@@ -102,3 +107,20 @@ class UNet(nn.Module):
         for upsample, decoder in zip(self.upsamplers, self.decoders):
             x = decoder(torch.cat([upsample(x), skips.pop()], dim=1))
         return crop_to(x, spatial)
+
+
+def phiseg_unet(
+    spatial_dims: int = 2,
+    in_channels: int = 1,
+    features: Sequence[int] = (32, 64, 128, 192, 192, 192, 192),
+    norm: str | None = "batch",
+    convs_per_level: int = 3,
+    dropout: float = 0.0,
+) -> UNet:
+    """The U-Net of the SSN paper's LIDC experiment, which reused PHiSeg's (Baumgartner et al. 2019).
+
+    Seven levels of 32, 64, 128, 192, 192, 192, 192 channels, three convolutions per level and
+    batch norm. It is registered as the backbone ``"phiseg-unet"``; narrower ``features`` (for
+    example ``[16, 32, 64, 96, 96, 96, 96]``) fit a CPU budget.
+    """
+    return UNet(spatial_dims, in_channels, features, norm, dropout, convs_per_level)

@@ -1,0 +1,161 @@
+"""Small data where the readers agree: does the low-rank SSN stay as tight as its annotators?
+
+From LIDC-IDRI, the slices where all four readers drew the nodule and agree closely (mean
+pairwise 1 - IoU of the readers <= ``--max-reader-distance``, 0.25 by default) form a small
+data set: ``--train-images`` training slices (48) from the train split, 64 validation slices
+from the val split and every such slice of the test split. The models train on the same
+budget in steps, one after another with the whole machine, and are evaluated on those test
+slices with 100 samples. Reference rows, measured on the same slices: the readers' majority
+vote as a single (deterministic) prediction, and the readers' own diversity.
+
+Runs are appended to ``benchmarks/results/agreeing.json``; ``benchmarks/RESULTS.md`` shows them.
+
+    python benchmarks/agreeing.py --steps 600 --threads 2
+    python benchmarks/agreeing.py --steps 600 --models low-rank --tag "near-zero init" --extra="--variance-init 0.01"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS_JSON = HERE / "results" / "agreeing.json"
+MODELS = {
+    "deterministic": ["--method", "deterministic"],
+    "diagonal": ["--rank", "0"],
+    "low-rank": ["--rank", "10"],
+}
+
+
+def reader_distances(masks: np.ndarray) -> np.ndarray:
+    """(N, A, *S) binary masks -> (N,) mean 1 - IoU over the distinct reader pairs (0 for two empty masks)."""
+    flat = masks.reshape(masks.shape[0], masks.shape[1], -1).astype(bool)
+    a, b = np.triu_indices(flat.shape[1], 1)
+    inter = (flat[:, a] & flat[:, b]).sum(-1)
+    union = (flat[:, a] | flat[:, b]).sum(-1)
+    return (1 - np.where(union > 0, inter / np.maximum(union, 1), 1.0)).mean(1)
+
+
+def build_subset(data_dir: Path, out: Path, train_images: int, max_distance: float, seed: int) -> tuple[Path, Path]:
+    """Write OUT/agreeing.npz and OUT/split.json (the subset and its patient split); return their paths."""
+    from ssn.data import load_arrays, select_split
+
+    data = load_arrays(data_dir / "lidc_slices_128.npz")
+    split_file = data_dir / "split.json"
+    masks = np.asarray(data.masks)
+    agree = (masks.reshape(len(masks), masks.shape[1], -1).any(-1).all(1)) & (reader_distances(masks) <= max_distance)
+    rng = np.random.default_rng(seed)
+    chosen, splits = {}, {}
+    for name, size in (("train", train_images), ("val", 64), ("test", None)):
+        pool = np.intersect1d(select_split(data, name, split_file), np.flatnonzero(agree))
+        chosen[name] = pool if size is None else np.sort(rng.choice(pool, size=min(size, pool.size), replace=False))
+    order = np.concatenate([chosen[n] for n in ("train", "val", "test")])
+    for name in chosen:  # patients are unique to a split in split.json, so a patient split still holds
+        splits[name] = sorted({str(p) for p in np.asarray(data.patient)[chosen[name]]})
+    npz, split_json = out / "agreeing.npz", out / "split.json"
+    # Written to a temporary name and renamed: another invocation may be training on it.
+    temporary = out / f"agreeing.{os.getpid()}.npz"
+    np.savez(temporary, images=np.asarray(data.images)[order], masks=masks[order], patient=np.asarray(data.patient)[order])
+    temporary.replace(npz)
+    temporary = out / f"split.{os.getpid()}.json"
+    temporary.write_text(json.dumps({"splits": splits, "source": "LIDC split.json, readers agreeing"}, indent=1))
+    temporary.replace(split_json)
+    return npz, split_json
+
+
+def references(npz: Path, split_json: Path) -> dict:
+    """The readers' majority vote as a prediction, and the readers' own diversity, on the test slices."""
+    import torch
+
+    from ssn import metrics
+    from ssn.data import load_arrays, select_split
+
+    data = load_arrays(npz)
+    test = select_split(data, "test", split_json)
+    masks = torch.from_numpy(np.asarray(data.masks)[test]).long()
+    vote = (masks.float().mean(1) >= 0.5).to(torch.uint8)  # ties (2 of 4) count as nodule
+    ged = metrics.GeneralizedEnergyDistance(2)
+    ged.update(vote.unsqueeze(1), masks)
+    return {
+        "majority_vote_ged": ged.compute().as_dict(),
+        "reader_diversity": float(reader_distances(masks.numpy()).mean()),
+        "num_test_images": int(test.size),
+    }
+
+
+def record(run: dict, reference: dict) -> None:
+    """Append one run to the results file, re-read just before writing (several invocations may run at once)."""
+    runs = json.loads(RESULTS_JSON.read_text())["runs"] if RESULTS_JSON.is_file() else []
+    RESULTS_JSON.parent.mkdir(exist_ok=True)
+    temporary = RESULTS_JSON.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps({"reference": reference, "runs": runs + [run]}, indent=2) + "\n")
+    temporary.replace(RESULTS_JSON)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_dir = Path(os.environ.get("SSN_LIDC_DIR", ROOT.parent / "shared" / "data" / "lidc"))
+    parser.add_argument("--data-dir", type=Path, default=default_dir)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "agreeing")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--train-images", type=int, default=48)
+    parser.add_argument("--max-reader-distance", type=float, default=0.25)
+    parser.add_argument("--features", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tag", default="defaults", help="a name for these settings in the results table")
+    parser.add_argument("--extra", default="", help="further `ssn train` flags for every model, one string")
+    args = parser.parse_args()
+    if not (args.data_dir / "lidc_slices_128.npz").is_file():
+        raise SystemExit(f"LIDC data not found in {args.data_dir}; set SSN_LIDC_DIR or --data-dir")
+    args.out.mkdir(parents=True, exist_ok=True)
+    npz, split_json = build_subset(args.data_dir, args.out, args.train_images, args.max_reader_distance, 0)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    settings = [
+        "--data", str(npz), "--split-file", str(split_json), "--max-steps", str(args.steps),
+        "--features", *map(str, args.features), "--batch-size", str(args.batch_size),
+        "--val-images", "64", "--val-samples", "16", "--seed", str(args.seed), *shlex.split(args.extra),
+    ]
+    import ssn
+
+    reference = references(npz, split_json)
+    slug = args.tag.replace(" ", "-").replace("/", "-")
+    for name in args.models:
+        run_dir = args.out / f"{name}.{slug}.seed{args.seed}"
+        train = [sys.executable, "-m", "ssn", "train", "--out", str(run_dir), *settings, *MODELS[name]]
+        start = time.perf_counter()
+        subprocess.run(train, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        minutes = (time.perf_counter() - start) / 60
+        result_path = run_dir / "test_metrics.json"
+        subprocess.run(
+            [sys.executable, "-m", "ssn", "evaluate", "--run", str(run_dir), "--data", str(npz), "--split", "test",
+             "--split-file", str(split_json), "--samples", "100", "--out", str(result_path)],
+            env=env, check=True, stdout=subprocess.DEVNULL,
+        )
+        result = json.loads(result_path.read_text())
+        record({
+            "name": name, "tag": args.tag, "measured": time.strftime("%Y-%m-%d"), "ssn_version": ssn.__version__,
+            "seed": args.seed, "steps": args.steps, "train_minutes": minutes, "extra": args.extra,
+            "command": " ".join(["python", "benchmarks/agreeing.py", *sys.argv[1:]]),
+            **{k: result[k] for k in ("ged", "diversity", "hm_iou", "dice", "ece", "num_images")},
+        }, reference)
+        print(f"{name} [{args.tag}]: GED^2(100) {result['ged']['mean']:.3f} +- {result['ged']['stderr']:.3f}, "
+              f"diversity {result['diversity']['mean']:.3f}, ECE {result['ece']['mean']:.4f}, {minutes:.1f} min", flush=True)
+    print(f"references on {reference['num_test_images']} test slices: majority vote GED^2 "
+          f"{reference['majority_vote_ged']['mean']:.3f}, readers' diversity {reference['reader_diversity']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The Probabilistic U-Net (Kohl et al., NeurIPS 2018), behind the same interface, for comparison.
+
+A global latent z (``latent_dim``, 6 in the paper) explains the spread of the annotations:
+
+- the prior net p(z | x) and the posterior net q(z | x, y) are convolutional encoders ending in
+  a global average and a 1x1 convolution to the mean and log standard deviation of an
+  axis-aligned Gaussian;
+- z is broadcast over the image, joined to the backbone's last features and mapped to logits by
+  three 1x1 convolutions (the paper's "fcomb");
+- training minimises  CE(y | x, z ~ q) + beta * KL(q(z | x, y) || p(z | x))  per image (the
+  cross-entropy summed over pixels, as the other methods' losses are), averaged over the batch;
+- samples take z from the prior, one network pass per image and a cheap fcomb per sample.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Independent, Normal, kl_divergence
+
+from ..errors import ConfigError
+from ..losses import prepare_target
+from ..networks.layers import conv_layer, max_pool_layer
+from ..networks.unet import _ConvBlock
+from .base import SegmentationModel
+
+__all__ = ["ProbabilisticUNet", "LatentEncoder"]
+
+
+class LatentEncoder(nn.Module):
+    """A convolutional encoder to an axis-aligned Gaussian over the latent, (B, latent_dim).
+
+    Args:
+        in_channels: image channels (+ one-hot classes for the posterior).
+        features: channels per level; ``len(features) - 1`` poolings.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, latent_dim: int, features: Sequence[int]) -> None:
+        super().__init__()
+        blocks, channels = [], in_channels
+        for level, width in enumerate(features):
+            if level > 0:
+                blocks.append(max_pool_layer(spatial_dims)(2))
+            blocks.append(_ConvBlock(spatial_dims, channels, width, norm=None))
+            channels = width
+        self.encoder = nn.Sequential(*blocks)
+        self.to_gaussian = conv_layer(spatial_dims)(channels, 2 * latent_dim, 1)
+        self.latent_dim = latent_dim
+
+    def forward(self, x: Tensor) -> Independent:
+        h = self.encoder(x).flatten(2).mean(-1)  # global average, (B, features[-1])
+        h = self.to_gaussian(h.view(*h.shape, *([1] * (x.dim() - 2)))).flatten(1)
+        mean, log_std = h[:, : self.latent_dim], h[:, self.latent_dim :]
+        return Independent(Normal(mean, log_std.clamp(-10, 10).exp()), 1)
+
+
+class ProbabilisticUNet(SegmentationModel):
+    """Backbone features joined with a global latent drawn from a learned prior.
+
+    Args:
+        backbone, feature_channels, num_classes, spatial_dims: as for the other methods.
+        in_channels: the image channels, which the prior and posterior nets read too.
+        latent_dim: the dimension of z (the paper's 6).
+        beta: the weight of the KL term (the paper's 1).
+        encoder_features: channels per level of the prior and posterior encoders.
+    """
+
+    method = "prob-unet"
+    settings = ("latent_dim", "beta", "encoder_features")
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_channels: int,
+        num_classes: int,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        latent_dim: int = 6,
+        beta: float = 1.0,
+        encoder_features: Sequence[int] = (32, 64, 128, 256),
+    ) -> None:
+        super().__init__(backbone, num_classes, spatial_dims)
+        if latent_dim < 1:
+            raise ConfigError(f"latent_dim must be at least 1; got {latent_dim}")
+        if beta < 0:
+            raise ConfigError(f"beta must be >= 0; got {beta}")
+        self.latent_dim, self.beta = latent_dim, beta
+        self.prior = LatentEncoder(spatial_dims, in_channels, latent_dim, encoder_features)
+        self.posterior = LatentEncoder(spatial_dims, in_channels + num_classes, latent_dim, encoder_features)
+        conv = conv_layer(spatial_dims)
+        self.combine = nn.Sequential(  # "fcomb": three 1x1 convolutions on [features, z]
+            conv(feature_channels + latent_dim, feature_channels, 1), nn.ReLU(inplace=True),
+            conv(feature_channels, feature_channels, 1), nn.ReLU(inplace=True),
+            conv(feature_channels, num_classes, 1),
+        )
+
+    def logits(self, features: Tensor, z: Tensor) -> Tensor:
+        """Features (B, F, *S) and latents (B, latent_dim) -> logits (B, C, *S)."""
+        z = z.view(*z.shape, *([1] * (features.dim() - 2))).expand(-1, -1, *features.shape[2:])
+        return self.combine(torch.cat([features, z], dim=1))
+
+    def forward(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Logits (B, C, *S) at the prior's mean latent."""
+        return self.logits(self.features(images), self.prior(images).mean)
+
+    def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        """CE(y | x, z ~ q(z | x, y)) summed over pixels + beta KL(q || p), averaged over the batch."""
+        features = self.features(images)
+        target, keep = prepare_target(target, (images.shape[0], *images.shape[2:]), self.num_classes, None, mask)
+        one_hot = F.one_hot(target, self.num_classes).movedim(-1, 1).to(images.dtype)
+        posterior = self.posterior(torch.cat([images, one_hot], dim=1))
+        prior = self.prior(images)
+        pixel_loss = F.cross_entropy(self.logits(features, posterior.rsample()), target, reduction="none")
+        if keep is not None:
+            pixel_loss = pixel_loss * keep
+        return (pixel_loss.flatten(1).sum(1) + self.beta * kl_divergence(posterior, prior)).mean()
+
+    def _prior_logits(self, images: Tensor, num_samples: int, generator: torch.Generator | None):
+        """Yield (B, C, *S) logits for ``num_samples`` latents from the prior (its standard
+        deviation times ``temperature``); one backbone pass."""
+        features = self.features(images)
+        prior = self.prior(images).base_dist
+        for _ in range(num_samples):
+            noise = torch.randn(prior.loc.shape, generator=generator, device=prior.loc.device, dtype=prior.loc.dtype)
+            yield self.logits(features, prior.loc + self.temperature * prior.scale * noise)
+
+    @torch.no_grad()
+    def sample_labels(
+        self, images: Tensor, num_samples: int, mask: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """(N, B, *S) uint8: the argmax of the logits for N latents drawn from the prior."""
+        return torch.stack([x.argmax(1).to(torch.uint8) for x in self._prior_logits(images, num_samples, generator)])
+
+    @torch.no_grad()
+    def mean_probabilities(
+        self, images: Tensor, mask: Tensor | None = None, num_samples: int = 100, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """E[softmax(logits)] over the prior, (B, C, *S), from ``num_samples`` latents."""
+        total = None
+        for logits in self._prior_logits(images, num_samples, generator):
+            total = logits.softmax(1) if total is None else total + logits.softmax(1)
+        return total / num_samples
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, latent_dim={self.latent_dim}, beta={self.beta}"
+
