@@ -11,7 +11,10 @@ vote as a single (deterministic) prediction, and the readers' own diversity.
 Runs are appended to ``benchmarks/results/agreeing.json``; ``benchmarks/RESULTS.md`` shows them.
 
     python benchmarks/agreeing.py --steps 600 --threads 2
-    python benchmarks/agreeing.py --steps 600 --models low-rank --tag "near-zero init" --extra="--variance-init 0.01"
+    python benchmarks/agreeing.py --steps 600 --models low-rank --tag "paper init" --extra="--variance-init 0 --mean-warmup 0"
+
+The stochastic models are also calibrated on the validation slices (``ssn calibrate``) and
+evaluated at that temperature, reported beside the t = 1 figures.
 """
 
 from __future__ import annotations
@@ -93,6 +96,26 @@ def references(npz: Path, split_json: Path) -> dict:
     }
 
 
+def evaluate(run_dir: Path, npz: Path, split_json: Path, env: dict, calibrate: bool) -> tuple[dict, dict | None]:
+    """Test figures at t = 1 and, for a stochastic model, at the temperature chosen on the 64
+    validation slices (``ssn calibrate``); the second is ``None`` for the deterministic model."""
+    python = [sys.executable, "-m", "ssn"]
+    data = ["--data", str(npz), "--split-file", str(split_json)]
+    results = []
+    for temperature in (["--temperature", "1"], []) if calibrate else (["--temperature", "1"],):
+        if calibrate and not temperature:
+            subprocess.run(python + ["calibrate", "--run", str(run_dir), *data, "--split", "val", "--samples", "16"],
+                           env=env, check=True, stdout=subprocess.DEVNULL)
+        out = run_dir / ("test_metrics.json" if temperature else "test_metrics_calibrated.json")
+        subprocess.run(python + ["evaluate", "--run", str(run_dir), *data, "--split", "test", "--samples", "100",
+                                 "--out", str(out), *temperature], env=env, check=True, stdout=subprocess.DEVNULL)
+        results.append(json.loads(out.read_text()))
+    if not calibrate:
+        return results[0], None
+    keep = ("ged", "diversity", "hm_iou", "dice", "ece", "temperature")
+    return results[0], {k: results[1][k] for k in keep}
+
+
 def record(run: dict, reference: dict) -> None:
     """Append one run to the results file, re-read just before writing (several invocations may run at once)."""
     runs = json.loads(RESULTS_JSON.read_text())["runs"] if RESULTS_JSON.is_file() else []
@@ -117,6 +140,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tag", default="defaults", help="a name for these settings in the results table")
     parser.add_argument("--extra", default="", help="further `ssn train` flags for every model, one string")
+    parser.add_argument("--skip-training", action="store_true", help="evaluate the runs already trained in --out")
     args = parser.parse_args()
     if not (args.data_dir / "lidc_slices_128.npz").is_file():
         raise SystemExit(f"LIDC data not found in {args.data_dir}; set SSN_LIDC_DIR or --data-dir")
@@ -135,24 +159,22 @@ def main() -> None:
     for name in args.models:
         run_dir = args.out / f"{name}.{slug}.seed{args.seed}"
         train = [sys.executable, "-m", "ssn", "train", "--out", str(run_dir), *settings, *MODELS[name]]
-        start = time.perf_counter()
-        subprocess.run(train, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        minutes = (time.perf_counter() - start) / 60
-        result_path = run_dir / "test_metrics.json"
-        subprocess.run(
-            [sys.executable, "-m", "ssn", "evaluate", "--run", str(run_dir), "--data", str(npz), "--split", "test",
-             "--split-file", str(split_json), "--samples", "100", "--out", str(result_path)],
-            env=env, check=True, stdout=subprocess.DEVNULL,
-        )
-        result = json.loads(result_path.read_text())
+        if not args.skip_training:
+            subprocess.run(train, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        minutes = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["minutes"]
+        result, calibrated = evaluate(run_dir, npz, split_json, env, calibrate=name != "deterministic")
         record({
             "name": name, "tag": args.tag, "measured": time.strftime("%Y-%m-%d"), "ssn_version": ssn.__version__,
             "seed": args.seed, "steps": args.steps, "train_minutes": minutes, "extra": args.extra,
-            "command": " ".join(["python", "benchmarks/agreeing.py", *sys.argv[1:]]),
+            "command": " ".join(["python", "benchmarks/agreeing.py", *(shlex.quote(a) for a in sys.argv[1:] if a != "--skip-training")]),
             **{k: result[k] for k in ("ged", "diversity", "hm_iou", "dice", "ece", "num_images")},
+            "calibrated": calibrated,
         }, reference)
         print(f"{name} [{args.tag}]: GED^2(100) {result['ged']['mean']:.3f} +- {result['ged']['stderr']:.3f}, "
               f"diversity {result['diversity']['mean']:.3f}, ECE {result['ece']['mean']:.4f}, {minutes:.1f} min", flush=True)
+        if calibrated:
+            print(f"  calibrated t = {calibrated['temperature']:g}: GED^2(100) {calibrated['ged']['mean']:.3f}, "
+                  f"diversity {calibrated['diversity']['mean']:.3f}", flush=True)
     print(f"references on {reference['num_test_images']} test slices: majority vote GED^2 "
           f"{reference['majority_vote_ged']['mean']:.3f}, readers' diversity {reference['reader_diversity']:.3f}")
 

@@ -91,8 +91,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=1, help="threads per process")
     parser.add_argument("--extra", default="", help="further `ssn train` flags for every model, one string")
+    parser.add_argument("--calibrate", nargs="*", choices=list(MODELS),
+                        help="the stochastic models to calibrate and evaluate at their temperature (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="training seed; the summary table shows seed 0, other seeds measure training noise")
-    parser.add_argument("--skip-training", action="store_true", help="evaluate existing runs in --out")
+    parser.add_argument("--skip-training", action="store_true",
+                        help="evaluate existing runs in --out (calibrations and evaluations already written are kept)")
     parser.add_argument(
         "--one-at-a-time", action="store_true",
         help="train the models one after another, each with --threads threads, instead of all at once",
@@ -109,7 +112,7 @@ def main() -> None:
     settings = [
         "--data", str(data), "--split-file", str(split), *budget,
         "--features", *map(str, args.features), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-        "--mc-samples", "20", "--val-images", "128", "--val-samples", "16", "--seed", str(args.seed),
+        "--mc-samples", "20", "--val-images", "128", "--val-samples", "16", "--val-every", "500", "--seed", str(args.seed),
         "--encoder-features", *map(str, args.features), *shlex.split(args.extra),
     ]
     models = [m for m in MODELS if m in args.models]
@@ -123,12 +126,16 @@ def main() -> None:
         commands = {m: python + ["train", "--out", str(args.out / m), *settings, *MODELS[m]] for m in order}
         run_all(commands, args.threads, args.out, "train", parallel=not args.one_at_a_time)
     trained = time.time()
-    stochastic = [m for m in models if m != "deterministic"]
+    stochastic = [m for m in models if m != "deterministic" and (args.calibrate is None or m in args.calibrate)]
+
+    def needed(path: Path) -> bool:
+        return not (args.skip_training and path.is_file())
+
     run_all(
         {
             m: python + ["calibrate", "--run", str(args.out / m), "--data", str(data), "--split", "val",
                          "--split-file", str(split), "--samples", "16", "--max-images", "512"]
-            for m in stochastic
+            for m in stochastic if needed(args.out / m / "calibration.json")
         },
         os.cpu_count() or 1, args.out, "calibrate", parallel=False,
     )
@@ -138,13 +145,14 @@ def main() -> None:
                                    "--split-file", str(split), "--samples", "100"]
     run_all(
         {
-            **{m: command + ["--temperature", "1", "--out", str(args.out / m / "test_metrics.json")] for m, command in evaluations.items()},
+            **{m: command + ["--temperature", "1", "--out", str(args.out / m / "test_metrics.json")]
+               for m, command in evaluations.items() if needed(args.out / m / "test_metrics.json")},
             **{f"{m}.calibrated": command + ["--out", str(args.out / m / "test_metrics_calibrated.json")]
-               for m, command in evaluations.items() if m in stochastic},
+               for m, command in evaluations.items() if m in stochastic and needed(args.out / m / "test_metrics_calibrated.json")},
         },
         os.cpu_count() or 1, args.out, "evaluate", parallel=False,  # one at a time, whole machine: timed
     )
-    command = " ".join(["python", "benchmarks/lidc.py", *sys.argv[1:]])
+    command = " ".join(["python", "benchmarks/lidc.py", *(a for a in sys.argv[1:] if a != "--skip-training")])
     content = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.is_file() else {}
     runs = load_runs()
     for m in models:
@@ -158,11 +166,13 @@ def main() -> None:
             "settings": [portable(s, args.data_dir) if "/" in s else s for s in settings + MODELS[m]],
             "threads_per_process": args.threads, "one_at_a_time": args.one_at_a_time,
             "models_at_once": 1 if args.one_at_a_time else len(models),
-            "train_minutes_wall": (trained - started) / 60, "machine": f"{os.cpu_count()} cores",
+            "train_minutes_wall": None if args.skip_training else (trained - started) / 60,
+            "machine": f"{os.cpu_count()} cores",
             "training": json.loads(lines[-1]) if lines else {}, **result,
             "calibrated": _without_paths(json.loads(calibrated.read_text())) if calibrated.is_file() else None,
             "calibration": _without_paths(json.loads((args.out / m / "calibration.json").read_text()))
             if m in stochastic else None,
+            "evaluation_threads": os.cpu_count(),
         })
     reference = content.get("reference") or references(data, split)
     RESULTS_JSON.parent.mkdir(exist_ok=True)

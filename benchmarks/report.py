@@ -92,7 +92,8 @@ def lidc_section() -> list[str]:
         "",
         *_table(header, rows),
         "",
-        f"Settings: `ssn train {' '.join(settings)}`" if settings else "",
+        (f"Settings of the {current[-1]['name']} row (the others differ only in their method flags, as listed "
+         f"in `results/lidc.json`): `ssn train {' '.join(settings)}`") if settings else "",
         "",
     ]
     if (HERE / "lidc_samples.png").is_file():
@@ -145,23 +146,28 @@ def agreeing_section() -> list[str]:
     runs, reference = content.get("runs", []), content.get("reference")
     if not runs:
         return []
-    rows = [
-        [r["name"], r["tag"], _mean(r["ged"], stderr=True), _mean(r["diversity"]), _mean(r["hm_iou"].get("16")),
-         _mean(r["ece"], 4), f"{r['steps']} steps", str(r["seed"])]
-        for r in runs
-    ]
+    rows = []
+    for r in runs:
+        rows.append([r["name"], r["tag"], "1", _mean(r["ged"], stderr=True), _mean(r["diversity"]),
+                     _mean(r["hm_iou"].get("16")), _mean(r["ece"], 4), f"{r['steps']} steps", str(r["seed"])])
+        c = r.get("calibrated")
+        if c:
+            rows.append([f"{r['name']}, calibrated", r["tag"], f"{c['temperature']:g}", _mean(c["ged"], stderr=True),
+                         _mean(c["diversity"]), _mean(c["hm_iou"].get("16")), _mean(c["ece"], 4), "", ""])
     if reference:
-        rows.append(["*readers' majority vote*", "", _mean(reference["majority_vote_ged"], stderr=True), "0", "", "", "", ""])
-        rows.append(["*the readers themselves*", "", "", f"{reference['reader_diversity']:.3f}", "", "", "", ""])
+        rows.append(["*readers' majority vote*", "", "", _mean(reference["majority_vote_ged"], stderr=True), "0", "", "", "", ""])
+        rows.append(["*the readers themselves*", "", "", "", f"{reference['reader_diversity']:.3f}", "", "", "", ""])
     return [
         "## Small data where the readers agree (LIDC subset)",
         "",
         "Written by `benchmarks/agreeing.py`: LIDC slices where all four readers drew the nodule and "
         "agree closely (mean pairwise 1 − IoU ≤ 0.25): 48 training slices, 64 validation slices, and "
-        f"all {reference['num_test_images'] if reference else ''} such test slices, evaluated with 100 samples. "
-        "A stochastic model should be as tight as its readers here.",
+        f"all {reference['num_test_images'] if reference else ''} such test slices, evaluated with 100 samples "
+        "(± over the test slices, one training seed). The stochastic models are also evaluated at the "
+        "temperature `ssn calibrate` chose on the 64 validation slices. Every model validates every 50 "
+        "steps and keeps its best checkpoint. A stochastic model should be as tight as its readers here.",
         "",
-        *_table(["model", "settings", "GED²(100)", "diversity", "HM-IoU(16)", "ECE", "training", "seed"], rows),
+        *_table(["model", "settings", "temperature", "GED²(100)", "diversity", "HM-IoU(16)", "ECE", "training", "seed"], rows),
         "",
         "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in runs})),
         "",

@@ -67,9 +67,11 @@ or from the command line: `ssn sample --run pretrained:{args.name} --input slice
 - **Data**: LIDC-IDRI, 128x128 crops around nodules, four readers per slice; the patient-level
   split of `split.json` (train 9,414 / val 3,039 / test 3,095 slices). Trained on the train
   split, one reader drawn per slice per step; checkpoint and temperature chosen on the val split.
-- **Budget**: {training['step']} optimiser steps, batch {config['batch_size']}, {training['minutes']:.0f} minutes on a
-  2-core CPU (no GPU). Settings: lr {config['lr']:g} ({config['lr_schedule']} schedule, {config['warmup_steps']} warm-up
-  steps), EMA decay {config['ema_decay']:g}, variance init {config['variance_init']}, {config['mc_samples']} antithetic MC samples.
+- **Budget**: {training['step']} optimiser steps, batch {config['batch_size']}, {training['minutes']:.0f} minutes of wall time on a
+  2-core CPU (no GPU), one thread, with another model training beside it. Settings: Adam lr
+  {config['lr']:g} ({config['lr_schedule']} schedule), the mean alone for the first {config['mean_warmup']:.0%} of the steps,
+  variance init {config['variance_init']}, EMA decay {config['ema_decay']:g}, {config['mc_samples']} antithetic MC samples; validation
+  every {config['val_every']} steps on 128 val slices (16 samples), best checkpoint kept.
 - **Test split figures** (3,095 slices, 100 samples each; ± standard error over slices):
   - at t = 1: {_figures(test)};
   - at the calibrated t = {calibration['temperature']:g}: {_figures(calibrated)}.

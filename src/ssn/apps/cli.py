@@ -255,6 +255,9 @@ def _info(args: argparse.Namespace) -> int:
     print(f"cuda available: {torch.cuda.is_available()}")
     print(f"methods: {', '.join(available_methods())}")
     print(f"backbones: {', '.join(available_backbones())}")
+    from ..engine.pretrained import available_pretrained
+
+    print(f"pretrained (ssn.pretrained(NAME), --run pretrained:NAME): {', '.join(available_pretrained()) or 'none'}")
     monai = monai_nets.available()
     if monai:
         import monai as monai_package

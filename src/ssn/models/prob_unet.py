@@ -118,30 +118,47 @@ class ProbabilisticUNet(SegmentationModel):
             pixel_loss = pixel_loss * keep
         return (pixel_loss.flatten(1).sum(1) + self.beta * kl_divergence(posterior, prior)).mean()
 
-    def _prior_logits(self, images: Tensor, num_samples: int, generator: torch.Generator | None):
-        """Yield (B, C, *S) logits for ``num_samples`` latents from the prior (its standard
-        deviation times ``temperature``); one backbone pass."""
+    def _prior_logits(self, images: Tensor, num_samples: int, generator: torch.Generator | None, chunk_size: int = 16):
+        """Yield logits (n, B, C, *S) for ``num_samples`` latents from the prior (its standard
+        deviation times ``temperature``), ``chunk_size`` latents at a time; one backbone pass.
+
+        The first 1x1 convolution of [features, z] splits as W_f features + W_z z: the
+        features' part is computed once, and each latent only adds a per-channel offset."""
         features = self.features(images)
         prior = self.prior(images).base_dist
-        for _ in range(num_samples):
-            noise = torch.randn(prior.loc.shape, generator=generator, device=prior.loc.device, dtype=prior.loc.dtype)
-            yield self.logits(features, prior.loc + self.temperature * prior.scale * noise)
+        first = self.combine[0]
+        channels = features.shape[1]
+        conv = getattr(F, f"conv{features.dim() - 2}d")
+        projected = conv(features, first.weight[:, :channels], first.bias)  # (B, F', *S)
+        latent_weight = first.weight[:, channels:].flatten(1)  # (F', latent_dim)
+        expand = (1,) * (features.dim() - 2)
+        for start in range(0, num_samples, chunk_size):
+            count = min(chunk_size, num_samples - start)
+            noise = torch.randn((count, *prior.loc.shape), generator=generator, device=prior.loc.device, dtype=prior.loc.dtype)
+            z = prior.loc + self.temperature * prior.scale * noise  # (n, B, latent_dim)
+            hidden = (projected + (z @ latent_weight.T).view(count, *projected.shape[:2], *expand)).relu()
+            logits = self.combine[2:](hidden.flatten(0, 1))
+            yield logits.view(count, *projected.shape[:1], *logits.shape[1:])
 
     @torch.no_grad()
     def sample_labels(
         self, images: Tensor, num_samples: int, mask: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         """(N, B, *S) uint8: the argmax of the logits for N latents drawn from the prior."""
-        return torch.stack([x.argmax(1).to(torch.uint8) for x in self._prior_logits(images, num_samples, generator)])
+        labels = []
+        for logits in self._prior_logits(images, num_samples, generator):
+            if logits.shape[2] == 2:  # two classes: the sign of the log-odds, cheaper than an argmax
+                labels.append((logits[:, :, 1] > logits[:, :, 0]).to(torch.uint8))
+            else:
+                labels.append(logits.argmax(2).to(torch.uint8))
+        return torch.cat(labels)
 
     @torch.no_grad()
     def mean_probabilities(
         self, images: Tensor, mask: Tensor | None = None, num_samples: int = 100, generator: torch.Generator | None = None
     ) -> Tensor:
         """E[softmax(logits)] over the prior, (B, C, *S), from ``num_samples`` latents."""
-        total = None
-        for logits in self._prior_logits(images, num_samples, generator):
-            total = logits.softmax(1) if total is None else total + logits.softmax(1)
+        total = sum(logits.softmax(2).sum(0) for logits in self._prior_logits(images, num_samples, generator))
         return total / num_samples
 
     def extra_repr(self) -> str:
