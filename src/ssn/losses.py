@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .distributions import LowRankLogitDistribution
 
-__all__ = ["ssn_loss", "SSNLoss", "monte_carlo_log_likelihood", "prepare_target"]
+__all__ = ["ssn_loss", "SSNLoss", "monte_carlo_log_likelihood", "prepare_target", "per_image_cross_entropy"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -242,3 +242,13 @@ def prepare_target(
         mask = mask.to(device=target.device) != 0
         weights = mask if weights is None else weights & mask
     return target, weights
+
+
+def per_image_cross_entropy(logits: Tensor, target: Tensor, num_classes: int, mask: Tensor | None = None) -> Tensor:
+    """The cross-entropy of logits (B, C, *S) against labels (B, *S), summed over the pixels
+    inside ``mask`` (all by default): shape (B,). The scale of every method's loss here."""
+    target, keep = prepare_target(target, (logits.shape[0], *logits.shape[2:]), num_classes, None, mask)
+    pixel_loss = F.cross_entropy(logits, target, reduction="none")
+    if keep is not None:
+        pixel_loss = pixel_loss * keep
+    return pixel_loss.flatten(1).sum(1)

@@ -145,12 +145,11 @@ def train(config: TrainConfig, log=print) -> dict:
                 images, masks = augment(images, masks, min_crop=config.crop_scale, generator=generator)
             reader = torch.randint(0, masks.shape[1], (masks.shape[0],), generator=generator)
             target = masks[torch.arange(masks.shape[0]), reader]  # one annotator per image
-            factor = learning_rate_factor(
-                progress["step"], budget_spent(), config.lr_schedule, config.warmup_steps, config.final_lr
-            )
+            spent = budget_spent()
+            factor = learning_rate_factor(progress["step"], spent, config.lr_schedule, config.warmup_steps, config.final_lr)
             for group in optimiser.param_groups:
                 group["lr"] = config.lr * factor
-            if hasattr(model, "mean_loss") and budget_spent() < config.mean_warmup:
+            if hasattr(model, "mean_loss") and spent < config.mean_warmup:
                 loss = model.mean_loss(images.to(device), target.to(device))  # the SSN's mean alone, first
             else:
                 loss = model.loss(images.to(device), target.to(device))

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..losses import prepare_target
+from ..losses import per_image_cross_entropy
 from ..networks.layers import conv_layer
 from .base import SegmentationModel
 
@@ -33,12 +32,7 @@ class DeterministicSegmentationNetwork(SegmentationModel):
         return self.head(self.features(images))
 
     def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        logits = self(images)
-        target, keep = prepare_target(target, (logits.shape[0], *logits.shape[2:]), self.num_classes, None, mask)
-        pixel_loss = F.cross_entropy(logits, target, reduction="none")
-        if keep is not None:
-            pixel_loss = pixel_loss * keep
-        return pixel_loss.flatten(1).sum(1).mean()
+        return per_image_cross_entropy(self(images), target, self.num_classes, mask).mean()
 
     @torch.no_grad()
     def sample_labels(

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.distributions import Independent, Normal, kl_divergence
 
 from ..errors import ConfigError
-from ..losses import prepare_target
+from ..losses import per_image_cross_entropy, prepare_target
 from ..networks.layers import conv_layer, max_pool_layer
 from ..networks.unet import _ConvBlock
 from .base import SegmentationModel
@@ -109,14 +109,12 @@ class ProbabilisticUNet(SegmentationModel):
     def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         """CE(y | x, z ~ q(z | x, y)) summed over pixels + beta KL(q || p), averaged over the batch."""
         features = self.features(images)
-        target, keep = prepare_target(target, (images.shape[0], *images.shape[2:]), self.num_classes, None, mask)
+        target, _ = prepare_target(target, (images.shape[0], *images.shape[2:]), self.num_classes, None, mask)
         one_hot = F.one_hot(target, self.num_classes).movedim(-1, 1).to(images.dtype)
         posterior = self.posterior(torch.cat([images, one_hot], dim=1))
         prior = self.prior(images)
-        pixel_loss = F.cross_entropy(self.logits(features, posterior.rsample()), target, reduction="none")
-        if keep is not None:
-            pixel_loss = pixel_loss * keep
-        return (pixel_loss.flatten(1).sum(1) + self.beta * kl_divergence(posterior, prior)).mean()
+        cross_entropy = per_image_cross_entropy(self.logits(features, posterior.rsample()), target, self.num_classes, mask)
+        return (cross_entropy + self.beta * kl_divergence(posterior, prior)).mean()
 
     def _prior_logits(self, images: Tensor, num_samples: int, generator: torch.Generator | None, chunk_size: int = 16):
         """Yield logits (n, B, C, *S) for ``num_samples`` latents from the prior (its standard

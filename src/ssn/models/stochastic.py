@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributions import LowRankLogitDistribution
 from ..errors import ConfigError
-from ..losses import prepare_target, ssn_loss
+from ..losses import per_image_cross_entropy, ssn_loss
 from ..networks.heads import SSNHead
 from .base import SegmentationModel
 
@@ -78,11 +77,7 @@ class StochasticSegmentationNetwork(SegmentationModel):
         the paper's loss in the limit of zero covariance, which trains the mean alone (the
         covariance head gets no gradient). Training uses it for the first ``mean_warmup`` of its budget."""
         loc = self.head.mean(self.features(images))
-        target, keep = prepare_target(target, (loc.shape[0], *loc.shape[2:]), self.num_classes, None, mask)
-        pixel_loss = F.cross_entropy(loc, target, reduction="none")
-        if keep is not None:
-            pixel_loss = pixel_loss * keep
-        return pixel_loss.flatten(1).sum(1).mean()
+        return per_image_cross_entropy(loc, target, self.num_classes, mask).mean()
 
     @torch.no_grad()
     def sample_labels(
