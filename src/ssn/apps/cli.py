@@ -28,18 +28,22 @@ EXAMPLES = {
     "evaluate": """examples:
   ssn evaluate --run runs/ssn --data lidc.npz --split test --split-file split.json --out metrics.json
   ssn evaluate --run runs/ssn --data synthetic.npz --samples 16
-  ssn evaluate --run runs/ssn --data lidc.npz --split test --split-file split.json --temperature 1""",
+  ssn evaluate --run runs/ssn --data lidc.npz --split test --split-file split.json --temperature 1
+  ssn evaluate --run runs/brats --data brats.json --split test --samples 20 --out brats_test.json""",
     "calibrate": """examples:
   ssn calibrate --run runs/ssn --data lidc.npz --split val --split-file split.json
   ssn calibrate --run runs/ssn --data lidc.npz --split val --split-file split.json --temperatures 0.5 0.7 1""",
     "sample": """examples:
   ssn sample --run runs/ssn --input scan.png --samples 16 --out samples/
-  ssn sample --run runs/ssn --input volume.nii.gz --out samples/
-  ssn sample --run runs/ssn --input test.npz --samples 100""",
+  ssn sample --run runs/ssn --input test.npz --samples 100
+  ssn sample --run runs/brats --input brats.json --split test --samples 20 --out samples/
+  ssn sample --run runs/brats --input case_folder/ --out samples/
+  ssn sample --run runs/brats --input flair.nii.gz t1c.nii.gz --out samples/""",
     "convert": """examples:
   ssn convert png-tree LIDC_PNGS/ --out lidc.npz
   ssn convert pickle data_lidc.pickle --out lidc.npz
-  ssn convert phiseg-hdf5 data_lidc.hdf5 --out lidc.npz --split-out phiseg_split.json""",
+  ssn convert phiseg-hdf5 data_lidc.hdf5 --out lidc.npz --split-out phiseg_split.json
+  ssn convert brats brats_deepmedic/ --out brats.json --sequences flair t1c""",
     "demo": """examples:
   ssn demo
   ssn demo --out demo_run --minutes 1""",
@@ -86,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = command("evaluate", "evaluate a run: GED^2, diversity, HM-IoU, Dice, ECE")
     e.add_argument("--run", required=True, help="run directory written by ssn train")
-    e.add_argument("--data", required=True, help="dataset .npz")
-    e.add_argument("--split", help="split name (with --split-file; default test)")
+    e.add_argument("--data", required=True, help="dataset .npz, or a volume list .json")
+    e.add_argument("--split", help="split name (with --split-file, or of a volume list; default test)")
     e.add_argument("--split-file", help="JSON split file; without it every image is used")
     e.add_argument("--samples", type=int, default=100, help="samples per image (default 100)")
     e.add_argument("--out", help="metrics JSON to write (a per-image CSV goes beside it)")
@@ -95,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--temperature", type=float, help="sampling temperature (default: the run's calibrated one, else 1)")
+    _add_window_flags(e)
     e.set_defaults(handler=_evaluate)
 
     k = command("calibrate", "choose the sampling temperature of a run on validation data")
@@ -112,20 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("sample", "draw samples for new images and plot them")
     s.add_argument("--run", required=True, help="run directory written by ssn train")
-    s.add_argument("--input", required=True, help="image (.png, .npy, .nii[.gz]) or dataset .npz")
+    s.add_argument("--input", required=True, nargs="+",
+                   help="image (.png, .npy), dataset .npz; or volumes: a list .json, a case folder, or NIfTI files (one per channel)")
+    s.add_argument("--split", help="volume lists: the split to sample (default: every case)")
     s.add_argument("--samples", type=int, default=16, help="samples per image (default 16)")
     s.add_argument("--out", default="samples", help="output folder (default ./samples)")
     s.add_argument("--figures", type=int, default=16, help="figures for the first N images (default 16)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--temperature", type=float, help="sampling temperature (default: the run's calibrated one, else 1)")
+    _add_window_flags(s)
     s.set_defaults(handler=_sample)
 
-    c = command("convert", "convert LIDC distributions into the dataset .npz format")
-    c.add_argument("kind", choices=["png-tree", "pickle", "phiseg-hdf5"], help="input format")
-    c.add_argument("source", help="input folder (png-tree) or file")
-    c.add_argument("--out", required=True, help="dataset .npz to write")
+    c = command("convert", "convert LIDC distributions into a dataset .npz, or index a BraTS folder tree as a volume list")
+    c.add_argument("kind", choices=["png-tree", "pickle", "phiseg-hdf5", "brats"], help="input format")
+    c.add_argument("source", help="input folder (png-tree, brats) or file")
+    c.add_argument("--out", required=True, help="dataset .npz to write (brats: the volume list .json)")
     c.add_argument("--split-out", help="phiseg-hdf5 only: also write its train/val/test split as JSON")
+    c.add_argument("--sequences", nargs="+", help="brats only: the input channels, in order, from flair t1 t1c t2 "
+                   "(default: those every case has)")
+    c.add_argument("--split", default="test", help="brats only: the split of cases outside train/validation/test folders (default test)")
     c.set_defaults(handler=_convert)
 
     d = command("demo", "train on synthetic data with a known answer and compare with baselines")
@@ -164,6 +175,12 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, **options)
 
 
+def _add_window_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                        help="volumes: the sliding window (default: the run's training patch size)")
+    parser.add_argument("--overlap", type=float, default=0.5, help="volumes: overlap of the sliding windows (default 0.5)")
+
+
 def _mapping(text: str) -> dict:
     import yaml
 
@@ -188,8 +205,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from ..data.volumes import is_volume_list
     from .evaluate import evaluate
 
+    if is_volume_list(args.data):
+        from .volumes import evaluate_volumes
+
+        if args.split_file:
+            raise ConfigError("a volume list carries its own splits; drop --split-file")
+        evaluate_volumes(args.run, args.data, args.split or "test", args.samples, args.out, args.device, args.seed,
+                         args.temperature, args.window, args.overlap)
+        return 0
     evaluate(
         args.run, args.data, args.split, args.split_file, args.samples, args.out, args.batch_size, args.device,
         args.seed, temperature=args.temperature,
@@ -209,9 +235,16 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
     from .sample import sample_run
+    from .volumes import is_volume_input, sample_volumes
 
+    if is_volume_input(args.input):
+        sample_volumes(args.run, args.input, args.split, args.samples, args.out, args.device, args.seed,
+                       args.temperature, args.window, args.overlap)
+        return 0
+    if len(args.input) > 1 or args.split:
+        raise ConfigError("several --input files, and --split, are for volumes (NIfTI files or a volume list .json)")
     sample_run(
-        args.run, args.input, args.samples, args.out, args.device, args.seed, max_figures=args.figures,
+        args.run, args.input[0], args.samples, args.out, args.device, args.seed, max_figures=args.figures,
         temperature=args.temperature,
     )
     return 0
@@ -224,6 +257,10 @@ def _convert(args: argparse.Namespace) -> int:
 
     if args.split_out and args.kind != "phiseg-hdf5":
         raise ConfigError("--split-out applies to phiseg-hdf5 only (the other formats carry patient ids)")
+    if args.sequences and args.kind != "brats":
+        raise ConfigError("--sequences applies to brats only")
+    if args.kind == "brats":
+        return _convert_brats(args)
     if args.kind == "png-tree":
         data = converters.png_tree(args.source)
     elif args.kind == "pickle":
@@ -234,6 +271,38 @@ def _convert(args: argparse.Namespace) -> int:
             write_json({"splits": split}, args.split_out)
     save_arrays(args.out, data)
     print(f"wrote {args.out}: {len(data)} images {data.images.shape[1:]}, {data.num_annotators} annotators")
+    return 0
+
+
+def _convert_brats(args: argparse.Namespace) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    from ..data.volumes import index_brats, load_volume_list
+    from ..files import write_atomically
+
+    if not args.out.lower().endswith(".json"):
+        raise ConfigError(f"brats writes a volume list: --out must end in .json; got {args.out}")
+    listing = index_brats(args.source, args.sequences, args.split)
+    out, root = Path(args.out), Path(args.source)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def relative(path: str) -> str:  # paths in the list are relative to the list itself
+        return os.path.relpath((root / path).resolve(), out.parent.resolve())
+
+    for key, cases in listing.items():
+        if isinstance(cases, list) and key != "sequences":
+            for case in cases:
+                case["image"] = [relative(p) for p in case["image"]]
+                if "label" in case:
+                    case["label"] = [relative(p) for p in case["label"]] if isinstance(case["label"], list) else relative(case["label"])
+                if "mask" in case:
+                    case["mask"] = relative(case["mask"])
+    write_atomically(out, lambda p: p.write_text(json.dumps(listing, indent=2) + "\n"))
+    checked = load_volume_list(out)
+    counts = ", ".join(f"{name} {len(cases)}" for name, cases in checked.splits.items())
+    print(f"wrote {out}: {counts} cases; channels {', '.join(listing['sequences'])}; labels {listing['labels']}")
     return 0
 
 

@@ -36,7 +36,7 @@ def setting(default: Any = None, help: str = "", *, low: float | None = None, ab
 class TrainConfig:
     """Everything a training run depends on. Model sizes left unset are read from the data."""
 
-    data: str = setting(help="dataset .npz (images, masks[, patient])")
+    data: str = setting(help="dataset .npz (images, masks[, patient]) or a volume list .json (NIfTI cases, see ssn convert brats)")
     out: str = setting(help="run directory to write (config, weights, logs)")
     split_file: str | None = setting(help='JSON {"splits": {"train": [...], "val": [...]}}; default: hold out 10%% of the patients')
     train_split: str = setting("train", "split name to train on")
@@ -65,6 +65,9 @@ class TrainConfig:
     ema_decay: float = setting(0.0, "exponential moving average of the weights, used for validation and checkpoints (e.g. 0.999; 0: off)", low=0)
     grad_clip: float = setting(10.0, "clip the gradient norm to this", above=0)
     augment: bool = setting(True, "flips and small rotations")
+    patch_size: list[int] | None = setting(help="volumes: train on patches of this size, e.g. 64 64 64 (also the sliding window of inference)")
+    foreground_share: float = setting(0.5, "volumes: the share of patches centred on the foreground (the paper: 0.5)", low=0)
+    patches_per_volume: int = setting(32, "volumes: patches drawn from each training volume per epoch", low=1)
     crop_scale: float = setting(1.0, "augmentation: random crops of this fraction of the side or more, rescaled to full size (1: off)", above=0)
     val_images: int = setting(128, "fixed validation subset size", low=1)
     val_every: int | None = setting(help="validate and save every this many steps (default: at the end of each epoch)", low=1)
@@ -93,6 +96,10 @@ class TrainConfig:
             raise ConfigError(f"crop_scale must be in (0, 1]; got {self.crop_scale}")
         if not self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be below 1 (e.g. 0.999), or 0 to switch it off; got {self.ema_decay}")
+        if self.foreground_share > 1:
+            raise ConfigError(f"foreground_share is a share, in [0, 1]; got {self.foreground_share}")
+        if self.patch_size is not None and (len(self.patch_size) != 3 or min(self.patch_size) < 4):
+            raise ConfigError(f"patch_size needs three sizes of at least 4 voxels, e.g. 64 64 64; got {self.patch_size}")
         if self.final_lr > 1:
             raise ConfigError(f"final_lr is a fraction of lr, at most 1; got {self.final_lr}")
         if self.method == "ssn" and self.mc_samples % 2:

@@ -24,15 +24,14 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__, metrics
-from ..data.arrays import SegmentationArrays, load_arrays
 from ..data.augment import augment
-from ..data.splits import holdout_split, select_split
 from ..errors import DataError, RunError
-from ..inference import image_tensor, predict_batches
+from ..inference import predict_batches
 from ..models import build
 from .checkpoints import load_weights, save_weights, write_json
 from .config import TrainConfig, model_spec
 from .optim import WeightAverage, learning_rate_factor
+from .sources import ValidationSet, open_source
 from ..files import write_atomically
 
 __all__ = ["train"]
@@ -41,11 +40,10 @@ __all__ = ["train"]
 def train(config: TrainConfig, log=print) -> dict:
     """Train as configured; return a summary (epochs, steps, best validation GED^2, paths)."""
     # ---------------------------------------------------------------- data
-    data = load_arrays(config.data)
-    _complete(config, data)
-    train_idx, val_idx = _split(data, config)
+    source = open_source(config)  # images of an .npz, or patches of volumes
+    _complete(config, source)
     rng = np.random.default_rng(config.seed)
-    val_subset = np.sort(rng.choice(val_idx, size=min(config.val_images, val_idx.size), replace=False))
+    val_set = source.validation(config.val_images, rng)
 
     # ---------------------------------------------------------------- model and optimiser
     torch.manual_seed(config.seed)
@@ -78,17 +76,21 @@ def train(config: TrainConfig, log=print) -> dict:
         progress = state["progress"]
         rng = np.random.default_rng([config.seed, progress["epoch"]])
     record = {**config.as_dict(), "architecture": model.spec.as_dict(), "ssn_version": __version__}
+    if getattr(source, "label_map", None):  # volumes: how classes map back to the files' label values
+        record["label_map"] = {str(k): v for k, v in source.label_map.items()}
+    if getattr(source, "sequences", None):
+        record["sequences"] = source.sequences
     write_json(record, out / "config.json")
     log("configuration:\n" + json.dumps(record, indent=2))
     every = f"every {config.val_every} steps" if config.val_every else "per epoch"
-    log(f"{train_idx.size} training images, {val_idx.size} validation images ({val_subset.size} used {every})")
+    log(f"{source.describe()} ({len(val_set)} validation items used {every})")
 
     from torch.utils.tensorboard import SummaryWriter  # imported here: slow, and only training needs it
 
     writer = SummaryWriter(str(out / "tensorboard"))
     generator = torch.Generator().manual_seed(config.seed + progress["step"])  # augmentation, reader choice
     start = time.perf_counter() - progress["seconds"]
-    steps_per_epoch = math.ceil(train_idx.size / config.batch_size)
+    steps_per_epoch = math.ceil(len(source.train_items) / config.batch_size)
 
     def budget_spent() -> float:
         """The share of the training budget used so far: the largest of steps, minutes and epochs."""
@@ -105,7 +107,7 @@ def train(config: TrainConfig, log=print) -> dict:
 
     def validate_and_save() -> None:
         """Validation GED^2 of the evaluated weights on the fixed subset; last and best weights saved."""
-        val = _validate(evaluated, data, val_subset, config, device)
+        val = _validate(evaluated, val_set, config, device)
         progress["seconds"] = time.perf_counter() - start
         entry = {
             "epoch": progress["epoch"], "step": progress["step"], "minutes": progress["seconds"] / 60,
@@ -134,25 +136,29 @@ def train(config: TrainConfig, log=print) -> dict:
     while progress["epoch"] < last_epoch and progress["step"] < last_step and not stop:
         # ------------------------------------------------------------ one epoch of steps
         model.train()
-        order = rng.permutation(train_idx)
+        order = rng.permutation(source.train_items)
         batches = [np.sort(order[i : i + config.batch_size]) for i in range(0, order.size, config.batch_size)]
         bar = tqdm(batches, desc=f"epoch {progress['epoch'] + 1}", file=sys.stderr, leave=False, disable=None)
         epoch_start = last_report = time.perf_counter()
         for count, indices in enumerate(bar, 1):
-            images = image_tensor(data.images[indices])
-            masks = torch.from_numpy(np.ascontiguousarray(data.masks[indices])).long()
+            images, masks, roi = source.batch(indices, rng)  # roi: the region of interest of volumes, or None
             if config.augment:
+                if roi is not None:  # transformed alike, as one more label channel
+                    masks = torch.cat([masks, roi.unsqueeze(1).long()], 1)
                 images, masks = augment(images, masks, min_crop=config.crop_scale, generator=generator)
+                if roi is not None:
+                    masks, roi = masks[:, :-1], masks[:, -1].bool()
             reader = torch.randint(0, masks.shape[1], (masks.shape[0],), generator=generator)
             target = masks[torch.arange(masks.shape[0]), reader]  # one annotator per image
+            roi = roi.to(device) if roi is not None else None
             spent = budget_spent()
             factor = learning_rate_factor(progress["step"], spent, config.lr_schedule, config.warmup_steps, config.final_lr)
             for group in optimiser.param_groups:
                 group["lr"] = config.lr * factor
             if hasattr(model, "mean_loss") and spent < config.mean_warmup:
-                loss = model.mean_loss(images.to(device), target.to(device))  # the SSN's mean alone, first
+                loss = model.mean_loss(images.to(device), target.to(device), roi)  # the SSN's mean alone, first
             else:
-                loss = model.loss(images.to(device), target.to(device))
+                loss = model.loss(images.to(device), target.to(device), roi)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -196,35 +202,29 @@ def _parameter_groups(model, config: TrainConfig) -> list[dict]:
     return groups
 
 
-def _complete(config: TrainConfig, data: SegmentationArrays) -> None:
+def _complete(config: TrainConfig, source) -> None:
     """Fill the model sizes from the data, and check its labels against num_classes."""
-    found = data.num_classes()
+    found = source.num_classes()
     if config.num_classes is None:
         config.num_classes = found
     elif found > config.num_classes:
         raise DataError(f"the masks hold labels up to {found - 1} but num_classes is {config.num_classes}")
-    config.in_channels = data.in_channels
-    config.spatial_dims = len(data.spatial_shape)
-
-
-def _split(data: SegmentationArrays, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    if config.split_file:
-        train = select_split(data, config.train_split, config.split_file)
-        return train, select_split(data, config.val_split, config.split_file)
-    return holdout_split(data, 0.1, config.seed)
+    config.in_channels = source.in_channels
+    config.spatial_dims = source.spatial_dims
 
 
 @torch.no_grad()
-def _validate(model, data: SegmentationArrays, indices: np.ndarray, config: TrainConfig, device) -> dict:
-    """GED^2 and diversity on the fixed subset, drawn from the same seed every time, so that
-    the choice of the best checkpoint compares models, not random draws."""
+def _validate(model, val_set: ValidationSet, config: TrainConfig, device) -> dict:
+    """GED^2 and diversity on the fixed validation set, drawn from the same seed every time, so
+    that the choice of the best checkpoint compares models, not random draws."""
     generator = torch.Generator(device).manual_seed(config.seed)
     ged = metrics.GeneralizedEnergyDistance(config.num_classes)
     diversity = metrics.SampleDiversity(config.num_classes)
     for chunk, labels in predict_batches(
-        model, data.images, indices, config.val_samples, config.batch_size, device, generator
+        model, val_set.images, np.arange(len(val_set)), config.val_samples, config.batch_size, device, generator,
+        roi=val_set.roi,
     ):
-        annotations = torch.from_numpy(np.ascontiguousarray(data.masks[chunk]))
+        annotations = torch.from_numpy(np.ascontiguousarray(val_set.masks[chunk]))
         ged.update(labels, annotations)
         diversity.update(labels)
     return {"ged": ged.compute().mean, "diversity": diversity.compute().mean}

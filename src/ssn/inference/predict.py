@@ -49,6 +49,7 @@ def predict_batches(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     generator: torch.Generator | None = None,
+    roi: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Yield (the indices of a batch, its label maps (B, N, *S) uint8 on the CPU).
 
@@ -56,9 +57,14 @@ def predict_batches(
         images: (num_images, channels, *S), uint8 or float, possibly memory-mapped.
         indices: which images, in order (sorted indices keep memory-mapped reads sequential).
         generator: draws from it (on ``device``), for samples that repeat with a seed.
+        roi: optional regions of interest (num_images, *S), bool: the model's distribution is
+            confined to them and the samples are background (0) outside.
     """
     model.eval()
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
-        labels = model.sample_labels(image_tensor(images[chunk], device), num_samples, generator=generator)
+        mask = None if roi is None else torch.from_numpy(np.ascontiguousarray(roi[chunk])).to(device)
+        labels = model.sample_labels(image_tensor(images[chunk], device), num_samples, mask=mask, generator=generator)
+        if mask is not None:
+            labels = labels * mask.unsqueeze(0).to(labels.dtype)
         yield chunk, labels.movedim(0, 1).cpu()

@@ -46,8 +46,9 @@ __all__ = [
     "variance_map",
 ]
 
-# float32 products count overlaps exactly below 2**24 pixels; larger maps use float64.
-_FLOAT32_EXACT = 2**24
+# Voxels per block of the distance computation: float32 products count overlaps exactly below
+# 2**24, and a block of 2**18 keeps the indicator of 100 samples near 100 MB.
+_CHUNK = 2**18
 
 
 def _labels(x, name: str, num_classes: int) -> Tensor:
@@ -85,20 +86,26 @@ def _distance_matrix(label_sets: list[Tensor], num_classes: int) -> Tensor:
     """d between all maps of the concatenated sets (each (n_k, *S)) -> (n, n) float64, symmetric.
 
     Per foreground class, one product G = X X^T of the 0/1 indicator rows gives every
-    intersection; the areas are its diagonal and union = area_i + area_j - G.
+    intersection; the areas are its diagonal and union = area_i + area_j - G. Volumes are
+    taken ``_CHUNK`` voxels at a time, so the indicator stays small (float32 counts are exact
+    per chunk, and the chunks' counts add up in float64).
     """
     rows = [labels.reshape(labels.shape[0], -1) for labels in label_sets]
     total, pixels = sum(r.shape[0] for r in rows), rows[0].shape[1]
-    dtype = torch.float32 if pixels < _FLOAT32_EXACT else torch.float64
-    indicator = torch.empty(total, pixels, dtype=dtype, device=rows[0].device)
+    chunk = min(pixels, _CHUNK)
+    indicator = torch.empty(total, chunk, dtype=torch.float32, device=rows[0].device)
     distance_sum = torch.zeros(total, total, dtype=torch.float64, device=indicator.device)
     classes_present = torch.zeros_like(distance_sum)
     for c in range(1, num_classes):
-        start = 0
-        for r in rows:
-            indicator[start : start + r.shape[0]] = r == c
-            start += r.shape[0]
-        intersection = (indicator @ indicator.T).double()
+        intersection = torch.zeros_like(distance_sum)
+        for begin in range(0, pixels, chunk):
+            width = min(chunk, pixels - begin)
+            block = indicator[:, :width]
+            start = 0
+            for r in rows:
+                block[start : start + r.shape[0]] = r[:, begin : begin + width] == c
+                start += r.shape[0]
+            intersection += (block @ block.T).double()
         area = intersection.diagonal()
         union = area[:, None] + area[None, :] - intersection
         present = union > 0
