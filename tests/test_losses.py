@@ -256,3 +256,36 @@ def test_fitting_the_loss_learns_coherent_samples_only_with_a_low_rank_factor():
     independent = fit(rank=0)
     share = independent.mean(1)
     assert ((share == 0) | (share == 1)).float().mean() < 0.05
+
+
+@pytest.mark.parametrize("num_classes", [2, 4])
+def test_the_chunked_monte_carlo_term_of_volumes_is_the_same_estimator_with_the_same_gradients(monkeypatch, num_classes):
+    """Large maps take the samples a few at a time under checkpointing: the backward pass redraws
+    the same noise, so value and gradients equal those of the same draws kept in memory."""
+    import ssn.losses as losses
+
+    torch.manual_seed(0)
+    shape = (2, num_classes, 12, 10, 6)
+    loc = torch.randn(shape, requires_grad=True)
+    factor = (0.3 * torch.randn(2, 5, *shape[1:])).requires_grad_()
+    diag = (torch.rand(shape) + 0.1).requires_grad_()
+    target = torch.randint(0, num_classes, (2, 12, 10, 6))
+    dist = LowRankLogitDistribution(loc, factor, diag)
+
+    torch.manual_seed(1)  # the same draws, kept: chunks of SAMPLES_PER_CHUNK antithetic samples
+    source = dist.class_contrast(1, 0) if num_classes == 2 else dist
+    parts = []
+    for _ in range(0, 20, losses.SAMPLES_PER_CHUNK):
+        draws = LowRankLogitDistribution(source.loc, source.cov_factor, source.cov_diag).rsample(
+            (losses.SAMPLES_PER_CHUNK,), antithetic=True)
+        parts.append(losses._binary_map_log_likelihoods(draws[:, :, 0], target, None) if num_classes == 2
+                     else losses._map_log_likelihoods(draws, target, None))
+    kept = -losses._log_mean_exp(torch.cat(parts)).mean()
+    expected = torch.autograd.grad(kept, [loc, factor, diag])
+
+    monkeypatch.setattr(losses, "CHUNK_ABOVE", 0)
+    torch.manual_seed(1)
+    chunked = ssn_loss(dist, target, num_samples=20)
+    torch.testing.assert_close(chunked, kept)
+    for got, want in zip(torch.autograd.grad(chunked, [loc, factor, diag]), expected):
+        torch.testing.assert_close(got, want)

@@ -52,14 +52,10 @@ def monte_carlo_log_likelihood(
 
 def _log_likelihood(logit_samples: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
     """(M, B, C, *S) samples, validated (B, *S) int64 labels, optional weights -> (B,)."""
-    num_samples, _, num_classes = logit_samples.shape[:3]
-    if num_classes == 2:
+    if logit_samples.shape[2] == 2:
         margin = logit_samples.select(2, 1) - logit_samples.select(2, 0)
         return _binary_log_likelihood(margin, target, weights)
-    index = target.unsqueeze(0).unsqueeze(2).expand(num_samples, -1, 1, *target.shape[1:])
-    picked = logit_samples.gather(2, index).squeeze(2)
-    pixel_log_lik = picked - torch.logsumexp(logit_samples, dim=2)  # (M, B, *S)
-    return _log_mean_exp_of_map_sums(pixel_log_lik, weights)
+    return _log_mean_exp(_map_log_likelihoods(logit_samples, target, weights))
 
 
 def _binary_log_likelihood(margin: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
@@ -67,16 +63,71 @@ def _binary_log_likelihood(margin: Tensor, target: Tensor, weights: Tensor | Non
 
     log softmax(eta)_y = log sigmoid(+-(eta_1 - eta_0)), + for y = 1 and - for y = 0.
     """
+    return _log_mean_exp(_binary_map_log_likelihoods(margin, target, weights))
+
+
+def _binary_map_log_likelihoods(margin: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
     sign = (2 * target - 1).to(margin.dtype)
-    return _log_mean_exp_of_map_sums(F.logsigmoid(margin * sign), weights)
+    return _map_sums(F.logsigmoid(margin * sign), weights)
+
+
+def _map_log_likelihoods(logit_samples: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
+    """sum_i log softmax(eta^m)_{i, y_i} for (M, B, C, *S) samples -> (M, B)."""
+    num_samples, _, num_classes = logit_samples.shape[:3]
+    index = target.unsqueeze(0).unsqueeze(2).expand(num_samples, -1, 1, *target.shape[1:])
+    picked = logit_samples.gather(2, index).squeeze(2)
+    return _map_sums(picked - torch.logsumexp(logit_samples, dim=2), weights)
+
+
+def _map_sums(pixel_log_lik: Tensor, weights: Tensor | None) -> Tensor:
+    """Per-pixel log-likelihoods (M, B, *S) -> the whole maps' (M, B), over the counted pixels."""
+    if weights is not None:
+        pixel_log_lik = pixel_log_lik * weights.to(pixel_log_lik.dtype)
+    return pixel_log_lik.flatten(2).sum(-1)
+
+
+def _log_mean_exp(map_log_lik: Tensor) -> Tensor:
+    """logsumexp_m l_m - log M: (M, B) -> (B,)."""
+    return torch.logsumexp(map_log_lik, dim=0) - math.log(map_log_lik.shape[0])
 
 
 def _log_mean_exp_of_map_sums(pixel_log_lik: Tensor, weights: Tensor | None) -> Tensor:
     """logsumexp_m sum_i w_i l_{m,i} - log M for per-pixel log-likelihoods (M, B, *S) -> (B,)."""
-    if weights is not None:
-        pixel_log_lik = pixel_log_lik * weights.to(pixel_log_lik.dtype)
-    map_log_lik = pixel_log_lik.flatten(2).sum(-1)  # (M, B): the whole map's log-likelihood
-    return torch.logsumexp(map_log_lik, dim=0) - math.log(pixel_log_lik.shape[0])
+    return _log_mean_exp(_map_sums(pixel_log_lik, weights))
+
+
+# Above this many logit values (M * B * C * prod(S)) the Monte Carlo term is computed a few
+# samples at a time and recomputed in the backward pass (see _chunked_map_log_likelihoods).
+CHUNK_ABOVE = 2**24
+SAMPLES_PER_CHUNK = 4
+
+
+def _chunked_map_log_likelihoods(
+    distribution: LowRankLogitDistribution, target: Tensor, weights: Tensor | None, num_samples: int,
+    antithetic: bool, binary: bool,
+) -> Tensor:
+    """The (M, B) map log-likelihoods, ``SAMPLES_PER_CHUNK`` samples at a time, each chunk under
+    activation checkpointing: the backward pass redraws the chunk's noise (the random state is
+    restored, so the draw is the same) instead of keeping M logit maps. Memory holds one chunk
+    of logit maps instead of M of them; the cost is a second draw per chunk. Same estimator."""
+    from torch.utils.checkpoint import checkpoint
+
+    source = distribution.class_contrast(1, 0) if binary else distribution
+
+    def chunk_log_lik(loc: Tensor, factor: Tensor, diag: Tensor, count: int) -> Tensor:
+        dist = LowRankLogitDistribution(loc, factor, diag, validate_args=False)
+        draws = dist.rsample((count,), antithetic=antithetic)
+        if binary:
+            return _binary_map_log_likelihoods(draws[:, :, 0], target, weights)
+        return _map_log_likelihoods(draws, target, weights)
+
+    step = SAMPLES_PER_CHUNK if not antithetic else max(2, SAMPLES_PER_CHUNK - SAMPLES_PER_CHUNK % 2)
+    parts = []
+    for start in range(0, num_samples, step):
+        count = min(step, num_samples - start)
+        parts.append(checkpoint(chunk_log_lik, source.loc, source.cov_factor, source.cov_diag, count,
+                                use_reentrant=False, preserve_rng_state=True))
+    return torch.cat(parts)
 
 
 def ssn_loss(
@@ -123,7 +174,12 @@ def ssn_loss(
     # Check the target before drawing samples: a bad label should fail fast and clearly.
     expected = distribution.batch_shape + distribution.spatial_shape
     target, weights = prepare_target(target, tuple(expected), distribution.num_classes, ignore_index, mask)
-    if distribution.num_classes == 2:
+    binary = distribution.num_classes == 2
+    values = num_samples * distribution.loc[:, :1 if binary else None].numel()
+    if values > CHUNK_ABOVE and (num_samples > SAMPLES_PER_CHUNK) and torch.is_grad_enabled():
+        # Large maps (volumes): a few samples at a time, recomputed in the backward pass.
+        loss = -_log_mean_exp(_chunked_map_log_likelihoods(distribution, target, weights, num_samples, antithetic, binary))
+    elif binary:
         # Only the log-odds eta_1 - eta_0 matter: sample them directly, with half the draws.
         margin = distribution.class_contrast(1, 0).rsample((num_samples,), antithetic=antithetic)
         loss = -_binary_log_likelihood(margin[:, :, 0], target, weights)
