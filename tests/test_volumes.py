@@ -287,3 +287,28 @@ def test_train_sample_and_evaluate_volumes_from_the_command_line(volume_list, tm
     assert set(summary["structures"]) >= {"whole tumour", "tumour core", "enhancing tumour", "oedema"}
     whole = summary["structures"]["whole tumour"]
     assert 0 <= whole["dice"]["mean"] <= 1 and -1 <= whole["ged"]["mean"] <= 2 and whole["ged"]["num_cases"] == 1
+
+
+def test_synthetic_volumes_know_their_label_distribution(tmp_path):
+    from ssn.data.synthetic import make_synthetic_volumes
+
+    path = make_synthetic_volumes(tmp_path, num_cases=4, shape=(24, 24, 16), splits=(2, 1))
+    listing = load_volume_list(path)
+    assert [len(listing.split(s)) for s in ("training", "validation", "test")] == [2, 1, 1]
+    for case in listing.all_cases():
+        volume = read_case(case)
+        truth = np.load(Path(case.images[0]).parent / "truth.npz")
+        assert truth["probs"].sum() == pytest.approx(1.0)
+        for rater in volume.labels:  # every annotation is one of the four possible maps
+            assert any(np.array_equal(rater, m) for m in truth["maps"])
+        assert not volume.labels[:, ~volume.mask].any()
+
+
+def test_the_3d_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--3d", "--out", str(tmp_path / "demo"), "--minutes", "0.02"]) == 0
+    out = capsys.readouterr().out
+    assert "GED^2(32) vs truth" in out and "low-rank SSN" in out
+    results = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert set(results) == {"low-rank SSN (rank 10)", "diagonal SSN (rank 0)", "deterministic U-Net"}
+    sample = tmp_path / "demo" / "samples" / "case023" / "sample_007.nii.gz"
+    assert nibabel.load(str(sample)).shape == (40, 40, 24)

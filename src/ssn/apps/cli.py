@@ -46,7 +46,8 @@ EXAMPLES = {
   ssn convert brats brats_deepmedic/ --out brats.json --sequences flair t1c""",
     "demo": """examples:
   ssn demo
-  ssn demo --out demo_run --minutes 1""",
+  ssn demo --out demo_run --minutes 1
+  ssn demo --3d                        # the volume path: NIfTI in and out""",
 }
 
 
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="ssn_demo", help="output folder (default ./ssn_demo)")
     d.add_argument("--minutes", type=float, default=0.8, help="training minutes per model (default 0.8)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--3d", dest="volumes", action="store_true",
+                   help="the volume path instead: synthetic NIfTI volumes, patch training, sliding windows, NIfTI outputs")
     d.set_defaults(handler=_demo)
 
     i = command("info", "print versions, threads, the methods and the available backbones")
@@ -307,8 +310,12 @@ def _convert_brats(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import run_demo, run_demo_3d
 
+    if args.volumes:
+        out = args.out if args.out != "ssn_demo" else "ssn_demo_3d"
+        run_demo_3d(out, minutes=args.minutes if args.minutes != 0.8 else 1.0, seed=args.seed)
+        return 0
     run_demo(args.out, minutes=args.minutes, seed=args.seed)
     return 0
 
