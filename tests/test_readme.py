@@ -24,3 +24,28 @@ def test_ci_runs_the_readme_test_command():
     assert "pytest" in test
     assert test.strip() in (ROOT / ".ci" / "run").read_text()
     assert "ssn demo" in setup
+
+
+def test_the_documented_commands_parse():
+    """Every `ssn ...` line of the README's shell blocks, and every flag of its command summary,
+    is one the command line accepts (a misspelt documented flag fails here, not for a user)."""
+    import shlex
+
+    from ssn.apps.cli import build_parser
+
+    parser = build_parser()
+    lines = [line.split("#")[0].strip() for block in blocks("bash") for line in block.splitlines()]
+    commands = [line for line in lines if line.startswith("ssn ")]
+    assert any("--patch-size" in line for line in commands)
+    for line in commands:
+        parser.parse_args(shlex.split(line)[1:])
+    (summary,) = [b for b in blocks("text") if b.startswith("ssn train")]
+    command = None
+    for line in summary.splitlines():
+        words = line.split()
+        if words and words[0] == "ssn":
+            command = words[1]
+        sub = parser._subparsers._group_actions[0].choices[command]
+        known = {option for action in sub._actions for option in action.option_strings}
+        for flag in re.findall(r"--[a-z0-9-]+", line):
+            assert flag in known, f"ssn {command} has no {flag} (README: {line.strip()})"

@@ -180,10 +180,11 @@ def load_volume_list(path: str | os.PathLike) -> VolumeList:
     cases = listed.all_cases()
     if not cases:
         raise DataError(f"{path} lists no case; give at least one split such as \"training\"")
-    ids = [case.id for case in cases]
-    duplicated = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicated:
-        raise DataError(f"{path}: case ids must be unique; repeated: {', '.join(duplicated)}")
+    for name, split_cases in splits.items():
+        ids = [case.id for case in split_cases]
+        duplicated = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicated:
+            raise DataError(f"{path}: case ids must be unique within a split; {name!r} repeats {', '.join(duplicated)}")
     channels = {len(case.images) for case in cases}
     if len(channels) > 1:
         raise DataError(f"{path}: every case needs the same number of image files; found {sorted(channels)}")

@@ -1,0 +1,165 @@
+"""BraTS on a CPU budget: the paper's 3D setting on six real cases, a demonstration.
+
+Trains the deterministic 3D U-Net, the diagonal SSN (rank 0) and the low-rank SSN (rank 10) on
+the same backbone, patches and optimiser steps, on FLAIR + T1c of the ``brats_deepmedic`` cases
+(training: its train and validation folders, 4 cases; the 2 validation cases also pick the
+checkpoint, so the selection has seen them), with the brain mask confining the distribution.
+Each model is evaluated with sliding windows over the whole volume:
+
+- on the 2 ``brats_deepmedic`` test cases against their one expert map;
+- on the 2 ``brats_tcga`` cases (raw intensities, normalised inside the non-zero voxels)
+  against their five algorithms' maps, a multi-rater 3D test.
+
+It reports Dice of the mean prediction, GED^2 and diversity per BraTS region (whole tumour,
+tumour core, enhancing tumour) and writes a figure of axial slices through a test tumour. With
+six cases these figures are a demonstration of the path, not a benchmark of the method.
+Evaluation uses windows of 96^3 (larger than the training patches: the network is fully
+convolutional, and fewer, larger windows are faster on a CPU).
+
+    python benchmarks/brats.py --steps 1200 --threads 1 --out runs/brats
+    # data from $SSN_BRATS_DIR (default ../shared/data/brats_deepmedic) and $SSN_BRATS_TCGA_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+MODELS = {"deterministic": ["--method", "deterministic"], "diagonal": ["--rank", "0"], "low-rank": ["--rank", "10"]}
+REGIONS = ("whole tumour", "tumour core", "enhancing tumour")
+
+
+def write_lists(out: Path, deepmedic: Path, tcga: Path) -> tuple[Path, Path]:
+    """The two volume lists: deepmedic (training = train + validation) and tcga (test only)."""
+    python = [sys.executable, "-m", "ssn"]
+    raw = out / "deepmedic_raw.json"
+    subprocess.run(python + ["convert", "brats", str(deepmedic), "--out", str(raw), "--sequences", "flair", "t1c"], check=True)
+    listing = json.loads(raw.read_text())
+    listing["training"] = listing["training"] + listing["validation"]
+    lists = out / "deepmedic.json"
+    lists.write_text(json.dumps(listing, indent=1))
+    tcga_list = out / "tcga.json"
+    subprocess.run(python + ["convert", "brats", str(tcga), "--out", str(tcga_list), "--sequences", "flair", "t1c"], check=True)
+    return lists, tcga_list
+
+
+def figure(run: Path, lists: Path, out_png: Path, window: list[int], samples: int = 6) -> None:
+    """Axial slices through the largest tumour slice of the first test case: FLAIR, the expert
+    map, the mean prediction and samples of ``run``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nibabel
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+
+    listing = json.loads(lists.read_text())
+    case = listing["test"][0]
+    folder = out_png.parent / "figure_samples"
+    subprocess.run([sys.executable, "-m", "ssn", "sample", "--run", str(run), "--input", str(lists), "--split", "test",
+                    "--samples", str(samples), "--window", *map(str, window), "--out", str(folder)],
+                   check=True, stdout=subprocess.DEVNULL)
+    base = lists.parent
+    flair = np.asarray(nibabel.load(str(base / case["image"][0])).dataobj)
+    expert = np.asarray(nibabel.load(str(base / case["label"])).dataobj).astype(np.uint8)
+    z = int(np.argmax((expert > 0).sum((0, 1))))
+    drawn = [np.asarray(nibabel.load(str(folder / case["id"] / f"sample_{i:03d}.nii.gz")).dataobj)[:, :, z]
+             for i in range(samples)]
+    mean = np.asarray(nibabel.load(str(folder / case["id"] / "mean.nii.gz")).dataobj)[:, :, z]
+    colours = ListedColormap(["none", "#d62728", "#2ca02c", "#d62728", "#ffbf00"])  # by file label 0..4
+    panels = [("FLAIR", None), ("expert", expert[:, :, z]), ("P(tumour)", None)] + [(f"sample {i + 1}", d) for i, d in enumerate(drawn)]
+    inside = np.argwhere(expert[:, :, z] > 0)
+    low, high = np.maximum(inside.min(0) - 30, 0), inside.max(0) + 30
+    crop = (slice(low[0], high[0]), slice(low[1], high[1]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6))
+    for ax, (title, labels) in zip(axes, panels):
+        ax.imshow(flair[:, :, z][crop].T, cmap="gray", origin="lower")
+        if title == "P(tumour)":
+            ax.imshow((1 - mean[..., 0])[crop].T, cmap="magma", vmin=0, vmax=1, origin="lower", alpha=0.8)
+        elif labels is not None:
+            ax.imshow(np.ma.masked_equal(labels[crop].T, 0), cmap=colours, vmin=0, vmax=4, origin="lower",
+                      interpolation="nearest", alpha=0.6)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"{case['id']}, axial slice {z}: oedema green, core red, enhancing yellow", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("SSN_BRATS_DIR", ROOT.parent / "shared" / "data" / "brats_deepmedic")))
+    parser.add_argument("--tcga-dir", type=Path, default=Path(os.environ.get("SSN_BRATS_TCGA_DIR", ROOT.parent / "shared" / "data" / "brats_tcga")))
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "brats")
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--patch-size", type=int, nargs=3, default=[48, 48, 48])
+    parser.add_argument("--features", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--samples", type=int, default=20, help="samples per test volume")
+    parser.add_argument("--window", type=int, nargs=3, default=[96, 96, 96], help="sliding window of the evaluation")
+    parser.add_argument("--threads", type=int, default=1, help="threads per model (the models train at once)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--skip-training", action="store_true")
+    args = parser.parse_args()
+    for folder in (args.data_dir, args.tcga_dir):
+        if not folder.is_dir():
+            raise SystemExit(f"BraTS data not found in {folder}; set SSN_BRATS_DIR / SSN_BRATS_TCGA_DIR")
+    args.out.mkdir(parents=True, exist_ok=True)
+    lists, tcga_list = write_lists(args.out, args.data_dir, args.tcga_dir)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    python = [sys.executable, "-m", "ssn"]
+    settings = ["--patch-size", *map(str, args.patch_size), "--features", *map(str, args.features), "--batch-size", "2",
+                "--lr", "1e-3", "--max-steps", str(args.steps), "--val-every", "200", "--val-images", "8",
+                "--val-samples", "8", "--patches-per-volume", "50", "--seed", "0"]
+    start = time.perf_counter()
+    if not args.skip_training:
+        processes = {}
+        for name in args.models:
+            log = open(args.out / f"{name}.train.log", "w")
+            command = python + ["train", "--data", str(lists), "--out", str(args.out / name), *settings, *MODELS[name]]
+            processes[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+        for name, (process, log) in processes.items():
+            if process.wait() != 0:
+                raise SystemExit(f"{name} failed; see {log.name}")
+            log.close()
+    train_minutes = (time.perf_counter() - start) / 60
+    runs = {}
+    for name in args.models:
+        run = args.out / name
+        entry = {"steps": json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]}
+        for tag, data in (("deepmedic test", lists), ("tcga", tcga_list)):
+            report = run / f"{tag.replace(' ', '_')}.json"
+            subprocess.run(python + ["evaluate", "--run", str(run), "--data", str(data), "--split", "test",
+                                     "--samples", str(args.samples), "--window", *map(str, args.window), "--out", str(report)],
+                           check=True, env=dict(os.environ, OMP_NUM_THREADS="2"), stdout=subprocess.DEVNULL)
+            structures = json.loads(report.read_text())["structures"]
+            entry[tag] = {region: {k: structures[region][k]["mean"] for k in ("dice", "ged", "diversity")}
+                          for region in REGIONS}
+        runs[name] = entry
+        print(name, json.dumps(entry), flush=True)
+    if "low-rank" in args.models:
+        figure(args.out / "low-rank", lists, HERE / "brats_samples.png", args.window)
+    result = {
+        "measured": time.strftime("%Y-%m-%d"), "steps": args.steps, "patch_size": args.patch_size,
+        "features": args.features, "samples": args.samples, "threads_per_model": args.threads,
+        "models_at_once": len(args.models), "train_minutes_wall": train_minutes, "settings": settings,
+        "command": "python benchmarks/brats.py " + " ".join(sys.argv[1:]), "runs": runs,
+    }
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "brats.json").write_text(json.dumps(result, indent=2) + "\n")
+    import report as report_module
+
+    report_module.write()
+
+
+if __name__ == "__main__":
+    main()
