@@ -12,7 +12,7 @@ from ssn.apps.cli import main
 def test_info_prints_versions_and_backbones(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert f"ssn {__version__}" in out and "backbones: phiseg-unet, unet" in out
+    assert f"ssn {__version__}" in out and "backbones: deepmedic, phiseg-unet, unet" in out
 
 
 def test_no_command_prints_help_and_exits_2(capsys):

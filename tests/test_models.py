@@ -297,3 +297,28 @@ def test_the_mean_loss_is_the_ssn_loss_at_zero_covariance_and_leaves_the_covaria
     model.mean_loss(images, target).backward()
     assert model.head.factor.weight.grad is None and model.head.log_diag.weight.grad is None
     assert model.head.mean.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("spatial", [(25, 23, 19), (31, 29)])
+def test_deepmedic_gives_features_of_the_input_size_and_trains(spatial):
+    from ssn.models import ModelSpec, build
+
+    spec = ModelSpec(method="ssn", backbone="deepmedic", spatial_dims=len(spatial), in_channels=2, num_classes=4,
+                     method_kwargs={"rank": 3}, backbone_kwargs={"channels": [8, 8, 16], "fc_channels": [16]})
+    model = build(spec)
+    images, target = torch.randn(2, 2, *spatial), torch.randint(0, 4, (2, *spatial))
+    loss = model.loss(images, target)
+    loss.backward()
+    assert model(images).loc.shape == (2, 4, *spatial)
+    context = model.backbone.context[0].weight.grad
+    assert context is not None and context.abs().sum() > 0  # the subsampled pathway is used
+
+
+def test_deepmedic_refuses_bad_arguments():
+    from ssn.errors import ConfigError
+    from ssn.networks.deepmedic import DeepMedic
+
+    with pytest.raises(ConfigError, match="subsample"):
+        DeepMedic(subsample=1)
+    with pytest.raises(ConfigError, match="2 or 3"):
+        DeepMedic(spatial_dims=1)

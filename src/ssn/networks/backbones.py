@@ -5,6 +5,7 @@ Registered here:
 
 - ``"unet"``: :class:`ssn.networks.unet.UNet` (``features``, ``norm``, ``dropout``, ``convs_per_level``);
 - ``"phiseg-unet"``: the paper's 7-level LIDC U-Net (:func:`ssn.networks.unet.phiseg_unet`);
+- ``"deepmedic"``: the paper's BraTS backbone, two pathways (:class:`ssn.networks.deepmedic.DeepMedic`);
 - ``"monai:NAME"``: any network of ``monai.networks.nets`` whose output keeps the input's
   spatial size (``BasicUNet``, ``UNet``, ``SegResNet``, ``DynUNet``, ...), through
   :mod:`ssn.networks.monai_nets` (needs ``pip install 'ssn[monai]'``);
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .deepmedic import DeepMedic
 from .unet import UNet, phiseg_unet
 
 __all__ = [
@@ -74,6 +76,7 @@ def available_backbones() -> list[str]:
 
 register_backbone("unet")(UNet)
 register_backbone("phiseg-unet")(phiseg_unet)
+register_backbone("deepmedic")(DeepMedic)
 
 
 def build_backbone(name: str, spatial_dims: int, in_channels: int, **kwargs) -> nn.Module:
