@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["write_atomically"]
+__all__ = ["write_atomically", "write_csv"]
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
@@ -19,3 +19,16 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -
     temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
     write(temporary)
     os.replace(temporary, path)
+
+
+def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
+    """Rows of one set of keys as a CSV file with a header, atomically."""
+    import csv
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomically(path, write)

@@ -10,7 +10,6 @@ holds the per-image values.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 import time
@@ -22,7 +21,7 @@ import torch
 from .. import metrics
 from ..engine.checkpoints import load_run, write_json
 from ..errors import ConfigError
-from ..files import write_atomically
+from ..files import write_csv
 from ..inference import images_to_predict, predict_batches
 
 __all__ = ["evaluate"]
@@ -80,19 +79,9 @@ def evaluate(
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(summary, out)
-        _write_csv(rows, out.with_suffix(".csv"))
+        write_csv(rows, out.with_suffix(".csv"))
     log(_describe(summary))
     return summary
-
-
-def _write_csv(rows: list[dict], path: Path) -> None:
-    def write(temporary: Path) -> None:
-        with open(temporary, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-    write_atomically(path, write)
 
 
 def _describe(summary: dict) -> str:

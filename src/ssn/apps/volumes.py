@@ -17,7 +17,6 @@ sample diversity, Hungarian-matched IoU and the Dice of the mean prediction.
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from ..data.volumes import (
 )
 from ..engine.checkpoints import load_run, write_json
 from ..errors import ConfigError, DataError
-from ..files import write_atomically
+from ..files import write_csv
 from ..inference.sliding import predict_volume, roi_box
 from ..metrics.regions import class_structures, structure_metrics
 
@@ -210,7 +209,7 @@ def evaluate_volumes(
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(summary, out)
-        _write_csv(rows, out.with_suffix(".csv"))
+        write_csv(rows, out.with_suffix(".csv"))
     return summary
 
 
@@ -218,13 +217,3 @@ def _mean_and_stderr(values: list[float]) -> dict:
     array = np.asarray(values, dtype=np.float64)
     stderr = float(array.std(ddof=1) / np.sqrt(array.size)) if array.size > 1 else None
     return {"mean": float(array.mean()), "stderr": stderr, "num_cases": int(array.size)}
-
-
-def _write_csv(rows: list[dict], path: Path) -> None:
-    def write(temporary: Path) -> None:
-        with open(temporary, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-    write_atomically(path, write)
