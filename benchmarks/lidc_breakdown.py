@@ -1,0 +1,86 @@
+"""Where a model's LIDC GED² comes from: the test slices grouped by how many readers marked them.
+
+Reads the per-slice CSVs that ``benchmarks/lidc.py`` leaves in each run folder
+(``test_metrics.csv``), adds the readers' majority vote, and prints a table of GED²(100) per group
+with each group's share of the test mean. With ``--inspect RUN`` it also draws 16 samples of 120
+slices that all four readers marked and reports how often a sample is empty, the area of the
+mean prediction and the samples' IoU with the majority vote.
+
+    python benchmarks/lidc_breakdown.py --runs runs/lidc-v3/low-rank runs/lidc-v3/prob-unet \\
+        --inspect runs/lidc-v3/low-rank
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("SSN_LIDC_DIR", ROOT.parent / "shared" / "data" / "lidc")))
+    parser.add_argument("--runs", nargs="+", type=Path, required=True, help="run folders holding test_metrics.csv")
+    parser.add_argument("--inspect", type=Path, help="a run to draw samples from on the four-reader slices")
+    args = parser.parse_args()
+    from ssn.metrics import image_metrics
+
+    data = np.load(args.data_dir / "lidc_slices_128.npz")
+    columns, indices = {}, None
+    for run in args.runs:
+        rows = list(csv.DictReader(open(run / "test_metrics.csv")))
+        order = np.array([int(r["index"]) for r in rows])
+        if indices is not None and not np.array_equal(order, indices):
+            raise SystemExit(f"{run} was evaluated on other slices than {args.runs[0]}")
+        indices = order
+        columns[run.name] = np.array([float(r["ged"]) for r in rows])
+    masks = data["masks"][indices]
+    columns["majority vote"] = np.array([
+        image_metrics((m.sum(0) >= 2).astype(np.uint8)[None], m, 2)["ged"] for m in masks
+    ])
+    marking = masks.reshape(len(indices), masks.shape[1], -1).any(-1).sum(1)
+    print("| readers marking | slices | " + " | ".join(columns) + " |")
+    print("|" + " --- |" * (2 + len(columns)))
+    for k in range(masks.shape[1] + 1):
+        chosen = marking == k
+        cells = [f"{v[chosen].mean():.3f} ({v[chosen].sum() / len(v):.3f})" for v in columns.values()]
+        print(f"| {k} | {int(chosen.sum())} | " + " | ".join(cells) + " |")
+    print(f"| all | {len(indices)} | " + " | ".join(f"{v.mean():.3f}" for v in columns.values()) + " |")
+    if args.inspect:
+        inspect(args.inspect, data, indices, marking == masks.shape[1])
+
+
+def inspect(run: Path, data, indices: np.ndarray, all_marked: np.ndarray, count: int = 120, samples: int = 16) -> None:
+    from ssn.engine.checkpoints import load_run
+    from ssn.inference import image_tensor
+
+    model, _ = load_run(run, temperature=1.0)
+    chosen = indices[np.random.default_rng(0).choice(np.flatnonzero(all_marked), count, replace=False)]
+    chosen.sort()
+    masks = data["masks"][chosen].reshape(count, data["masks"].shape[1], -1).astype(bool)
+    images = image_tensor(data["images"][chosen][:, None])
+    with torch.no_grad():
+        drawn = model.sample_labels(images, samples, generator=torch.Generator().manual_seed(0))
+        probability = model.mean_probabilities(images)[:, 1]
+    drawn = drawn.numpy().reshape(samples, count, -1).astype(bool)
+    majority = masks.sum(1) >= 2
+    union = (drawn | majority[None]).sum(-1)
+    iou = np.where(union == 0, 1.0, (drawn & majority[None]).sum(-1) / np.maximum(union, 1))
+    print(json.dumps({
+        "run": str(run), "slices": count, "samples": samples,
+        "empty_sample_share": float((drawn.sum(-1) == 0).mean()),
+        "mean_prediction_area": float((probability.numpy().reshape(count, -1) > 0.5).sum(-1).mean()),
+        "reader_area": float(masks.sum(-1).mean()),
+        "iou_with_majority": float(iou.mean()),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
