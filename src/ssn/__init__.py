@@ -8,16 +8,18 @@ The pieces a researcher imports into their own code:
 - :class:`SSNHead` and :mod:`ssn.networks`: the head, the U-Net and the backbone registry;
 - :mod:`ssn.models`: the method interface (:class:`SegmentationModel`), the SSN, the
   deterministic baseline, the Probabilistic U-Net and ``ssn.models.create``;
+- :mod:`ssn.steering`: latent traversals, interpolation and samples that agree with marks, on
+  the draws a distribution keeps (:meth:`LowRankLogitDistribution.draw_noise`);
 - :func:`pretrained`: the trained models shipped with the package (``"lidc-2d"``).
 
 The layers, each importing only from those above it in this list:
-``distributions``, ``losses``, ``metrics``, ``errors`` (the maths) -> ``networks`` -> ``models``
+``distributions``, ``steering``, ``losses``, ``metrics``, ``errors`` (the maths) -> ``networks`` -> ``models``
 -> ``data``, ``inference`` -> ``engine`` (configuration, training loop, run directories) ->
 ``apps`` (command line, evaluation, sampling, demo, plotting).
 """
 
-from . import metrics, models
-from .distributions import LowRankLogitDistribution
+from . import metrics, models, steering
+from .distributions import LogitNoise, LowRankLogitDistribution, labels_from_logits
 from .errors import ConfigError, DataError, RunError, UserError
 from .losses import SSNLoss, monte_carlo_log_likelihood, ssn_loss
 from .models import DeterministicSegmentationNetwork, SegmentationModel, StochasticSegmentationNetwork
@@ -48,6 +50,9 @@ def pretrained(name: str = "lidc-2d", device: str = "cpu", temperature: float | 
 
 __all__ = [
     "LowRankLogitDistribution",
+    "LogitNoise",
+    "labels_from_logits",
+    "steering",
     "SSNHead",
     "SegmentationModel",
     "StochasticSegmentationNetwork",

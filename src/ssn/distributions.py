@@ -20,14 +20,14 @@ copy of the factor per sample, so 20 samples of a 128x128 map are cheap.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
 
-__all__ = ["LowRankLogitDistribution"]
+__all__ = ["LowRankLogitDistribution", "LogitNoise", "labels_from_logits"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -288,6 +288,61 @@ class LowRankLogitDistribution(Distribution):
                     out[start : start + count] = _class_argmax(logits, dtype)
         return out
 
+    # --------------------------------------------------------------- steering the draws
+    def draw_noise(self, num_samples: int, generator: torch.Generator | None = None) -> "LogitNoise":
+        """The standard normal draws behind ``num_samples`` samples, kept so that they can be
+        replayed, rescaled or edited: z (n, B, R) and eps (n, B, C, *S)."""
+        if num_samples < 0:
+            raise ValueError(f"num_samples must be >= 0; got {num_samples}")
+        options = dict(dtype=self.loc.dtype, device=self.loc.device, generator=generator)
+        return LogitNoise(
+            torch.randn((num_samples, *self.batch_shape, self.rank), **options),
+            torch.randn((num_samples, *self.batch_shape, *self.event_shape), **options),
+        )
+
+    def deviation_from_noise(self, noise: "LogitNoise") -> Tensor:
+        """P z + sqrt(D) eps for each draw, (n, B, C, *S): a sample minus the mean."""
+        self._check_noise(noise)
+        n = noise.z.shape[0]
+        flat = noise.eps.reshape(n, *self.batch_shape, -1) * self._diag_flat.sqrt()  # (n, B, N)
+        if self.rank > 0:
+            # (n, B, R) x (B, R, N) -> (n, B, N): one product for all draws
+            flat = flat + torch.einsum("nbr,brk->nbk", noise.z, self._factor_flat)
+        return flat.view(noise.eps.shape)
+
+    def logits_from_noise(
+        self, noise: "LogitNoise", class_scales: Tensor | Sequence[float] | None = None, temperature: float = 1.0,
+    ) -> Tensor:
+        """Logit maps from kept draws, (n, B, C, *S): mu + w_c t (P z + sqrt(D) eps).
+
+        Args:
+            noise: from :meth:`draw_noise` (or edited: traversals, interpolations).
+            class_scales: w, shape (C,) or (n, C): each class's deviation from its mean is
+                scaled by w_c. 1 reproduces the sample, 0 gives the mean, -1 mirrors the deviation.
+            temperature: t, scales every class alike (as :meth:`scaled`).
+        """
+        deviation = self.deviation_from_noise(noise)
+        scale = torch.as_tensor(temperature, dtype=deviation.dtype, device=deviation.device)
+        if class_scales is not None:
+            w = torch.as_tensor(class_scales, dtype=deviation.dtype, device=deviation.device)
+            n = deviation.shape[0]
+            if w.shape not in ((self.num_classes,), (n, self.num_classes)):
+                raise ValueError(f"class_scales must have shape ({self.num_classes},) or ({n}, {self.num_classes}); "
+                                 f"got {tuple(w.shape)}")
+            w = w.expand(n, self.num_classes).view(n, 1, self.num_classes, *([1] * len(self.spatial_shape)))
+            scale = scale * w
+        return self.loc + scale * deviation
+
+    def _check_noise(self, noise: "LogitNoise") -> None:
+        expected_eps = self.batch_shape + self.event_shape
+        if (not isinstance(noise, LogitNoise) or noise.z.shape[1:] != self.batch_shape + (self.rank,)
+                or noise.eps.shape[1:] != expected_eps or noise.z.shape[0] != noise.eps.shape[0]):
+            got = (tuple(noise.z.shape), tuple(noise.eps.shape)) if isinstance(noise, LogitNoise) else type(noise).__name__
+            raise ValueError(
+                f"noise must be a LogitNoise with z (n, {', '.join(map(str, self.batch_shape))}, {self.rank}) and "
+                f"eps (n, {', '.join(map(str, expected_eps))}), as draw_noise gives; got {got}"
+            )
+
     # ---------------------------------------------------------------------- densities
     @lazy_property
     def _capacitance_tril(self) -> Tensor:
@@ -356,6 +411,33 @@ class LowRankLogitDistribution(Distribution):
             f"spatial={tuple(self.spatial_shape)}, rank={self.rank}, dtype={self.loc.dtype}, "
             f"device={self.loc.device})"
         )
+
+
+class LogitNoise(NamedTuple):
+    """The standard normal draws behind samples of a :class:`LowRankLogitDistribution`:
+    ``z`` (n, B, R), the latent factors' weights, and ``eps`` (n, B, C, *S), the per-pixel noise.
+    A sample is mu + P z + sqrt(D) eps."""
+
+    z: Tensor
+    eps: Tensor
+
+    def select(self, index) -> "LogitNoise":
+        """Some of the draws (an int, a slice or indices along n), still (n', ...) shaped."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return LogitNoise(self.z[index], self.eps[index])
+
+    @classmethod
+    def cat(cls, parts: Sequence["LogitNoise"]) -> "LogitNoise":
+        """Draws of several :class:`LogitNoise` one after another along n."""
+        return cls(torch.cat([p.z for p in parts]), torch.cat([p.eps for p in parts]))
+
+
+def labels_from_logits(logits: Tensor) -> Tensor:
+    """The per-pixel class of logit maps (n, B, C, *S) -> (n, B, *S), uint8 for C <= 256."""
+    if logits.dim() < 4:
+        raise ValueError(f"logits must have shape (n, B, C, *S); got {tuple(logits.shape)}")
+    return _class_argmax(logits, torch.uint8 if logits.shape[2] <= 256 else torch.int64)
 
 
 def _class_argmax(logits: Tensor, dtype: torch.dtype) -> Tensor:
