@@ -312,3 +312,21 @@ def test_the_3d_demo_runs_end_to_end(tmp_path, capsys):
     assert set(results) == {"low-rank SSN (rank 10)", "diagonal SSN (rank 0)", "deterministic U-Net"}
     sample = tmp_path / "demo" / "samples" / "case023" / "sample_007.nii.gz"
     assert nibabel.load(str(sample)).shape == (40, 40, 24)
+
+
+def test_a_2d_run_still_takes_a_single_nifti_image_and_calibrate_refuses_a_volume_list(tmp_path, volume_list, capsys):
+    from ssn.data.synthetic import make_synthetic
+    from ssn.data.arrays import save_arrays
+
+    data = tmp_path / "flat.npz"
+    save_arrays(data, make_synthetic(24, size=32))
+    run = tmp_path / "flat"
+    assert main(["train", "--data", str(data), "--out", str(run), "--features", "4", "8", "--max-steps", "2",
+                 "--batch-size", "4", "--val-images", "2"]) == 0
+    image = tmp_path / "slice.nii.gz"
+    _save(image, np.random.default_rng(0).random((32, 32)).astype(np.float32))
+    assert main(["sample", "--run", str(run), "--input", str(image), "--samples", "2", "--figures", "0",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert np.load(tmp_path / "out" / "samples.npz")["samples"].shape == (1, 2, 32, 32)
+    assert main(["calibrate", "--run", str(run), "--data", str(volume_list)]) == 2
+    assert "volume list" in capsys.readouterr().err

@@ -240,7 +240,8 @@ def _sample(args: argparse.Namespace) -> int:
     from .sample import sample_run
     from .volumes import is_volume_input, sample_volumes
 
-    if is_volume_input(args.input):
+    if is_volume_input(args.input) and (len(args.input) > 1 or _spatial_dims(args.run) == 3
+                                        or not args.input[0].lower().endswith((".nii", ".nii.gz"))):
         sample_volumes(args.run, args.input, args.split, args.samples, args.out, args.device, args.seed,
                        args.temperature, args.window, args.overlap)
         return 0
@@ -251,6 +252,14 @@ def _sample(args: argparse.Namespace) -> int:
         temperature=args.temperature,
     )
     return 0
+
+
+def _spatial_dims(run: str) -> int:
+    """The spatial dims of a run's model (a 2D model takes a single NIfTI file as a 2D image)."""
+    from ..engine.checkpoints import read_config
+    from ..engine.pretrained import resolve_run_dir
+
+    return int(read_config(resolve_run_dir(run))["architecture"]["spatial_dims"])
 
 
 def _convert(args: argparse.Namespace) -> int:

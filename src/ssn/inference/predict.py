@@ -28,7 +28,11 @@ def images_to_predict(model: SegmentationModel, data_path, split: str | None, sp
     """
     from ..data.arrays import load_arrays
     from ..data.splits import select_split
+    from ..data.volumes import is_volume_list
 
+    if is_volume_list(data_path):
+        raise ConfigError(f"{data_path} is a volume list: `ssn evaluate` and `ssn sample` take it; this command "
+                          "needs a dataset .npz (for volumes, give the temperature with --temperature)")
     data = load_arrays(data_path)
     if split_file is not None:
         indices = select_split(data, split or default_split, split_file)
