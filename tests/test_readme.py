@@ -34,7 +34,7 @@ def test_the_documented_commands_parse():
     from ssn.apps.cli import build_parser
 
     parser = build_parser()
-    lines = [line.split("#")[0].strip() for block in blocks("bash") for line in block.splitlines()]
+    lines = [line.split("#")[0].strip().removeprefix(".venv/bin/") for block in blocks("bash") for line in block.splitlines()]
     commands = [line for line in lines if line.startswith("ssn ")]
     assert any("--patch-size" in line for line in commands)
     for line in commands:
@@ -49,3 +49,11 @@ def test_the_documented_commands_parse():
         known = {option for action in sub._actions for option in action.option_strings}
         for flag in re.findall(r"--[a-z0-9-]+", line):
             assert flag in known, f"ssn {command} has no {flag} (README: {line.strip()})"
+
+
+def test_the_steering_example_runs(capsys):
+    example = blocks("python")[2]
+    assert "sample_with_marks" in example
+    exec(compile(example, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert re.search(r"torch.Size\(\[16, 1, 128, 128\]\) \['(rejection|optimisation)'\] \[1.0\]", printed)

@@ -44,6 +44,9 @@ EXAMPLES = {
   ssn convert pickle data_lidc.pickle --out lidc.npz
   ssn convert phiseg-hdf5 data_lidc.hdf5 --out lidc.npz --split-out phiseg_split.json
   ssn convert brats brats_deepmedic/ --out brats.json --sequences flair t1c""",
+    "explore": """examples:
+  ssn explore --run ssn_demo/low_rank_SSN --data ssn_demo/synthetic.npz
+  ssn explore --run pretrained:lidc-2d --data lidc.npz --port 7861""",
     "demo": """examples:
   ssn demo
   ssn demo --out demo_run --minutes 1
@@ -147,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--3d", dest="volumes", action="store_true",
                    help="the volume path instead: synthetic NIfTI volumes, patch training, sliding windows, NIfTI outputs")
     d.set_defaults(handler=_demo)
+
+    x = command("explore", "a local web page to steer a run's samples (pip install 'ssn[explorer]')")
+    x.add_argument("--run", required=True, help="run directory written by ssn train (an SSN), or pretrained:NAME")
+    x.add_argument("--data", help="dataset .npz whose images can be picked")
+    x.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    x.add_argument("--port", type=int, default=7860)
+    x.add_argument("--device", default="cpu")
+    x.set_defaults(handler=_explore)
 
     i = command("info", "print versions, threads, the methods and the available backbones")
     i.set_defaults(handler=_info)
@@ -326,6 +337,13 @@ def _demo(args: argparse.Namespace) -> int:
         run_demo_3d(out, minutes=args.minutes if args.minutes != 0.8 else 1.0, seed=args.seed)
         return 0
     run_demo(args.out, minutes=args.minutes, seed=args.seed)
+    return 0
+
+
+def _explore(args: argparse.Namespace) -> int:
+    from .explore import explore
+
+    explore(args.run, args.data, args.host, args.port, args.device)
     return 0
 
 

@@ -40,7 +40,10 @@ def read_images(path: str | os.PathLike, in_channels: int, spatial_dims: int) ->
             array = np.asarray(image.convert("L" if in_channels == 1 else "RGB"))
         array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
     elif name.endswith(".npy"):
-        array = np.load(path, allow_pickle=False)
+        try:
+            array = np.load(path, allow_pickle=False)  # never unpickles: an object array is refused
+        except ValueError as error:
+            raise DataError(f"{path.name} is not a plain numeric .npy array ({error})") from None
     elif name.endswith((".nii", ".nii.gz")):
         import nibabel
 
