@@ -26,18 +26,21 @@ __all__ = ["build_app", "explore"]
 MARK_SCALE = 4  # the marking image is shown 4x enlarged
 
 
-def _state_view(exploration: Exploration, elapsed: float | None = None) -> tuple:
+def _state_view(exploration: Exploration, with_marking: bool = True) -> tuple:
+    """(sample grid, P(foreground), entropy, marking image or None, status line)."""
     labels = exploration.samples()
-    mean, entropy = exploration.mean_and_entropy(labels)
+    scale = 1 if exploration.image.shape[1] >= 128 else 2  # pictures of ~256-512 px a side encode fast
+    grid = exploration.grid(labels, scale=scale)
+    mean, entropy = exploration.mean_and_entropy(labels, scale=scale)
     status = f"{exploration.num_samples} samples at temperature {exploration.temperature:g}"
     if exploration.last_marks:
         m = exploration.last_marks
         status += (f"; marks: {int((exploration.marks >= 0).sum())} pixels, method {m['method']}, "
                    f"agreement {m['agreement']:.2f}, free draws meeting them {m['acceptance']:.3f}")
-    if elapsed is not None:
-        status += f"; rendered in {elapsed * 1000:.0f} ms"
-    marking = np.kron(exploration.overlay(np.zeros_like(labels[0])), np.ones((MARK_SCALE, MARK_SCALE, 1), np.uint8))
-    return exploration.grid(labels), mean, entropy, marking, status
+    marking = None
+    if with_marking:
+        marking = np.kron(exploration.overlay(np.zeros_like(labels[0])), np.ones((MARK_SCALE, MARK_SCALE, 1), np.uint8))
+    return grid, mean, entropy, marking, status
 
 
 def build_app(model, data=None, num_samples: int = 16):
@@ -82,8 +85,8 @@ def build_app(model, data=None, num_samples: int = 16):
         exploration.temperature = float(temperature)
         exploration.class_scales = np.array(values[:classes], dtype=float)
         exploration.latent_shift = np.array(values[classes:], dtype=float)
-        grid, mean, entropy, marking, status = _state_view(exploration)
-        return grid, mean, entropy, marking, status + f"; rendered in {(time.perf_counter() - start_time) * 1000:.0f} ms"
+        grid, mean, entropy, _, status = _state_view(exploration, with_marking=False)
+        return grid, mean, entropy, gr.skip(), status + f"; rendered in {(time.perf_counter() - start_time) * 1000:.0f} ms"
 
     def stamp(exploration, mark_class, radius, event: gr.SelectData):
         if exploration is None:
