@@ -151,3 +151,39 @@ def test_the_page_in_a_real_browser(demo_run, tmp_path):
     finally:
         app.close()
     assert screenshot.stat().st_size > 10_000
+
+
+def test_a_volume_is_explored_slice_by_slice_with_one_latent_draw(tmp_path):
+    from ssn.apps.explorer_core import VolumeExploration
+    from ssn.data.synthetic import make_synthetic_volumes
+    from ssn.data.volumes import load_volume_list, read_case
+
+    lists = make_synthetic_volumes(tmp_path / "data", num_cases=4, shape=(24, 24, 12), splits=(2, 1))
+    run = tmp_path / "run3d"
+    assert main(["train", "--data", str(lists), "--out", str(run), "--patch-size", "16", "16", "12", "--features", "4", "8",
+                 "--max-steps", "4", "--batch-size", "2", "--val-images", "2", "--val-samples", "2"]) == 0
+    model, config = load_run(run)
+    listing = load_volume_list(lists)
+    volume = np.asarray(read_case(listing.split("test")[0], listing.label_map).image)
+    explored = VolumeExploration(model, volume, config["patch_size"], num_samples=4)
+    k = explored.slice
+    first = explored.current.samples()
+    everything = explored.volume_samples()
+    assert everything.shape == (4, 24, 24, 12) and explored.slice == k
+    np.testing.assert_array_equal(everything[(slice(None), explored.box[0], explored.box[1], k)], first)
+    other = explored.show(k - 1)
+    assert torch_equal(other.noise.z, explored.z)  # one latent draw for every slice
+    explored.show(k)  # back: the same draws give the same samples
+    np.testing.assert_array_equal(explored.current.samples(), first)
+    marks = np.full(explored.current.marks.shape, -1)
+    marks[5, 5] = 1
+    explored.current.apply_marks(marks)
+    assert explored.current.last_marks["agreement"] == 1.0
+    explored.show(k - 1)
+    assert torch_equal(explored.current.noise.z, explored.z) and explored.marks_of_slice[k][5, 5] == 1
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

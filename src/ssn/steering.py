@@ -99,8 +99,8 @@ def sample_with_marks(
     ``num_samples`` pass (a rare event under the model), by optimisation: ``num_samples`` fresh
     draws are each moved, by ``steps`` Adam steps on (z, eps), to minimise
     |z - z0|^2 / 2 + |eps - eps0|^2 / 2 plus a hinge on every marked pixel's logit margin (the
-    marked class ahead of the others by ``margin``). Each result is the draw nearest to its start
-    that meets the marks; as eps of an unmarked pixel touches only that pixel, unmarked pixels
+    marked class ahead of the others by ``margin``, its weight growing while marks stay unmet).
+    Each result is the draw nearest to its start that meets the marks; as eps of an unmarked pixel touches only that pixel, unmarked pixels
     change only through the shared latent factors z, as the covariance implies.
 
     Args:
@@ -163,7 +163,10 @@ def _by_optimisation(dist, marks, marked, start: LogitNoise, steps, lr, margin, 
     eps = start.eps.clone().requires_grad_(True)
     optimiser = torch.optim.Adam([z, eps], lr=lr)
     target = marks.clamp_min(0).unsqueeze(0).unsqueeze(2)  # (1, 1, 1, *S)
-    for _ in range(steps):
+    weight = 10.0
+    for step in range(steps):
+        if step and step % 50 == 0:
+            weight = min(weight * 4, 1e5)  # marks still unmet: a stiffer penalty (they are reachable: full support)
         with torch.enable_grad():
             logits = dist.logits_from_noise(LogitNoise(z, eps), class_scales, temperature)  # (n, 1, C, *S)
             chosen = logits.gather(2, target.expand(logits.shape[0], -1, 1, *logits.shape[3:])).squeeze(2)
@@ -172,7 +175,7 @@ def _by_optimisation(dist, marks, marked, start: LogitNoise, steps, lr, margin, 
             if not bool((violation > 0).any()):
                 break
             prior = 0.5 * ((z - start.z) ** 2).flatten(1).sum(1) + 0.5 * ((eps - start.eps) ** 2).flatten(1).sum(1)
-            loss = (prior + 10.0 * violation.flatten(1).sum(1)).sum()
+            loss = (prior + weight * violation.flatten(1).sum(1)).sum()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, UserError
-from .explorer_core import Exploration, read_upload
+from ..errors import ConfigError, DataError, UserError
+from .explorer_core import Exploration, VolumeExploration, read_upload
 
 __all__ = ["build_app", "explore"]
 
@@ -43,8 +43,14 @@ def _state_view(exploration: Exploration, with_marking: bool = True) -> tuple:
     return grid, mean, entropy, marking, status
 
 
-def build_app(model, data=None, num_samples: int = 16):
-    """The Gradio app for ``model`` (an SSN), with the images of ``data`` (a dataset, optional)."""
+def _current(state) -> Exploration | None:
+    """The shown 2D exploration: the image's, or the current slice's of a volume."""
+    return state.current if isinstance(state, VolumeExploration) else state
+
+
+def build_app(model, data=None, num_samples: int = 16, window=None):
+    """The Gradio app for ``model`` (an SSN), with the images of ``data`` (optional): a dataset
+    (2D models) or a volume list (3D models, with the sliding ``window`` of whole volumes)."""
     try:
         import gradio as gr
     except ImportError:  # pragma: no cover - depends on the environment
@@ -52,33 +58,65 @@ def build_app(model, data=None, num_samples: int = 16):
 
     classes = model.num_classes
     in_channels, spatial_dims = model.spec.in_channels, model.spec.spatial_dims
-    if spatial_dims != 2:
-        raise ConfigError("the explorer shows 2D models; this run is 3D (sample volumes with ssn sample)")
-    count = len(data) if data is not None else 0
+    volumes = spatial_dims == 3
+    if spatial_dims not in (2, 3):
+        raise ConfigError("the explorer shows 2D images and volumes")
+    if volumes and not window:
+        raise ConfigError("a 3D run needs the sliding window (its training patch size) to explore volumes")
+    cases = data.all_cases() if volumes and data is not None else None
+    count = (len(cases) if volumes else len(data)) if data is not None else 0
     rank_shown = min(model.rank, 3)
 
-    def start(image: np.ndarray) -> Exploration:
+    def start(image: np.ndarray):
+        if volumes:
+            return VolumeExploration(model, image, window, num_samples=num_samples)
         return Exploration(model, image, num_samples=num_samples)
+
+    def with_slider(state, views):
+        if isinstance(state, VolumeExploration):
+            return (state, *views, gr.update(minimum=state.slices.start, maximum=state.slices.stop - 1,
+                                             value=state.slice, visible=True))
+        return (state, *views, gr.update(visible=False))
 
     def from_dataset(index):
         if data is None:
-            return None, *([None] * 4), "no --data given: upload an image"
+            return None, *([None] * 4), "no --data given: upload an image", gr.skip()
         index = int(np.clip(int(index), 0, count - 1))
-        image = np.asarray(data.images[index])
-        image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+        if volumes:
+            from ..data.volumes import read_case
+
+            image = np.asarray(read_case(cases[index], data.label_map).image)
+        else:
+            image = np.asarray(data.images[index])
+            image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
         exploration = start(image)
-        return exploration, *_state_view(exploration)
+        return with_slider(exploration, _state_view(_current(exploration)))
+
+    def to_slice(state, k):
+        if not isinstance(state, VolumeExploration):
+            return *([gr.skip()] * 4), gr.skip()
+        state.show(int(k))
+        return _state_view(state.current)
 
     def from_upload(file):
         if file is None:
-            return gr.skip(), *([gr.skip()] * 5)
+            return gr.skip(), *([gr.skip()] * 6)
         try:
-            exploration = start(read_upload(file, in_channels, spatial_dims))
-        except UserError as error:
-            return gr.skip(), *([gr.skip()] * 4), f"upload refused: {error}"
-        return exploration, *_state_view(exploration)
+            image = read_upload(file, in_channels, spatial_dims)
+            if volumes:  # raw intensities: z-scored inside the non-zero voxels, as volume lists are
+                from ..data.volumes import normalise
 
-    def render(exploration, temperature, *values):
+                inside = (image != 0).any(0)
+                if not inside.any():
+                    raise DataError("the uploaded volume is all zero")
+                image = normalise(image, inside)
+            exploration = start(image)
+        except UserError as error:
+            return gr.skip(), *([gr.skip()] * 4), f"upload refused: {error}", gr.skip()
+        return with_slider(exploration, _state_view(_current(exploration)))
+
+    def render(state, temperature, *values):
+        exploration = _current(state)
         if exploration is None:
             return *([gr.skip()] * 4), "pick or upload an image first"
         start_time = time.perf_counter()
@@ -88,7 +126,8 @@ def build_app(model, data=None, num_samples: int = 16):
         grid, mean, entropy, _, status = _state_view(exploration, with_marking=False)
         return grid, mean, entropy, gr.skip(), status + f"; rendered in {(time.perf_counter() - start_time) * 1000:.0f} ms"
 
-    def stamp(exploration, mark_class, radius, event: gr.SelectData):
+    def stamp(state, mark_class, radius, event: gr.SelectData):
+        exploration = _current(state)
         if exploration is None:
             return gr.skip(), "pick or upload an image first"
         x, y = (int(v) // MARK_SCALE for v in event.index)
@@ -100,24 +139,30 @@ def build_app(model, data=None, num_samples: int = 16):
 
     stamp.__annotations__["event"] = gr.SelectData  # resolved here: the module's annotations are strings
 
-    def under_marks(exploration):
+    def under_marks(state):
+        exploration = _current(state)
         if exploration is None:
             return *([gr.skip()] * 4), "pick or upload an image first"
         exploration.apply_marks(exploration.marks)
         return _state_view(exploration)
 
-    def clear(exploration):
+    def clear(state):
+        exploration = _current(state)
         if exploration is None:
             return *([gr.skip()] * 4), "pick or upload an image first"
         exploration.apply_marks(np.full(exploration.marks.shape, -1))
         exploration.last_marks = {}
         return _state_view(exploration)
 
-    def download(exploration, kind):
+    def download(state, kind):
+        exploration = _current(state)
         if exploration is None:
             return None
         folder = Path(tempfile.mkdtemp(prefix="ssn_explore_"))
-        if kind == "npz":
+        if kind == "npz" and isinstance(state, VolumeExploration):  # every slice's samples: (n, X, Y, Z)
+            path = folder / "volume_samples.npz"
+            np.savez_compressed(path, samples=state.volume_samples(), image=state.volume)
+        elif kind == "npz":
             path = folder / "samples.npz"
             path.write_bytes(exploration.npz_bytes())
         else:
@@ -132,9 +177,10 @@ def build_app(model, data=None, num_samples: int = 16):
         state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
-                index = gr.Number(value=0, precision=0, label=f"dataset image (0-{max(count - 1, 0)})",
+                index = gr.Number(value=0, precision=0, label=f"dataset {'case' if volumes else 'image'} (0-{max(count - 1, 0)})",
                                   interactive=data is not None, elem_id="index")
                 upload = gr.File(label="or upload an image (.png, .npy, .nii, .nii.gz)", elem_id="upload")
+                slice_slider = gr.Slider(0, 1, value=0, step=1, label="axial slice", visible=False, elem_id="slice")
                 marking = gr.Image(label="click to mark (the brush)", interactive=False, elem_id="marking")
                 with gr.Row():
                     mark_class = gr.Radio(list(range(classes)), value=min(1, classes - 1), label="mark as class")
@@ -158,8 +204,9 @@ def build_app(model, data=None, num_samples: int = 16):
             npz_button = gr.DownloadButton("download samples (.npz)")
             png_button = gr.DownloadButton("download grid (.png)")
         views = [grid, mean, entropy, marking, status]
-        index.change(from_dataset, index, [state, *views])
-        upload.upload(from_upload, upload, [state, *views])
+        index.change(from_dataset, index, [state, *views, slice_slider])
+        upload.upload(from_upload, upload, [state, *views, slice_slider])
+        slice_slider.change(to_slice, [state, slice_slider], views)
         for control in (temperature, *scales, *shifts):
             control.change(render, [state, temperature, *scales, *shifts], views)
         marking.select(stamp, [state, mark_class, radius], [marking, status])
@@ -167,7 +214,7 @@ def build_app(model, data=None, num_samples: int = 16):
         clear_button.click(clear, state, views)
         npz_button.click(lambda s: download(s, "npz"), state, npz_button)
         png_button.click(lambda s: download(s, "png"), state, png_button)
-        app.load(from_dataset, index, [state, *views])
+        app.load(from_dataset, index, [state, *views, slice_slider])
     return app
 
 
@@ -175,13 +222,16 @@ def explore(run_dir, data_path=None, host: str = "127.0.0.1", port: int = 7860, 
             prevent_thread_lock: bool = False):
     """Load a run and serve the explorer on ``host:port`` (see the module)."""
     from ..data.arrays import load_arrays
+    from ..data.volumes import is_volume_list, load_volume_list
     from ..engine.checkpoints import load_run
 
-    model, _ = load_run(run_dir)
+    model, config = load_run(run_dir)
     model.to(device)
     if getattr(model, "method", None) != "ssn":
         raise ConfigError(f"the explorer steers SSN samples; {run_dir} is a {model.method!r} run")
-    data = load_arrays(data_path) if data_path else None
-    app = build_app(model, data)
+    data = None
+    if data_path:
+        data = load_volume_list(data_path) if is_volume_list(data_path) else load_arrays(data_path)
+    app = build_app(model, data, window=config.get("patch_size"))
     app.launch(server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock, quiet=True)
     return app

@@ -71,6 +71,8 @@ class Exploration:
     latent_shift: np.ndarray = field(default=None)
     marks: np.ndarray = field(default=None)  # (H, W) int, -1 unmarked
     last_marks: dict = field(default_factory=dict)
+    dist: LowRankLogitDistribution | None = None  # given (a slice of a volume), or computed from the image
+    noise: LogitNoise | None = None
 
     def __post_init__(self) -> None:
         if getattr(self.model, "method", None) != "ssn":
@@ -78,14 +80,16 @@ class Exploration:
                             f"{getattr(self.model, 'method', type(self.model).__name__)!r}")
         if self.image.ndim != 3:
             raise DataError(f"the explorer shows 2D images (channels, H, W); got shape {self.image.shape}")
-        self.model.eval()
-        with torch.no_grad():
-            self.dist: LowRankLogitDistribution = self.model(torch.from_numpy(np.ascontiguousarray(self.image))[None].float())
+        if self.dist is None:
+            self.model.eval()
+            with torch.no_grad():
+                self.dist = self.model(torch.from_numpy(np.ascontiguousarray(self.image))[None].float())
         classes, rank = self.dist.num_classes, self.dist.rank
         self.class_scales = np.ones(classes) if self.class_scales is None else np.asarray(self.class_scales, float)
         self.latent_shift = np.zeros(min(rank, 3)) if self.latent_shift is None else np.asarray(self.latent_shift, float)
         self.marks = np.full(self.image.shape[1:], -1, dtype=np.int64) if self.marks is None else self.marks
-        self.noise = self.dist.draw_noise(self.num_samples, torch.Generator().manual_seed(self.seed))
+        if self.noise is None:
+            self.noise = self.dist.draw_noise(self.num_samples, torch.Generator().manual_seed(self.seed))
 
     # ------------------------------------------------------------------ samples
     def _noise(self) -> LogitNoise:
@@ -176,3 +180,73 @@ def _heat(values: np.ndarray) -> np.ndarray:
     """Values in [0, 1] -> (H, W, 3) uint8, black through red to yellow."""
     v = np.clip(values, 0, 1)[..., None]
     return (np.concatenate([np.clip(2 * v, 0, 1), np.clip(2 * v - 1, 0, 1), np.zeros_like(v)], -1) * 255).astype(np.uint8)
+
+
+class VolumeExploration:
+    """A volume under a 3D model, shown one axial slice (the last axis) at a time.
+
+    The blended distribution of the whole volume (sliding windows, :mod:`ssn.inference.sliding`)
+    is computed once over the box around the non-zero voxels. The latent draws z are shared by
+    every slice, as in a whole-volume sample; the per-voxel noise of slice k is drawn from a
+    generator seeded with (seed, k), so that a slice's samples are the slices of one set of
+    volume samples whichever slice is shown first. Marks on a slice change z, and with it every
+    slice, as the covariance implies.
+    """
+
+    def __init__(self, model, volume: np.ndarray, window, num_samples: int = 16, seed: int = 0) -> None:
+        from ..inference.sliding import roi_box, sliding_window_distribution
+
+        if volume.ndim != 4:
+            raise DataError(f"a volume for the explorer is (channels, X, Y, Z); got shape {volume.shape}")
+        self.model, self.volume, self.num_samples, self.seed = model, volume.astype(np.float32), num_samples, seed
+        roi = (self.volume != 0).any(0)
+        if not roi.any():
+            raise DataError("the volume is all zero")
+        self.box = roi_box(roi, margin=4)
+        crop = torch.from_numpy(np.ascontiguousarray(self.volume[(slice(None), *self.box)]))
+        model.eval()
+        self.dist = sliding_window_distribution(model, crop, window, 0.5, torch.from_numpy(roi[self.box]))
+        self.z = torch.randn((num_samples, 1, self.dist.rank), generator=torch.Generator().manual_seed(seed))
+        self.eps_of_slice: dict[int, torch.Tensor] = {}
+        self.marks_of_slice: dict[int, np.ndarray] = {}
+        self.slices = range(self.box[2].start, self.box[2].stop)
+        self.current: Exploration | None = None
+        self.show(self.slices[len(self.slices) // 2])
+
+    def _eps(self, k: int) -> torch.Tensor:
+        if k not in self.eps_of_slice:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+            shape = (self.num_samples, 1, *self.dist.loc.shape[1:-1])
+            self.eps_of_slice[k] = torch.randn(shape, generator=generator)
+        return self.eps_of_slice[k]
+
+    def show(self, k: int, carry: Exploration | None = None) -> Exploration:
+        """The :class:`Exploration` of slice ``k`` (clipped to the box), with the controls of ``carry``."""
+        k = int(np.clip(k, self.slices.start, self.slices.stop - 1))
+        if self.current is not None:  # keep what marks did to the draws
+            self.z = self.current.noise.z
+            self.eps_of_slice[self.slice] = self.current.noise.eps
+            self.marks_of_slice[self.slice] = self.current.marks
+        local = k - self.box[2].start
+        d = self.dist
+        view = LowRankLogitDistribution(d.loc[..., local], d.cov_factor[..., local], d.cov_diag[..., local], validate_args=False)
+        image = self.volume[(slice(None), self.box[0], self.box[1], k)]
+        previous = carry or self.current
+        self.current = Exploration(
+            self.model, image, self.num_samples, self.seed, dist=view, noise=LogitNoise(self.z, self._eps(k)),
+            marks=self.marks_of_slice.get(k), temperature=previous.temperature if previous else 1.0,
+            class_scales=previous.class_scales if previous else None,
+            latent_shift=previous.latent_shift if previous else None,
+        )
+        self.slice = k
+        return self.current
+
+    def volume_samples(self) -> np.ndarray:
+        """The current samples of the whole volume, (num_samples, X, Y, Z) uint8 (background outside the box)."""
+        shown = self.slice
+        out = np.zeros((self.num_samples, *self.volume.shape[1:]), np.uint8)
+        for k in self.slices:
+            view = self.show(k, carry=self.current)
+            out[(slice(None), self.box[0], self.box[1], k)] = view.samples()
+        self.show(shown, carry=self.current)
+        return out
