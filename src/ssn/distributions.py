@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
 
-__all__ = ["LowRankLogitDistribution", "LogitNoise", "labels_from_logits"]
+__all__ = ["LowRankLogitDistribution", "LogitNoise", "labels_from_logits", "NonFiniteError"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -413,6 +413,11 @@ class LowRankLogitDistribution(Distribution):
         )
 
 
+class NonFiniteError(ValueError):
+    """A distribution's parameters are NaN or infinite (or its diagonal not positive): raised by
+    :meth:`LowRankLogitDistribution.check_values`. Training skips such a step (see ``max_bad_steps``)."""
+
+
 class LogitNoise(NamedTuple):
     """The standard normal draws behind samples of a :class:`LowRankLogitDistribution`:
     ``z`` (n, B, R), the latent factors' weights, and ``eps`` (n, B, C, *S), the per-pixel noise.
@@ -499,21 +504,21 @@ def _check_values(loc: Tensor, cov_factor: Tensor, cov_diag: Tensor) -> None:
     bad_loc = int((~torch.isfinite(loc)).sum())
     bad_factor = int((~torch.isfinite(cov_factor)).sum())
     if bad_loc or bad_factor:
-        raise ValueError(
+        raise NonFiniteError(
             f"non-finite parameters: {bad_loc} values of loc and {bad_factor} of cov_factor are NaN "
             "or infinite. Check the input images for NaN and lower the learning rate."
         )
     bad_diag = int((~torch.isfinite(cov_diag)).sum())
     if bad_diag:
-        raise ValueError(
+        raise NonFiniteError(
             f"cov_diag has {bad_diag} NaN or infinite values: exp() of the log-variance overflowed "
             "or the features are NaN. Lower the learning rate or clip gradients."
         )
     non_positive = int((cov_diag <= 0).sum())
     if non_positive:
-        raise ValueError(
+        raise NonFiniteError(
             f"cov_diag must be strictly positive; {non_positive} values are <= 0. Pass exp(x) + eps."
         )
-    raise ValueError(
+    raise NonFiniteError(
         "the parameters are finite but so large that their sums overflow; rescale the logits"
     )

@@ -64,6 +64,7 @@ class TrainConfig:
     final_lr: float = setting(0.01, "the decayed learning rate at the end of the budget, as a fraction of lr", above=0)
     ema_decay: float = setting(0.0, "exponential moving average of the weights, used for validation and checkpoints (e.g. 0.999; 0: off)", low=0)
     grad_clip: float = setting(10.0, "clip the gradient norm to this", above=0)
+    max_bad_steps: int = setting(20, "stop after this many steps in a row with a non-finite loss or gradients (each is skipped)", low=1)
     augment: bool = setting(True, "flips and small rotations")
     patch_size: list[int] | None = setting(help="volumes: train on patches of this size, e.g. 64 64 64 (also the sliding window of inference)")
     foreground_share: float = setting(0.5, "volumes: the share of patches centred on the foreground (the paper: 0.5)", low=0)

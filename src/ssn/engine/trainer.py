@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from .. import __version__, metrics
 from ..data.augment import augment
+from ..distributions import NonFiniteError
 from ..errors import DataError, RunError
 from ..inference import predict_batches
 from ..models import build
@@ -104,15 +105,21 @@ def train(config: TrainConfig, log=print) -> dict:
         return min(1.0, max(shares))
 
     losses: list[float] = []
+    bad_in_a_row = 0
 
     def validate_and_save() -> None:
         """Validation GED^2 of the evaluated weights on the fixed subset; last and best weights saved."""
-        val = _validate(evaluated, val_set, config, device)
+        try:
+            val = _validate(evaluated, val_set, config, device)
+        except NonFiniteError as error:  # a model whose outputs overflow is never the best one
+            log(f"step {progress['step']}: validation impossible, the model's outputs are not finite ({error})")
+            val = {"ged": math.nan, "diversity": math.nan}
         progress["seconds"] = time.perf_counter() - start
         entry = {
             "epoch": progress["epoch"], "step": progress["step"], "minutes": progress["seconds"] / 60,
             "train_loss": float(np.mean(losses)) if losses else math.nan, "lr": optimiser.param_groups[0]["lr"],
             "val_ged": val["ged"], "val_diversity": val["diversity"], "val_samples": config.val_samples,
+            "bad_steps": progress.get("bad_steps", 0),
         }
         losses.clear()
         for key in ("train_loss", "val_ged", "val_diversity"):
@@ -155,24 +162,43 @@ def train(config: TrainConfig, log=print) -> dict:
             factor = learning_rate_factor(progress["step"], spent, config.lr_schedule, config.warmup_steps, config.final_lr)
             for group in optimiser.param_groups:
                 group["lr"] = config.lr * factor
-            if hasattr(model, "mean_loss") and spent < config.mean_warmup:
-                loss = model.mean_loss(images.to(device), target.to(device), roi)  # the SSN's mean alone, first
-            else:
-                loss = model.loss(images.to(device), target.to(device), roi)
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimiser.step()
+            try:
+                if hasattr(model, "mean_loss") and spent < config.mean_warmup:
+                    loss = model.mean_loss(images.to(device), target.to(device), roi)  # the SSN's mean alone, first
+                else:
+                    loss = model.loss(images.to(device), target.to(device), roi)
+                finite = bool(torch.isfinite(loss))
+                if finite:
+                    loss.backward()
+                    finite = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)))
+            except NonFiniteError:  # the distribution's parameters overflowed for this batch
+                finite = False
             progress["step"] += 1
-            if average is not None:
-                average.update(model, progress["step"])
-            losses.append(loss.item())
-            speed = count * config.batch_size / (time.perf_counter() - epoch_start)
-            bar.set_postfix(loss=f"{losses[-1]:.1f}", img_s=f"{speed:.1f}")
-            if bar.disable and time.perf_counter() - last_report > 60:  # no terminal: a line a minute
-                last_report = time.perf_counter()
-                log(f"  step {progress['step']}: loss {np.mean(losses[-50:]):.1f}, {speed:.1f} images/s")
-            writer.add_scalar("train/loss", losses[-1], progress["step"])
+            if finite:
+                bad_in_a_row = 0
+                optimiser.step()
+                if average is not None:
+                    average.update(model, progress["step"])
+                losses.append(loss.item())
+                speed = count * config.batch_size / (time.perf_counter() - epoch_start)
+                bar.set_postfix(loss=f"{losses[-1]:.1f}", img_s=f"{speed:.1f}")
+                if bar.disable and time.perf_counter() - last_report > 60:  # no terminal: a line a minute
+                    last_report = time.perf_counter()
+                    log(f"  step {progress['step']}: loss {np.mean(losses[-50:]):.1f}, {speed:.1f} images/s")
+                writer.add_scalar("train/loss", losses[-1], progress["step"])
+            else:  # never into the weights: skip the step, say so, stop if it keeps happening
+                optimiser.zero_grad(set_to_none=True)
+                progress["bad_steps"] = progress.get("bad_steps", 0) + 1
+                bad_in_a_row += 1
+                log(f"step {progress['step']}: non-finite loss or gradients, step skipped "
+                    f"({bad_in_a_row} in a row, {progress['bad_steps']} in all)")
+                if bad_in_a_row >= config.max_bad_steps:
+                    raise RunError(
+                        f"training stopped at step {progress['step']}: {bad_in_a_row} steps in a row had a non-finite "
+                        f"loss or gradients (the weights saved so far are finite). Lower --lr (now {config.lr:g}) "
+                        "or --grad-clip, check the images for extreme values, and resume with --resume"
+                    )
             stop = time.perf_counter() - start > 60 * (config.max_minutes or math.inf) or progress["step"] >= last_step
             if config.val_every and (progress["step"] % config.val_every == 0 or stop):
                 validate_and_save()
@@ -185,7 +211,7 @@ def train(config: TrainConfig, log=print) -> dict:
     writer.close()
     return {
         "epochs": progress["epoch"], "steps": progress["step"], "minutes": progress["seconds"] / 60,
-        "best_val_ged": progress["best_ged"], "run_dir": str(out),
+        "best_val_ged": progress["best_ged"], "run_dir": str(out), "bad_steps": progress.get("bad_steps", 0),
     }
 
 
