@@ -76,6 +76,7 @@ class TrainConfig:
     seed: int = setting(0, "random seed (data order, augmentation, initialisation, validation draws)", low=0)
     device: str = setting("cpu", "cpu, cuda or cuda:N")
     resume: bool = setting(False, "continue the run in --out from its last state")
+    checkpoint_minutes: float = setting(5.0, "save the whole training state (state.pt) at least this often, besides each validation", above=0)
     num_classes: int | None = setting(help="number of classes (default: the largest label + 1)", low=2)
     in_channels: int | None = setting(help="read from the data", low=1, flag=False)
     spatial_dims: int | None = setting(help="read from the data", choices=(1, 2, 3), flag=False)

@@ -58,6 +58,7 @@ def train(config: TrainConfig, log=print) -> dict:
     # ---------------------------------------------------------------- run directory
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    state: dict = {}
     if config.resume:
         state_path = out / "state.pt"
         if not state_path.is_file():
@@ -75,7 +76,14 @@ def train(config: TrainConfig, log=print) -> dict:
             raise RunError(f"--resume: the saved optimiser state does not fit these settings ({error}); "
                            "resume with the settings the run was started with") from None
         progress = state["progress"]
-        rng = np.random.default_rng([config.seed, progress["epoch"]])
+        if "numpy_rng" in state:  # ssn >= 0.4: every random state and the place in the epoch
+            rng.bit_generator.state = json.loads(state["numpy_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            if average is not None and "average" in state:
+                average.module.load_state_dict(state["average"])
+        else:  # older runs: re-seeded by epoch, so not the run they replace
+            rng = np.random.default_rng([config.seed, progress["epoch"]])
+        _truncate_metrics(out / "metrics.jsonl", progress["step"])
     record = {**config.as_dict(), "architecture": model.spec.as_dict(), "ssn_version": __version__}
     if getattr(source, "label_map", None):  # volumes: how classes map back to the files' label values
         record["label_map"] = {str(k): v for k, v in source.label_map.items()}
@@ -90,6 +98,8 @@ def train(config: TrainConfig, log=print) -> dict:
 
     writer = SummaryWriter(str(out / "tensorboard"))
     generator = torch.Generator().manual_seed(config.seed + progress["step"])  # augmentation, reader choice
+    if config.resume and "generator" in state:
+        generator.set_state(state["generator"])
     start = time.perf_counter() - progress["seconds"]
     steps_per_epoch = math.ceil(len(source.train_items) / config.batch_size)
 
@@ -104,10 +114,31 @@ def train(config: TrainConfig, log=print) -> dict:
             shares.append(progress["step"] / (config.epochs * steps_per_epoch))
         return min(1.0, max(shares))
 
-    losses: list[float] = []
-    bad_in_a_row = 0
+    losses: list[float] = list(state.get("losses", [])) if config.resume else []
+    bad_in_a_row = int(state.get("bad_in_a_row", 0)) if config.resume else 0
+    epoch_order = state.get("order") if config.resume else None  # the interrupted epoch's order
+    last_checkpoint = time.perf_counter()
 
-    def validate_and_save() -> None:
+    def save_state(order: np.ndarray | None, position: int) -> None:
+        """Everything a resumed run needs to continue as if never stopped, atomically in state.pt:
+        weights (trained and averaged), optimiser, every random state, the epoch's order and the
+        batches of it done, the losses not yet logged."""
+        nonlocal last_checkpoint
+        progress["seconds"] = time.perf_counter() - start
+        progress["position"] = position
+        state = {
+            "model": model.state_dict(), "optimiser": optimiser.state_dict(), "progress": dict(progress),
+            "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+            "generator": generator.get_state(), "losses": list(losses), "bad_in_a_row": bad_in_a_row,
+        }
+        if order is not None:
+            state["order"] = torch.from_numpy(np.asarray(order))
+        if average is not None:
+            state["average"] = average.module.state_dict()
+        write_atomically(out / "state.pt", lambda p: torch.save(state, p))
+        last_checkpoint = time.perf_counter()
+
+    def validate_and_save(order: np.ndarray | None, position: int) -> None:
         """Validation GED^2 of the evaluated weights on the fixed subset; last and best weights saved."""
         try:
             val = _validate(evaluated, val_set, config, device)
@@ -130,8 +161,7 @@ def train(config: TrainConfig, log=print) -> dict:
         if val["ged"] < progress["best_ged"]:
             progress["best_ged"] = val["ged"]
             save_weights(evaluated, out / "best.safetensors")
-        state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "progress": progress}
-        write_atomically(out / "state.pt", lambda p: torch.save(state, p))
+        save_state(order, position)
         log(
             f"step {entry['step']} (epoch {entry['epoch']}): loss {entry['train_loss']:.2f}, "
             f"val GED^2({config.val_samples}) {val['ged']:.4f}, diversity {val['diversity']:.3f}, {entry['minutes']:.1f} min"
@@ -143,11 +173,15 @@ def train(config: TrainConfig, log=print) -> dict:
     while progress["epoch"] < last_epoch and progress["step"] < last_step and not stop:
         # ------------------------------------------------------------ one epoch of steps
         model.train()
-        order = rng.permutation(source.train_items)
+        if epoch_order is not None:  # resuming inside an epoch: its order, and the batches not yet done
+            order, done = epoch_order.numpy(), int(progress.get("position", 0))
+            epoch_order = None
+        else:
+            order, done = rng.permutation(source.train_items), 0
         batches = [np.sort(order[i : i + config.batch_size]) for i in range(0, order.size, config.batch_size)]
-        bar = tqdm(batches, desc=f"epoch {progress['epoch'] + 1}", file=sys.stderr, leave=False, disable=None)
+        bar = tqdm(batches[done:], desc=f"epoch {progress['epoch'] + 1}", file=sys.stderr, leave=False, disable=None)
         epoch_start = last_report = time.perf_counter()
-        for count, indices in enumerate(bar, 1):
+        for count, indices in enumerate(bar, done + 1):
             images, masks, roi = source.batch(indices, rng)  # roi: the region of interest of volumes, or None
             if config.augment:
                 if roi is not None:  # transformed alike, as one more label channel
@@ -201,18 +235,37 @@ def train(config: TrainConfig, log=print) -> dict:
                     )
             stop = time.perf_counter() - start > 60 * (config.max_minutes or math.inf) or progress["step"] >= last_step
             if config.val_every and (progress["step"] % config.val_every == 0 or stop):
-                validate_and_save()
+                validate_and_save(order, count)
                 model.train()
+            elif time.perf_counter() - last_checkpoint > 60 * config.checkpoint_minutes:
+                save_state(order, count)
             if stop:
                 break
         progress["epoch"] += 1
         if not config.val_every or (progress["epoch"] >= last_epoch and losses):
-            validate_and_save()
+            validate_and_save(None, 0)
+        elif not stop:
+            save_state(None, 0)  # an epoch's end: the next one draws its own order
     writer.close()
     return {
         "epochs": progress["epoch"], "steps": progress["step"], "minutes": progress["seconds"] / 60,
         "best_val_ged": progress["best_ged"], "run_dir": str(out), "bad_steps": progress.get("bad_steps", 0),
     }
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the lines of ``metrics.jsonl`` up to ``step`` (those of the resumed state), whole lines only."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a kill
+            continue
+        if entry.get("step", 0) <= step:
+            kept.append(line)
+    write_atomically(path, lambda p: p.write_text("".join(f"{line}\n" for line in kept)))
 
 
 def _parameter_groups(model, config: TrainConfig) -> list[dict]:
