@@ -117,3 +117,20 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_bitwise(data, tmp_pa
     assert [entry["step"] for entry in lines] == [8, 16, 24]  # no line lost or repeated by the resume
     whole_lines = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [e["val_ged"] for e in lines] == [e["val_ged"] for e in whole_lines]
+
+
+def test_resume_restores_the_runs_settings_and_refuses_a_conflicting_one(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--features", "4", "8", "--rank", "3",
+                 "--max-steps", "4", "--batch-size", "4", "--lr", "0.003", "--val-images", "4"]) == 0
+    # the documented example: only --out and --resume, and a longer budget
+    assert main(["train", "--out", str(run), "--resume", "--max-steps", "6"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["rank"] == 3 and config["features"] == [4, 8] and config["lr"] == 0.003 and config["max_steps"] == 6
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
+    capsys.readouterr()
+    for flag, value in (("--rank", "5"), ("--lr", "0.01"), ("--batch-size", "8"), ("--mc-samples", "4")):
+        assert main(["train", "--out", str(run), "--resume", flag, value]) == 2
+        err = capsys.readouterr().err
+        assert "settings differ" in err and flag[2:].replace("-", "_") in err
+    assert json.loads((run / "config.json").read_text()) == config  # untouched by the refusals
