@@ -24,7 +24,7 @@ EXAMPLES = {
   ssn train --data lidc.npz --out runs/pu --method prob-unet --encoder-features 16 32 64 128
   ssn train --data lidc.npz --out runs/ssn --model phiseg-unet --model-kwargs '{features: [16, 32, 64, 96, 96, 96, 96]}'
   ssn train --data lidc.npz --out runs/monai --model monai:BasicUNet --model-kwargs '{features: [16, 16, 32, 64, 128, 16]}'
-  ssn train --data lidc.npz --out runs/ssn --resume        # continue from last.safetensors""",
+  ssn train --out runs/ssn --resume                        # continue the run exactly, with its own settings""",
     "evaluate": """examples:
   ssn evaluate --run runs/ssn --data lidc.npz --split test --split-file split.json --out metrics.json
   ssn evaluate --run runs/ssn --data synthetic.npz --samples 16
