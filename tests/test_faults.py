@@ -134,3 +134,15 @@ def test_resume_restores_the_runs_settings_and_refuses_a_conflicting_one(data, t
         err = capsys.readouterr().err
         assert "settings differ" in err and flag[2:].replace("-", "_") in err
     assert json.loads((run / "config.json").read_text()) == config  # untouched by the refusals
+
+
+def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
+    from ssn.files import write_atomically
+
+    def fails(path):
+        path.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        write_atomically(tmp_path / "out.npz", fails)
+    assert list(tmp_path.iterdir()) == []

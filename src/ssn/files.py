@@ -17,8 +17,12 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -
     """
     path = Path(path)
     temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write(temporary)
-    os.replace(temporary, path)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:  # a failed or interrupted write leaves neither a temporary nor half a file
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def write_csv(rows: list[dict], path: str | os.PathLike) -> None:

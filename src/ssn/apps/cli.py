@@ -430,7 +430,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ssn: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ssn: interrupted", file=sys.stderr)
+        hint = ""
+        if getattr(args, "command", None) == "train" and getattr(args, "out", None):
+            hint = f"; continue from the last saved state with: ssn train --out {args.out} --resume"
+        print(f"ssn: interrupted{hint}", file=sys.stderr)
         return 130
 
 
