@@ -330,3 +330,15 @@ def test_a_2d_run_still_takes_a_single_nifti_image_and_calibrate_refuses_a_volum
     assert np.load(tmp_path / "out" / "samples.npz")["samples"].shape == (1, 2, 32, 32)
     assert main(["calibrate", "--run", str(run), "--data", str(volume_list)]) == 2
     assert "volume list" in capsys.readouterr().err
+
+
+def test_a_deterministic_network_through_sliding_windows_gives_identical_samples():
+    from ssn.models import ModelSpec, build
+
+    torch.manual_seed(0)
+    spec = ModelSpec(method="deterministic", backbone="unet", spatial_dims=3, in_channels=2, num_classes=3,
+                     backbone_kwargs={"features": [4, 8]})
+    dist = sliding_window_distribution(build(spec).eval(), torch.randn(2, 20, 18, 12), (8, 8, 8))
+    samples = dist.sample_labels(5, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(s, samples[0]) for s in samples)
+    assert torch.equal(samples[0, 0], dist.loc[0].argmax(0).to(torch.uint8))

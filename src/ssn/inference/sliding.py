@@ -70,14 +70,15 @@ def importance_map(window: Sequence[int], sigma_scale: float = 0.125) -> Tensor:
     return torch.exp(-0.5 * exponent).clamp_min(1e-3).float()
 
 
-def _distribution_of(output, eps: float = 1e-12) -> LowRankLogitDistribution:
+def _distribution_of(output) -> LowRankLogitDistribution:
     """A model's output as a distribution: an SSN's as it is; a deterministic network's logits
-    (B, C, *S) as a point mass (rank 0, a negligible diagonal)."""
+    (B, C, *S) as a point mass (rank 0, a zero diagonal: every sample is the logits' argmax)."""
     if isinstance(output, LowRankLogitDistribution):
         return output
     if isinstance(output, Tensor):
         return LowRankLogitDistribution(
-            output, output.new_zeros((output.shape[0], 0, *output.shape[1:])), torch.full_like(output, eps),
+            output, output.new_zeros((output.shape[0], 0, *output.shape[1:])), torch.zeros_like(output),
+            validate_args=False,
         )
     raise ConfigError(
         f"sliding-window inference needs a model that returns a logit distribution or logits; "
