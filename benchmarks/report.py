@@ -201,7 +201,16 @@ def brats_section() -> list[str]:
         lines += [f"On {title}:", ""]
         lines += _table(["model", "steps", "Dice WT", "Dice TC", "Dice ET", "GED² WT", "GED² TC", "GED² ET", "diversity WT"], rows)
         lines += [""]
-    lines += ["![BraTS test case: expert map and samples of the low-rank SSN](brats_samples.png)", ""]
+    lines += [
+        "![BraTS test case: expert map and samples of the low-rank SSN](brats_samples.png)", "",
+        "Data: BraTS 2013 cases as repackaged in DeepMedic's examples (CC BY-NC-SA 3.0): Menze, B. H., Jakab, A., "
+        "Bauer, S., et al. (2015). The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS). IEEE Transactions "
+        "on Medical Imaging, 34(10), 1993-2024; Kamnitsas, K., Ledig, C., Newcombe, V. F. J., et al. (2017). Efficient "
+        "multi-scale 3D CNN with fully connected CRF for accurate brain lesion segmentation. Medical Image Analysis, "
+        "36, 61-78. TCGA glioma cases from BraTS Toolkit's tutorial data: Kofler, F., Berger, C., Waldmannstetter, D., "
+        "et al. (2020). BraTS Toolkit. Frontiers in Neuroscience, 14, 125; images from The Cancer Imaging Archive "
+        "(Clark, K., et al. (2013). Journal of Digital Imaging, 26(6), 1045-1057), CC BY 3.0.", "",
+    ]
     return lines
 
 
