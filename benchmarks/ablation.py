@@ -66,7 +66,7 @@ def main() -> None:
             name, flags = pending.pop(0)
             run_dir = args.out / f"{name.replace(' ', '-').replace('/', '-').replace(',', '')}.seed{args.seed}"
             log = open(args.out / f"{run_dir.name}.log", "a" if args.evaluate_only else "w")
-            command = python + ["train", "--out", str(run_dir), *common, *shlex.split(flags)]
+            command = python + ["train", "--out", str(run_dir), "--overwrite", *common, *shlex.split(flags)]
             if args.evaluate_only:
                 command = [sys.executable, "-c", "pass"]
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -158,7 +158,7 @@ def main() -> None:
     slug = args.tag.replace(" ", "-").replace("/", "-")
     for name in args.models:
         run_dir = args.out / f"{name}.{slug}.seed{args.seed}"
-        train = [sys.executable, "-m", "ssn", "train", "--out", str(run_dir), *settings, *MODELS[name]]
+        train = [sys.executable, "-m", "ssn", "train", "--out", str(run_dir), "--overwrite", *settings, *MODELS[name]]
         if not args.skip_training:
             subprocess.run(train, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         minutes = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["minutes"]

@@ -125,7 +125,7 @@ def main() -> None:
         processes = {}
         for name in args.models:
             log = open(args.out / f"{name}.train.log", "w")
-            command = python + ["train", "--data", str(lists), "--out", str(args.out / name), *settings, *MODELS[name]]
+            command = python + ["train", "--data", str(lists), "--out", str(args.out / name), "--overwrite", *settings, *MODELS[name]]
             processes[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log)
         for name, (process, log) in processes.items():
             if process.wait() != 0:

@@ -123,7 +123,7 @@ def main() -> None:
     started = time.time()
     if not args.skip_training:
         order = list(reversed(models)) if args.one_at_a_time else models  # one at a time: low-rank first
-        commands = {m: python + ["train", "--out", str(args.out / m), *settings, *MODELS[m]] for m in order}
+        commands = {m: python + ["train", "--out", str(args.out / m), "--overwrite", *settings, *MODELS[m]] for m in order}
         run_all(commands, args.threads, args.out, "train", parallel=not args.one_at_a_time)
     trained = time.time()
     stochastic = [m for m in models if m != "deterministic" and (args.calibrate is None or m in args.calibrate)]

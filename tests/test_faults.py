@@ -146,3 +146,18 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
     with pytest.raises(OSError):
         write_atomically(tmp_path / "out.npz", fails)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_run_is_never_mixed_with_a_new_one(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    command = ["train", "--data", str(data), "--out", str(run), "--features", "4", "8", "--max-steps", "2",
+               "--batch-size", "4", "--val-images", "4"]
+    assert main(command) == 0
+    before = (run / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(command) == 2
+    assert "already holds a run" in capsys.readouterr().err and (run / "metrics.jsonl").read_text() == before
+    assert main(command + ["--overwrite", "--max-steps", "3"]) == 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["step"] == 3  # the old run's lines are gone
+    assert main(command + ["--overwrite", "--resume"]) == 2

@@ -244,6 +244,8 @@ def _resumed_settings(given: dict) -> dict:
 
     if not given.get("out"):
         raise ConfigError("--resume needs --out, the run directory to continue")
+    if given.get("overwrite"):
+        raise ConfigError("--resume and --overwrite contradict each other: continue the run, or start it over")
     path = Path(given["out"]) / "config.json"
     if not path.is_file():
         raise ConfigError(f"--resume: {path} does not exist; train without --resume first")
@@ -252,7 +254,7 @@ def _resumed_settings(given: dict) -> dict:
     except json.JSONDecodeError:
         raise ConfigError(f"--resume: {path} is not valid JSON; the run cannot be resumed") from None
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    settings = {k: v for k, v in saved.items() if k in names and k not in ("in_channels", "spatial_dims")}
+    settings = {k: v for k, v in saved.items() if k in names and k not in ("in_channels", "spatial_dims", "overwrite")}
     conflicts = [
         f"{k}: the run has {settings.get(k)!r}, the command gives {v!r}"
         for k, v in given.items() if k not in _RESUME_MAY_CHANGE and k in settings and not same(k, settings[k], v)

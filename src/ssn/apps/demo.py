@@ -53,7 +53,7 @@ def run_demo(out: str | Path = "ssn_demo", minutes: float = 0.8, seed: int = 0, 
         run_dir = _run_dir(out, name)
         config = TrainConfig(
             data=str(data_path), out=str(run_dir), split_file=str(split_path), features=[16, 32, 64],
-            max_minutes=minutes, batch_size=16, lr=3e-3, val_images=64, val_samples=16, seed=seed, **overrides,
+            max_minutes=minutes, batch_size=16, lr=3e-3, val_images=64, val_samples=16, seed=seed, overwrite=True, **overrides,
         )
         log(f"training {name} for {minutes:.1f} min ...")
         summary = train(config, log=lambda *_: None)
@@ -131,7 +131,7 @@ def run_demo_3d(out: str | Path = "ssn_demo_3d", minutes: float = 1.0, seed: int
         run_dir = _run_dir(out, name)
         config = TrainConfig(
             data=str(list_path), out=str(run_dir), patch_size=[24, 24, 24], patches_per_volume=8, features=[8, 16, 32],
-            max_minutes=minutes, batch_size=4, lr=3e-3, val_images=8, val_samples=8, seed=seed, **overrides,
+            max_minutes=minutes, batch_size=4, lr=3e-3, val_images=8, val_samples=8, seed=seed, overwrite=True, **overrides,
         )
         log(f"training {name} for {minutes:.1f} min ...")
         summary = train(config, log=lambda *_: None)

@@ -76,6 +76,7 @@ class TrainConfig:
     seed: int = setting(0, "random seed (data order, augmentation, initialisation, validation draws)", low=0)
     device: str = setting("cpu", "cpu, cuda or cuda:N")
     resume: bool = setting(False, "continue the run in --out from its last state")
+    overwrite: bool = setting(False, "start over in an --out that already holds a run, replacing its files")
     checkpoint_minutes: float = setting(5.0, "save the whole training state (state.pt) at least this often, besides each validation", above=0)
     num_classes: int | None = setting(help="number of classes (default: the largest label + 1)", low=2)
     in_channels: int | None = setting(help="read from the data", low=1, flag=False)
@@ -111,6 +112,8 @@ class TrainConfig:
                 raise ConfigError(f"features is the U-Nets' shorthand; give {self.model}'s arguments as model_kwargs")
             if "features" in self.model_kwargs and list(self.model_kwargs["features"]) != self.features:
                 raise ConfigError("features is given twice (features and model_kwargs.features) with different values")
+        if self.resume and self.overwrite:
+            raise ConfigError("resume and overwrite contradict each other: continue the run, or start it over")
         _check_device(self.device)
         if self.epochs is None and self.max_minutes is None and self.max_steps is None:
             self.epochs = 20

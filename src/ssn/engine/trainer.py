@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -57,7 +58,7 @@ def train(config: TrainConfig, log=print) -> dict:
 
     # ---------------------------------------------------------------- run directory
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare_run_dir(out, config)
     state: dict = {}
     if config.resume:
         state_path = out / "state.pt"
@@ -251,6 +252,31 @@ def train(config: TrainConfig, log=print) -> dict:
         "epochs": progress["epoch"], "steps": progress["step"], "minutes": progress["seconds"] / 60,
         "best_val_ged": progress["best_ged"], "run_dir": str(out), "bad_steps": progress.get("bad_steps", 0),
     }
+
+
+# What a run writes; --overwrite removes these before starting over.
+_RUN_FILES = ("config.json", "metrics.jsonl", "state.pt", "last.safetensors", "best.safetensors", "calibration.json")
+
+
+def _prepare_run_dir(out: Path, config: TrainConfig) -> None:
+    """Create ``out``; refuse one that holds a run unless resuming it or starting it over."""
+    held = [name for name in _RUN_FILES if (out / name).exists()]
+    if held and not (config.resume or config.overwrite):
+        raise RunError(f"{out} already holds a run ({', '.join(held)}): continue it with --resume, start it over "
+                       "with --overwrite, or choose another --out")
+    if config.overwrite:
+        import shutil
+
+        for name in held:
+            (out / name).unlink()
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_test.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise RunError(f"cannot write the run directory {out}: {error.strerror or error}; choose a writable --out") from None
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
