@@ -104,3 +104,13 @@ def test_phiseg_hdf5(tmp_path):
         f.create_dataset("other", data=np.zeros(3))
     with pytest.raises(DataError, match="none of the groups"):
         converters.phiseg_hdf5(tmp_path / "bad.hdf5")
+
+
+def test_phiseg_hdf5_refuses_negative_labels_instead_of_wrapping_them(tmp_path):
+    with h5py.File(tmp_path / "neg.hdf5", "w") as f:
+        f.create_dataset("train/images", data=np.zeros((1, 8, 8), np.float32))
+        labels = np.zeros((1, 8, 8, 2), np.int16)
+        labels[0, 0, 0, 0] = -1
+        f.create_dataset("train/labels", data=labels)
+    with pytest.raises(DataError, match=r"integers in \[0, 255\]; found values from -1"):
+        converters.phiseg_hdf5(tmp_path / "neg.hdf5")

@@ -161,3 +161,17 @@ def test_an_existing_run_is_never_mixed_with_a_new_one(data, tmp_path, capsys):
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["step"] == 3  # the old run's lines are gone
     assert main(command + ["--overwrite", "--resume"]) == 2
+
+
+def test_an_unwritable_evaluate_out_is_refused_before_the_work(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--features", "4", "8", "--max-steps", "1",
+                 "--batch-size", "4", "--val-images", "4"]) == 0
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--data", str(data), "--out", str(blocker / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ssn: error: cannot write") and "images" not in err  # refused before any image
+    assert main(["train", "--data", str(data), "--out", str(blocker / "run")]) == 2
+    assert "cannot write" in capsys.readouterr().err

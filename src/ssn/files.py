@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["write_atomically", "write_csv"]
+__all__ = ["write_atomically", "write_csv", "check_writable"]
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
@@ -36,3 +36,21 @@ def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
             writer.writerows(rows)
 
     write_atomically(path, write)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Make ``path``'s folder and check a file can be written there, before any long work.
+
+    Raises:
+        RunError: the folder cannot be made or written, naming the reason.
+    """
+    from .errors import RunError
+
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise RunError(f"cannot write {path}: {error.strerror or error}; choose another --out") from None

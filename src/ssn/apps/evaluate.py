@@ -21,7 +21,7 @@ import torch
 from .. import metrics
 from ..engine.checkpoints import load_run, write_json
 from ..errors import ConfigError
-from ..files import write_csv
+from ..files import check_writable, write_csv
 from ..inference import images_to_predict, predict_batches
 
 __all__ = ["evaluate"]
@@ -47,6 +47,8 @@ def evaluate(
     """
     if num_samples < 2 or batch_size < 1:
         raise ConfigError(f"need --samples >= 2 and --batch-size >= 1; got {num_samples} and {batch_size}")
+    if out is not None:
+        check_writable(out)  # before minutes of work, not after
     model, config = load_run(run_dir, temperature=temperature)
     model.to(device)
     data, indices = images_to_predict(model, data_path, split, split_file, default_split="test")

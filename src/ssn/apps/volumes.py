@@ -29,7 +29,7 @@ from ..data.volumes import (
 )
 from ..engine.checkpoints import load_run, write_json
 from ..errors import ConfigError, DataError
-from ..files import write_csv
+from ..files import check_writable, write_csv
 from ..inference.sliding import predict_volume, roi_box
 from ..metrics.regions import class_structures, structure_metrics
 
@@ -173,6 +173,8 @@ def evaluate_volumes(
     """Evaluate a 3D run on the cases of one split of a volume list (see the module)."""
     if num_samples < 2:
         raise ConfigError(f"need --samples >= 2; got {num_samples}")
+    if out is not None:
+        check_writable(out)  # before minutes of work, not after
     model, config = _prepare(run_dir, temperature, device)
     window = _window(config, window)
     listing = load_volume_list(data_path)

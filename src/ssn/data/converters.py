@@ -143,6 +143,9 @@ def phiseg_hdf5(path: str | os.PathLike) -> tuple[SegmentationArrays, dict[str, 
             image, label = np.asarray(handle[group]["images"]), np.asarray(handle[group]["labels"])
             if label.ndim != 4 or image.shape != label.shape[:3]:
                 raise DataError(f"{path}:{group}: images {image.shape} and labels {label.shape} do not match")
+            if label.size and (label.min() < 0 or label.max() > 255 or not np.array_equal(label, np.round(label))):
+                raise DataError(f"{path}:{group}: labels must be integers in [0, 255]; found values from "
+                                f"{label.min()} to {label.max()}")
             images.append(image.astype(np.float32))
             masks.append(np.moveaxis(label, -1, 1).astype(np.uint8))
             names = [f"phiseg-{group}-{i:05d}" for i in range(image.shape[0])]

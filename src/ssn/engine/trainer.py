@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from .checkpoints import load_weights, save_weights, write_json
 from .config import TrainConfig, model_spec
 from .optim import WeightAverage, learning_rate_factor
 from .sources import ValidationSet, open_source
-from ..files import write_atomically
+from ..files import check_writable, write_atomically
 
 __all__ = ["train"]
 
@@ -270,13 +269,7 @@ def _prepare_run_dir(out: Path, config: TrainConfig) -> None:
         for name in held:
             (out / name).unlink()
         shutil.rmtree(out / "tensorboard", ignore_errors=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_test.{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise RunError(f"cannot write the run directory {out}: {error.strerror or error}; choose a writable --out") from None
+    check_writable(out / "config.json")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
