@@ -12,11 +12,12 @@ __all__ = ["write_atomically", "write_csv", "check_writable"]
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
     """Call ``write(temporary)`` and rename the temporary file onto ``path``.
 
-    The temporary name keeps the suffix (``.name.tmp.npz`` for ``name.npz``), so writers that
-    append a missing suffix, as ``numpy.savez`` does, write to it as given.
+    The temporary name keeps the whole name as its ending (``.tmp.name.nii.gz`` for
+    ``name.nii.gz``), so writers that go by the ending (nibabel) or append a missing suffix
+    (``numpy.savez``) write to it as given.
     """
     path = Path(path)
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    temporary = path.with_name(f".tmp.{path.name}")
     try:
         write(temporary)
         os.replace(temporary, path)

@@ -17,7 +17,6 @@ sample diversity, Hungarian-matched IoU and the Dice of the mean prediction.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from ..data.volumes import (
 )
 from ..engine.checkpoints import load_run, write_json
 from ..errors import ConfigError, DataError
-from ..files import check_writable, write_csv
+from ..files import check_writable, write_atomically, write_csv
 from ..inference.sliding import predict_volume, roi_box
 from ..metrics.regions import class_structures, structure_metrics
 
@@ -89,9 +88,7 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
 
     image = nibabel.Nifti1Image(array, affine)
     image.header.set_data_dtype(array.dtype)
-    temporary = path.with_name(f".tmp.{path.name}")  # keeps the .nii.gz ending nibabel goes by
-    nibabel.save(image, str(temporary))
-    os.replace(temporary, path)
+    write_atomically(path, lambda temporary: nibabel.save(image, str(temporary)))
 
 
 def sample_volumes(

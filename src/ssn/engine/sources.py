@@ -22,7 +22,7 @@ from ..data.arrays import SegmentationArrays, load_arrays
 from ..data.patches import PatchSampler
 from ..data.splits import holdout_split, select_split
 from ..data.volumes import VolumeList, is_volume_list, load_volume_list, read_case
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..inference import image_tensor
 
 __all__ = ["ValidationSet", "ArraySource", "PatchSource", "open_source"]
@@ -81,13 +81,11 @@ class PatchSource:
             raise ConfigError("training on volumes needs patch_size, e.g. --patch-size 64 64 64")
         self.listing = listing
         train_cases = listing.split(config.train_split)
-        val_name = config.val_split if _has_split(listing, config.val_split) else None
-        if val_name is None:
-            raise DataError(f"{listing.path} has no {config.val_split!r} split to validate on; add \"validation\" cases")
+        val_cases = listing.split(config.val_split)  # a missing split is refused there, naming those it has
         self.label_map, self.sequences = listing.label_map, listing.sequences
         self.train = PatchSampler([read_case(c, self.label_map) for c in train_cases], config.patch_size,
                                   config.foreground_share)
-        self.val = PatchSampler([read_case(c, self.label_map) for c in listing.split(val_name)], config.patch_size,
+        self.val = PatchSampler([read_case(c, self.label_map) for c in val_cases], config.patch_size,
                                 config.foreground_share)
         self.train_items = np.repeat(np.arange(len(train_cases)), config.patches_per_volume)
         self.in_channels, self.spatial_dims = listing.in_channels, 3
@@ -108,14 +106,6 @@ class PatchSource:
     def batch(self, items: np.ndarray, rng: np.random.Generator):
         images, masks, roi = self.train.draw_many(items, rng)
         return torch.from_numpy(images), torch.from_numpy(masks).long(), torch.from_numpy(roi)
-
-
-def _has_split(listing: VolumeList, name: str) -> bool:
-    try:
-        listing.split(name)
-    except DataError:
-        return False
-    return True
 
 
 def open_source(config):
