@@ -27,6 +27,8 @@ from torch import Tensor
 from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
 
+from .randomness import Generators, standard_normal
+
 __all__ = ["LowRankLogitDistribution", "LogitNoise", "labels_from_logits", "NonFiniteError"]
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -202,7 +204,7 @@ class LowRankLogitDistribution(Distribution):
         self,
         sample_shape: int | Sequence[int] | torch.Size = torch.Size(),
         antithetic: bool = False,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> Tensor:
         """Draw reparameterised logit maps, shape (*sample_shape, B, C, *S).
 
@@ -213,7 +215,8 @@ class LowRankLogitDistribution(Distribution):
             antithetic: draw ``n / 2`` deviations e = P z + sqrt(D) eps and return the pairs
                 mu + e and mu - e: along the flattened sample dimensions, sample ``i`` and
                 sample ``i + n / 2`` form a pair. ``n`` must then be even.
-            generator: an optional ``torch.Generator`` for reproducible draws.
+            generator: an optional ``torch.Generator`` for reproducible draws, or one per batch
+                element (see :mod:`ssn.randomness`).
         """
         sample_shape = _as_size(sample_shape)
         n = sample_shape.numel()
@@ -237,13 +240,13 @@ class LowRankLogitDistribution(Distribution):
     def _draw_deviation(self, num: int, generator: torch.Generator | None) -> Tensor:
         """P z + sqrt(D) eps for ``num`` draws, shape (B, num, N), without expanding P."""
         batch, size = self._loc_flat.shape
-        options = dict(dtype=self.loc.dtype, device=self.loc.device, generator=generator)
+        options = dict(dtype=self.loc.dtype, device=self.loc.device)
         scale = self._diag_flat.sqrt().unsqueeze(1)  # (B, 1, N)
-        deviation = torch.randn(batch, num, size, **options)
+        deviation = standard_normal((batch, num, size), generator, 0, **options)
         # In place where autograd allows it: every buffer of n maps counts at 3D sizes.
         deviation = deviation * scale if scale.requires_grad else deviation.mul_(scale)
         if self.rank > 0:
-            z = torch.randn(batch, num, self.rank, **options)
+            z = standard_normal((batch, num, self.rank), generator, 0, **options)
             # (B, num, R) @ (B, R, N): one batched product for all samples.
             deviation.baddbmm_(z, self._factor_flat)
         return deviation
@@ -253,7 +256,7 @@ class LowRankLogitDistribution(Distribution):
         num_samples: int,
         chunk_size: int = 16,
         antithetic: bool = False,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> Tensor:
         """Draw label maps: the per-pixel argmax of ``num_samples`` logit samples.
 
@@ -289,15 +292,15 @@ class LowRankLogitDistribution(Distribution):
         return out
 
     # --------------------------------------------------------------- steering the draws
-    def draw_noise(self, num_samples: int, generator: torch.Generator | None = None) -> "LogitNoise":
+    def draw_noise(self, num_samples: int, generator: Generators = None) -> "LogitNoise":
         """The standard normal draws behind ``num_samples`` samples, kept so that they can be
         replayed, rescaled or edited: z (n, B, R) and eps (n, B, C, *S)."""
         if num_samples < 0:
             raise ValueError(f"num_samples must be >= 0; got {num_samples}")
-        options = dict(dtype=self.loc.dtype, device=self.loc.device, generator=generator)
+        options = dict(dtype=self.loc.dtype, device=self.loc.device)
         return LogitNoise(
-            torch.randn((num_samples, *self.batch_shape, self.rank), **options),
-            torch.randn((num_samples, *self.batch_shape, *self.event_shape), **options),
+            standard_normal((num_samples, *self.batch_shape, self.rank), generator, 1, **options),
+            standard_normal((num_samples, *self.batch_shape, *self.event_shape), generator, 1, **options),
         )
 
     def deviation_from_noise(self, noise: "LogitNoise") -> Tensor:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .distributions import LowRankLogitDistribution
+from .randomness import Generators
 
 __all__ = ["ssn_loss", "SSNLoss", "monte_carlo_log_likelihood", "prepare_target", "per_image_cross_entropy"]
 
@@ -104,19 +105,23 @@ SAMPLES_PER_CHUNK = 4
 
 def _chunked_map_log_likelihoods(
     distribution: LowRankLogitDistribution, target: Tensor, weights: Tensor | None, num_samples: int,
-    antithetic: bool, binary: bool,
+    antithetic: bool, binary: bool, generator: Generators = None,
 ) -> Tensor:
     """The (M, B) map log-likelihoods, ``SAMPLES_PER_CHUNK`` samples at a time, each chunk under
     activation checkpointing: the backward pass redraws the chunk's noise (the random state is
     restored, so the draw is the same) instead of keeping M logit maps. Memory holds one chunk
-    of logit maps instead of M of them; the cost is a second draw per chunk. Same estimator."""
+    of logit maps instead of M of them; the cost is a second draw per chunk. Same estimator.
+    Explicit generators are rewound to their state at the chunk's start for the redraw."""
     from torch.utils.checkpoint import checkpoint
 
     source = distribution.class_contrast(1, 0) if binary else distribution
+    generators = [] if generator is None else [generator] if isinstance(generator, torch.Generator) else list(generator)
 
-    def chunk_log_lik(loc: Tensor, factor: Tensor, diag: Tensor, count: int) -> Tensor:
+    def chunk_log_lik(loc: Tensor, factor: Tensor, diag: Tensor, count: int, states: list) -> Tensor:
+        for g, state in zip(generators, states):
+            g.set_state(state)
         dist = LowRankLogitDistribution(loc, factor, diag, validate_args=False)
-        draws = dist.rsample((count,), antithetic=antithetic)
+        draws = dist.rsample((count,), antithetic=antithetic, generator=generator)
         if binary:
             return _binary_map_log_likelihoods(draws[:, :, 0], target, weights)
         return _map_log_likelihoods(draws, target, weights)
@@ -125,7 +130,8 @@ def _chunked_map_log_likelihoods(
     parts = []
     for start in range(0, num_samples, step):
         count = min(step, num_samples - start)
-        parts.append(checkpoint(chunk_log_lik, source.loc, source.cov_factor, source.cov_diag, count,
+        states = [g.get_state() for g in generators]
+        parts.append(checkpoint(chunk_log_lik, source.loc, source.cov_factor, source.cov_diag, count, states,
                                 use_reentrant=False, preserve_rng_state=True))
     return torch.cat(parts)
 
@@ -140,6 +146,7 @@ def ssn_loss(
     normalize_by_pixels: bool = False,
     reduction: str = "mean",
     check_inputs: bool = True,
+    generator: Generators = None,
 ) -> Tensor:
     """Negative Monte Carlo log-likelihood of label maps under an SSN's logit distribution.
 
@@ -156,6 +163,8 @@ def ssn_loss(
         reduction: ``"mean"`` over the batch (the paper's objective), ``"sum"`` or ``"none"`` (B,).
         check_inputs: raise ``ValueError`` on NaN or infinite distribution parameters even
             when the distribution was built without value validation.
+        generator: the noise's source: ``None`` (PyTorch's global generator), one generator,
+            or one per image, so that an image's noise is the same in any batch (:mod:`ssn.randomness`).
 
     Returns:
         A scalar (or (B,) with ``reduction="none"``).
@@ -178,13 +187,14 @@ def ssn_loss(
     values = num_samples * distribution.loc[:, :1 if binary else None].numel()
     if values > CHUNK_ABOVE and (num_samples > SAMPLES_PER_CHUNK) and torch.is_grad_enabled():
         # Large maps (volumes): a few samples at a time, recomputed in the backward pass.
-        loss = -_log_mean_exp(_chunked_map_log_likelihoods(distribution, target, weights, num_samples, antithetic, binary))
+        loss = -_log_mean_exp(_chunked_map_log_likelihoods(distribution, target, weights, num_samples, antithetic, binary,
+                                                                generator))
     elif binary:
         # Only the log-odds eta_1 - eta_0 matter: sample them directly, with half the draws.
-        margin = distribution.class_contrast(1, 0).rsample((num_samples,), antithetic=antithetic)
+        margin = distribution.class_contrast(1, 0).rsample((num_samples,), antithetic=antithetic, generator=generator)
         loss = -_binary_log_likelihood(margin[:, :, 0], target, weights)
     else:
-        logit_samples = distribution.rsample((num_samples,), antithetic=antithetic)
+        logit_samples = distribution.rsample((num_samples,), antithetic=antithetic, generator=generator)
         loss = -_log_likelihood(logit_samples, target, weights)
     if normalize_by_pixels:
         if weights is None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .. import metrics
+from ..distributed import join
 from ..engine.checkpoints import CALIBRATION_FILE, load_run, write_json
 from ..errors import ConfigError
 from ..inference import images_to_predict, predict_batches
@@ -51,6 +52,7 @@ def calibrate(
         raise ConfigError(f"temperatures must be positive numbers; got {temperatures}")
     if num_samples < 2:
         raise ConfigError(f"need --samples >= 2 to measure the spread; got {num_samples}")
+    world, device = join(device)
     model, config = load_run(run_dir, temperature=1.0)
     if model.method == "deterministic":
         raise ConfigError("a deterministic model has no spread to calibrate; calibrate an ssn or prob-unet run")
@@ -63,21 +65,23 @@ def calibrate(
     for t in temperatures:
         model.temperature = t
         ged = metrics.GeneralizedEnergyDistance(model.num_classes)
-        generator = torch.Generator(device).manual_seed(seed)  # the same draws at every temperature
-        for chunk, labels in predict_batches(model, data.images, indices, num_samples, batch_size, device, generator):
+        # image i draws from (seed, i): the same draws at every temperature, in every process
+        for chunk, labels in predict_batches(model, data.images, world.shard(indices), num_samples, batch_size, device,
+                                             seed=seed):
             ged.update(labels, torch.from_numpy(np.ascontiguousarray(data.masks[chunk])))
         estimate = ged.compute()
         curve.append({"temperature": t, "ged": estimate.mean, "stderr": estimate.stderr})
-        log(f"  t = {t:g}: GED^2({num_samples}) {estimate.mean:.4f} +- {estimate.stderr:.4f}")
+        if world.main:
+            log(f"  t = {t:g}: GED^2({num_samples}) {estimate.mean:.4f} +- {estimate.stderr:.4f}")
     best = min(curve, key=lambda point: point["ged"])
     result = {
         "temperature": best["temperature"], "ged": best["ged"], "ged_at_1": _at(curve, 1.0),
         "num_samples": num_samples, "num_images": int(indices.size), "data": str(data_path),
         "split": split if split_file else "all", "seed": seed, "seconds": time.perf_counter() - start, "curve": curve,
     }
-    if write:
+    if write and world.main:
         write_json(result, Path(run_dir) / CALIBRATION_FILE)
-    log(
+    (log if world.main else (lambda *_: None))(
         f"temperature {best['temperature']:g}: validation GED^2({num_samples}) {best['ged']:.4f} "
         f"(at t = 1: {_describe(_at(curve, 1.0))}) on {indices.size} images"
         + (f"; stored in {Path(run_dir) / CALIBRATION_FILE}" if write else "")

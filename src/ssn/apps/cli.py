@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(handler=_train)
 
     e = command("evaluate", "evaluate a run: GED^2, diversity, HM-IoU, Dice, ECE")
-    e.add_argument("--run", required=True, help="run directory written by ssn train")
+    e.add_argument("--run", "--run-dir", dest="run", required=True, help="run directory written by ssn train (--run-dir under torchrun, whose own --run-path takes --run)")
     e.add_argument("--data", required=True, help="dataset .npz, or a volume list .json")
     e.add_argument("--split", help="split name (with --split-file, or of a volume list; default test)")
     e.add_argument("--split-file", help="JSON split file; without it every image is used")
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(handler=_evaluate)
 
     k = command("calibrate", "choose the sampling temperature of a run on validation data")
-    k.add_argument("--run", required=True, help="run directory written by ssn train")
+    k.add_argument("--run", "--run-dir", dest="run", required=True, help="run directory written by ssn train (--run-dir under torchrun, whose own --run-path takes --run)")
     k.add_argument("--data", required=True, help="dataset .npz")
     k.add_argument("--split", help="split name (with --split-file; default val)")
     k.add_argument("--split-file", help="JSON split file; without it every image is used")
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(handler=_calibrate)
 
     s = command("sample", "draw samples for new images and plot them")
-    s.add_argument("--run", required=True, help="run directory written by ssn train")
+    s.add_argument("--run", "--run-dir", dest="run", required=True, help="run directory written by ssn train (--run-dir under torchrun, whose own --run-path takes --run)")
     s.add_argument("--input", required=True, nargs="+",
                    help="image (.png, .npy), dataset .npz; or volumes: a list .json, a case folder, or NIfTI files (one per channel)")
     s.add_argument("--split", help="volume lists: the split to sample (default: every case)")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(handler=_demo)
 
     x = command("explore", "a local web page to steer a run's samples (pip install 'ssn[explorer]')")
-    x.add_argument("--run", required=True, help="run directory written by ssn train (an SSN), or pretrained:NAME")
+    x.add_argument("--run", "--run-dir", dest="run", required=True, help="run directory written by ssn train (an SSN), or pretrained:NAME")
     x.add_argument("--data", help="dataset .npz whose images can be picked")
     x.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     x.add_argument("--port", type=int, default=7860)
@@ -221,7 +221,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 # Settings a resumed run may change: its budget, where and how often it validates, checkpoints, runs.
-_RESUME_MAY_CHANGE = {"resume", "out", "epochs", "max_minutes", "max_steps", "device", "val_every",
+_RESUME_MAY_CHANGE = {"resume", "out", "epochs", "max_minutes", "max_steps", "device", "val_every", "workers",
+                      "precision", "compile",
                       "checkpoint_minutes", "max_bad_steps"}
 
 
@@ -437,6 +438,10 @@ def main(argv: list[str] | None = None) -> int:
             hint = f"; continue from the last saved state with: ssn train --out {args.out} --resume"
         print(f"ssn: interrupted{hint}", file=sys.stderr)
         return 130
+    finally:
+        from ..distributed import leave
+
+        leave()  # under torchrun: the process group this command joined
 
 
 if __name__ == "__main__":

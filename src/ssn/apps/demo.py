@@ -93,8 +93,7 @@ def _figures(out: Path, data, split: dict, seed: int) -> Path:
     for name in MODELS:
         run_dir = _run_dir(out, name)
         model, _ = load_run(run_dir)
-        generator = torch.Generator().manual_seed(seed)
-        ((_, labels),) = predict_batches(model, data.images, test, 16, batch_size=len(test), generator=generator)
+        ((_, labels),) = predict_batches(model, data.images, test, 16, batch_size=len(test), seed=seed)
         labels = labels.numpy()
         for j, index in enumerate(test):
             mean = metrics.class_frequencies(labels[j], 2).numpy()

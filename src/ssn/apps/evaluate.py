@@ -19,10 +19,12 @@ import numpy as np
 import torch
 
 from .. import metrics
+from ..distributed import join
 from ..engine.checkpoints import load_run, write_json
 from ..errors import ConfigError
 from ..files import check_writable, write_csv
 from ..inference import images_to_predict, predict_batches
+from ..progress import progress
 
 __all__ = ["evaluate"]
 
@@ -43,23 +45,28 @@ def evaluate(
     """Evaluate ``run_dir``'s best weights on ``data_path`` (all images, or one split).
 
     Samples are drawn at ``temperature``: by default the run's calibrated one (``ssn
-    calibrate``), else 1. The summary records the temperature used.
+    calibrate``), else 1. The summary records the temperature used. Image ``i`` draws its
+    samples from (seed, i), so the figures do not depend on the batch size; under ``torchrun``
+    each process evaluates its share of the images and the first one writes the results, the
+    same as one process would.
     """
     if num_samples < 2 or batch_size < 1:
         raise ConfigError(f"need --samples >= 2 and --batch-size >= 1; got {num_samples} and {batch_size}")
-    if out is not None:
+    world, device = join(device)
+    if out is not None and world.main:
         check_writable(out)  # before minutes of work, not after
     model, config = load_run(run_dir, temperature=temperature)
     model.to(device)
     data, indices = images_to_predict(model, data_path, split, split_file, default_split="test")
     num_classes = model.num_classes
     matched = tuple(sorted({min(16, num_samples), num_samples}))
-    generator = torch.Generator(device).manual_seed(seed)
     per_image = metrics.ImageMetrics(num_classes, matched)
     ece = metrics.ExpectedCalibrationError(num_classes)
     rows = []
     start = time.perf_counter()
-    for chunk, labels in predict_batches(model, data.images, indices, num_samples, batch_size, device, generator):
+    mine = world.shard(indices)
+    batches = predict_batches(model, data.images, mine, num_samples, batch_size, device, seed=seed)
+    for chunk, labels in progress(batches, -(-len(mine) // batch_size), "evaluate (batches)", world.main):
         annotations = torch.from_numpy(np.ascontiguousarray(data.masks[chunk]))
         ece.update(labels, annotations)
         truths = [data.truth(i) for i in chunk] if data.truth_maps is not None else None
@@ -67,7 +74,8 @@ def evaluate(
             patient = {"patient": str(data.patient[index])} if data.patient is not None else {}
             rows.append({"index": int(index), **patient, **values})
     seconds = time.perf_counter() - start
-    figures = per_image.compute()
+    rows = sorted((row for part in world.gather(rows) for row in part), key=lambda row: row["index"])
+    figures = per_image.compute()  # summed over the processes
     summary = {key: figures[key].as_dict() for key in ("ged", "diversity", "dice", "ged_truth") if key in figures}
     summary["hm_iou"] = {str(n): figures[f"hm_iou_{n}"].as_dict() for n in matched}
     summary["ged_at"] = {str(n): figures[f"ged_{n}"].as_dict() for n in matched}
@@ -77,12 +85,13 @@ def evaluate(
         split=split if split_file else "all", seconds=seconds, temperature=model.temperature,
         model=config["architecture"],
     )
-    if out is not None:
+    if out is not None and world.main:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(summary, out)
         write_csv(rows, out.with_suffix(".csv"))
-    log(_describe(summary))
+    if world.main:
+        log(_describe(summary))
     return summary
 
 

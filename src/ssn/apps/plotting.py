@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..files import write_atomically
+
 __all__ = ["plot_samples", "middle_slice"]
 
 
@@ -47,5 +49,5 @@ def plot_samples(image, samples, mean, entropy, path, max_samples: int = 8, titl
     if title:
         figure.suptitle(title, fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=80)
+    write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=80, format="png"))
     plt.close(figure)

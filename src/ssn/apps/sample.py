@@ -16,10 +16,12 @@ import torch
 
 from .. import metrics
 from ..data.arrays import load_arrays
+from ..distributed import join
 from ..engine.checkpoints import load_run
 from ..errors import ConfigError, DataError
-from ..files import write_atomically
+from ..files import check_writable, write_atomically
 from ..inference import predict_batches
+from ..progress import progress
 from .plotting import plot_samples
 
 __all__ = ["read_images", "sample_run"]
@@ -32,12 +34,19 @@ def read_images(path: str | os.PathLike, in_channels: int, spatial_dims: int) ->
         raise DataError(f"no such input file: {path}")
     name = path.name.lower()
     if name.endswith(".npz"):
-        return np.asarray(load_arrays(path).images)
+        images = load_arrays(path).images
+        if images.shape[1] != in_channels or images.ndim - 2 != spatial_dims:
+            raise DataError(f"{path} holds images of shape {images.shape[1:]} (channels first); the model takes "
+                            f"{in_channels} channel(s) and {spatial_dims} spatial dims: sample with a run trained on such images")
+        return np.asarray(images)
     if name.endswith(".png"):
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("L" if in_channels == 1 else "RGB"))
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("L" if in_channels == 1 else "RGB"))
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise DataError(f"{path} is not a readable PNG image ({type(error).__name__}); check the file") from None
         array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
     elif name.endswith(".npy"):
         try:
@@ -69,25 +78,37 @@ def sample_run(
 ) -> Path:
     """Draw ``num_samples`` label maps per input image; write ``samples.npz`` and figures to ``out``.
 
-    Figures are drawn for the first ``max_figures`` images only (plotting is the slow part).
-    Samples are drawn at ``temperature``, by default the run's calibrated one, else 1.
+    Figures are drawn for the first ``max_figures`` images only (plotting is the slow part);
+    figures left in ``out`` by an earlier call are removed. Samples are drawn at
+    ``temperature``, by default the run's calibrated one, else 1; image ``i`` from (seed, i).
+    Under ``torchrun`` each process draws its share of the images; the first one writes.
     """
     if num_samples < 1 or batch_size < 1:
         raise ConfigError(f"need --samples >= 1 and a batch size >= 1; got {num_samples} and {batch_size}")
+    world, device = join(device)
+    out = Path(out)
+    if world.main:
+        check_writable(out / "samples.npz")
     model, config = load_run(run_dir, temperature=temperature)
     model.to(device)
     spec = config["architecture"]
     images = read_images(input_path, spec["in_channels"], spec["spatial_dims"])
-    generator = torch.Generator(device).manual_seed(seed)
-    batches = predict_batches(model, images, np.arange(len(images)), num_samples, batch_size, device, generator)
-    labels = np.concatenate([batch.numpy() for _, batch in batches])
+    mine = world.shard(np.arange(len(images)))
+    batches = predict_batches(model, images, mine, num_samples, batch_size, device, seed=seed)
+    parts = world.gather([(chunk, batch.numpy()) for chunk, batch in
+                          progress(batches, -(-len(mine) // batch_size), "sample (batches)", world.main)])
+    if not world.main:
+        return out / "samples.npz"
+    pieces = sorted(((int(i), s) for part in parts for chunk, batch in part for i, s in zip(chunk, batch)),
+                    key=lambda pair: pair[0])
+    labels = np.stack([s for _, s in pieces])
     num_classes = model.num_classes
     mean = np.stack([metrics.class_frequencies(s, num_classes).numpy() for s in labels])
     entropy = np.stack([metrics.entropy_map(s, num_classes).numpy() for s in labels])
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     write_atomically(out / "samples.npz", lambda p: np.savez_compressed(p, samples=labels, mean=mean, entropy=entropy))
     figures = min(max_figures, len(images))
+    for stale in out.glob("image_*.png"):  # an earlier call's figures would pass for this one's
+        stale.unlink()
     for i in range(figures):
         plot_samples(images[i], labels[i], mean[i], entropy[i], out / f"image_{i:04d}.png")
     log(

@@ -28,6 +28,7 @@ from ..data.volumes import (
 )
 from ..engine.checkpoints import load_run, write_json
 from ..errors import ConfigError, DataError
+from ..distributed import join
 from ..files import check_writable, write_atomically, write_csv
 from ..inference.sliding import predict_volume, roi_box
 from ..metrics.regions import class_structures, structure_metrics
@@ -68,11 +69,12 @@ def _cases(inputs: list[str], split: str | None, config: dict) -> list[VolumeCas
 
 
 def _prepare(run_dir, temperature, device):
+    world, device = join(device)
     model, config = load_run(run_dir, temperature=temperature)
     model.to(device)
     if config["architecture"]["spatial_dims"] != 3:
         raise ConfigError(f"{run_dir} is a {config['architecture']['spatial_dims']}D model; NIfTI volumes need a 3D one")
-    return model, config
+    return model, config, world, device
 
 
 def _window(config: dict, window: list[int] | None) -> list[int]:
@@ -98,12 +100,12 @@ def sample_volumes(
     """Draw ``num_samples`` label maps of each input volume and write them as NIfTI (see the module)."""
     if num_samples < 1:
         raise ConfigError(f"need --samples >= 1; got {num_samples}")
-    model, config = _prepare(run_dir, temperature, device)
+    model, config, world, device = _prepare(run_dir, temperature, device)
     window = _window(config, window)
     label_map = _label_map(config)
     values = _file_values(label_map, model.num_classes)
     written = []
-    for case in _cases(inputs, split, config):
+    for case in world.shard(_cases(inputs, split, config)):  # under torchrun, each process its share
         start = time.perf_counter()
         case = VolumeCase(case.id, case.images, [], case.mask)  # sampling needs no label map
         volume = read_case(case, label_map, cache=False)
@@ -170,16 +172,16 @@ def evaluate_volumes(
     """Evaluate a 3D run on the cases of one split of a volume list (see the module)."""
     if num_samples < 2:
         raise ConfigError(f"need --samples >= 2; got {num_samples}")
-    if out is not None:
+    model, config, world, device = _prepare(run_dir, temperature, device)
+    if out is not None and world.main:
         check_writable(out)  # before minutes of work, not after
-    model, config = _prepare(run_dir, temperature, device)
     window = _window(config, window)
     listing = load_volume_list(data_path)
     label_map = listing.label_map
     structures = structures_for(label_map, model.num_classes)
     matched = tuple(sorted({min(16, num_samples), num_samples}))
     rows, start = [], time.perf_counter()
-    for case in listing.split(split):
+    for case in world.shard(listing.split(split)):  # under torchrun, each process its share
         volume = read_case(case, label_map)
         _check_channels(volume, config)
         if volume.labels is None:
@@ -195,6 +197,8 @@ def evaluate_volumes(
             rows.append({"case": case.id, "structure": name, **values})
         log(f"{case.id}: " + ", ".join(f"{r['structure']} Dice {r['dice']:.3f} GED^2 {r['ged']:.3f}"
                                        for r in rows if r["case"] == case.id))
+    order = {case.id: k for k, case in enumerate(listing.split(split))}
+    rows = sorted((row for part in world.gather(rows) for row in part), key=lambda row: order[row["case"]])
     summary = {"structures": {}, "num_samples": num_samples, "num_cases": len({r["case"] for r in rows}),
                "run": str(run_dir), "data": str(data_path), "split": split, "temperature": model.temperature,
                "window": window, "overlap": overlap, "seconds": time.perf_counter() - start,
@@ -204,7 +208,7 @@ def evaluate_volumes(
         summary["structures"][name] = {
             key: _mean_and_stderr([r[key] for r in chosen]) for key in chosen[0] if key not in ("case", "structure")
         }
-    if out is not None:
+    if out is not None and world.main:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(summary, out)

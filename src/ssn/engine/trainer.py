@@ -24,84 +24,120 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__, metrics
-from ..data.augment import augment
 from ..distributions import NonFiniteError
-from ..errors import DataError, RunError
+from ..distributed import World, join, leave
+from ..errors import ConfigError, DataError, RunError
+from ..files import check_writable, write_atomically
 from ..inference import predict_batches
 from ..models import build
+from ..randomness import derive_seed
 from .checkpoints import load_weights, save_weights, write_json
 from .config import TrainConfig, model_spec
+from .loading import EpochBatches, TrainingExamples, default_workers, epoch_order, training_loader
 from .optim import WeightAverage, learning_rate_factor
 from .sources import ValidationSet, open_source
-from ..files import check_writable, write_atomically
 
 __all__ = ["train"]
 
 
 def train(config: TrainConfig, log=print) -> dict:
-    """Train as configured; return a summary (epochs, steps, best validation GED^2, paths)."""
+    """Train as configured; return a summary (epochs, steps, best validation GED^2, paths).
+
+    Under ``torchrun`` each process trains its share of every batch (DistributedDataParallel);
+    only the first process writes and logs. See :mod:`ssn.distributed`.
+    """
+    import torch.distributed as dist
+
+    joined = not (dist.is_available() and dist.is_initialized())
+    world, device = join(config.device)
+    try:
+        return _train(config, world, device, log if world.main else (lambda *_: None))
+    finally:
+        if joined and world.distributed:
+            leave()
+
+
+def _train(config: TrainConfig, world: World, device_name: str, log) -> dict:
     # ---------------------------------------------------------------- data
     source = open_source(config)  # images of an .npz, or patches of volumes
     _complete(config, source)
-    rng = np.random.default_rng(config.seed)
-    val_set = source.validation(config.val_images, rng)
+    val_set = source.validation(config.val_images, np.random.default_rng(config.seed))
+    examples = TrainingExamples(source, config)
+    workers = default_workers(world) if config.workers is None else config.workers
 
     # ---------------------------------------------------------------- model and optimiser
     torch.manual_seed(config.seed)
-    device = torch.device(config.device)
+    device = torch.device(device_name)
     model = build(model_spec(config)).to(device)
     optimiser = torch.optim.Adam(_parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
     evaluated = average.module if average is not None else model  # validated and saved
-    progress = {"epoch": 0, "step": 0, "seconds": 0.0, "best_ged": math.inf}
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    progress = {"epoch": 0, "step": 0, "seconds": 0.0, "best_ged": math.inf, "position": 0, "bad_steps": 0}
 
     # ---------------------------------------------------------------- run directory
     out = Path(config.out)
-    _prepare_run_dir(out, config)
+    _agree(world, lambda: _prepare_run_dir(out, config) if world.main else None)
     state: dict = {}
     if config.resume:
-        state_path = out / "state.pt"
-        if not state_path.is_file():
-            raise RunError(f"--resume: {state_path} does not exist; train without --resume first")
-        state = torch.load(state_path, weights_only=True)
+        state = _agree(world, lambda: _read_state(out))
         if "model" in state:
             model.load_state_dict(state["model"])
         else:  # written by ssn 0.2, where last.safetensors held the trained weights
             load_weights(model, out / "last.safetensors")
         if average is not None:
-            load_weights(average.module, out / "last.safetensors")
+            if "average" in state:
+                average.module.load_state_dict(state["average"])
+            else:
+                load_weights(average.module, out / "last.safetensors")
         try:
             optimiser.load_state_dict(state["optimiser"])
         except ValueError as error:
             raise RunError(f"--resume: the saved optimiser state does not fit these settings ({error}); "
                            "resume with the settings the run was started with") from None
-        progress = state["progress"]
-        if "numpy_rng" in state:  # ssn >= 0.4: every random state and the place in the epoch
-            rng.bit_generator.state = json.loads(state["numpy_rng"])
-            torch.set_rng_state(state["torch_rng"])
-            if average is not None and "average" in state:
-                average.module.load_state_dict(state["average"])
-        else:  # older runs: re-seeded by epoch, so not the run they replace
-            rng = np.random.default_rng([config.seed, progress["epoch"]])
-        _truncate_metrics(out / "metrics.jsonl", progress["step"])
-    record = {**config.as_dict(), "architecture": model.spec.as_dict(), "ssn_version": __version__}
+        if "scaler" in state and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
+        progress.update(state["progress"])
+        if world.main:
+            _truncate_metrics(out / "metrics.jsonl", progress["step"])
+    record = {**config.as_dict(), "architecture": model.spec.as_dict(), "ssn_version": __version__,
+              "world_size": world.size, "workers": workers}
     if getattr(source, "label_map", None):  # volumes: how classes map back to the files' label values
         record["label_map"] = {str(k): v for k, v in source.label_map.items()}
     if getattr(source, "sequences", None):
         record["sequences"] = source.sequences
-    write_json(record, out / "config.json")
+    writer = None
+    if world.main:
+        write_json(record, out / "config.json")
+        from torch.utils.tensorboard import SummaryWriter  # imported here: slow, and only training needs it
+
+        writer = SummaryWriter(str(out / "tensorboard"))
     log("configuration:\n" + json.dumps(record, indent=2))
     every = f"every {config.val_every} steps" if config.val_every else "per epoch"
-    log(f"{source.describe()} ({len(val_set)} validation items used {every})")
+    processes = f", {world.size} processes" if world.distributed else ""
+    log(f"{source.describe()} ({len(val_set)} validation items used {every}; {workers} data workers{processes})")
 
-    from torch.utils.tensorboard import SummaryWriter  # imported here: slow, and only training needs it
+    # ---------------------------------------------------------------- the step, as one module
+    objective: torch.nn.Module = _Objective(model)
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
 
-    writer = SummaryWriter(str(out / "tensorboard"))
-    generator = torch.Generator().manual_seed(config.seed + progress["step"])  # augmentation, reader choice
-    if config.resume and "generator" in state:
-        generator.set_state(state["generator"])
-    start = time.perf_counter() - progress["seconds"]
-    steps_per_epoch = math.ceil(len(source.train_items) / config.batch_size)
+        warm_up = hasattr(model, "mean_loss") and config.mean_warmup > 0  # the covariance head idles meanwhile
+        objective = DistributedDataParallel(objective, find_unused_parameters=warm_up)
+    if config.compile:
+        import logging
+
+        # the label and finite-value checks end a graph (they read one value): expected, not worth a page of warnings
+        logging.getLogger("torch._dynamo.variables.tensor").setLevel(logging.ERROR)
+        objective = torch.compile(objective)
+    autocast = torch.autocast(device.type, dtype=_PRECISIONS[config.precision], enabled=config.precision != "fp32")
+
+    def epoch_batches(epoch: int, start: int) -> EpochBatches:
+        return EpochBatches(epoch_order(config.seed, epoch, source.train_items), epoch, config.batch_size, start, world)
+
+    steps_per_epoch = len(epoch_batches(0, 0))
+    seconds = progress["seconds"]  # the main process's training time, agreed on by all at each step
+    clock = time.perf_counter() - seconds
 
     def budget_spent() -> float:
         """The share of the training budget used so far: the largest of steps, minutes and epochs."""
@@ -109,59 +145,59 @@ def train(config: TrainConfig, log=print) -> dict:
         if config.max_steps is not None:
             shares.append(progress["step"] / config.max_steps)
         if config.max_minutes is not None:
-            shares.append((time.perf_counter() - start) / (60 * config.max_minutes))
+            shares.append(seconds / (60 * config.max_minutes))
         if config.epochs is not None:
             shares.append(progress["step"] / (config.epochs * steps_per_epoch))
         return min(1.0, max(shares))
 
-    losses: list[float] = list(state.get("losses", [])) if config.resume else []
-    bad_in_a_row = int(state.get("bad_in_a_row", 0)) if config.resume else 0
-    epoch_order = state.get("order") if config.resume else None  # the interrupted epoch's order
+    losses: list[float] = list(state.get("losses", []))
+    bad_in_a_row = int(state.get("bad_in_a_row", 0))
     last_checkpoint = time.perf_counter()
 
-    def save_state(order: np.ndarray | None, position: int) -> None:
+    def save_state(position: int) -> None:
         """Everything a resumed run needs to continue as if never stopped, atomically in state.pt:
-        weights (trained and averaged), optimiser, every random state, the epoch's order and the
-        batches of it done, the losses not yet logged."""
+        weights (trained and averaged), optimiser, gradient scaler, the step and the batches of
+        the epoch done, the losses not yet logged. Random draws are keyed on (seed, epoch,
+        position) and the step (see ssn.engine.loading), so no random state needs keeping."""
         nonlocal last_checkpoint
-        progress["seconds"] = time.perf_counter() - start
-        progress["position"] = position
+        last_checkpoint = time.perf_counter()
+        if not world.main:
+            return
+        progress["seconds"], progress["position"] = seconds, position
         state = {
             "model": model.state_dict(), "optimiser": optimiser.state_dict(), "progress": dict(progress),
-            "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
-            "generator": generator.get_state(), "losses": list(losses), "bad_in_a_row": bad_in_a_row,
+            "losses": list(losses), "bad_in_a_row": bad_in_a_row, "scaler": scaler.state_dict(),
         }
-        if order is not None:
-            state["order"] = torch.from_numpy(np.asarray(order))
         if average is not None:
             state["average"] = average.module.state_dict()
         write_atomically(out / "state.pt", lambda p: torch.save(state, p))
-        last_checkpoint = time.perf_counter()
 
-    def validate_and_save(order: np.ndarray | None, position: int) -> None:
-        """Validation GED^2 of the evaluated weights on the fixed subset; last and best weights saved."""
+    def validate_and_save(position: int) -> None:
+        """Validation GED^2 of the evaluated weights on the fixed subset (shared among the
+        processes); last and best weights saved."""
         try:
-            val = _validate(evaluated, val_set, config, device)
+            val = _validate(evaluated, val_set, config, device, world)
         except NonFiniteError as error:  # a model whose outputs overflow is never the best one
             log(f"step {progress['step']}: validation impossible, the model's outputs are not finite ({error})")
             val = {"ged": math.nan, "diversity": math.nan}
-        progress["seconds"] = time.perf_counter() - start
         entry = {
-            "epoch": progress["epoch"], "step": progress["step"], "minutes": progress["seconds"] / 60,
+            "epoch": progress["epoch"], "step": progress["step"], "minutes": seconds / 60,
             "train_loss": float(np.mean(losses)) if losses else math.nan, "lr": optimiser.param_groups[0]["lr"],
             "val_ged": val["ged"], "val_diversity": val["diversity"], "val_samples": config.val_samples,
-            "bad_steps": progress.get("bad_steps", 0),
+            "bad_steps": progress["bad_steps"],
         }
         losses.clear()
-        for key in ("train_loss", "val_ged", "val_diversity"):
-            writer.add_scalar(key.replace("_", "/", 1), entry[key], progress["step"])
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
-        save_weights(evaluated, out / "last.safetensors")
         if val["ged"] < progress["best_ged"]:
             progress["best_ged"] = val["ged"]
-            save_weights(evaluated, out / "best.safetensors")
-        save_state(order, position)
+            if world.main:
+                save_weights(evaluated, out / "best.safetensors")
+        if world.main:
+            for key in ("train_loss", "val_ged", "val_diversity"):
+                writer.add_scalar(key.replace("_", "/", 1), entry[key], progress["step"])
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            save_weights(evaluated, out / "last.safetensors")
+        save_state(position)
         log(
             f"step {entry['step']} (epoch {entry['epoch']}): loss {entry['train_loss']:.2f}, "
             f"val GED^2({config.val_samples}) {val['ged']:.4f}, diversity {val['diversity']:.3f}, {entry['minutes']:.1f} min"
@@ -173,57 +209,61 @@ def train(config: TrainConfig, log=print) -> dict:
     while progress["epoch"] < last_epoch and progress["step"] < last_step and not stop:
         # ------------------------------------------------------------ one epoch of steps
         model.train()
-        if epoch_order is not None:  # resuming inside an epoch: its order, and the batches not yet done
-            order, done = epoch_order.numpy(), int(progress.get("position", 0))
-            epoch_order = None
-        else:
-            order, done = rng.permutation(source.train_items), 0
-        batches = [np.sort(order[i : i + config.batch_size]) for i in range(0, order.size, config.batch_size)]
-        bar = tqdm(batches[done:], desc=f"epoch {progress['epoch'] + 1}", file=sys.stderr, leave=False, disable=None)
-        epoch_start = last_report = time.perf_counter()
-        for count, indices in enumerate(bar, done + 1):
-            images, masks, roi = source.batch(indices, rng)  # roi: the region of interest of volumes, or None
-            if config.augment:
-                if roi is not None:  # transformed alike, as one more label channel
-                    masks = torch.cat([masks, roi.unsqueeze(1).long()], 1)
-                images, masks = augment(images, masks, min_crop=config.crop_scale, generator=generator)
-                if roi is not None:
-                    masks, roi = masks[:, :-1], masks[:, -1].bool()
-            reader = torch.randint(0, masks.shape[1], (masks.shape[0],), generator=generator)
-            target = masks[torch.arange(masks.shape[0]), reader]  # one annotator per image
-            roi = roi.to(device) if roi is not None else None
+        done = int(progress.get("position", 0))  # resuming inside an epoch: the batches not yet done
+        batches = epoch_batches(progress["epoch"], done)
+        global_sizes = [len(b) for b in batches.global_batches()][done:]
+        loader = training_loader(examples, batches, workers, pin_memory=device.type == "cuda")
+        bar = tqdm(loader, desc=f"epoch {progress['epoch'] + 1}", file=sys.stderr, leave=False,
+                   disable=None if world.main else True)
+        epoch_start, last_report, seen, count = time.perf_counter(), -math.inf, 0, done
+        for count, (images, target, roi, noise_seeds) in enumerate(bar, done + 1):
             spent = budget_spent()
-            factor = learning_rate_factor(progress["step"], spent, config.lr_schedule, config.warmup_steps, config.final_lr)
-            for group in optimiser.param_groups:
-                group["lr"] = config.lr * factor
+            share = images.shape[0] / global_sizes[count - done - 1]  # this process's part of the global batch
+            images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            roi = roi.to(device, non_blocking=True) if roi is not None else None
+            noise = [torch.Generator(device).manual_seed(s) for s in noise_seeds]  # the loss's noise, per example
+            torch.manual_seed(derive_seed(config.seed, progress["step"], world.rank, 2))  # dropout and the like
             optimiser.zero_grad(set_to_none=True)
             try:
-                if hasattr(model, "mean_loss") and spent < config.mean_warmup:
-                    loss = model.mean_loss(images.to(device), target.to(device), roi)  # the SSN's mean alone, first
-                else:
-                    loss = model.loss(images.to(device), target.to(device), roi)
+                with autocast:
+                    loss = objective(images, target, roi, noise, bool(hasattr(model, "mean_loss") and spent < config.mean_warmup))
                 finite = bool(torch.isfinite(loss))
-                if finite:
-                    loss.backward()
-                    finite = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)))
             except NonFiniteError:  # the distribution's parameters overflowed for this batch
-                finite = False
+                loss, finite = torch.zeros((), device=device), False
+            # One small reduction a step: the batch's loss, whether every process's is finite,
+            # and the main process's clock, so all processes take the same decisions.
+            agreed = world.sum(torch.tensor([loss.item() * share if finite else 0.0, float(not finite),
+                                             (time.perf_counter() - clock) if world.main else 0.0], dtype=torch.float64))
+            finite, seconds = bool(agreed[1] == 0), float(agreed[2])
+            if finite:
+                scaler.scale(loss * (share * world.size)).backward()  # DDP averages: the global batch's mean
+                scaler.unscale_(optimiser)
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                finite = bool(torch.isfinite(norm)) or scaler.is_enabled()  # fp16: the scaler skips overflows itself
             progress["step"] += 1
             if finite:
                 bad_in_a_row = 0
-                optimiser.step()
+                factor = learning_rate_factor(progress["step"] - 1, spent, config.lr_schedule, config.warmup_steps,
+                                              config.final_lr)
+                for group in optimiser.param_groups:
+                    group["lr"] = config.lr * factor
+                scaler.step(optimiser)
+                scaler.update()
                 if average is not None:
                     average.update(model, progress["step"])
-                losses.append(loss.item())
-                speed = count * config.batch_size / (time.perf_counter() - epoch_start)
+                losses.append(float(agreed[0]))
+                seen += images.shape[0] * world.size
+                speed = seen / (time.perf_counter() - epoch_start)
                 bar.set_postfix(loss=f"{losses[-1]:.1f}", img_s=f"{speed:.1f}")
-                if bar.disable and time.perf_counter() - last_report > 60:  # no terminal: a line a minute
+                if bar.disable and world.main and time.perf_counter() - last_report > 30:  # no terminal: a line each 30 s
                     last_report = time.perf_counter()
-                    log(f"  step {progress['step']}: loss {np.mean(losses[-50:]):.1f}, {speed:.1f} images/s")
-                writer.add_scalar("train/loss", losses[-1], progress["step"])
+                    log(f"  step {progress['step']} (epoch {progress['epoch'] + 1}, {100 * budget_spent():.0f}% of the "
+                        f"budget): loss {np.mean(losses[-50:]):.1f}, {speed:.1f} images/s, {seconds / 60:.1f} min")
+                if writer is not None:
+                    writer.add_scalar("train/loss", losses[-1], progress["step"])
             else:  # never into the weights: skip the step, say so, stop if it keeps happening
                 optimiser.zero_grad(set_to_none=True)
-                progress["bad_steps"] = progress.get("bad_steps", 0) + 1
+                progress["bad_steps"] += 1
                 bad_in_a_row += 1
                 log(f"step {progress['step']}: non-finite loss or gradients, step skipped "
                     f"({bad_in_a_row} in a row, {progress['bad_steps']} in all)")
@@ -233,24 +273,77 @@ def train(config: TrainConfig, log=print) -> dict:
                         f"loss or gradients (the weights saved so far are finite). Lower --lr (now {config.lr:g}) "
                         "or --grad-clip, check the images for extreme values, and resume with --resume"
                     )
-            stop = time.perf_counter() - start > 60 * (config.max_minutes or math.inf) or progress["step"] >= last_step
+            stop = seconds > 60 * (config.max_minutes or math.inf) or progress["step"] >= last_step
             if config.val_every and (progress["step"] % config.val_every == 0 or stop):
-                validate_and_save(order, count)
+                validate_and_save(count)
                 model.train()
-            elif time.perf_counter() - last_checkpoint > 60 * config.checkpoint_minutes:
-                save_state(order, count)
+            elif world.all_agree(time.perf_counter() - last_checkpoint > 60 * config.checkpoint_minutes):
+                save_state(count)
             if stop:
                 break
+        if stop and count < steps_per_epoch:  # inside the epoch: state.pt keeps the position
+            if not config.val_every:
+                validate_and_save(count)
+            break
         progress["epoch"] += 1
+        progress["position"] = 0
         if not config.val_every or (progress["epoch"] >= last_epoch and losses):
-            validate_and_save(None, 0)
+            validate_and_save(0)
         elif not stop:
-            save_state(None, 0)  # an epoch's end: the next one draws its own order
-    writer.close()
+            save_state(0)  # an epoch's end: the next one starts at its first batch
+    if writer is not None:
+        writer.close()
+    world.barrier()
     return {
-        "epochs": progress["epoch"], "steps": progress["step"], "minutes": progress["seconds"] / 60,
-        "best_val_ged": progress["best_ged"], "run_dir": str(out), "bad_steps": progress.get("bad_steps", 0),
+        "epochs": progress["epoch"], "steps": progress["step"], "minutes": seconds / 60,
+        "best_val_ged": progress["best_ged"], "run_dir": str(out), "bad_steps": progress["bad_steps"],
+        "world_size": world.size,
     }
+
+
+_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class _Objective(torch.nn.Module):
+    """The training loss as a module's forward, so that DistributedDataParallel and
+    torch.compile see the whole step: the method's loss, or the SSN's mean alone (warm-up)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, target, roi, generators, mean_only: bool):
+        if mean_only:
+            return self.model.mean_loss(images, target, roi)
+        return self.model.loss(images, target, roi, generator=generators)
+
+
+def _agree(world: World, work):
+    """Run ``work`` (on the processes it concerns) and raise its error on every process, so
+    that none waits for the others in a collective step when one has failed."""
+    result, error = None, None
+    try:
+        result = work()
+    except (RunError, DataError, ConfigError, OSError) as caught:
+        error = caught
+    errors = [e for e in world.gather(None if error is None else f"{type(error).__name__}: {error}") if e]
+    if error is not None:
+        raise error
+    if errors:
+        raise RunError(f"another process failed: {errors[0]}")
+    return result
+
+
+def _read_state(out: Path) -> dict:
+    """The state.pt of a run, loaded as plain tensors and containers (``weights_only``)."""
+    state_path = out / "state.pt"
+    if not state_path.is_file():
+        raise RunError(f"--resume: {state_path} does not exist; train without --resume first")
+    try:
+        return torch.load(state_path, weights_only=True, map_location="cpu")
+    except Exception as error:  # pickle, zip and unpickler errors all mean one thing here
+        raise RunError(f"--resume: {state_path} cannot be read ({type(error).__name__}); it is damaged. Resume is "
+                       "impossible: start over with --overwrite, or restore the file from a backup") from None
 
 
 # What a run writes; --overwrite removes these before starting over.
@@ -312,15 +405,15 @@ def _complete(config: TrainConfig, source) -> None:
 
 
 @torch.no_grad()
-def _validate(model, val_set: ValidationSet, config: TrainConfig, device) -> dict:
-    """GED^2 and diversity on the fixed validation set, drawn from the same seed every time, so
-    that the choice of the best checkpoint compares models, not random draws."""
-    generator = torch.Generator(device).manual_seed(config.seed)
+def _validate(model, val_set: ValidationSet, config: TrainConfig, device, world: World = World()) -> dict:
+    """GED^2 and diversity on the fixed validation set, drawn from the same seeds every time, so
+    that the choice of the best checkpoint compares models, not random draws. Under torchrun each
+    process takes its share of the images and the metrics are summed over the processes."""
     ged = metrics.GeneralizedEnergyDistance(config.num_classes)
     diversity = metrics.SampleDiversity(config.num_classes)
     for chunk, labels in predict_batches(
-        model, val_set.images, np.arange(len(val_set)), config.val_samples, config.batch_size, device, generator,
-        roi=val_set.roi,
+        model, val_set.images, world.shard(np.arange(len(val_set))), config.val_samples, config.batch_size, device,
+        roi=val_set.roi, seed=config.seed,
     ):
         annotations = torch.from_numpy(np.ascontiguousarray(val_set.masks[chunk]))
         ged.update(labels, annotations)

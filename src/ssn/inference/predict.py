@@ -9,6 +9,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..models import SegmentationModel
+from ..randomness import generators_for
 
 __all__ = ["image_tensor", "predict_batches", "images_to_predict"]
 
@@ -54,6 +55,7 @@ def predict_batches(
     device: str | torch.device = "cpu",
     generator: torch.Generator | None = None,
     roi: np.ndarray | None = None,
+    seed: int | None = None,
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Yield (the indices of a batch, its label maps (B, N, *S) uint8 on the CPU).
 
@@ -61,6 +63,9 @@ def predict_batches(
         images: (num_images, channels, *S), uint8 or float, possibly memory-mapped.
         indices: which images, in order (sorted indices keep memory-mapped reads sequential).
         generator: draws from it (on ``device``), for samples that repeat with a seed.
+        seed: instead of ``generator``, image ``i`` draws from its own generator seeded by
+            ``(seed, i)``: its samples are then the same whatever the batch size, the order and
+            the process (under ``torchrun``) that draws them.
         roi: optional regions of interest (num_images, *S), bool: the model's distribution is
             confined to them and the samples are background (0) outside.
     """
@@ -68,7 +73,8 @@ def predict_batches(
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         mask = None if roi is None else torch.from_numpy(np.ascontiguousarray(roi[chunk])).to(device)
-        labels = model.sample_labels(image_tensor(images[chunk], device), num_samples, mask=mask, generator=generator)
+        source = generator if seed is None else generators_for(seed, chunk, device)
+        labels = model.sample_labels(image_tensor(images[chunk], device), num_samples, mask=mask, generator=source)
         if mask is not None:
             labels = labels * mask.unsqueeze(0).to(labels.dtype)
         yield chunk, labels.movedim(0, 1).cpu()

@@ -21,6 +21,13 @@ from ..errors import ConfigError
 __all__ = ["SegmentationModel"]
 
 
+def float32(reference: Tensor):
+    """A context with autocast off on ``reference``'s device: under mixed precision the backbone
+    runs in bf16 or fp16, and the heads, the distribution and the losses in float32 (a sum of
+    16k log-probabilities and its log-sum-exp need float32's precision)."""
+    return torch.autocast(reference.device.type, enabled=False)
+
+
 class SegmentationModel(nn.Module, abc.ABC):
     """A backbone and a method-specific head.
 
@@ -60,9 +67,10 @@ class SegmentationModel(nn.Module, abc.ABC):
         return features
 
     @abc.abstractmethod
-    def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None, generator=None) -> Tensor:
         """The training objective, a scalar: the batch mean of each image's negative
-        log-likelihood of its label map (summed over the pixels inside ``mask``)."""
+        log-likelihood of its label map (summed over the pixels inside ``mask``). ``generator``
+        gives the noise of a stochastic objective: one, or one per image (:mod:`ssn.randomness`)."""
 
     @abc.abstractmethod
     def sample_labels(

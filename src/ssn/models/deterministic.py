@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..losses import per_image_cross_entropy
 from ..networks.layers import conv_layer
-from .base import SegmentationModel
+from .base import SegmentationModel, float32
 
 __all__ = ["DeterministicSegmentationNetwork"]
 
@@ -29,10 +29,14 @@ class DeterministicSegmentationNetwork(SegmentationModel):
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
         """Images (B, in_channels, *S) -> logits (B, C, *S). ``mask`` is accepted and unused."""
-        return self.head(self.features(images))
+        features = self.features(images)
+        with float32(features):
+            return self.head(features.float())
 
-    def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        return per_image_cross_entropy(self(images), target, self.num_classes, mask).mean()
+    def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None, generator=None) -> Tensor:
+        logits = self(images)
+        with float32(logits):
+            return per_image_cross_entropy(logits, target, self.num_classes, mask).mean()
 
     @torch.no_grad()
     def sample_labels(

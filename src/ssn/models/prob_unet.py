@@ -25,7 +25,8 @@ from ..errors import ConfigError
 from ..losses import per_image_cross_entropy, prepare_target
 from ..networks.layers import conv_layer, max_pool_layer
 from ..networks.unet import _ConvBlock
-from .base import SegmentationModel
+from ..randomness import Generators, standard_normal
+from .base import SegmentationModel, float32
 
 __all__ = ["ProbabilisticUNet", "LatentEncoder"]
 
@@ -106,17 +107,23 @@ class ProbabilisticUNet(SegmentationModel):
         """Logits (B, C, *S) at the prior's mean latent."""
         return self.logits(self.features(images), self.prior(images).mean)
 
-    def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None, generator: Generators = None) -> Tensor:
         """CE(y | x, z ~ q(z | x, y)) summed over pixels + beta KL(q || p), averaged over the batch."""
         features = self.features(images)
+        with float32(features):  # the latent nets, the KL and the cross-entropy in float32
+            return self._loss(images.float(), features.float(), target, mask, generator)
+
+    def _loss(self, images: Tensor, features: Tensor, target: Tensor, mask: Tensor | None, generator: Generators) -> Tensor:
         target, _ = prepare_target(target, (images.shape[0], *images.shape[2:]), self.num_classes, None, mask)
         one_hot = F.one_hot(target, self.num_classes).movedim(-1, 1).to(images.dtype)
         posterior = self.posterior(torch.cat([images, one_hot], dim=1))
         prior = self.prior(images)
-        cross_entropy = per_image_cross_entropy(self.logits(features, posterior.rsample()), target, self.num_classes, mask)
+        q = posterior.base_dist
+        z = q.loc + q.scale * standard_normal(q.loc.shape, generator, 0, q.loc.dtype, q.loc.device)  # reparameterised
+        cross_entropy = per_image_cross_entropy(self.logits(features, z), target, self.num_classes, mask)
         return (cross_entropy + self.beta * kl_divergence(posterior, prior)).mean()
 
-    def _prior_logits(self, images: Tensor, num_samples: int, generator: torch.Generator | None, chunk_size: int = 16):
+    def _prior_logits(self, images: Tensor, num_samples: int, generator: Generators, chunk_size: int = 16):
         """Yield logits (n, B, C, *S) for ``num_samples`` latents from the prior (its standard
         deviation times ``temperature``), ``chunk_size`` latents at a time; one backbone pass.
 
@@ -132,7 +139,7 @@ class ProbabilisticUNet(SegmentationModel):
         expand = (1,) * (features.dim() - 2)
         for start in range(0, num_samples, chunk_size):
             count = min(chunk_size, num_samples - start)
-            noise = torch.randn((count, *prior.loc.shape), generator=generator, device=prior.loc.device, dtype=prior.loc.dtype)
+            noise = standard_normal((count, *prior.loc.shape), generator, 1, prior.loc.dtype, prior.loc.device)
             z = prior.loc + self.temperature * prior.scale * noise  # (n, B, latent_dim)
             hidden = (projected + (z @ latent_weight.T).view(count, *projected.shape[:2], *expand)).relu()
             logits = self.combine[2:](hidden.flatten(0, 1))
@@ -140,7 +147,7 @@ class ProbabilisticUNet(SegmentationModel):
 
     @torch.no_grad()
     def sample_labels(
-        self, images: Tensor, num_samples: int, mask: Tensor | None = None, generator: torch.Generator | None = None
+        self, images: Tensor, num_samples: int, mask: Tensor | None = None, generator: Generators = None
     ) -> Tensor:
         """(N, B, *S) uint8: the argmax of the logits for N latents drawn from the prior."""
         labels = []
@@ -153,7 +160,7 @@ class ProbabilisticUNet(SegmentationModel):
 
     @torch.no_grad()
     def mean_probabilities(
-        self, images: Tensor, mask: Tensor | None = None, num_samples: int = 100, generator: torch.Generator | None = None
+        self, images: Tensor, mask: Tensor | None = None, num_samples: int = 100, generator: Generators = None
     ) -> Tensor:
         """E[softmax(logits)] over the prior, (B, C, *S), from ``num_samples`` latents."""
         total = sum(logits.softmax(2).sum(0) for logits in self._prior_logits(images, num_samples, generator))

@@ -9,7 +9,7 @@ from ..distributions import LowRankLogitDistribution
 from ..errors import ConfigError
 from ..losses import per_image_cross_entropy, ssn_loss
 from ..networks.heads import SSNHead
-from .base import SegmentationModel
+from .base import SegmentationModel, float32
 
 __all__ = ["StochasticSegmentationNetwork"]
 
@@ -62,22 +62,29 @@ class StochasticSegmentationNetwork(SegmentationModel):
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> LowRankLogitDistribution:
         """Images (B, in_channels, *S) -> distribution over logit maps (B, C, *S)."""
-        return self.head(self.features(images), mask)
+        features = self.features(images)
+        with float32(features):
+            return self.head(features.float(), mask)
 
     def distribution(self, images: Tensor, mask: Tensor | None = None) -> LowRankLogitDistribution:
         """The same as calling the model: the distribution over logit maps."""
         return self(images, mask)
 
-    def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None, generator=None) -> Tensor:
         """The paper's L = -(1/B) sum_b [logsumexp_m sum_i log softmax(eta_b^m)_{i,y_i} - log M]."""
-        return ssn_loss(self(images, mask), target, num_samples=self.mc_samples, antithetic=self.antithetic, mask=mask)
+        distribution = self(images, mask)
+        with float32(images):
+            return ssn_loss(distribution, target, num_samples=self.mc_samples, antithetic=self.antithetic, mask=mask,
+                            generator=generator)
 
     def mean_loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         """The cross-entropy of the mean logits mu, summed over pixels and averaged over the batch:
         the paper's loss in the limit of zero covariance, which trains the mean alone (the
         covariance head gets no gradient). Training uses it for the first ``mean_warmup`` of its budget."""
-        loc = self.head.mean(self.features(images))
-        return per_image_cross_entropy(loc, target, self.num_classes, mask).mean()
+        features = self.features(images)
+        with float32(features):
+            loc = self.head.mean(features.float())
+            return per_image_cross_entropy(loc, target, self.num_classes, mask).mean()
 
     @torch.no_grad()
     def sample_labels(

@@ -1,0 +1,108 @@
+"""Several processes under ``torchrun``: who this process is, and the few collective steps ssn needs.
+
+``torchrun --nproc_per_node N -m ssn train ...`` starts N copies of the command, each with the
+environment variables RANK, LOCAL_RANK and WORLD_SIZE set. :func:`join` reads them, sets up
+``torch.distributed`` (``nccl`` for CUDA devices, ``gloo`` on the CPU) and gives each process its
+own GPU (``cuda:LOCAL_RANK``). Without torchrun, :func:`join` returns a world of one process and
+everything below is a no-op, so the same code runs alone or distributed.
+
+Work is split by :meth:`World.shard` (every ``size``-th item from ``rank`` on). Only the main
+process (rank 0) writes files and logs; results are reduced with :meth:`World.sum` and gathered
+with :meth:`World.gather`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError
+
+__all__ = ["World", "join", "leave", "launched_by_torchrun"]
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several that ``torchrun`` started."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@dataclass(frozen=True)
+class World:
+    """The processes of one job: this one's ``rank`` among ``size``, ``local_rank`` on its machine."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Whether this is the process that writes files and logs (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def shard(self, items: Sequence) -> Sequence:
+        """This process's share of ``items``: every ``size``-th one from ``rank`` on."""
+        return items[self.rank :: self.size]
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum of ``tensor`` over the processes (a new tensor, on its device)."""
+        if not self.distributed:
+            return tensor.clone()
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
+        total = tensor.detach().clone().to(device)
+        dist.all_reduce(total)
+        return total.to(tensor.device)
+
+    def gather(self, value: Any) -> list:
+        """Every process's ``value`` (picklable), in rank order, on every process."""
+        if not self.distributed:
+            return [value]
+        values: list = [None] * self.size
+        dist.all_gather_object(values, value)
+        return values
+
+    def all_agree(self, flag: bool) -> bool:
+        """True when ``flag`` is true on every process."""
+        return bool(self.sum(torch.tensor([float(not flag)]))[0] == 0)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def join(device: str = "cpu") -> tuple[World, str]:
+    """This process's :class:`World` and the device it should use.
+
+    Under torchrun, initialises the default process group once (``nccl`` when ``device`` is
+    CUDA, ``gloo`` otherwise) and maps ``cuda`` to ``cuda:LOCAL_RANK``. Alone, returns
+    ``(World(), device)`` and initialises nothing.
+    """
+    if not launched_by_torchrun():
+        return World(), device
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        if torch.cuda.device_count() < local_size:
+            raise ConfigError(f"torchrun started {local_size} processes on this machine but it has "
+                              f"{torch.cuda.device_count()} CUDA devices: use --nproc_per_node {torch.cuda.device_count()}")
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return World(rank, size, local_rank, local_size), device
+
+
+def leave() -> None:
+    """Tear the process group down (at the end of a command run under torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,205 @@
+"""Scaling out: draws keyed per image, DataLoader workers, and two processes under torchrun.
+
+The 2-process tests start real processes (``python -m torch.distributed.run``, gloo on the CPU)
+and compare with one process at the same global batch.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ssn import LowRankLogitDistribution, ssn_loss
+from ssn.apps.cli import main
+from ssn.data.arrays import save_arrays
+from ssn.data.synthetic import make_synthetic
+from ssn.distributed import World
+from ssn.engine.loading import EpochBatches
+from ssn.inference import predict_batches
+from ssn.models import ModelSpec, build
+from ssn.randomness import derive_seed, generators_for
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("distributed") / "synthetic.npz"
+    save_arrays(path, make_synthetic(48, size=32, seed=0))
+    return path
+
+
+def _distribution(batch=3, classes=3, size=6, rank=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return LowRankLogitDistribution(
+        torch.randn(batch, classes, size, size, generator=g), torch.randn(batch, rank, classes, size, size, generator=g),
+        torch.rand(batch, classes, size, size, generator=g) + 0.1,
+    )
+
+
+def test_an_images_draws_do_not_depend_on_its_batch():
+    dist = _distribution()
+    together = dist.rsample((4,), generator=generators_for(7, [10, 11, 12]))
+    for b, key in enumerate([10, 11, 12]):
+        single = LowRankLogitDistribution(dist.loc[b : b + 1], dist.cov_factor[b : b + 1], dist.cov_diag[b : b + 1])
+        alone = single.rsample((4,), generator=generators_for(7, [key]))
+        torch.testing.assert_close(together[:, b : b + 1], alone)
+    noise = dist.draw_noise(3, generators_for(7, [10, 11, 12]))
+    assert noise.z.shape == (3, 3, 2) and noise.eps.shape == (3, 3, 3, 6, 6)
+    with pytest.raises(ValueError, match="one per batch element"):
+        dist.rsample((2,), generator=generators_for(7, [1, 2]))
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_the_loss_of_a_batch_is_the_mean_of_its_images_losses_with_keyed_noise(monkeypatch, chunked):
+    import ssn.losses
+
+    if chunked:  # the checkpointed path rewinds the generators for its second draw
+        monkeypatch.setattr(ssn.losses, "CHUNK_ABOVE", 0)
+    dist = _distribution(classes=3)
+    loc = dist.loc.clone().requires_grad_()
+    dist = LowRankLogitDistribution(loc, dist.cov_factor, dist.cov_diag)
+    target = torch.randint(0, 3, (3, 6, 6), generator=torch.Generator().manual_seed(1))
+    batch = ssn_loss(dist, target, num_samples=8, generator=generators_for(3, [0, 1, 2]))
+    (grad,) = torch.autograd.grad(batch, loc)
+    singles = []
+    for b in range(3):
+        one = LowRankLogitDistribution(loc[b : b + 1], dist.cov_factor[b : b + 1], dist.cov_diag[b : b + 1])
+        singles.append(ssn_loss(one, target[b : b + 1], num_samples=8, generator=generators_for(3, [b])))
+    mean = torch.stack(singles).mean()
+    torch.testing.assert_close(batch, mean)
+    torch.testing.assert_close(grad, torch.autograd.grad(mean, loc)[0])
+
+
+def test_predicted_samples_do_not_depend_on_the_batch_size():
+    model = build(ModelSpec(method="ssn", backbone="unet", spatial_dims=2, in_channels=1, num_classes=2,
+                            backbone_kwargs={"features": [4, 8]}))
+    images = np.random.default_rng(0).integers(0, 255, (5, 1, 16, 16), dtype=np.uint8)
+    by_one = np.concatenate([labels.numpy() for _, labels in predict_batches(model, images, np.arange(5), 6, 1, seed=3)])
+    by_four = np.concatenate([labels.numpy() for _, labels in predict_batches(model, images, np.arange(5), 6, 4, seed=3)])
+    np.testing.assert_array_equal(by_one, by_four)
+    assert len({by_one[i].tobytes() for i in range(5)}) == 5  # and each image has its own draws
+
+
+def test_processes_share_each_global_batch_exactly():
+    order = np.random.default_rng(0).permutation(11)
+    whole = [[key[1] for key in batch] for batch in EpochBatches(order, 0, 4)]
+    assert whole == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
+    shares = [list(EpochBatches(order, 0, 4, world=World(rank, 2))) for rank in range(2)]
+    for k, positions in enumerate(whole):
+        assert sorted(key[1] for share in shares for key in share[k]) == positions
+        assert all(key[2] == order[key[1]] for share in shares for key in share[k])
+    # a last batch smaller than the number of processes would leave one without work: dropped
+    assert len(EpochBatches(order, 0, 5, world=World(0, 2))) == 2 and len(EpochBatches(order, 0, 5)) == 3
+    assert [k[1] for k in next(iter(EpochBatches(order, 0, 4, start=2)))] == [8, 9, 10]
+
+
+def test_seeds_are_keyed_and_distinct():
+    assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2)
+    assert len({derive_seed(0, e, p) for e in range(20) for p in range(50)}) == 1000
+    assert 0 <= derive_seed(2**40, 3) < 2**63
+
+
+def _train(data, out, *extra):
+    # 8-16 channels: at 4-8, a nearly constant channel under instance normalisation amplifies
+    # rounding (the order of sums) to 1e-3 of a gradient, which is not what is tested here
+    return ["train", "--data", str(data), "--out", str(out), "--features", "8", "16", "--batch-size", "8",
+            "--max-steps", "8", "--val-images", "8", "--val-every", "4", "--overwrite", *extra]
+
+
+def test_data_loader_workers_do_not_change_the_run(data, tmp_path):
+    assert main(_train(data, tmp_path / "w0", "--workers", "0")) == 0
+    assert main(_train(data, tmp_path / "w2", "--workers", "2")) == 0
+    a, b = load_file(str(tmp_path / "w0" / "last.safetensors")), load_file(str(tmp_path / "w2" / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "w2" / "config.json").read_text())["workers"] == 2
+
+
+def _torchrun(args, processes=2, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "ssn", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", ["ssn", "deterministic"])
+def test_two_processes_train_the_model_one_process_trains(data, tmp_path, method):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(_train(data, one, "--method", method, "--workers", "0")) == 0
+    done = _torchrun(_train(data, two, "--method", method, "--workers", "0"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = load_file(str(one / "last.safetensors")), load_file(str(two / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        # float tolerance: only the order of the sums differs (Adam at lr 1e-3 keeps it near 1e-7)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    first, second = _metrics(one), _metrics(two)
+    assert [m["step"] for m in first] == [m["step"] for m in second] == [4, 8]
+    for m1, m2 in zip(first, second):  # the losses and the validation shared between processes
+        assert m1["train_loss"] == pytest.approx(m2["train_loss"], rel=1e-6)
+        assert m1["val_ged"] == pytest.approx(m2["val_ged"], abs=1e-6)
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    assert json.loads((one / "config.json").read_text())["world_size"] == 1
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distributed-run") / "run"
+    assert main(_train(data, out, "--workers", "0")) == 0
+    return out
+
+
+def test_two_processes_evaluate_as_one(data, run, tmp_path):
+    args = ["evaluate", "--run-dir", str(run), "--data", str(data), "--samples", "6", "--batch-size", "5"]
+    assert main([*args, "--out", str(tmp_path / "one.json")]) == 0
+    done = _torchrun([*args, "--batch-size", "3", "--out", str(tmp_path / "two.json")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert one["num_images"] == two["num_images"] == 48
+    for key in ("ged", "diversity", "dice"):
+        assert one[key]["mean"] == pytest.approx(two[key]["mean"], abs=1e-9), key
+        assert one[key]["stderr"] == pytest.approx(two[key]["stderr"], rel=1e-6), key
+    assert (tmp_path / "one.csv").read_text() == (tmp_path / "two.csv").read_text()  # every image, in order
+
+
+def test_two_processes_sample_as_one(data, run, tmp_path):
+    args = ["sample", "--run-dir", str(run), "--input", str(data), "--samples", "4", "--figures", "1"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    done = _torchrun([*args, "--out", str(tmp_path / "two")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = np.load(tmp_path / "one" / "samples.npz"), np.load(tmp_path / "two" / "samples.npz")
+    assert one["samples"].shape == (48, 4, 32, 32)
+    np.testing.assert_array_equal(one["samples"], two["samples"])
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["image_0000.png", "samples.npz"]
+
+
+def test_mixed_precision_trains_with_the_head_and_loss_in_float32(data, tmp_path):
+    assert main(_train(data, tmp_path / "fp32", "--workers", "0")) == 0
+    assert main(_train(data, tmp_path / "bf16", "--workers", "0", "--precision", "bf16")) == 0
+    full, half = _metrics(tmp_path / "fp32"), _metrics(tmp_path / "bf16")
+    for a, b in zip(full, half):  # bf16 rounds the backbone's activations: close, not equal
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.05)
+    weights = load_file(str(tmp_path / "bf16" / "last.safetensors"))
+    assert all(t.dtype == torch.float32 and bool(torch.isfinite(t).all()) for t in weights.values())
+    assert any(not torch.equal(t, load_file(str(tmp_path / "fp32" / "last.safetensors"))[k]) for k, t in weights.items())
+
+
+def test_fp16_on_the_cpu_is_refused_with_the_alternative(data, tmp_path, capsys):
+    assert main(_train(data, tmp_path / "fp16", "--precision", "fp16")) == 2
+    assert "bf16" in capsys.readouterr().err
+
+
+def test_a_compiled_step_trains_the_same_model(data, tmp_path):
+    args = ("--workers", "0", "--method", "deterministic", "--max-steps", "2", "--val-every", "2")
+    assert main(_train(data, tmp_path / "eager", *args)) == 0
+    assert main(_train(data, tmp_path / "compiled", *args, "--compile")) == 0
+    a, b = (load_file(str(tmp_path / n / "last.safetensors")) for n in ("eager", "compiled"))
+    for key in a:  # the compiler fuses and reorders arithmetic: float tolerance
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
