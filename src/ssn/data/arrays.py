@@ -47,7 +47,7 @@ class SegmentationArrays:
     truth_probs: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if self.images.ndim == self.masks.ndim - 1:  # (N, *S): add the channel axis as a view
+        if self.masks.ndim in (4, 5) and self.images.ndim == self.masks.ndim - 1:  # (N, *S): a channel axis, as a view
             self.images = self.images[:, None]
         validate_shapes(self.images, self.masks, self.patient)
         if (self.truth_maps is None) != (self.truth_probs is None):
@@ -102,6 +102,8 @@ def validate_shapes(images: np.ndarray, masks: np.ndarray, patient: np.ndarray |
         raise DataError("the file holds no images (N = 0)")
     if masks.shape[1] == 0:
         raise DataError("masks hold no annotator (A = 0)")
+    if images.shape[1] == 0 or 0 in masks.shape[2:]:
+        raise DataError(f"images {images.shape} have no channel or no pixels")
     if not (np.issubdtype(masks.dtype, np.integer) or masks.dtype == bool):
         raise DataError(f"masks must hold integer labels; got dtype {masks.dtype}")
     if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
@@ -121,7 +123,30 @@ def validate_values(data: SegmentationArrays) -> None:
 
 
 def cache_dir() -> Path:
+    """Where decoded datasets are cached for memory-mapping: ``$SSN_CACHE_DIR``, default ``~/.cache/ssn``."""
     return Path(os.environ.get("SSN_CACHE_DIR", Path.home() / ".cache" / "ssn"))
+
+
+def cache_write_error(folder: Path, error: OSError) -> DataError:
+    """The error for a cache folder that cannot be written, with the fix."""
+    return DataError(f"cannot write the data cache {folder} ({error.strerror or error}): set SSN_CACHE_DIR to a "
+                     "writable folder with room for the decoded data")
+
+
+def read_cached(folder: Path, read):
+    """``read(folder)`` for a complete cache folder, or ``None`` when it is damaged (a truncated
+    or missing file, e.g. after a full disk or a kill): the folder is then removed, so that the
+    caller decodes the source again, and a line on stderr says so."""
+    try:
+        return read(folder)
+    except (OSError, ValueError, EOFError, KeyError) as error:  # "mmap length is greater than file size", ...
+        import shutil
+        import sys
+
+        print(f"ssn: the cached copy in {folder} is damaged ({error}); removed, decoding the source again",
+              file=sys.stderr)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
 
 
 def _cache_key(path: Path) -> str:
@@ -144,7 +169,9 @@ def load_arrays(path: str | os.PathLike, cache: bool = True) -> SegmentationArra
         raise DataError(f"{path} is empty (0 bytes)")
     folder = cache_dir() / _cache_key(path) if cache else None
     if folder is not None and (folder / "done.json").exists():
-        return _read_cache(folder)
+        cached = read_cached(folder, _read_cache)
+        if cached is not None:
+            return cached
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in ("images", "masks") if k not in archive.files]
@@ -154,16 +181,25 @@ def load_arrays(path: str | os.PathLike, cache: bool = True) -> SegmentationArra
                     f"(found: {', '.join(archive.files) or 'nothing'})"
                 )
             arrays = {k: archive[k] for k in _KEYS if k in archive.files}
+            odd = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]  # numpy returns such members as bytes
+            if odd:
+                raise DataError(f"{path}: {', '.join(odd)} in it are not .npy arrays; write the file with numpy.savez")
     except DataError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
         raise DataError(f"{path} is not a readable .npz (truncated or corrupt?): {error}") from None
+    except MemoryError as error:  # a header claiming an array larger than memory
+        raise DataError(f"{path}: an array in it does not fit in memory ({error}); the file is corrupt, or too "
+                        "large for this machine: split it into smaller .npz files") from None
     if "patient" in arrays:
         arrays["patient"] = arrays["patient"].astype(str)
     data = SegmentationArrays(**arrays)
     validate_values(data)
     if folder is not None:
-        _write_cache(folder, data)
+        try:
+            _write_cache(folder, data)
+        except OSError as error:
+            raise cache_write_error(folder, error) from None
         return _read_cache(folder)
     return data
 
@@ -187,6 +223,9 @@ def _read_cache(folder: Path) -> SegmentationArrays:
         file = folder / f"{name}.npy"
         if file.exists():
             arrays[name] = np.load(file, mmap_mode=None if name == "patient" else "r")
+    shape = json.loads((folder / "done.json").read_text())["images"]
+    if list(arrays["images"].shape) != shape:
+        raise ValueError(f"images.npy has shape {arrays['images'].shape}, not {shape}")
     return SegmentationArrays(**arrays)
 
 

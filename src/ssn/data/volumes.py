@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .arrays import cache_dir
+from .arrays import cache_dir, cache_write_error, read_cached
 
 __all__ = [
     "VolumeCase",
@@ -199,7 +199,7 @@ def _parse_label_map(raw, path: Path) -> dict[int, int] | None:
     except (AttributeError, TypeError, ValueError):
         raise DataError(f'{path}: "labels" must map file values to classes, e.g. {{"0": 0, "4": 3}}') from None
     classes = sorted(set(mapping.values()))
-    if mapping.get(0, 0) != 0 or classes[0] != 0 or classes != list(range(len(classes))):
+    if not classes or mapping.get(0, 0) != 0 or classes[0] != 0 or classes != list(range(len(classes))):
         raise DataError(
             f'{path}: "labels" must send 0 to class 0 and use the classes 0..C-1 without gaps; got {raw}'
         )
@@ -212,14 +212,19 @@ def _parse_case(entry, base: Path, path: Path, where: str) -> VolumeCase:
     images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
     labels = entry.get("label", [])
     labels = labels if isinstance(labels, list) else [labels]
+    mask = entry.get("mask")
+    if not images:
+        raise DataError(f"{path}: {where} has no image file")
+    for name in (*images, *labels, *([mask] if mask else [])):
+        if not isinstance(name, str) or not name:
+            raise DataError(f'{path}: {where}: file names must be non-empty strings (paths relative to the list); '
+                            f"got {name!r}")
     case = VolumeCase(
         id=str(entry.get("id") or _stem(images[0])),
         images=[(base / p).resolve() for p in images],
         labels=[(base / p).resolve() for p in labels],
-        mask=(base / entry["mask"]).resolve() if entry.get("mask") else None,
+        mask=(base / mask).resolve() if mask else None,
     )
-    if not case.images:
-        raise DataError(f"{path}: {where} has no image file")
     for file in case.files():
         if not file.is_file():
             raise DataError(f"{path}: case {case.id!r}: missing file {file}")
@@ -268,28 +273,40 @@ def read_case(case: VolumeCase, label_map: dict[int, int] | None = None, cache: 
     """
     folder = cache_dir() / "volumes" / _case_key(case, label_map) if cache else None
     if folder is not None and (folder / "done.json").is_file():
-        meta = json.loads((folder / "done.json").read_text())
-        labels = folder / "labels.npy"
-        return Volume(
-            case.id, np.load(folder / "image.npy", mmap_mode="r"),
-            np.load(labels, mmap_mode="r") if labels.is_file() else None,
-            np.load(folder / "mask.npy", mmap_mode="r"), np.array(meta["affine"]),
-        )
+        cached = read_cached(folder, lambda f: _read_cached_case(case, f))
+        if cached is not None:
+            return cached
     volume = _decode(case, label_map)
     if folder is None:
         return volume
-    folder.mkdir(parents=True, exist_ok=True)
     arrays = {"image": volume.image, "mask": volume.mask}
     if volume.labels is not None:
         arrays["labels"] = volume.labels
-    for name, array in arrays.items():
-        temporary = folder / f"{name}.{os.getpid()}.tmp.npy"
-        np.save(temporary, array)
-        temporary.replace(folder / f"{name}.npy")
-    marker = folder / f"done.{os.getpid()}.tmp"
-    marker.write_text(json.dumps({"id": case.id, "affine": volume.affine.tolist(), "shape": list(volume.shape)}))
-    marker.replace(folder / "done.json")
-    return read_case(case, label_map, cache=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, array in arrays.items():
+            temporary = folder / f"{name}.{os.getpid()}.tmp.npy"
+            np.save(temporary, array)
+            temporary.replace(folder / f"{name}.npy")
+        marker = folder / f"done.{os.getpid()}.tmp"
+        marker.write_text(json.dumps({"id": case.id, "affine": volume.affine.tolist(), "shape": list(volume.shape)}))
+        marker.replace(folder / "done.json")
+    except OSError as error:
+        raise cache_write_error(folder, error) from None
+    return _read_cached_case(case, folder)
+
+
+def _read_cached_case(case: VolumeCase, folder: Path) -> Volume:
+    meta = json.loads((folder / "done.json").read_text())
+    labels = folder / "labels.npy"
+    volume = Volume(
+        case.id, np.load(folder / "image.npy", mmap_mode="r"),
+        np.load(labels, mmap_mode="r") if labels.is_file() else None,
+        np.load(folder / "mask.npy", mmap_mode="r"), np.array(meta["affine"]),
+    )
+    if list(volume.image.shape[1:]) != meta["shape"] or list(volume.mask.shape) != meta["shape"]:
+        raise ValueError(f"the cached arrays have shape {volume.image.shape[1:]}, not {meta['shape']}")
+    return volume
 
 
 def _decode(case: VolumeCase, label_map: dict[int, int] | None) -> Volume:

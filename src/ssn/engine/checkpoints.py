@@ -35,7 +35,19 @@ def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    model.load_state_dict(load_file(str(path)))
+    """Load safetensors weights into ``model``; a damaged file or weights of another model
+    raise :class:`~ssn.errors.RunError` naming the file and what differs."""
+    try:
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises its own SafetensorError for a damaged header or body
+        raise RunError(f"{path} cannot be read as safetensors weights ({error}); the file is damaged: "
+                       "use the run's other weights (best/last) or train again") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        detail = "; ".join(line.strip() for line in first[1:4]) or first[0]
+        raise RunError(f"{path} holds weights of another model than its config.json describes ({detail})") from None
 
 
 def write_json(payload: dict, path: str | os.PathLike) -> None:
@@ -47,7 +59,12 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     path = run_dir / "config.json"
     if not path.is_file():
         raise RunError(f"{run_dir} is not a run directory: it has no config.json (train one with `ssn train`)")
-    config = json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunError(f"{path} is not valid JSON ({error}); the run directory is damaged") from None
+    if not isinstance(config, dict):
+        raise RunError(f"{path} is not a run's configuration (a JSON mapping)")
     if "architecture" not in config:
         config["architecture"] = _architecture_of_version_0_1(config)
     return config
@@ -81,11 +98,18 @@ def load_run(
     weights = Path(run_dir) / f"{which}.safetensors"
     if not weights.is_file():
         raise RunError(f"{weights} is missing: the run has not saved {which} weights yet")
-    model = build(ModelSpec.from_dict(config["architecture"]))
+    try:
+        model = build(ModelSpec.from_dict(config["architecture"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise RunError(f"{Path(run_dir) / 'config.json'}: its architecture is incomplete or invalid "
+                       f"({type(error).__name__}: {error}); the run directory is damaged") from None
     load_weights(model, weights)
     if temperature is None:
         calibration = Path(run_dir) / CALIBRATION_FILE
-        temperature = json.loads(calibration.read_text())["temperature"] if calibration.is_file() else 1.0
+        try:
+            temperature = json.loads(calibration.read_text())["temperature"] if calibration.is_file() else 1.0
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise RunError(f"{calibration} is damaged; run `ssn calibrate` again or delete it") from None
     if not temperature >= 0:
         raise RunError(f"the sampling temperature must be >= 0; got {temperature}")
     model.temperature = float(temperature)

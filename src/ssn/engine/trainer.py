@@ -82,7 +82,12 @@ def _train(config: TrainConfig, world: World, device_name: str, log) -> dict:
     if config.resume:
         state = _agree(world, lambda: _read_state(out))
         if "model" in state:
-            model.load_state_dict(state["model"])
+            try:
+                model.load_state_dict(state["model"])
+            except RuntimeError:
+                raise RunError(f"--resume: the saved weights do not fit the model built for {config.data} "
+                               f"({config.in_channels} channel(s), {config.num_classes} classes): resume on the "
+                               "data the run was trained on") from None
         else:  # written by ssn 0.2, where last.safetensors held the trained weights
             load_weights(model, out / "last.safetensors")
         if average is not None:

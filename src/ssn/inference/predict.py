@@ -41,6 +41,11 @@ def images_to_predict(model: SegmentationModel, data_path, split: str | None, sp
         raise ConfigError("--split needs --split-file (the JSON listing each split's patients)")
     else:
         indices = np.arange(len(data))
+    spec = model.spec
+    if spec is not None and (data.in_channels != spec.in_channels or len(data.spatial_shape) != spec.spatial_dims):
+        raise DataError(f"{data_path} holds images of {data.in_channels} channel(s) and {len(data.spatial_shape)} spatial "
+                        f"dims; the model takes {spec.in_channels} and {spec.spatial_dims}: use a run "
+                        "trained on such images")
     if data.num_classes() > model.num_classes:
         raise DataError(f"the data holds labels up to {data.num_classes() - 1}, the model only {model.num_classes} classes")
     return data, indices
