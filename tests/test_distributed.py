@@ -118,10 +118,13 @@ def test_data_loader_workers_do_not_change_the_run(data, tmp_path):
     assert json.loads((tmp_path / "w2" / "config.json").read_text())["workers"] == 2
 
 
-def _torchrun(args, processes=2, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _torchrun(args, processes=2, timeout=300, no_python=False):
+    """``torchrun ... -m ssn ARGS``, or ``torchrun ... --no-python ssn ARGS`` (the console script)."""
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    program = ["--no-python", "ssn"] if no_python else ["-m", "ssn"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "ssn", *args]
+               *program, *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -172,7 +175,7 @@ def test_two_processes_evaluate_as_one(data, run, tmp_path):
 def test_two_processes_sample_as_one(data, run, tmp_path):
     args = ["sample", "--run-dir", str(run), "--input", str(data), "--samples", "4", "--figures", "1"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    done = _torchrun([*args, "--out", str(tmp_path / "two")])
+    done = _torchrun([*args, "--out", str(tmp_path / "two")], no_python=True)
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = np.load(tmp_path / "one" / "samples.npz"), np.load(tmp_path / "two" / "samples.npz")
     assert one["samples"].shape == (48, 4, 32, 32)

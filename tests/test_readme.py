@@ -39,6 +39,16 @@ def test_the_documented_commands_parse():
     assert any("--patch-size" in line for line in commands)
     for line in commands:
         parser.parse_args(shlex.split(line)[1:])
+    # torchrun lines: torchrun's own parser takes them whole (it would read `--run` as its
+    # `--run-path`), and the ssn command after `-m ssn` / `--no-python ssn` parses
+    from torch.distributed.run import get_args_parser
+
+    launches = [line[line.index("torchrun"):] for line in lines if "torchrun " in line]
+    assert len(launches) >= 3 and any("--no-python" in line for line in launches)
+    for line in launches:
+        launch = get_args_parser().parse_args(shlex.split(line)[1:])
+        assert launch.training_script == "ssn" and (launch.module or launch.no_python), line
+        parser.parse_args(launch.training_script_args)
     (summary,) = [b for b in blocks("text") if b.startswith("ssn train")]
     command = None
     for line in summary.splitlines():

@@ -1,11 +1,13 @@
 """Training: one readable loop from a dataset file to a run directory.
 
 The configuration (:class:`~ssn.engine.config.TrainConfig`) is printed at the start and saved as
-``config.json`` beside the weights, with the model's full description. Each step draws one
-annotator per image (as the paper did), augments with flips, small rotations and optionally
-crops rescaled to full size, and takes one optimiser step on the method's own loss
-(``model.loss``: the SSN's Monte Carlo log-likelihood, or the baseline's cross-entropy on the
-same scale) at the learning rate of the schedule. After each epoch (or every ``val_every``
+``config.json`` beside the weights, with the model's full description. Each step takes a batch
+from a DataLoader (:mod:`ssn.engine.loading`: one annotator per image, as the paper did, flips,
+small rotations and optionally crops rescaled to full size, every draw keyed on the example's
+place in the epoch) and takes one optimiser step on the method's own loss (``model.loss``: the
+SSN's Monte Carlo log-likelihood, or the baseline's cross-entropy on the same scale) at the
+learning rate of the schedule. Under ``torchrun`` each process takes its share of every batch
+and DistributedDataParallel averages the gradients; only the first process writes. After each epoch (or every ``val_every``
 steps) the GED^2 on a fixed validation subset, drawn with a fixed seed, is logged, and the last
 and best weights are saved atomically: the moving average of the weights when ``ema_decay`` is
 set, the trained weights otherwise.
