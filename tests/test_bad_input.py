@@ -147,3 +147,9 @@ def test_an_npz_header_claiming_huge_arrays(tmp_path, capsys):
             np.lib.format.write_array(f, np.zeros((1, 1, 4, 4), np.uint8))
     _fails_in_one_line(capsys, ["train", "--data", str(path), "--out", str(tmp_path / "r"), "--max-steps", "1"],
                        "huge.npz")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sample"])
+def test_a_device_this_machine_lacks(run, data, tmp_path, capsys, command):
+    target = ["--data", str(data)] if command == "evaluate" else ["--input", str(data), "--out", str(tmp_path / "s")]
+    _fails_in_one_line(capsys, [command, "--run", str(run), *target, "--device", "cuda:99"], "cuda:99")

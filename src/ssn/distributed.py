@@ -22,7 +22,21 @@ import torch.distributed as dist
 
 from .errors import ConfigError
 
-__all__ = ["World", "join", "leave", "launched_by_torchrun"]
+__all__ = ["World", "join", "leave", "launched_by_torchrun", "check_device"]
+
+
+def check_device(device: str) -> None:
+    """Raise :class:`~ssn.errors.ConfigError` for a device this machine cannot use, with the fix."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N; got {device!r}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} was asked for, but this machine has no CUDA device; use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
+                              "CUDA device(s), cuda:0 to cuda:N-1")
 
 
 def launched_by_torchrun() -> bool:
@@ -83,8 +97,10 @@ def join(device: str = "cpu") -> tuple[World, str]:
 
     Under torchrun, initialises the default process group once (``nccl`` when ``device`` is
     CUDA, ``gloo`` otherwise) and maps ``cuda`` to ``cuda:LOCAL_RANK``. Alone, returns
-    ``(World(), device)`` and initialises nothing.
+    ``(World(), device)`` and initialises nothing. A device this machine cannot use raises
+    :class:`~ssn.errors.ConfigError`.
     """
+    check_device(device)
     if not launched_by_torchrun():
         return World(), device
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

@@ -226,6 +226,9 @@ def explore(run_dir, data_path=None, host: str = "127.0.0.1", port: int = 7860, 
     from ..engine.checkpoints import load_run
 
     model, config = load_run(run_dir)
+    from ..distributed import check_device
+
+    check_device(device)
     model.to(device)
     if getattr(model, "method", None) != "ssn":
         raise ConfigError(f"the explorer steers SSN samples; {run_dir} is a {model.method!r} run")

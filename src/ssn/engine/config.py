@@ -258,11 +258,6 @@ def _check_range(name: str, value: Any, metadata) -> None:
 
 
 def _check_device(device: str) -> None:
-    import torch
+    from ..distributed import check_device
 
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"device must be cpu, cuda or cuda:N; got {device!r}") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was asked for, but this machine has no CUDA device; use --device cpu")
+    check_device(device)
