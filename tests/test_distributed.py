@@ -132,11 +132,12 @@ def _metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", ["ssn", "deterministic"])
+@pytest.mark.parametrize("method", ["ssn", "deterministic", "prob-unet"])
 def test_two_processes_train_the_model_one_process_trains(data, tmp_path, method):
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(_train(data, one, "--method", method, "--workers", "0")) == 0
-    done = _torchrun(_train(data, two, "--method", method, "--workers", "0"))
+    extra = ["--encoder-features", "8", "16"] if method == "prob-unet" else []
+    assert main(_train(data, one, "--method", method, "--workers", "0", *extra)) == 0
+    done = _torchrun(_train(data, two, "--method", method, "--workers", "0", *extra))
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = load_file(str(one / "last.safetensors")), load_file(str(two / "last.safetensors"))
     assert a.keys() == b.keys()

@@ -129,6 +129,9 @@ def _train(config: TrainConfig, world: World, device_name: str, log) -> dict:
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
+        if device.type == "cuda":  # batch norm over the global batch (SyncBatchNorm runs on GPUs only)
+            objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(objective)
+
         warm_up = hasattr(model, "mean_loss") and config.mean_warmup > 0  # the covariance head idles meanwhile
         objective = DistributedDataParallel(objective, find_unused_parameters=warm_up)
     if config.compile:
