@@ -195,9 +195,13 @@ def test_mixed_precision_trains_with_the_head_and_loss_in_float32(data, tmp_path
     assert any(not torch.equal(t, load_file(str(tmp_path / "fp32" / "last.safetensors"))[k]) for k, t in weights.items())
 
 
-def test_fp16_on_the_cpu_is_refused_with_the_alternative(data, tmp_path, capsys):
-    assert main(_train(data, tmp_path / "fp16", "--precision", "fp16")) == 2
-    assert "bf16" in capsys.readouterr().err
+def test_fp16_trains_with_a_gradient_scaler_whose_state_is_kept(data, tmp_path):
+    assert main(_train(data, tmp_path / "fp16", "--workers", "0", "--precision", "fp16")) == 0
+    state = torch.load(tmp_path / "fp16" / "state.pt", weights_only=True)
+    assert state["scaler"]["scale"] > 0 and "_growth_tracker" in state["scaler"]
+    weights = load_file(str(tmp_path / "fp16" / "last.safetensors"))
+    assert all(t.dtype == torch.float32 and bool(torch.isfinite(t).all()) for t in weights.values())
+    assert all(m["bad_steps"] == 0 and np.isfinite(m["train_loss"]) for m in _metrics(tmp_path / "fp16"))
 
 
 def test_a_compiled_step_trains_the_same_model(data, tmp_path):

@@ -76,7 +76,7 @@ class TrainConfig:
     seed: int = setting(0, "random seed (data order, augmentation, initialisation, validation draws)", low=0)
     device: str = setting("cpu", "cpu, cuda or cuda:N (under torchrun, cuda means each process's own GPU, cuda:LOCAL_RANK)")
     workers: int | None = setting(help="DataLoader worker processes that read and augment batches (default: from the CPU count, 0 on 2 cores or fewer)", low=0)
-    precision: str = setting("fp32", "the backbone's arithmetic: fp32, bf16 or fp16 (fp16 on CUDA only); the head and the loss stay in float32", choices=("fp32", "bf16", "fp16"))
+    precision: str = setting("fp32", "the backbone's arithmetic: fp32, bf16 or fp16 (with a gradient scaler); the head and the loss stay in float32", choices=("fp32", "bf16", "fp16"))
     compile: bool = setting(False, "compile the training step with torch.compile (slow to start, faster on GPUs)")
     resume: bool = setting(False, "continue the run in --out from its last state")
     overwrite: bool = setting(False, "start over in an --out that already holds a run, replacing its files")
@@ -118,8 +118,6 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise ConfigError("resume and overwrite contradict each other: continue the run, or start it over")
         _check_device(self.device)
-        if self.precision == "fp16" and not self.device.startswith("cuda"):
-            raise ConfigError("precision fp16 needs a CUDA device (it trains with a gradient scaler); use bf16 or fp32 on the CPU")
         if self.epochs is None and self.max_minutes is None and self.max_steps is None:
             self.epochs = 20
 
