@@ -53,12 +53,15 @@ def test_an_images_draws_do_not_depend_on_its_batch():
         dist.rsample((2,), generator=generators_for(7, [1, 2]))
 
 
-@pytest.mark.parametrize("chunked", [False, True])
-def test_the_loss_of_a_batch_is_the_mean_of_its_images_losses_with_keyed_noise(monkeypatch, chunked):
+@pytest.mark.parametrize("chunk_above", [None, 0, 1000])
+def test_the_loss_of_a_batch_is_the_mean_of_its_images_losses_with_keyed_noise(monkeypatch, chunk_above):
     import ssn.losses
 
-    if chunked:  # the checkpointed path rewinds the generators for its second draw
-        monkeypatch.setattr(ssn.losses, "CHUNK_ABOVE", 0)
+    # 0: every image in chunks (the checkpointed path rewinds the generators for its second
+    # draw); 1000: between one image's 8 x 3 x 36 logit values and the batch's, where the choice
+    # must follow the image, not the batch
+    if chunk_above is not None:
+        monkeypatch.setattr(ssn.losses, "CHUNK_ABOVE", chunk_above)
     dist = _distribution(classes=3)
     loc = dist.loc.clone().requires_grad_()
     dist = LowRankLogitDistribution(loc, dist.cov_factor, dist.cov_diag)
@@ -173,6 +176,18 @@ def test_two_processes_evaluate_as_one(data, run, tmp_path):
     assert (tmp_path / "one.csv").read_text() == (tmp_path / "two.csv").read_text()  # every image, in order
 
 
+def test_a_process_without_images_still_takes_part(run, tmp_path):
+    """One image on two processes: the second has nothing to evaluate, and the figures are still one process's."""
+    one_image = tmp_path / "one.npz"
+    save_arrays(one_image, make_synthetic(1, size=32, seed=5))
+    args = ["evaluate", "--run-dir", str(run), "--data", str(one_image), "--samples", "4"]
+    assert main([*args, "--out", str(tmp_path / "one.json")]) == 0
+    done = _torchrun([*args, "--out", str(tmp_path / "two.json")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["num_images"] == 1 and one["ged"]["mean"] == pytest.approx(two["ged"]["mean"], abs=1e-12)
+
+
 def test_two_processes_sample_as_one(data, run, tmp_path):
     args = ["sample", "--run-dir", str(run), "--input", str(data), "--samples", "4", "--figures", "1"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
@@ -211,3 +226,38 @@ def test_a_compiled_step_trains_the_same_model(data, tmp_path):
     a, b = (load_file(str(tmp_path / n / "last.safetensors")) for n in ("eager", "compiled"))
     for key in a:  # the compiler fuses and reorders arithmetic: float tolerance
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+_OVERFLOW_ON_ONE_PROCESS = """
+import numpy as np, torch, torch.distributed as dist
+from ssn.distributed import join
+from ssn.distributions import NonFiniteError
+from ssn.engine.config import TrainConfig
+from ssn.engine.sources import ValidationSet
+from ssn.engine.trainer import _validate
+from ssn.models import ModelSpec, build
+
+world, device = join("cpu")
+torch.manual_seed(0)
+model = build(ModelSpec(method="ssn", backbone="unet", spatial_dims=2, in_channels=1, num_classes=2,
+                        backbone_kwargs={"features": [4, 8]}))
+images = np.zeros((2, 1, 16, 16), np.float32)
+images[1] = 3e38  # the second process's only image overflows the network
+config = TrainConfig(data="d.npz", out="o", num_classes=2, val_samples=4, batch_size=1)
+try:
+    _validate(model, ValidationSet(images, np.zeros((2, 2, 16, 16), np.uint8)), config, device, world)
+    print("rank", world.rank, "no error")
+except NonFiniteError:
+    print("rank", world.rank, "raised")
+dist.barrier()
+"""
+
+
+def test_an_overflow_in_one_processs_validation_reaches_every_process(tmp_path):
+    script = tmp_path / "overflow.py"
+    script.write_text(_OVERFLOW_ON_ONE_PROCESS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 raised" in done.stdout and "rank 1 raised" in done.stdout

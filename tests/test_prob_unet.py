@@ -105,3 +105,11 @@ def test_no_nan_under_a_learning_rate_of_ten():
         optimiser.step()
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert model.eval().sample_labels(images, 3).shape == (3, 4, 16, 16)
+
+
+def test_a_non_finite_latent_gives_a_non_finite_loss_not_an_exception():
+    """Training skips a non-finite step on every process alike; an exception on one would stall the others."""
+    model = small(num_classes=2)
+    images = torch.full((2, 1, 12, 12), float("nan"))
+    loss = model.loss(images, torch.zeros(2, 12, 12, dtype=torch.long))
+    assert not torch.isfinite(loss)

@@ -97,9 +97,12 @@ def _log_mean_exp_of_map_sums(pixel_log_lik: Tensor, weights: Tensor | None) -> 
     return _log_mean_exp(_map_sums(pixel_log_lik, weights))
 
 
-# Above this many logit values (M * B * C * prod(S)) the Monte Carlo term is computed a few
-# samples at a time and recomputed in the backward pass (see _chunked_map_log_likelihoods).
-CHUNK_ABOVE = 2**24
+# Above this many logit values per image (M * C * prod(S)) the Monte Carlo term is computed a few
+# samples at a time and recomputed in the backward pass (see _chunked_map_log_likelihoods). The
+# choice is made per image, never on the batch size, so that an image draws the same noise in a
+# batch of any size (or a process's share of one under torchrun): the two paths read its
+# generator in different orders.
+CHUNK_ABOVE = 2**22
 SAMPLES_PER_CHUNK = 4
 
 
@@ -184,7 +187,7 @@ def ssn_loss(
     expected = distribution.batch_shape + distribution.spatial_shape
     target, weights = prepare_target(target, tuple(expected), distribution.num_classes, ignore_index, mask)
     binary = distribution.num_classes == 2
-    values = num_samples * distribution.loc[:, :1 if binary else None].numel()
+    values = num_samples * distribution.loc[0, :1 if binary else None].numel()  # per image
     if values > CHUNK_ABOVE and (num_samples > SAMPLES_PER_CHUNK) and torch.is_grad_enabled():
         # Large maps (volumes): a few samples at a time, recomputed in the backward pass.
         loss = -_log_mean_exp(_chunked_map_log_likelihoods(distribution, target, weights, num_samples, antithetic, binary,

@@ -240,11 +240,13 @@ def _train(config: TrainConfig, world: World, device_name: str, log) -> dict:
                 finite = bool(torch.isfinite(loss))
             except NonFiniteError:  # the distribution's parameters overflowed for this batch
                 loss, finite = torch.zeros((), device=device), False
-            # One small reduction a step: the batch's loss, whether every process's is finite,
-            # and the main process's clock, so all processes take the same decisions.
+            # One small reduction a step: the batch's loss, whether every process's is finite, and
+            # the main process's clock and checkpoint timer, so all processes take the same decisions.
+            due = world.main and time.perf_counter() - last_checkpoint > 60 * config.checkpoint_minutes
             agreed = world.sum(torch.tensor([loss.item() * share if finite else 0.0, float(not finite),
-                                             (time.perf_counter() - clock) if world.main else 0.0], dtype=torch.float64))
-            finite, seconds = bool(agreed[1] == 0), float(agreed[2])
+                                             (time.perf_counter() - clock) if world.main else 0.0, float(due)],
+                                            dtype=torch.float64))
+            finite, seconds, due = bool(agreed[1] == 0), float(agreed[2]), bool(agreed[3])
             if finite:
                 scaler.scale(loss * (share * world.size)).backward()  # DDP averages: the global batch's mean
                 scaler.unscale_(optimiser)
@@ -287,7 +289,7 @@ def _train(config: TrainConfig, world: World, device_name: str, log) -> dict:
             if config.val_every and (progress["step"] % config.val_every == 0 or stop):
                 validate_and_save(count)
                 model.train()
-            elif world.all_agree(time.perf_counter() - last_checkpoint > 60 * config.checkpoint_minutes):
+            elif due:
                 save_state(count)
             if stop:
                 break
@@ -421,11 +423,17 @@ def _validate(model, val_set: ValidationSet, config: TrainConfig, device, world:
     process takes its share of the images and the metrics are summed over the processes."""
     ged = metrics.GeneralizedEnergyDistance(config.num_classes)
     diversity = metrics.SampleDiversity(config.num_classes)
-    for chunk, labels in predict_batches(
-        model, val_set.images, world.shard(np.arange(len(val_set))), config.val_samples, config.batch_size, device,
-        roi=val_set.roi, seed=config.seed,
-    ):
-        annotations = torch.from_numpy(np.ascontiguousarray(val_set.masks[chunk]))
-        ged.update(labels, annotations)
-        diversity.update(labels)
+    overflow = None
+    try:
+        for chunk, labels in predict_batches(
+            model, val_set.images, world.shard(np.arange(len(val_set))), config.val_samples, config.batch_size, device,
+            roi=val_set.roi, seed=config.seed,
+        ):
+            annotations = torch.from_numpy(np.ascontiguousarray(val_set.masks[chunk]))
+            ged.update(labels, annotations)
+            diversity.update(labels)
+    except NonFiniteError as error:  # on this process's share: every process must hear of it
+        overflow = error
+    if not world.all_agree(overflow is None):
+        raise overflow or NonFiniteError("another process's validation images overflowed the model")
     return {"ged": ged.compute().mean, "diversity": diversity.compute().mean}

@@ -277,7 +277,13 @@ class ImageMetrics:
         """An :class:`Estimate` per metric; ``hm_iou_{n}`` and ``ged_{n}`` carry ``num_samples = n``."""
         num_samples = self._num_samples.reduced()
         out = {}
-        for key in sorted(self._values):  # the same order in every process
+        keys = set(self._values)
+        if dist.is_available() and dist.is_initialized():  # a process that saw no image has no keys yet
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, sorted(keys))
+            keys = set().union(*gathered)
+        for key in sorted(keys):  # the same keys, in the same order, in every process
+            self._values.setdefault(key, _MeanAccumulator())
             suffix = key.rsplit("_", 1)[-1]
             n = int(suffix) if key.startswith(("hm_iou_", "ged_")) and suffix.isdigit() else num_samples
             out[key] = self._values[key].estimate(n, f"ImageMetrics[{key}]")

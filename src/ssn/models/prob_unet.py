@@ -55,7 +55,8 @@ class LatentEncoder(nn.Module):
         h = self.encoder(x).flatten(2).mean(-1)  # global average, (B, features[-1])
         h = self.to_gaussian(h.view(*h.shape, *([1] * (x.dim() - 2)))).flatten(1)
         mean, log_std = h[:, : self.latent_dim], h[:, self.latent_dim :]
-        return Independent(Normal(mean, log_std.clamp(-10, 10).exp()), 1)
+        # unvalidated: a NaN latent gives a NaN loss, which training skips like any non-finite step
+        return Independent(Normal(mean, log_std.clamp(-10, 10).exp(), validate_args=False), 1, validate_args=False)
 
 
 class ProbabilisticUNet(SegmentationModel):
