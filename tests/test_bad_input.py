@@ -153,3 +153,28 @@ def test_an_npz_header_claiming_huge_arrays(tmp_path, capsys):
 def test_a_device_this_machine_lacks(run, data, tmp_path, capsys, command):
     target = ["--data", str(data)] if command == "evaluate" else ["--input", str(data), "--out", str(tmp_path / "s")]
     _fails_in_one_line(capsys, [command, "--run", str(run), *target, "--device", "cuda:99"], "cuda:99")
+
+
+def test_an_incomplete_cache_folder_is_replaced(data, tmp_path, monkeypatch):
+    from ssn.data.arrays import _cache_key, cache_dir
+
+    monkeypatch.setenv("SSN_CACHE_DIR", str(tmp_path / "cache"))
+    folder = cache_dir() / _cache_key(data)
+    folder.mkdir(parents=True)
+    (folder / "images.npy").write_bytes(b"half a file")  # left by a kill, without done.json
+    np.testing.assert_array_equal(np.asarray(load_arrays(data).images), np.asarray(load_arrays(data, cache=False).images))
+
+
+def _images_sum(path):
+    return float(np.asarray(load_arrays(path).images, dtype=np.float64).sum())
+
+
+def test_processes_filling_one_cache_at_once(data, tmp_path, monkeypatch):
+    """As under torchrun: each process decodes into a folder of its own; the first rename wins."""
+    import multiprocessing
+
+    monkeypatch.setenv("SSN_CACHE_DIR", str(tmp_path / "cache"))
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        sums = pool.map(_images_sum, [data] * 6)
+    assert len(set(sums)) == 1
+    assert [p.name for p in (tmp_path / "cache").iterdir()] and not list((tmp_path / "cache").glob("*.tmp"))

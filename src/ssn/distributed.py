@@ -83,6 +83,15 @@ class World:
         dist.all_gather_object(values, value)
         return values
 
+    def gather_to_main(self, value: Any) -> list | None:
+        """Every process's ``value`` (picklable), in rank order, on the main process; ``None``
+        on the others (what only the main process writes need not be copied to every process)."""
+        if not self.distributed:
+            return [value]
+        values: list | None = [None] * self.size if self.main else None
+        dist.gather_object(value, values, dst=0)
+        return values
+
     def all_agree(self, flag: bool) -> bool:
         """True when ``flag`` is true on every process."""
         return bool(self.sum(torch.tensor([float(not flag)]))[0] == 0)

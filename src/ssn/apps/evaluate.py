@@ -74,14 +74,14 @@ def evaluate(
             patient = {"patient": str(data.patient[index])} if data.patient is not None else {}
             rows.append({"index": int(index), **patient, **values})
     seconds = time.perf_counter() - start
-    rows = sorted((row for part in world.gather(rows) for row in part), key=lambda row: row["index"])
+    rows = sorted((row for part in world.gather_to_main(rows) or [] for row in part), key=lambda row: row["index"])
     figures = per_image.compute()  # summed over the processes
     summary = {key: figures[key].as_dict() for key in ("ged", "diversity", "dice", "ged_truth") if key in figures}
     summary["hm_iou"] = {str(n): figures[f"hm_iou_{n}"].as_dict() for n in matched}
     summary["ged_at"] = {str(n): figures[f"ged_{n}"].as_dict() for n in matched}
     summary["ece"] = dataclasses.replace(ece.compute(), num_samples=num_samples).as_dict()
     summary.update(
-        num_samples=num_samples, num_images=len(rows), run=str(run_dir), data=str(data_path),
+        num_samples=num_samples, num_images=figures["ged"].num_images, run=str(run_dir), data=str(data_path),
         split=split if split_file else "all", seconds=seconds, temperature=model.temperature,
         model=config["architecture"],
     )

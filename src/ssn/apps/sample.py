@@ -95,8 +95,8 @@ def sample_run(
     images = read_images(input_path, spec["in_channels"], spec["spatial_dims"])
     mine = world.shard(np.arange(len(images)))
     batches = predict_batches(model, images, mine, num_samples, batch_size, device, seed=seed)
-    parts = world.gather([(chunk, batch.numpy()) for chunk, batch in
-                          progress(batches, -(-len(mine) // batch_size), "sample (batches)", world.main)])
+    parts = world.gather_to_main([(chunk, batch.numpy()) for chunk, batch in
+                                  progress(batches, -(-len(mine) // batch_size), "sample (batches)", world.main)])
     if not world.main:
         return out / "samples.npz"
     pieces = sorted(((int(i), s) for part in parts for chunk, batch in part for i, s in zip(chunk, batch)),

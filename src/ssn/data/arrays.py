@@ -135,8 +135,8 @@ def cache_write_error(folder: Path, error: OSError) -> DataError:
 
 def read_cached(folder: Path, read):
     """``read(folder)`` for a complete cache folder, or ``None`` when it is damaged (a truncated
-    or missing file, e.g. after a full disk or a kill): the folder is then removed, so that the
-    caller decodes the source again, and a line on stderr says so."""
+    or missing file, e.g. after a full disk): the folder is then moved aside and removed, so that
+    the caller decodes the source again, and a line on stderr says so."""
     try:
         return read(folder)
     except (OSError, ValueError, EOFError, KeyError) as error:  # "mmap length is greater than file size", ...
@@ -145,8 +145,44 @@ def read_cached(folder: Path, read):
 
         print(f"ssn: the cached copy in {folder} is damaged ({error}); removed, decoding the source again",
               file=sys.stderr)
-        shutil.rmtree(folder, ignore_errors=True)
+        aside = folder.with_name(f"{folder.name}.damaged.{os.getpid()}")
+        try:
+            os.rename(folder, aside)  # atomic: another process rebuilding it meanwhile is not disturbed
+        except OSError:  # another process moved it first
+            return None
+        shutil.rmtree(aside, ignore_errors=True)
         return None
+
+
+def write_cache_folder(folder: Path, write) -> None:
+    """Fill a cache folder atomically: ``write(temporary)`` fills a folder of this process's
+    own, which is then renamed to ``folder``. Processes that decode the same data at once (under
+    torchrun) never see each other's half-written files; the first rename wins, the others'
+    copies are dropped. An unwritable cache raises :class:`DataError` with the fix."""
+    import shutil
+
+    temporary = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    try:
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True)
+        write(temporary)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise cache_write_error(folder, error) from None
+    for attempt in range(2):
+        try:
+            os.rename(temporary, folder)
+            return
+        except OSError:
+            if (folder / "done.json").is_file() or attempt:  # already there: another process was first
+                shutil.rmtree(temporary, ignore_errors=True)
+                return
+            stale = folder.with_name(f"{folder.name}.stale.{os.getpid()}")  # an incomplete folder (older ssn)
+            try:
+                os.rename(folder, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            except OSError:
+                pass
 
 
 def _cache_key(path: Path) -> str:
@@ -196,25 +232,17 @@ def load_arrays(path: str | os.PathLike, cache: bool = True) -> SegmentationArra
     data = SegmentationArrays(**arrays)
     validate_values(data)
     if folder is not None:
-        try:
-            _write_cache(folder, data)
-        except OSError as error:
-            raise cache_write_error(folder, error) from None
+        write_cache_folder(folder, lambda temporary: _write_cache(temporary, data))
         return _read_cache(folder)
     return data
 
 
 def _write_cache(folder: Path, data: SegmentationArrays) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
     for name in _KEYS:
         array = getattr(data, name)
         if array is not None:
-            temporary = folder / f"{name}.{os.getpid()}.tmp.npy"  # per process: loads may race
-            np.save(temporary, np.ascontiguousarray(array))
-            temporary.replace(folder / f"{name}.npy")
-    marker = folder / f"done.{os.getpid()}.tmp"
-    marker.write_text(json.dumps({"images": list(data.images.shape)}))
-    marker.replace(folder / "done.json")
+            np.save(folder / f"{name}.npy", np.ascontiguousarray(array))
+    (folder / "done.json").write_text(json.dumps({"images": list(data.images.shape)}))
 
 
 def _read_cache(folder: Path) -> SegmentationArrays:

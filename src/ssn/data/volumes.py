@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .arrays import cache_dir, cache_write_error, read_cached
+from .arrays import cache_dir, read_cached, write_cache_folder
 
 __all__ = [
     "VolumeCase",
@@ -282,17 +282,14 @@ def read_case(case: VolumeCase, label_map: dict[int, int] | None = None, cache: 
     arrays = {"image": volume.image, "mask": volume.mask}
     if volume.labels is not None:
         arrays["labels"] = volume.labels
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
+
+    def write(temporary: Path) -> None:
         for name, array in arrays.items():
-            temporary = folder / f"{name}.{os.getpid()}.tmp.npy"
-            np.save(temporary, array)
-            temporary.replace(folder / f"{name}.npy")
-        marker = folder / f"done.{os.getpid()}.tmp"
-        marker.write_text(json.dumps({"id": case.id, "affine": volume.affine.tolist(), "shape": list(volume.shape)}))
-        marker.replace(folder / "done.json")
-    except OSError as error:
-        raise cache_write_error(folder, error) from None
+            np.save(temporary / f"{name}.npy", array)
+        (temporary / "done.json").write_text(
+            json.dumps({"id": case.id, "affine": volume.affine.tolist(), "shape": list(volume.shape)}))
+
+    write_cache_folder(folder, write)
     return _read_cached_case(case, folder)
 
 
