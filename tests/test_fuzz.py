@@ -156,3 +156,49 @@ def test_metrics_take_label_maps_or_refuse_them_with_a_value_or_type_error(sampl
         return
     value = ged.compute().mean
     assert np.isfinite(value) and -1e-6 <= value <= 2 + 1e-6
+
+
+flag_values = st.one_of(st.integers(-3, 100).map(str), st.floats(-5, 5, allow_nan=False).map(lambda v: f"{v:g}"),
+                        st.sampled_from(["", "nan", "inf", "-1e-3", "abc", "true", "{a: 1}", "[1, 2]", "cuda", "cpu"]))
+train_flags = st.sampled_from(["--batch-size", "--lr", "--rank", "--mc-samples", "--epochs", "--max-minutes",
+                               "--max-steps", "--val-every", "--crop-scale", "--ema-decay", "--mean-warmup",
+                               "--model", "--method", "--lr-schedule", "--precision", "--device", "--workers",
+                               "--num-classes", "--model-kwargs", "--checkpoint-minutes", "--final-lr"])
+
+
+@FUZZ
+@given(flags=st.lists(st.tuples(train_flags, flag_values), max_size=4))
+def test_any_train_flags_end_in_one_line_and_exit_code_2(tmp_path_factory, flags):
+    """A missing data file: whatever the other flags say, the run stops before writing anything,
+    with one line (a bad flag value) or the data error."""
+    import contextlib
+    import io
+
+    from ssn.apps.cli import main
+
+    out = tmp_path_factory.mktemp("cli") / "run"
+    argv = ["train", "--data", str(out.parent / "missing.npz"), "--out", str(out)]
+    for flag, value in flags:
+        argv += [flag, value]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse refuses a value of the wrong type itself
+            code = exit_.code
+    assert code == 2, err.getvalue()
+    assert "Traceback" not in err.getvalue() and not out.exists()
+
+
+@FUZZ
+@given(array=any_array(), channels=st.integers(1, 3), spatial_dims=st.integers(2, 3))
+def test_any_npy_given_to_sample_reads_or_is_refused(tmp_path_factory, array, channels, spatial_dims):
+    from ssn.apps.sample import read_images
+
+    path = tmp_path_factory.mktemp("npy") / "input.npy"
+    np.save(path, array)
+    try:
+        images = read_images(path, channels, spatial_dims)
+    except DataError:
+        return
+    assert images.shape[:2] == (1, channels) and images.ndim == spatial_dims + 2
