@@ -262,3 +262,44 @@ def test_an_overflow_in_one_processs_validation_reaches_every_process(tmp_path):
                            str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [(tmp_path / f"overflow.py.{rank}").read_text() for rank in (0, 1)] == ["raised", "raised"]
+
+
+_SPAWNED = """
+import os, sys
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def work(rank, data, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[3])
+    dist.init_process_group("gloo", rank=rank, world_size=2)  # set up by the caller, not by torchrun
+    from ssn.engine import TrainConfig, train
+
+    train(TrainConfig(data=data, out=out, features=[8, 16], batch_size=8, max_steps=4, val_images=8, workers=0),
+          log=lambda *_: None)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(work, args=(sys.argv[1], sys.argv[2]), nprocs=2)
+"""
+
+
+def test_a_process_group_set_up_by_the_caller_is_joined(data, tmp_path):
+    import socket
+
+    script = tmp_path / "spawned.py"
+    script.write_text(_SPAWNED)
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    done = subprocess.run([sys.executable, str(script), str(data), str(tmp_path / "two"), str(port)],
+                          env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "one"), "--features", "8", "16",
+                 "--batch-size", "8", "--max-steps", "4", "--val-images", "8", "--workers", "0"]) == 0
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
+    a, b = (load_file(str(tmp_path / n / "last.safetensors")) for n in ("one", "two"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)

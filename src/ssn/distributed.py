@@ -3,8 +3,9 @@
 ``torchrun --nproc_per_node N -m ssn train ...`` starts N copies of the command, each with the
 environment variables RANK, LOCAL_RANK and WORLD_SIZE set. :func:`join` reads them, sets up
 ``torch.distributed`` (``nccl`` for CUDA devices, ``gloo`` on the CPU) and gives each process its
-own GPU (``cuda:LOCAL_RANK``). Without torchrun, :func:`join` returns a world of one process and
-everything below is a no-op, so the same code runs alone or distributed.
+own GPU (``cuda:LOCAL_RANK``). A process group the caller initialised itself is joined as it is.
+Without either, :func:`join` returns a world of one process and everything below is a no-op,
+so the same code runs alone or distributed.
 
 Work is split by :meth:`World.shard` (every ``size``-th item from ``rank`` on). Only the main
 process (rank 0) writes files and logs; results are reduced with :meth:`World.sum` and gathered
@@ -110,6 +111,13 @@ def join(device: str = "cpu") -> tuple[World, str]:
     :class:`~ssn.errors.ConfigError`.
     """
     check_device(device)
+    if dist.is_available() and dist.is_initialized() and not launched_by_torchrun():
+        # a process group the caller set up itself (torch.multiprocessing.spawn, say): join it as it is
+        rank, size = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.device(device).type == "cuda" and torch.device(device).index is None:
+            device = f"cuda:{torch.cuda.current_device()}"
+        return World(rank, size, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))), device
     if not launched_by_torchrun():
         return World(), device
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
