@@ -175,3 +175,32 @@ def test_an_unwritable_evaluate_out_is_refused_before_the_work(data, tmp_path, c
     assert err.startswith("ssn: error: cannot write") and "images" not in err  # refused before any image
     assert main(["train", "--data", str(data), "--out", str(blocker / "run")]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_the_step_saves_its_state_and_the_resume_is_exact(data, tmp_path):
+    """SIGINT (Ctrl-C) mid-epoch: exit code 130 with the resume command, state.pt at the step
+    where it stopped, and the resumed run reaches the uninterrupted run's weights bitwise."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    slow = ("--checkpoint-minutes", "60")  # only Ctrl-C (and validation) save the state here
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    subprocess.run(_train_command(data, whole, *slow), env=env, check=True, capture_output=True)
+    process = subprocess.Popen(_train_command(data, stopped, *slow), env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (stopped / "metrics.jsonl").is_file():  # the first validation, step 8
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err[-2000:]
+    assert "--resume" in err and "Traceback" not in err
+    step = torch.load(stopped / "state.pt", weights_only=True)["progress"]["step"]
+    assert 8 <= step < 24  # the state of the step it stopped after, not of the last validation only
+    subprocess.run(_train_command(data, stopped, *slow, "--resume"), env=env, check=True, capture_output=True)
+    a = torch.load(whole / "state.pt", weights_only=True)["model"]
+    b = torch.load(stopped / "state.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[name], b[name]) for name in a)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -53,13 +54,14 @@ def train(config: TrainConfig, log=print) -> dict:
     joined = not (dist.is_available() and dist.is_initialized())
     world, device = join(config.device)
     try:
-        return _train(config, world, device, log if world.main else (lambda *_: None))
+        with _CtrlC() as interrupted:  # Ctrl-C: the step in progress ends and its state is saved first
+            return _train(config, world, device, log if world.main else (lambda *_: None), interrupted)
     finally:
         if joined and world.distributed:
             leave()
 
 
-def _train(config: TrainConfig, world: World, device_name: str, log) -> dict:
+def _train(config: TrainConfig, world: World, device_name: str, log, interrupted: "_CtrlC") -> dict:
     # ---------------------------------------------------------------- data
     source = open_source(config)  # images of an .npz, or patches of volumes
     _complete(config, source)
@@ -244,9 +246,9 @@ def _train(config: TrainConfig, world: World, device_name: str, log) -> dict:
             # the main process's clock and checkpoint timer, so all processes take the same decisions.
             due = world.main and time.perf_counter() - last_checkpoint > 60 * config.checkpoint_minutes
             agreed = world.sum(torch.tensor([loss.item() * share if finite else 0.0, float(not finite),
-                                             (time.perf_counter() - clock) if world.main else 0.0, float(due)],
-                                            dtype=torch.float64))
-            finite, seconds, due = bool(agreed[1] == 0), float(agreed[2]), bool(agreed[3])
+                                             (time.perf_counter() - clock) if world.main else 0.0, float(due),
+                                             float(interrupted.asked)], dtype=torch.float64))
+            finite, seconds, due, stopping = bool(agreed[1] == 0), float(agreed[2]), bool(agreed[3]), bool(agreed[4])
             if finite:
                 scaler.scale(loss * (share * world.size)).backward()  # DDP averages: the global batch's mean
                 scaler.unscale_(optimiser)
@@ -289,8 +291,10 @@ def _train(config: TrainConfig, world: World, device_name: str, log) -> dict:
             if config.val_every and (progress["step"] % config.val_every == 0 or stop):
                 validate_and_save(count)
                 model.train()
-            elif due:
+            elif due or stopping:
                 save_state(count)
+            if stopping and not stop:
+                raise KeyboardInterrupt  # after the step and its state: --resume continues from here
             if stop:
                 break
         if stop and count < steps_per_epoch:  # inside the epoch: state.pt keeps the position
@@ -314,6 +318,40 @@ def _train(config: TrainConfig, world: World, device_name: str, log) -> dict:
 
 
 _PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class _CtrlC:
+    """While training: the first Ctrl-C (SIGINT) only asks the run to stop after the step in
+    progress (whose state is then saved, so nothing is lost and ``--resume`` continues exactly);
+    a second one interrupts at once. Outside the main thread, Ctrl-C keeps its usual effect."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.asked, self._previous, self._pid = False, None, os.getpid()
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._ask)
+
+    def _ask(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a DataLoader worker (forked with this handler): the training process decides
+            return
+        self.restore()  # a second Ctrl-C raises KeyboardInterrupt at once
+        self.asked = True
+        print("\nssn: stopping after this step and saving its state (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def __enter__(self) -> "_CtrlC":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
 
 
 class _Objective(torch.nn.Module):
