@@ -23,7 +23,19 @@ import torch.distributed as dist
 
 from .errors import ConfigError
 
-__all__ = ["World", "join", "leave", "launched_by_torchrun", "check_device"]
+__all__ = ["World", "join", "leave", "launched_by_torchrun", "check_device", "all_reduce"]
+
+
+def all_reduce(tensor: torch.Tensor, op=None) -> torch.Tensor:
+    """The sum (or ``op``) of ``tensor`` over the processes when ``torch.distributed`` is
+    initialised, else ``tensor`` itself; a new tensor on ``tensor``'s device (through the
+    current GPU under nccl)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
+    total = tensor.detach().clone().to(device)
+    dist.all_reduce(total, op=op or dist.ReduceOp.SUM)
+    return total.to(tensor.device)
 
 
 def check_device(device: str) -> None:
@@ -69,12 +81,7 @@ class World:
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The element-wise sum of ``tensor`` over the processes (a new tensor, on its device)."""
-        if not self.distributed:
-            return tensor.clone()
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
-        total = tensor.detach().clone().to(device)
-        dist.all_reduce(total)
-        return total.to(tensor.device)
+        return all_reduce(tensor) if self.distributed else tensor.clone()
 
     def gather(self, value: Any) -> list:
         """Every process's ``value`` (picklable), in rank order, on every process."""
@@ -138,4 +145,7 @@ def join(device: str = "cpu") -> tuple[World, str]:
 def leave() -> None:
     """Tear the process group down (at the end of a command run under torchrun)."""
     if dist.is_available() and dist.is_initialized():
+        import gc
+
+        gc.collect()  # DDP's reducer, if left in a reference cycle, must go before its process group
         dist.destroy_process_group()

@@ -439,9 +439,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ssn: interrupted{hint}", file=sys.stderr)
         return 130
     finally:
-        from ..distributed import leave
+        from ..distributed import launched_by_torchrun, leave
 
-        leave()  # under torchrun: the process group this command joined
+        if launched_by_torchrun():
+            leave()  # the process group this command joined (a caller's own group is left to the caller)
 
 
 if __name__ == "__main__":

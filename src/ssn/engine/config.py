@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..distributed import check_device
 from ..errors import ConfigError
 from ..models import ModelSpec, available_methods, method_class
 
@@ -117,7 +118,7 @@ class TrainConfig:
                 raise ConfigError("features is given twice (features and model_kwargs.features) with different values")
         if self.resume and self.overwrite:
             raise ConfigError("resume and overwrite contradict each other: continue the run, or start it over")
-        _check_device(self.device)
+        check_device(self.device)
         if self.epochs is None and self.max_minutes is None and self.max_steps is None:
             self.epochs = 20
 
@@ -253,9 +254,3 @@ def _check_range(name: str, value: Any, metadata) -> None:
         raise ConfigError(f"{name} must be > {above}; got {value}")
     if choices is not None and value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got {value}")
-
-
-def _check_device(device: str) -> None:
-    from ..distributed import check_device
-
-    check_device(device)

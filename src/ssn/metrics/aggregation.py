@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..distributed import all_reduce
 from . import functional as F
 
 __all__ = [
@@ -52,16 +53,6 @@ class Estimate:
         }
 
 
-def _all_reduce(tensor: Tensor, op=None) -> Tensor:
-    """Sum (or ``op``) ``tensor`` over processes when torch.distributed is initialised."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return tensor
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
-    reduced = tensor.clone().to(device)
-    dist.all_reduce(reduced, op=op or dist.ReduceOp.SUM)
-    return reduced.to(tensor.device)
-
-
 def _batch(x, name: str) -> Tensor:
     t = torch.as_tensor(x)
     if t.dim() < 3:
@@ -80,7 +71,7 @@ class _MeanAccumulator:
         self.state += torch.tensor([value, value * value, 1.0], dtype=torch.float64)
 
     def estimate(self, num_samples: int | None, name: str) -> Estimate:
-        total, total_sq, count = _all_reduce(self.state).tolist()
+        total, total_sq, count = all_reduce(self.state).tolist()
         if count == 0:
             raise RuntimeError(f"{name}.compute() called before any update()")
         mean = total / count
@@ -112,7 +103,7 @@ class _SampleCount:
             return local
         # max over processes of N and of -N gives the largest and smallest N used anywhere.
         pair = torch.tensor([local or 0.0, -(local or math.inf)], dtype=torch.float64)
-        high, neg_low = _all_reduce(pair, dist.ReduceOp.MAX).tolist()
+        high, neg_low = all_reduce(pair, dist.ReduceOp.MAX).tolist()
         if high == 0:
             return None
         if high != -neg_low:
@@ -229,8 +220,8 @@ class ExpectedCalibrationError:
 
     def compute(self) -> Estimate:
         """ECE over every pixel seen; ``stderr`` is NaN (pixels within an image are not independent)."""
-        bins = _all_reduce(self._bins)
-        count = int(_all_reduce(torch.tensor([float(self._num_images)]))[0])
+        bins = all_reduce(self._bins)
+        count = int(all_reduce(torch.tensor([float(self._num_images)]))[0])
         if count == 0:
             raise RuntimeError("ExpectedCalibrationError.compute() called before any update()")
         return Estimate(F.ece_from_bins(bins), math.nan, count, None)
