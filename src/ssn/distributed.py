@@ -145,7 +145,4 @@ def join(device: str = "cpu") -> tuple[World, str]:
 def leave() -> None:
     """Tear the process group down (at the end of a command run under torchrun)."""
     if dist.is_available() and dist.is_initialized():
-        import gc
-
-        gc.collect()  # DDP's reducer, if left in a reference cycle, must go before its process group
         dist.destroy_process_group()

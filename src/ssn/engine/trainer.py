@@ -57,6 +57,12 @@ def train(config: TrainConfig, log=print) -> dict:
         with _CtrlC() as interrupted:  # Ctrl-C: the step in progress ends and its state is saved first
             return _train(config, world, device, log if world.main else (lambda *_: None), interrupted)
     finally:
+        if world.distributed:
+            import gc
+
+            # the run's DistributedDataParallel sits in reference cycles; its reducer must be gone
+            # before the process group is destroyed (by us or by the caller), or the process aborts at exit
+            gc.collect()
         if joined and world.distributed:
             leave()
 
