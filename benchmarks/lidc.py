@@ -16,6 +16,14 @@ as ``$SSN_LIDC_DIR``.
     python benchmarks/lidc.py --minutes 40              # data from $SSN_LIDC_DIR or ../shared/data/lidc
     python benchmarks/lidc.py --minutes 40 --one-at-a-time --threads 2 --out runs/lidc-sequential
     python benchmarks/lidc.py --steps 5042 --models low-rank prob-unet --threads 1 --out runs/lidc-v3
+
+Training for hours, in parts: ``--part-minutes M`` trains each model for at most M minutes in
+this invocation (``ssn train --stop-after-minutes``) and resumes the run in ``--out`` where there
+is one. Each part is resumed exactly, and each run's validation curve (GED^2 against the CPU
+time of its process) is in its ``metrics.jsonl``. The models are calibrated and evaluated once
+the budget is spent, so run the same command again until it says so:
+
+    python benchmarks/lidc.py --steps 30000 --crop 96 --models low-rank --threads 1 --part-minutes 120 --out runs/lidc-v6
 """
 
 from __future__ import annotations
@@ -91,6 +99,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=1, help="threads per process")
     parser.add_argument("--extra", default="", help="further `ssn train` flags for every model, one string")
+    parser.add_argument("--crop", type=int, help="train on random crops of this side (ssn train --patch-size C C); "
+                        "validation and evaluation see whole slices")
+    parser.add_argument("--part-minutes", type=float,
+                        help="train for hours in parts: at most this many minutes per model in this invocation, "
+                             "resuming the runs in --out; evaluation waits until the budget is spent")
     parser.add_argument("--calibrate", nargs="*", choices=list(MODELS),
                         help="the stochastic models to calibrate and evaluate at their temperature (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="training seed; the summary table shows seed 0, other seeds measure training noise")
@@ -113,7 +126,8 @@ def main() -> None:
         "--data", str(data), "--split-file", str(split), *budget,
         "--features", *map(str, args.features), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
         "--mc-samples", "20", "--val-images", "128", "--val-samples", "16", "--val-every", "500", "--seed", str(args.seed),
-        "--encoder-features", *map(str, args.features), *shlex.split(args.extra),
+        "--encoder-features", *map(str, args.features),
+        *(["--patch-size", str(args.crop), str(args.crop)] if args.crop else []), *shlex.split(args.extra),
     ]
     models = [m for m in MODELS if m in args.models]
     import ssn
@@ -123,8 +137,21 @@ def main() -> None:
     started = time.time()
     if not args.skip_training:
         order = list(reversed(models)) if args.one_at_a_time else models  # one at a time: low-rank first
-        commands = {m: python + ["train", "--out", str(args.out / m), "--overwrite", *settings, *MODELS[m]] for m in order}
-        run_all(commands, args.threads, args.out, "train", parallel=not args.one_at_a_time)
+        if args.part_minutes:
+            commands = {m: python + train_part(args.out / m, settings + MODELS[m], args.part_minutes)
+                        for m in order if not finished(args.out / m)}
+            run_all(commands, args.threads, args.out, f"train-part{time.strftime('%Y%m%d-%H%M')}",
+                    parallel=not args.one_at_a_time)
+            unfinished = [m for m in models if not finished(args.out / m)]
+            if unfinished:
+                for m in unfinished:
+                    print(f"{m}: step {progress_of(args.out / m)['step']} of {args.steps or 'the budget'}; "
+                          "run the same command again to continue")
+                return
+        else:
+            commands = {m: python + ["train", "--out", str(args.out / m), "--overwrite", *settings, *MODELS[m]]
+                        for m in order}
+            run_all(commands, args.threads, args.out, "train", parallel=not args.one_at_a_time)
     trained = time.time()
     stochastic = [m for m in models if m != "deterministic" and (args.calibrate is None or m in args.calibrate)]
 
@@ -182,6 +209,35 @@ def main() -> None:
     import report
 
     print(report.write().read_text())
+
+
+def progress_of(run: Path) -> dict:
+    """The training progress saved in a run's state.pt (empty before the first checkpoint)."""
+    import torch
+
+    state = run / "state.pt"
+    return torch.load(state, weights_only=True, map_location="cpu")["progress"] if state.is_file() else {}
+
+
+def finished(run: Path) -> bool:
+    """Whether the run in ``run`` has spent its budget (its config's max_steps or max_minutes)."""
+    config_path = run / "config.json"
+    if not config_path.is_file():
+        return False
+    config, progress = json.loads(config_path.read_text()), progress_of(run)
+    if not progress:
+        return False
+    if config.get("max_steps") and progress["step"] >= config["max_steps"]:
+        return True
+    return bool(config.get("max_minutes") and progress["seconds"] >= 60 * config["max_minutes"])
+
+
+def train_part(run: Path, settings: list[str], minutes: float) -> list[str]:
+    """The ``ssn train`` arguments of the next part of ``run``: a new run, or a resumed one."""
+    part = ["--stop-after-minutes", str(minutes)]
+    if (run / "state.pt").is_file():
+        return ["train", "--resume", "--out", str(run), *part]
+    return ["train", "--out", str(run), "--overwrite", *settings, *part]
 
 
 def _without_paths(result: dict) -> dict:

@@ -15,9 +15,11 @@ Each measurement runs in a fresh process and reports that process's peak residen
 - ``step-ssn`` and ``step-deterministic``: one training step (forward, the method's loss,
   backward, Adam) on a batch of 2 patches of 64^3 with 2 channels and 4 classes, 3D U-Net
   (16, 32, 64, 128); SSN at rank 10 with 20 Monte Carlo samples. Median of 3 steps after one.
+- ``step-ratio``: the same two steps alternating in one process (ABBA, 6 rounds after one of
+  each): the median of the paired SSN / deterministic time ratios.
 
     python benchmarks/volumes.py            # all parts; writes benchmarks/results/volumes.json
-    python benchmarks/volumes.py --parts step-ssn step-deterministic
+    python benchmarks/volumes.py --parts step-ssn step-deterministic step-ratio
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-PARTS = ("stream", "stream-half", "naive-half", "volume", "step-ssn", "step-deterministic")
+PARTS = ("stream", "stream-half", "naive-half", "volume", "step-ssn", "step-deterministic", "step-ratio")
 FULL, HALF = (240, 240, 155), (120, 120, 78)
 
 
@@ -105,6 +107,8 @@ def measure(part: str, samples: int) -> dict:
                 counts[c] += labels == c
         return {"seconds": time.perf_counter() - start, "blend_seconds": blended, "resting_mb": resting,
                 "peak_mb": _peak_mb()}
+    if part == "step-ratio":
+        return _step_ratio()
     if part.startswith("step"):
         from ssn.models import ModelSpec, build
 
@@ -127,6 +131,36 @@ def measure(part: str, samples: int) -> dict:
     raise SystemExit(f"unknown part {part!r}; choose from {', '.join(PARTS)}")
 
 
+def _step_ratio(rounds: int = 6) -> dict:
+    """The SSN's 3D step against the deterministic one in one process, alternating (ABBA):
+    the median over rounds of the paired time ratio, so drift of the machine cancels."""
+    from _common import medians, paired_ratio, time_interleaved
+
+    from ssn.models import ModelSpec, build
+
+    images = torch.randn(2, 2, 64, 64, 64)
+    target = torch.randint(0, 4, (2, 64, 64, 64))
+    steps = {}
+    for method in ("ssn", "deterministic"):
+        torch.manual_seed(0)
+        spec = ModelSpec(method=method, backbone="unet", spatial_dims=3, in_channels=2, num_classes=4,
+                         method_kwargs={"rank": 10, "mc_samples": 20} if method == "ssn" else {},
+                         backbone_kwargs={"features": [16, 32, 64, 128]})
+        model = build(spec)
+        optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step(model=model, optimiser=optimiser):
+            optimiser.zero_grad(set_to_none=True)
+            model.loss(images, target).backward()
+            optimiser.step()
+
+        steps[method] = step
+    times = time_interleaved(steps, repeats=rounds, warmup=1)
+    return {"seconds": medians(times)["ssn"], "deterministic_seconds": medians(times)["deterministic"],
+            "ratio": paired_ratio(times, "ssn", "deterministic"), "rounds": rounds,
+            "resting_mb": 0.0, "peak_mb": _peak_mb()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
@@ -146,7 +180,8 @@ def main() -> None:
             raise SystemExit(f"{part} failed:\n{output.stderr}")
         results[part] = json.loads(output.stdout.strip().splitlines()[-1])
         r = results[part]
-        print(f"{part}: peak {r['peak_mb']:.0f} MB (resting {r['resting_mb']:.0f} MB), {r['seconds']:.2f} s", flush=True)
+        ratio = f", SSN / deterministic {r['ratio']:.2f} (median of {r['rounds']} paired rounds)" if "ratio" in r else ""
+        print(f"{part}: peak {r['peak_mb']:.0f} MB (resting {r['resting_mb']:.0f} MB), {r['seconds']:.2f} s{ratio}", flush=True)
     path = HERE / "results" / "volumes.json"
     previous = json.loads(path.read_text()).get("parts", {}) if path.is_file() else {}
     write("volumes", {"samples": args.samples, "full": FULL, "half": HALF, "parts": {**previous, **results},

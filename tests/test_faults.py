@@ -204,3 +204,28 @@ def test_ctrl_c_ends_the_step_saves_its_state_and_the_resume_is_exact(data, tmp_
     a = torch.load(whole / "state.pt", weights_only=True)["model"]
     b = torch.load(stopped / "state.pt", weights_only=True)["model"]
     assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_a_run_in_parts_equals_the_run_in_one_go_bitwise(data, tmp_path, capsys):
+    """--stop-after-minutes ends each part with its state saved; --resume parts until the budget is spent."""
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main(_train_command(data, whole)[3:]) == 0
+    assert main([*_train_command(data, parts)[3:], "--stop-after-minutes", "0.001"]) == 0
+    count = 1
+    while "continue with: ssn train --resume" in capsys.readouterr().out:
+        step = torch.load(parts / "state.pt", weights_only=True)["progress"]["step"]
+        assert 0 < step < 24
+        assert main(["train", "--resume", "--out", str(parts), "--stop-after-minutes", "0.001"]) == 0
+        count += 1
+    assert count >= 3, "each part should have ended long before the 24 steps"
+    a = torch.load(whole / "state.pt", weights_only=True)
+    b = torch.load(parts / "state.pt", weights_only=True)
+    assert a["progress"]["step"] == b["progress"]["step"] == 24
+    assert b["progress"]["cpu_seconds"] > 0
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), f"{name} differs after {count} parts"
+    lines = [json.loads(line) for line in (parts / "metrics.jsonl").read_text().splitlines()]
+    whole_lines = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in lines] == [8, 16, 24]
+    assert [e["val_ged"] for e in lines] == [e["val_ged"] for e in whole_lines]
+    assert all(e["cpu_minutes"] > 0 for e in lines)

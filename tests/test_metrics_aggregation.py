@@ -145,3 +145,31 @@ def test_image_metrics_accumulate_every_per_image_metric_from_one_pass():
 
 def test_estimates_are_json_ready():
     assert M.Estimate(0.5, math.nan, 1, 4).as_dict() == {"mean": 0.5, "stderr": None, "num_images": 1, "num_samples": 4}
+
+
+def test_accumulating_classes_take_the_conventions():
+    y1 = np.zeros((8, 8), dtype=np.uint8); y1[:4, :4] = 1
+    y2 = np.zeros((8, 8), dtype=np.uint8); y2[:4, 2:6] = 1
+    empty = np.zeros_like(y1)
+    samples = torch.from_numpy(np.stack([y1, y2, empty, empty]))[None]  # (1, 4, 8, 8)
+    annotations = torch.from_numpy(np.stack([y1, y2]))[None]
+    for classes in ("present", "all"):
+        for name, function in (("GeneralizedEnergyDistance", M.generalized_energy_distance),
+                               ("SampleDiversity", None)):
+            metric = getattr(M, name)(3, classes=classes)
+            metric.update(samples, annotations)
+            expected = (function(samples[0], annotations[0], 3, classes=classes) if function
+                        else M.sample_diversity(samples[0], 3, classes=classes))
+            assert metric.compute().mean == pytest.approx(expected)
+    # 3 classes, class 2 never present: "all" halves every distance
+    ged = {c: M.GeneralizedEnergyDistance(3, classes=c) for c in ("present", "all")}
+    for metric in ged.values():
+        metric.update(samples, annotations)
+    assert ged["all"].compute().mean == pytest.approx(ged["present"].compute().mean / 2)
+    for matching, expected in (("repeat", 0.5), ("rectangular", 1.0)):
+        matched = M.HungarianMatchedIoU(2, matching=matching)
+        matched.update(samples, annotations)
+        assert matched.compute().mean == pytest.approx(expected)
+        figures = M.ImageMetrics(2, matched_sizes=(4,), matching=matching)
+        figures.update(samples, annotations)
+        assert figures.compute()["hm_iou_4"].mean == pytest.approx(expected)

@@ -108,6 +108,73 @@ def test_hungarian_matched_iou_by_hand():
     assert M.hungarian_matched_iou(y1[None], np.stack([y1, y2])) == pytest.approx((1 + 8 / 24) / 2)
 
 
+def test_classes_all_counts_a_class_absent_from_both_maps_as_iou_one():
+    # 4 classes (3 foreground). a and b: class 1 overlaps (IoU 8/24), class 2 only in a, class 3 in neither.
+    a = square(0, 0, 4) + square(6, 6, 2, label=2)
+    b = square(0, 2, 4)
+    d1 = 1 - 8 / 24
+    present = M.pairwise_distances(a[None], b[None], 4).item()
+    every = M.pairwise_distances(a[None], b[None], 4, classes="all").item()
+    assert present == pytest.approx((d1 + 1) / 2)  # classes 1 and 2 present
+    assert every == pytest.approx((d1 + 1 + 0) / 3)  # class 3: IoU 1, counted
+    # The case: one class present, two absent from both: "present" is 3x "all".
+    c = square(0, 0, 4)
+    assert M.pairwise_distances(b[None], c[None], 4).item() == pytest.approx(d1)
+    assert M.pairwise_distances(b[None], c[None], 4, classes="all").item() == pytest.approx(d1 / 3)
+    # Two empty maps: 0 in both conventions.
+    empty = np.zeros((8, 8), dtype=np.uint8)
+    assert M.pairwise_distances(empty[None], empty[None], 4, classes="all").item() == 0.0
+
+
+def test_ged_and_diversity_in_both_class_conventions_by_hand():
+    y1, y2 = square(0, 0, 4), square(0, 2, 4)  # class 1 only, 3 classes: class 2 always absent
+    d12 = 1 - 8 / 24
+    annotations = np.stack([y1, y2])
+    samples = np.stack([y1, y1, y2])
+    # present: the module's reference; all: every distance halved (class 2 counts as d = 0).
+    for classes, scale in (("present", 1.0), ("all", 0.5)):
+        sy = scale * d12 * (2 * 1 + 1 * 1) / 6  # 6 pairs: y1-y2 twice, y2-y1 once
+        ss = scale * d12 * 4 / 9  # ordered pairs (y1, y2) and (y2, y1): 2 * 2
+        yy = scale * d12 * 2 / 4
+        assert M.generalized_energy_distance(samples, annotations, 3, classes=classes) == pytest.approx(2 * sy - ss - yy)
+        assert M.sample_diversity(samples, 3, classes=classes) == pytest.approx(ss)
+        row = M.image_metrics(samples, annotations, 3, classes=classes)
+        assert row["ged"] == pytest.approx(2 * sy - ss - yy) and row["diversity"] == pytest.approx(ss)
+    # Two classes: the conventions agree.
+    assert M.generalized_energy_distance(samples, annotations, classes="all") == pytest.approx(
+        M.generalized_energy_distance(samples, annotations))
+
+
+def test_rectangular_matching_keeps_only_the_best_min_n_a_pairs():
+    y1, y2 = square(0, 0, 4), square(0, 2, 4)
+    empty = np.zeros((8, 8), dtype=np.uint8)
+    samples = np.stack([y1, empty, empty, empty])  # one good sample, three empty ones
+    annotations = np.stack([y1, y2])
+    # rectangular: 2 pairs, y1-y1 (IoU 1) and an empty map with y2 (IoU 0) -> 0.5
+    assert M.hungarian_matched_iou(samples, annotations, matching="rectangular") == pytest.approx(0.5)
+    # repeat: lcm(4, 2) = 4 pairs: y1-y1 (1), then three empty samples against y1, y2, y2 (0 each) -> 0.25
+    assert M.hungarian_matched_iou(samples, annotations) == pytest.approx(0.25)
+    # Many samples, a few good ones: rectangular takes the best, repeat all of them.
+    samples = np.stack([y1, y2, *[empty] * 6])
+    assert M.hungarian_matched_iou(samples, annotations, matching="rectangular") == pytest.approx(1.0)
+    assert M.hungarian_matched_iou(samples, annotations) == pytest.approx(2 / 8)
+    row = M.image_metrics(samples, annotations, matched_sizes=(8,), matching="rectangular")
+    assert row["hm_iou_8"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("call", [
+    lambda y: M.generalized_energy_distance(y, y, classes="some"),
+    lambda y: M.sample_diversity(y, classes="foreground"),
+    lambda y: M.hungarian_matched_iou(y, y, matching="square"),
+    lambda y: M.ImageMetrics(2, classes="none"),
+    lambda y: M.HungarianMatchedIoU(2, matching="lcm"),
+])
+def test_unknown_conventions_are_refused_naming_the_choices(call):
+    y = np.zeros((2, 4, 4), dtype=np.uint8)
+    with pytest.raises(ValueError, match="present|repeat"):
+        call(y)
+
+
 def test_mean_prediction_and_its_dice_by_hand():
     y1, y2 = square(0, 0, 4), square(0, 2, 4)
     samples = np.stack([y1, y1, y2])  # majority: y1

@@ -60,6 +60,42 @@ def test_the_ssn_beats_the_deterministic_baseline_against_the_exact_truth(worksp
     assert len(rows) == 1 + 32 and rows[0].startswith("index,patient,ged,diversity")
 
 
+def test_evaluate_reports_the_matched_iou_in_both_conventions(workspace, tmp_path):
+    out = tmp_path / "m.json"
+    args = ["evaluate", "--run", str(workspace / "ssn"), "--data", str(workspace / "data.npz"), "--split", "test",
+            "--split-file", str(workspace / "split.json"), "--samples", "32"]
+    assert main([*args, "--matching", "rectangular", "--classes", "all", "--out", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["conventions"] == {"classes": "all", "matching": "rectangular"}
+    both = summary["hm_iou_by_matching"]
+    assert summary["hm_iou"] == both["rectangular"]
+    for n in ("16", "32"):  # the best min(N, A) samples only: at least the repeated matching's mean
+        assert both["rectangular"][n]["mean"] >= both["repeat"][n]["mean"] - 1e-12
+    default, _ = evaluate(workspace, "ssn")
+    assert default["conventions"] == {"classes": "present", "matching": "repeat"}
+    assert default["hm_iou"] == default["hm_iou_by_matching"]["repeat"]
+    # two classes: the class conventions agree, and the matching leaves GED^2 alone
+    assert summary["ged"]["mean"] == pytest.approx(default["ged"]["mean"], abs=1e-12)
+    assert default["hm_iou_by_matching"]["rectangular"] == summary["hm_iou_by_matching"]["rectangular"]
+
+
+def test_training_on_image_crops_validates_on_whole_images(workspace, tmp_path, capsys):
+    run = tmp_path / "crops"
+    common = ["--data", str(workspace / "data.npz"), "--split-file", str(workspace / "split.json"), "--epochs", "1", *TRAIN]
+    assert main(["train", "--out", str(run), "--rank", "4", "--patch-size", "16", "16", "--foreground-share", "1",
+                 *common]) == 0
+    assert "one crop of 16x16 each" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    assert config["patch_size"] == [16, 16]
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--run", str(run), "--data", str(workspace / "data.npz"), "--samples", "4",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["num_images"] == 320  # whole 32x32 images
+    for size, message in ((["64", "64"], "larger than the images"), (["16", "16", "16"], "2 sizes for 2D images")):
+        assert main(["train", "--out", str(tmp_path / "bad"), "--patch-size", *size, *common]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_resume_continues_from_the_last_epoch(workspace, tmp_path):
     args = ["--data", str(workspace / "data.npz"), "--out", str(tmp_path / "r"), *TRAIN]
     assert main(["train", "--epochs", "1", *args]) == 0

@@ -287,6 +287,12 @@ def test_train_sample_and_evaluate_volumes_from_the_command_line(volume_list, tm
     assert set(summary["structures"]) >= {"whole tumour", "tumour core", "enhancing tumour", "oedema"}
     whole = summary["structures"]["whole tumour"]
     assert 0 <= whole["dice"]["mean"] <= 1 and -1 <= whole["ged"]["mean"] <= 2 and whole["ged"]["num_cases"] == 1
+    # the whole label maps in both conventions: "all" counts absent classes as IoU 1, so its distances are smaller
+    present, every = summary["structures"]["multi-class (present)"], summary["structures"]["multi-class (all)"]
+    assert every["diversity"]["mean"] <= present["diversity"]["mean"] + 1e-12
+    assert summary["conventions"] == {"classes": ["present", "all"], "matching": "repeat"}
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert sum("multi-class (all)" in row for row in rows) == 1
 
 
 def test_synthetic_volumes_know_their_label_distribution(tmp_path):

@@ -25,7 +25,7 @@ from .losses import SSNLoss, monte_carlo_log_likelihood, ssn_loss
 from .models import DeterministicSegmentationNetwork, SegmentationModel, StochasticSegmentationNetwork
 from .networks import SSNHead
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 
 def pretrained(name: str = "lidc-2d", device: str = "cpu", temperature: float | None = None) -> SegmentationModel:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .distributions import LowRankLogitDistribution
-from .randomness import Generators
+from .randomness import Generators, standard_normal
 
 __all__ = ["ssn_loss", "SSNLoss", "monte_carlo_log_likelihood", "prepare_target", "per_image_cross_entropy"]
 
@@ -92,13 +92,8 @@ def _log_mean_exp(map_log_lik: Tensor) -> Tensor:
     return torch.logsumexp(map_log_lik, dim=0) - math.log(map_log_lik.shape[0])
 
 
-def _log_mean_exp_of_map_sums(pixel_log_lik: Tensor, weights: Tensor | None) -> Tensor:
-    """logsumexp_m sum_i w_i l_{m,i} - log M for per-pixel log-likelihoods (M, B, *S) -> (B,)."""
-    return _log_mean_exp(_map_sums(pixel_log_lik, weights))
-
-
-# Above this many logit values per image (M * C * prod(S)) the Monte Carlo term is computed a few
-# samples at a time and recomputed in the backward pass (see _chunked_map_log_likelihoods). The
+# Above this many logit values per image (M * C * prod(S)) the Monte Carlo term is streamed: a
+# few samples at a time, its gradient accumulated in the same pass (_StreamedLogLikelihood). The
 # choice is made per image, never on the batch size, so that an image draws the same noise in a
 # batch of any size (or a process's share of one under torchrun): the two paths read its
 # generator in different orders.
@@ -106,37 +101,87 @@ CHUNK_ABOVE = 2**22
 SAMPLES_PER_CHUNK = 4
 
 
-def _chunked_map_log_likelihoods(
-    distribution: LowRankLogitDistribution, target: Tensor, weights: Tensor | None, num_samples: int,
-    antithetic: bool, binary: bool, generator: Generators = None,
-) -> Tensor:
-    """The (M, B) map log-likelihoods, ``SAMPLES_PER_CHUNK`` samples at a time, each chunk under
-    activation checkpointing: the backward pass redraws the chunk's noise (the random state is
-    restored, so the draw is the same) instead of keeping M logit maps. Memory holds one chunk
-    of logit maps instead of M of them; the cost is a second draw per chunk. Same estimator.
-    Explicit generators are rewound to their state at the chunk's start for the redraw."""
-    from torch.utils.checkpoint import checkpoint
+class _StreamedLogLikelihood(torch.autograd.Function):
+    """The (B,) Monte Carlo log-likelihoods of large maps and their gradients in one pass.
 
-    source = distribution.class_contrast(1, 0) if binary else distribution
-    generators = [] if generator is None else [generator] if isinstance(generator, torch.Generator) else list(generator)
+    With l_m the map log-likelihood of draw eta^m = mu + s_m (P z_m + sqrt(D) eps_m) (s_m = +-1
+    for antithetic pairs) and a_m = softmax_m(l_m) its weight in the log-mean-exp,
 
-    def chunk_log_lik(loc: Tensor, factor: Tensor, diag: Tensor, count: int, states: list) -> Tensor:
-        for g, state in zip(generators, states):
-            g.set_state(state)
-        dist = LowRankLogitDistribution(loc, factor, diag, validate_args=False)
-        draws = dist.rsample((count,), antithetic=antithetic, generator=generator)
+        d/dmu      logmeanexp_m l_m = sum_m a_m g_m,                    g_m = dl_m / deta^m,
+        d/dP       ...              = sum_m a_m s_m g_m z_m^T,
+        d/dsqrt(D) ...              = sum_m a_m s_m g_m * eps_m,
+
+    and for the pixel terms g_m is w (onehot(y) - softmax(eta^m)) (for two classes, from the
+    log-odds: w t sigmoid(-t eta^m), t = 2y - 1). The forward pass draws ``SAMPLES_PER_CHUNK``
+    samples at a time and accumulates these sums with a running maximum of l (the streaming
+    log-sum-exp), so memory holds one chunk of logit maps and the gradients (the size of the
+    parameters), and each sample is drawn once: the same estimator and gradients as autograd
+    through all M samples kept in memory, at the cost of the draws alone.
+    """
+
+    @staticmethod
+    def forward(ctx, loc, factor, diag, target, weights, num_samples, antithetic, binary, generator):
+        batch = loc.shape[0]
+        mu, scale = loc.reshape(batch, -1), diag.reshape(batch, -1).sqrt()  # (B, N)
+        rank = factor.shape[1]
+        p = factor.reshape(batch, rank, -1)  # (B, R, N)
+        w = None if weights is None else weights.reshape(batch, -1).to(mu.dtype)  # (B, S)
+        y = target.reshape(batch, -1)
         if binary:
-            return _binary_map_log_likelihoods(draws[:, :, 0], target, weights)
-        return _map_log_likelihoods(draws, target, weights)
+            sign_y = (2 * y - 1).to(mu.dtype)  # (B, N): one channel, N = S
+        signs = torch.tensor([1.0, -1.0] if antithetic else [1.0], dtype=mu.dtype, device=mu.device)
+        run_max = torch.full((batch,), -math.inf, dtype=mu.dtype, device=mu.device)
+        total = torch.zeros(batch, dtype=mu.dtype, device=mu.device)
+        grad_mu, grad_scale = torch.zeros_like(mu), torch.zeros_like(mu)
+        grad_p = torch.zeros_like(p)
+        per_draw = 2 if antithetic else 1
+        step = max(per_draw, SAMPLES_PER_CHUNK - SAMPLES_PER_CHUNK % per_draw)
+        for start in range(0, num_samples, step):
+            draws = min(step, num_samples - start) // per_draw
+            # the order of rsample's draws (eps, then z), so that a generator gives the same samples
+            eps = standard_normal((batch, draws, mu.shape[1]), generator, 0, dtype=mu.dtype, device=mu.device)
+            deviation = eps * scale.unsqueeze(1)  # (B, h, N)
+            if rank > 0:
+                z = standard_normal((batch, draws, rank), generator, 0, dtype=mu.dtype, device=mu.device)
+                deviation.baddbmm_(z, p)
+            eta = torch.addcmul(mu[:, None, None], deviation.unsqueeze(1), signs.view(1, -1, 1, 1))  # (B, s, h, N)
+            if binary:
+                x = eta * sign_y[:, None, None]
+                pixel_log_lik, grad = F.logsigmoid(x), torch.sigmoid(-x) * sign_y[:, None, None]
+            else:
+                classes = eta.view(*eta.shape[:3], loc.shape[1], -1)  # (B, s, h, C, S)
+                log_p = torch.log_softmax(classes, dim=3)
+                index = y[:, None, None, None].expand(*classes.shape[:3], 1, -1)
+                pixel_log_lik = log_p.gather(3, index).squeeze(3)  # (B, s, h, S)
+                grad = torch.exp(log_p).neg_().scatter_add_(3, index, torch.ones_like(pixel_log_lik.unsqueeze(3)))
+            if w is not None:
+                pixel_log_lik = pixel_log_lik * w[:, None, None]
+                grad = grad * (w[:, None, None] if binary else w[:, None, None, None])
+            log_lik = pixel_log_lik.sum(-1)  # (B, s, h)
+            new_max = torch.maximum(run_max, log_lik.flatten(1).amax(1))
+            rescale = torch.exp(run_max - new_max)  # 0 at the first chunk
+            a = torch.exp(log_lik - new_max[:, None, None])  # (B, s, h)
+            grad = grad.reshape(*eta.shape)  # (B, s, h, N)
+            weighted = grad * a[..., None]
+            signed = (weighted * signs.view(1, -1, 1, 1)).sum(1)  # (B, h, N): sum over s of s * a g
+            total = total * rescale + a.flatten(1).sum(1)
+            grad_mu = grad_mu * rescale[:, None] + weighted.sum((1, 2))
+            grad_scale = grad_scale * rescale[:, None] + (signed * eps).sum(1)
+            if rank > 0:
+                grad_p = (grad_p * rescale[:, None, None]).baddbmm_(z.transpose(1, 2), signed)
+            run_max = new_max
+        ctx.save_for_backward(
+            (grad_mu / total[:, None]).view_as(loc),
+            (grad_p / total[:, None, None]).view_as(factor),
+            (grad_scale / total[:, None] / (2 * scale)).view_as(diag),  # d sqrt(D) / dD = 1 / (2 sqrt(D))
+        )
+        return run_max + total.log() - math.log(num_samples)
 
-    step = SAMPLES_PER_CHUNK if not antithetic else max(2, SAMPLES_PER_CHUNK - SAMPLES_PER_CHUNK % 2)
-    parts = []
-    for start in range(0, num_samples, step):
-        count = min(step, num_samples - start)
-        states = [g.get_state() for g in generators]
-        parts.append(checkpoint(chunk_log_lik, source.loc, source.cov_factor, source.cov_diag, count, states,
-                                use_reentrant=False, preserve_rng_state=True))
-    return torch.cat(parts)
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_loc, grad_factor, grad_diag = ctx.saved_tensors
+        g = grad_output.view(-1, *([1] * (grad_loc.dim() - 1)))
+        return g * grad_loc, g.unsqueeze(1) * grad_factor, g * grad_diag, None, None, None, None, None, None
 
 
 def ssn_loss(
@@ -189,9 +234,10 @@ def ssn_loss(
     binary = distribution.num_classes == 2
     values = num_samples * distribution.loc[0, :1 if binary else None].numel()  # per image
     if values > CHUNK_ABOVE and (num_samples > SAMPLES_PER_CHUNK) and torch.is_grad_enabled():
-        # Large maps (volumes): a few samples at a time, recomputed in the backward pass.
-        loss = -_log_mean_exp(_chunked_map_log_likelihoods(distribution, target, weights, num_samples, antithetic, binary,
-                                                                generator))
+        # Large maps (volumes): a few samples at a time, the gradients accumulated as they go.
+        source = distribution.class_contrast(1, 0) if binary else distribution
+        loss = -_StreamedLogLikelihood.apply(source.loc, source.cov_factor, source.cov_diag, target, weights,
+                                             num_samples, antithetic, binary, generator)
     elif binary:
         # Only the log-odds eta_1 - eta_0 matter: sample them directly, with half the draws.
         margin = distribution.class_contrast(1, 0).rsample((num_samples,), antithetic=antithetic, generator=generator)

@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--temperature", type=float, help="sampling temperature (default: the run's calibrated one, else 1)")
+    e.add_argument("--classes", choices=("present", "all"),
+                   help="the classes 1 - IoU averages over: present (in either map; Flow-SSN, MoSE; the default) or all "
+                        "(every foreground class, absent from both counting as IoU 1; PHiSeg, the official SSN, CCDM). "
+                        "They agree for two classes. Volumes report both unless one is given")
+    e.add_argument("--matching", choices=("repeat", "rectangular"), default="repeat",
+                   help="Hungarian-matched IoU: repeat both sets to lcm(N, A) (CCDM, MoSE; the default) or match the "
+                        "N x A matrix as it is (Flow-SSN); the summary holds both, this one as hm_iou")
     _add_window_flags(e)
     e.set_defaults(handler=_evaluate)
 
@@ -223,7 +230,7 @@ def _train(args: argparse.Namespace) -> int:
 # Settings a resumed run may change: its budget, where and how often it validates, checkpoints, runs.
 _RESUME_MAY_CHANGE = {"resume", "out", "epochs", "max_minutes", "max_steps", "device", "val_every", "workers",
                       "precision", "compile",
-                      "checkpoint_minutes", "max_bad_steps"}
+                      "checkpoint_minutes", "max_bad_steps", "stop_after_minutes"}
 
 
 def _resumed_settings(given: dict) -> dict:
@@ -277,11 +284,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.split_file:
             raise ConfigError("a volume list carries its own splits; drop --split-file")
         evaluate_volumes(args.run, args.data, args.split or "test", args.samples, args.out, args.device, args.seed,
-                         args.temperature, args.window, args.overlap)
+                         args.temperature, args.window, args.overlap, classes=args.classes, matching=args.matching)
         return 0
     evaluate(
         args.run, args.data, args.split, args.split_file, args.samples, args.out, args.batch_size, args.device,
-        args.seed, temperature=args.temperature,
+        args.seed, temperature=args.temperature, classes=args.classes or "present", matching=args.matching,
     )
     return 0
 

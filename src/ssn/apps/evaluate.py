@@ -2,7 +2,9 @@
 
 Per image, ``num_samples`` label maps are drawn and compared with the annotators: GED^2 and
 Hungarian-matched IoU (of the first 16 and of all ``num_samples`` samples), sample diversity, Dice of the mean prediction,
-and, where the data carries its exact label distribution, GED^2 against that truth. Calibration
+and, where the data carries its exact label distribution, GED^2 against that truth. ``classes`` and
+``matching`` choose the conventions (:mod:`ssn.metrics.functional`); the summary records them and
+holds the matched IoU in both matching conventions (``hm_iou_by_matching``). Calibration
 (ECE) pools all pixels. The figures come from the accumulating metrics of :mod:`ssn.metrics`
 (dataset means with standard errors, each with its number of samples); a CSV beside the JSON
 holds the per-image values.
@@ -40,6 +42,8 @@ def evaluate(
     device: str = "cpu",
     seed: int = 0,
     temperature: float | None = None,
+    classes: str = "present",
+    matching: str = "repeat",
     log=print,
 ) -> dict:
     """Evaluate ``run_dir``'s best weights on ``data_path`` (all images, or one split).
@@ -52,6 +56,10 @@ def evaluate(
     """
     if num_samples < 2 or batch_size < 1:
         raise ConfigError(f"need --samples >= 2 and --batch-size >= 1; got {num_samples} and {batch_size}")
+    try:
+        metrics.functional._check_conventions(classes, matching)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     world, device = join(device)
     if out is not None and world.main:
         check_writable(out)  # before minutes of work, not after
@@ -60,7 +68,9 @@ def evaluate(
     data, indices = images_to_predict(model, data_path, split, split_file, default_split="test")
     num_classes = model.num_classes
     matched = tuple(sorted({min(16, num_samples), num_samples}))
-    per_image = metrics.ImageMetrics(num_classes, matched)
+    per_image = metrics.ImageMetrics(num_classes, matched, classes=classes, matching=matching)
+    other = "rectangular" if matching == "repeat" else "repeat"
+    other_matched = {n: metrics.HungarianMatchedIoU(num_classes, classes, other) for n in matched}
     ece = metrics.ExpectedCalibrationError(num_classes)
     rows = []
     start = time.perf_counter()
@@ -69,6 +79,8 @@ def evaluate(
     for chunk, labels in progress(batches, -(-len(mine) // batch_size), "evaluate (batches)", world.main):
         annotations = torch.from_numpy(np.ascontiguousarray(data.masks[chunk]))
         ece.update(labels, annotations)
+        for n, accumulated in other_matched.items():
+            accumulated.update(labels[:, :n], annotations)
         truths = [data.truth(i) for i in chunk] if data.truth_maps is not None else None
         for index, values in zip(chunk, per_image.update(labels, annotations, truths)):
             patient = {"patient": str(data.patient[index])} if data.patient is not None else {}
@@ -78,6 +90,10 @@ def evaluate(
     figures = per_image.compute()  # summed over the processes
     summary = {key: figures[key].as_dict() for key in ("ged", "diversity", "dice", "ged_truth") if key in figures}
     summary["hm_iou"] = {str(n): figures[f"hm_iou_{n}"].as_dict() for n in matched}
+    summary["hm_iou_by_matching"] = {
+        matching: summary["hm_iou"], other: {str(n): m.compute().as_dict() for n, m in other_matched.items()},
+    }
+    summary["conventions"] = {"classes": classes, "matching": matching}
     summary["ged_at"] = {str(n): figures[f"ged_{n}"].as_dict() for n in matched}
     summary["ece"] = dataclasses.replace(ece.compute(), num_samples=num_samples).as_dict()
     summary.update(

@@ -26,6 +26,7 @@ import torch
 from ..data.volumes import (
     BRATS_LABELS, BRATS_REGIONS, VolumeCase, index_brats, is_volume_list, load_volume_list, read_case,
 )
+from .. import metrics
 from ..engine.checkpoints import load_run, write_json
 from ..errors import ConfigError, DataError
 from ..distributed import join
@@ -167,11 +168,22 @@ def structures_for(label_map: dict[int, int] | None, num_classes: int) -> dict[s
 def evaluate_volumes(
     run_dir, data_path, split: str | None = "test", num_samples: int = 100, out=None, device: str = "cpu",
     seed: int = 0, temperature: float | None = None, window: list[int] | None = None, overlap: float = 0.5,
-    log=print,
+    classes: str | None = None, matching: str = "repeat", log=print,
 ) -> dict:
-    """Evaluate a 3D run on the cases of one split of a volume list (see the module)."""
+    """Evaluate a 3D run on the cases of one split of a volume list (see the module).
+
+    Besides each structure (a binary map, where the conventions agree), the rows
+    ``multi-class (present)`` and ``multi-class (all)`` score the whole label maps in both
+    conventions of averaging over classes (:mod:`ssn.metrics.functional`), or only in
+    ``classes`` when it is given. ``matching`` chooses the Hungarian matching's convention.
+    """
     if num_samples < 2:
         raise ConfigError(f"need --samples >= 2; got {num_samples}")
+    try:
+        metrics.functional._check_conventions(classes or "present", matching)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    conventions = [classes] if classes else ["present", "all"]
     model, config, world, device = _prepare(run_dir, temperature, device)
     if out is not None and world.main:
         check_writable(out)  # before minutes of work, not after
@@ -193,8 +205,12 @@ def evaluate_volumes(
                                    model.temperature, generator, device, box=box)
         samples = torch.stack(list(stream))
         annotations = torch.from_numpy(np.array(volume.labels[(slice(None), *box)]))
-        for name, values in structure_metrics(samples, annotations, structures, matched).items():
+        for name, values in structure_metrics(samples, annotations, structures, matched, matching).items():
             rows.append({"case": case.id, "structure": name, **values})
+        for convention in conventions:
+            values = metrics.image_metrics(samples, annotations, model.num_classes, matched, classes=convention,
+                                           matching=matching)
+            rows.append({"case": case.id, "structure": f"multi-class ({convention})", **values})
         log(f"{case.id}: " + ", ".join(f"{r['structure']} Dice {r['dice']:.3f} GED^2 {r['ged']:.3f}"
                                        for r in rows if r["case"] == case.id))
     order = {case.id: k for k, case in enumerate(listing.split(split))}
@@ -202,8 +218,9 @@ def evaluate_volumes(
     summary = {"structures": {}, "num_samples": num_samples, "num_cases": len({r["case"] for r in rows}),
                "run": str(run_dir), "data": str(data_path), "split": split, "temperature": model.temperature,
                "window": window, "overlap": overlap, "seconds": time.perf_counter() - start,
+               "conventions": {"classes": conventions, "matching": matching},
                "model": config["architecture"]}
-    for name in structures:
+    for name in [*structures, *(f"multi-class ({c})" for c in conventions)]:
         chosen = [r for r in rows if r["structure"] == name]
         summary["structures"][name] = {
             key: _mean_and_stderr([r[key] for r in chosen]) for key in chosen[0] if key not in ("case", "structure")

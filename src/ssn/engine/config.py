@@ -67,8 +67,8 @@ class TrainConfig:
     grad_clip: float = setting(10.0, "clip the gradient norm to this", above=0)
     max_bad_steps: int = setting(20, "stop after this many steps in a row with a non-finite loss or gradients (each is skipped)", low=1)
     augment: bool = setting(True, "flips and small rotations")
-    patch_size: list[int] | None = setting(help="volumes: train on patches of this size, e.g. 64 64 64 (also the sliding window of inference)")
-    foreground_share: float = setting(0.5, "volumes: the share of patches centred on the foreground (the paper: 0.5)", low=0)
+    patch_size: list[int] | None = setting(help="train on patches of this size: volumes, e.g. 64 64 64 (also the sliding window of inference); images, e.g. 96 96 (crops; inference sees whole images)")
+    foreground_share: float = setting(0.5, "with patch_size: the share of patches holding a foreground voxel (the paper: 0.5)", low=0)
     patches_per_volume: int = setting(32, "volumes: patches drawn from each training volume per epoch", low=1)
     crop_scale: float = setting(1.0, "augmentation: random crops of this fraction of the side or more, rescaled to full size (1: off)", above=0)
     val_images: int = setting(128, "fixed validation subset size", low=1)
@@ -81,6 +81,7 @@ class TrainConfig:
     compile: bool = setting(False, "compile the training step with torch.compile (slow to start, faster on GPUs)")
     resume: bool = setting(False, "continue the run in --out from its last state")
     overwrite: bool = setting(False, "start over in an --out that already holds a run, replacing its files")
+    stop_after_minutes: float | None = setting(help="end this invocation after this many minutes of training, its state saved, to train for hours in parts: the budget and its schedule are unchanged; continue with --resume", above=0)
     checkpoint_minutes: float = setting(5.0, "save the whole training state (state.pt) at least this often, besides each validation", above=0)
     num_classes: int | None = setting(help="number of classes (default: the largest label + 1)", low=2)
     in_channels: int | None = setting(help="read from the data", low=1, flag=False)
@@ -105,8 +106,9 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be below 1 (e.g. 0.999), or 0 to switch it off; got {self.ema_decay}")
         if self.foreground_share > 1:
             raise ConfigError(f"foreground_share is a share, in [0, 1]; got {self.foreground_share}")
-        if self.patch_size is not None and (len(self.patch_size) != 3 or min(self.patch_size) < 4):
-            raise ConfigError(f"patch_size needs three sizes of at least 4 voxels, e.g. 64 64 64; got {self.patch_size}")
+        if self.patch_size is not None and (len(self.patch_size) not in (1, 2, 3) or min(self.patch_size) < 4):
+            raise ConfigError(f"patch_size needs one size of at least 4 per spatial axis, e.g. 64 64 64 for volumes "
+                              f"or 96 96 for images; got {self.patch_size}")
         if self.final_lr > 1:
             raise ConfigError(f"final_lr is a fraction of lr, at most 1; got {self.final_lr}")
         if self.method == "ssn" and self.mc_samples % 2:

@@ -5,7 +5,8 @@ of items (images (B, channels, *S) float, label maps (B, A, *S) long, region of 
 (B, *S) bool or ``None``), and a fixed validation set.
 
 - :class:`ArraySource`: the items are image indices of the ``.npz``; an epoch sees each
-  training image once.
+  training image once, whole or (with ``patch_size``) as one crop placed like the volumes'
+  patches. Validation and inference always see whole images.
 - :class:`PatchSource`: the items are volume indices, each training volume repeated
   ``patches_per_volume`` times per epoch; each item becomes one patch drawn afresh. The
   validation set is a fixed set of patches of the validation volumes, drawn once from the seed.
@@ -42,12 +43,28 @@ class ValidationSet:
 
 
 class ArraySource:
-    """Batches of whole images from a dataset ``.npz``."""
+    """Batches of images from a dataset ``.npz``: whole, or crops of ``config.patch_size``.
+
+    A crop holds a random foreground pixel (any annotator's) with probability
+    ``config.foreground_share`` (where the image has one), placed uniformly among the crops that
+    hold it; otherwise it is placed uniformly anywhere in the image. Crops stay inside the image,
+    so every pixel, the border included, is seen in training.
+    """
 
     def __init__(self, data: SegmentationArrays, config) -> None:
         self.data = data
+        self.crop = None
         if config.patch_size is not None:
-            raise ConfigError("patch_size applies to volume lists (--data LIST.json); an .npz trains on whole images")
+            shape = tuple(data.spatial_shape)
+            if len(config.patch_size) != len(shape):
+                raise ConfigError(f"patch_size needs {len(shape)} sizes for {len(shape)}D images "
+                                  f"(e.g. {' '.join(str(s * 3 // 4) for s in shape)}); got {config.patch_size}")
+            if any(c > s for c, s in zip(config.patch_size, shape)):
+                raise ConfigError(f"patch_size {config.patch_size} is larger than the images "
+                                  f"({'x'.join(map(str, shape))}); choose at most their size")
+            if tuple(config.patch_size) != shape:
+                self.crop = tuple(config.patch_size)
+        self.foreground_share = config.foreground_share
         if config.split_file:
             self.train_items = select_split(data, config.train_split, config.split_file)
             self.val_items = select_split(data, config.val_split, config.split_file)
@@ -59,16 +76,37 @@ class ArraySource:
         return self.data.num_classes()
 
     def describe(self) -> str:
-        return f"{self.train_items.size} training images, {self.val_items.size} validation images"
+        crops = f" (one crop of {'x'.join(map(str, self.crop))} each)" if self.crop else ""
+        return f"{self.train_items.size} training images{crops}, {self.val_items.size} validation images"
 
     def validation(self, count: int, rng: np.random.Generator) -> ValidationSet:
         chosen = np.sort(rng.choice(self.val_items, size=min(count, self.val_items.size), replace=False))
         return ValidationSet(self.data.images[chosen], self.data.masks[chosen])
 
     def batch(self, items: np.ndarray, rng: np.random.Generator):
-        images = image_tensor(self.data.images[items])
-        masks = torch.from_numpy(np.ascontiguousarray(self.data.masks[items])).long()
+        images, masks = self.data.images[items], self.data.masks[items]
+        if self.crop is not None:
+            windows = [self._crop_window(np.asarray(m), rng) for m in masks]
+            images = np.stack([np.asarray(i)[(..., *w)] for i, w in zip(images, windows)])
+            masks = np.stack([np.asarray(m)[(..., *w)] for m, w in zip(masks, windows)])
+        images = image_tensor(images)
+        masks = torch.from_numpy(np.ascontiguousarray(masks)).long()
         return images, masks, None
+
+    def _crop_window(self, masks: np.ndarray, rng: np.random.Generator) -> tuple[slice, ...]:
+        """Slices of one crop for label maps (A, *S): around a foreground pixel (with probability
+        ``foreground_share``) or anywhere."""
+        shape = masks.shape[1:]
+        low = [0] * len(shape)
+        high = [s - c for s, c in zip(shape, self.crop)]  # the largest corner that stays inside
+        if self.foreground_share > 0 and rng.random() < self.foreground_share:
+            foreground = np.argwhere(masks.any(0))
+            if len(foreground):
+                pixel = foreground[rng.integers(len(foreground))]
+                low = [max(0, p - c + 1) for p, c in zip(pixel, self.crop)]
+                high = [min(h, p) for h, p in zip(high, pixel)]
+        corner = [int(rng.integers(lo, hi + 1)) for lo, hi in zip(low, high)]
+        return tuple(slice(c, c + size) for c, size in zip(corner, self.crop))
 
 
 class PatchSource:

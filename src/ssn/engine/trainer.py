@@ -83,7 +83,8 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
     average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
     evaluated = average.module if average is not None else model  # validated and saved
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    progress = {"epoch": 0, "step": 0, "seconds": 0.0, "best_ged": math.inf, "position": 0, "bad_steps": 0}
+    progress = {"epoch": 0, "step": 0, "seconds": 0.0, "cpu_seconds": 0.0, "best_ged": math.inf, "position": 0,
+                "bad_steps": 0}
 
     # ---------------------------------------------------------------- run directory
     out = Path(config.out)
@@ -156,6 +157,11 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
     steps_per_epoch = len(epoch_batches(0, 0))
     seconds = progress["seconds"]  # the main process's training time, agreed on by all at each step
     clock = time.perf_counter() - seconds
+    part_start = seconds  # this invocation's first second (stop_after_minutes counts from here)
+    cpu_clock = time.process_time() - progress.get("cpu_seconds", 0.0)  # this process's CPU time, all its threads
+
+    def cpu_seconds() -> float:
+        return time.process_time() - cpu_clock
 
     def budget_spent() -> float:
         """The share of the training budget used so far: the largest of steps, minutes and epochs."""
@@ -181,7 +187,7 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
         last_checkpoint = time.perf_counter()
         if not world.main:
             return
-        progress["seconds"], progress["position"] = seconds, position
+        progress["seconds"], progress["position"], progress["cpu_seconds"] = seconds, position, cpu_seconds()
         state = {
             "model": model.state_dict(), "optimiser": optimiser.state_dict(), "progress": dict(progress),
             "losses": list(losses), "bad_in_a_row": bad_in_a_row, "scaler": scaler.state_dict(),
@@ -200,6 +206,7 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
             val = {"ged": math.nan, "diversity": math.nan}
         entry = {
             "epoch": progress["epoch"], "step": progress["step"], "minutes": seconds / 60,
+            "cpu_minutes": cpu_seconds() / 60,
             "train_loss": float(np.mean(losses)) if losses else math.nan, "lr": optimiser.param_groups[0]["lr"],
             "val_ged": val["ged"], "val_diversity": val["diversity"], "val_samples": config.val_samples,
             "bad_steps": progress["bad_steps"],
@@ -223,7 +230,7 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
 
     last_epoch = math.inf if config.epochs is None else config.epochs
     last_step = math.inf if config.max_steps is None else config.max_steps
-    stop = False
+    stop = part_over = False
     while progress["epoch"] < last_epoch and progress["step"] < last_step and not stop:
         # ------------------------------------------------------------ one epoch of steps
         model.train()
@@ -294,15 +301,23 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
                         "or --grad-clip, check the images for extreme values, and resume with --resume"
                     )
             stop = seconds > 60 * (config.max_minutes or math.inf) or progress["step"] >= last_step
+            part_over = not stop and seconds - part_start > 60 * (config.stop_after_minutes or math.inf)
             if config.val_every and (progress["step"] % config.val_every == 0 or stop):
                 validate_and_save(count)
                 model.train()
-            elif due or stopping:
+            elif due or stopping or part_over:
                 save_state(count)
             if stopping and not stop:
                 raise KeyboardInterrupt  # after the step and its state: --resume continues from here
+            if part_over:
+                log(f"step {progress['step']}: this part's {config.stop_after_minutes:g} minutes are over and its "
+                    f"state is saved ({100 * budget_spent():.0f}% of the budget); continue with: "
+                    f"ssn train --resume --out {out}")
+                break
             if stop:
                 break
+        if part_over:
+            break
         if stop and count < steps_per_epoch:  # inside the epoch: state.pt keeps the position
             if not config.val_every:
                 validate_and_save(count)
@@ -318,6 +333,7 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
     world.barrier()
     return {
         "epochs": progress["epoch"], "steps": progress["step"], "minutes": seconds / 60,
+        "cpu_minutes": cpu_seconds() / 60, "finished": not part_over,
         "best_val_ged": progress["best_ged"], "run_dir": str(out), "bad_steps": progress["bad_steps"],
         "world_size": world.size,
     }

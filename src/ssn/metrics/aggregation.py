@@ -122,10 +122,15 @@ def _check_batches(samples: Tensor, annotations: Tensor) -> None:
 
 
 class _PerImageMean:
-    """Mean over images of a per-image score, with its standard error."""
+    """Mean over images of a per-image score, with its standard error.
 
-    def __init__(self, num_classes: int = 2) -> None:
-        self.num_classes = num_classes
+    ``classes`` (``"present"`` or ``"all"``) and, for the matched IoU, ``matching``
+    (``"repeat"`` or ``"rectangular"``) choose the convention (:mod:`ssn.metrics.functional`).
+    """
+
+    def __init__(self, num_classes: int = 2, classes: str = "present", matching: str = "repeat") -> None:
+        F._check_conventions(classes, matching)
+        self.num_classes, self.classes, self.matching = num_classes, classes, matching
         self.reset()
 
     def reset(self) -> None:
@@ -157,7 +162,7 @@ class GeneralizedEnergyDistance(_PerImageMean):
     """Dataset mean of GED^2 (see :func:`~ssn.metrics.generalized_energy_distance`)."""
 
     def _score(self, samples, annotations):
-        return F.generalized_energy_distance(samples, annotations, self.num_classes)
+        return F.generalized_energy_distance(samples, annotations, self.num_classes, classes=self.classes)
 
 
 class SampleDiversity(_PerImageMean):
@@ -169,7 +174,7 @@ class SampleDiversity(_PerImageMean):
     def update(self, samples, annotations=None) -> list[float]:
         samples = _batch(samples, "samples")
         self._num_samples.note(samples.shape[1])
-        values = [F.sample_diversity(s, self.num_classes) for s in samples]
+        values = [F.sample_diversity(s, self.num_classes, self.classes) for s in samples]
         for value in values:
             self._values.add(value)
         return values
@@ -179,7 +184,7 @@ class HungarianMatchedIoU(_PerImageMean):
     """Dataset mean of the Hungarian-matched IoU (see :func:`~ssn.metrics.hungarian_matched_iou`)."""
 
     def _score(self, samples, annotations):
-        return F.hungarian_matched_iou(samples, annotations, self.num_classes)
+        return F.hungarian_matched_iou(samples, annotations, self.num_classes, self.classes, self.matching)
 
 
 class MeanPredictionDice(_PerImageMean):
@@ -239,10 +244,14 @@ class ImageMetrics:
     Args:
         num_classes: C.
         matched_sizes: report the Hungarian-matched IoU and the GED^2 of the first n samples, for each n.
+        classes: ``"present"`` or ``"all"``; matching: ``"repeat"`` or ``"rectangular"``
+            (the conventions of :mod:`ssn.metrics.functional`).
     """
 
-    def __init__(self, num_classes: int = 2, matched_sizes: tuple[int, ...] = ()) -> None:
-        self.num_classes = num_classes
+    def __init__(self, num_classes: int = 2, matched_sizes: tuple[int, ...] = (), classes: str = "present",
+                 matching: str = "repeat") -> None:
+        F._check_conventions(classes, matching)
+        self.num_classes, self.classes, self.matching = num_classes, classes, matching
         self.matched_sizes = tuple(matched_sizes)
         self.reset()
 
@@ -258,7 +267,7 @@ class ImageMetrics:
         truths = [None] * samples.shape[0] if truths is None else truths
         rows = []
         for s, a, truth in zip(samples, annotations, truths):
-            row = F.image_metrics(s, a, self.num_classes, self.matched_sizes, truth)
+            row = F.image_metrics(s, a, self.num_classes, self.matched_sizes, truth, self.classes, self.matching)
             for key, value in row.items():
                 self._values.setdefault(key, _MeanAccumulator()).add(value)
             rows.append(row)

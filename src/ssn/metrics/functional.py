@@ -7,16 +7,30 @@ Every function takes integer label maps, numpy arrays or tensors:
 
 with labels in [0, num_classes) and class 0 the background.
 
-Conventions (the ones used by Kohl et al. 2018, Baumgartner et al. 2019 and Monteiro et al. 2020):
+Conventions:
 
-- distance d(a, b) = 1 - IoU(a, b), averaged over the foreground classes 1..C-1 present in a
-  or in b; if no foreground class is present in either map, d(a, b) = 0;
+- distance d(a, b) = 1 - IoU(a, b), averaged over foreground classes 1..C-1. Two conventions
+  for which classes count, chosen with ``classes``:
+
+  - ``"present"`` (the default): the classes present in a or in b; if none is present in
+    either, d(a, b) = 0. Flow-SSN's and MoSE's evaluation code do this;
+  - ``"all"``: every foreground class, a class absent from both maps counting as IoU 1
+    (d = 0), so d is the sum over classes divided by C - 1. PHiSeg's (Baumgartner et al. 2019),
+    the official SSN's (Monteiro et al. 2020) and CCDM's code do this.
+
+  For two classes the two agree, which is why every LIDC table compares; with more classes
+  "all" gives smaller distances wherever a class is absent from both maps;
 - GED is reported squared: GED^2 = 2 E[d(S, Y)] - E[d(S, S')] - E[d(Y, Y')], each expectation
-  over all ordered pairs, a map paired with itself included. Its value depends on N: always
-  report N beside it;
+  over all ordered pairs, a map paired with itself included (Kohl et al. 2018 and the papers
+  above). Its value depends on N: always report N beside it;
 - sample diversity = E[d(S, S')] over all ordered pairs;
-- Hungarian-matched IoU: both sets are repeated up to lcm(N, A) elements, matched one to one
-  minimising the total d, and the matched pairs' IoU (1 - d) averaged.
+- Hungarian-matched IoU, two conventions chosen with ``matching``:
+
+  - ``"repeat"`` (the default): both sets are repeated up to lcm(N, A) elements, matched one
+    to one minimising the total d, and the matched pairs' IoU (1 - d) averaged (CCDM's and
+    MoSE's code);
+  - ``"rectangular"``: the N x A matrix is matched as it is, so only min(N, A) pairs count,
+    the best samples (Flow-SSN's code). It is higher than ``"repeat"`` for a diverse model.
 
 Pairwise distances are computed for all pairs at once with one matrix product per class.
 """
@@ -49,6 +63,17 @@ __all__ = [
 # Voxels per block of the distance computation: float32 products count overlaps exactly below
 # 2**24, and a block of 2**18 keeps the indicator of 100 samples near 100 MB.
 _CHUNK = 2**18
+CLASS_CONVENTIONS = ("present", "all")
+MATCHING_CONVENTIONS = ("repeat", "rectangular")
+
+
+def _check_conventions(classes: str = "present", matching: str = "repeat") -> None:
+    if classes not in CLASS_CONVENTIONS:
+        raise ValueError(f"classes must be 'present' (average IoU over the classes in either map) or 'all' "
+                         f"(every foreground class, absent from both counts as IoU 1); got {classes!r}")
+    if matching not in MATCHING_CONVENTIONS:
+        raise ValueError(f"matching must be 'repeat' (both sets repeated to lcm(N, A)) or 'rectangular' "
+                         f"(the N x A matrix as it is); got {matching!r}")
 
 
 def _labels(x, name: str, num_classes: int) -> Tensor:
@@ -82,8 +107,9 @@ def _pair(samples, annotations, num_classes: int) -> tuple[Tensor, Tensor]:
     return s, a
 
 
-def _distance_matrix(label_sets: list[Tensor], num_classes: int) -> Tensor:
-    """d between all maps of the concatenated sets (each (n_k, *S)) -> (n, n) float64, symmetric.
+def _distance_matrix(label_sets: list[Tensor], num_classes: int, classes: str = "present") -> Tensor:
+    """d between all maps of the concatenated sets (each (n_k, *S)) -> (n, n) float64, symmetric,
+    averaged over the classes of the ``classes`` convention (module docstring).
 
     Per foreground class, one product G = X X^T of the 0/1 indicator rows gives every
     intersection; the areas are its diagonal and union = area_i + area_j - G. Volumes are
@@ -112,19 +138,22 @@ def _distance_matrix(label_sets: list[Tensor], num_classes: int) -> Tensor:
         iou = intersection / union.clamp_min(1)
         distance_sum += torch.where(present, 1.0 - iou, 0.0)
         classes_present += present
+    if classes == "all":  # absent from both maps: d = 0 (IoU 1), still counted
+        return distance_sum / (num_classes - 1)
     return torch.where(classes_present > 0, distance_sum / classes_present.clamp_min(1), 0.0)
 
 
-def pairwise_distances(a, b, num_classes: int = 2) -> Tensor:
+def pairwise_distances(a, b, num_classes: int = 2, classes: str = "present") -> Tensor:
     """d(a_i, b_j) = 1 - IoU for all pairs: a (n, *S), b (m, *S) -> (n, m) float64 tensor."""
+    _check_conventions(classes)
     a, b = _pair(a, b, num_classes)
-    return _distance_matrix([a, b], num_classes)[: a.shape[0], a.shape[0] :]
+    return _distance_matrix([a, b], num_classes, classes)[: a.shape[0], a.shape[0] :]
 
 
-def _ged_terms(samples: Tensor, annotations: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+def _ged_terms(samples: Tensor, annotations: Tensor, num_classes: int, classes: str) -> tuple[Tensor, Tensor, Tensor]:
     """The three pair-distance blocks S-Y, S-S, Y-Y from one product over both sets."""
     n = samples.shape[0]
-    d = _distance_matrix([samples, annotations], num_classes)
+    d = _distance_matrix([samples, annotations], num_classes, classes)
     return d[:n, n:], d[:n, :n], d[n:, n:]
 
 
@@ -137,7 +166,9 @@ def _annotation_weights(weights, count: int) -> Tensor | None:
     return w
 
 
-def generalized_energy_distance(samples, annotations, num_classes: int = 2, annotation_weights=None) -> float:
+def generalized_energy_distance(
+    samples, annotations, num_classes: int = 2, annotation_weights=None, classes: str = "present"
+) -> float:
     """Squared generalised energy distance GED^2 between samples and annotations of one image.
 
     GED^2 = 2 E[d(S, Y)] - E[d(S, S')] - E[d(Y, Y')], d = 1 - IoU (see the module docstring).
@@ -149,6 +180,7 @@ def generalized_energy_distance(samples, annotations, num_classes: int = 2, anno
         annotation_weights: optional (A,) probabilities of the annotations. With the exact
             label distribution of an image (its possible maps and their probabilities) this
             gives the GED^2 between the samples and the truth itself.
+        classes: ``"present"`` or ``"all"``, the classes d averages over (module docstring).
 
     Returns:
         GED^2 as a float (report N beside it: the value depends on it).
@@ -161,8 +193,9 @@ def generalized_energy_distance(samples, annotations, num_classes: int = 2, anno
         >>> round(generalized_energy_distance(y[:1], y), 4)  # 2 * 1/3 - 0 - 1/3
         0.3333
     """
+    _check_conventions(classes)
     s, a = _pair(samples, annotations, num_classes)
-    return _ged(*_ged_terms(s, a, num_classes), _annotation_weights(annotation_weights, a.shape[0]))
+    return _ged(*_ged_terms(s, a, num_classes, classes), _annotation_weights(annotation_weights, a.shape[0]))
 
 
 def _ged(d_sy: Tensor, d_ss: Tensor, d_yy: Tensor, weights: Tensor | None = None) -> float:
@@ -173,7 +206,8 @@ def _ged(d_sy: Tensor, d_ss: Tensor, d_yy: Tensor, weights: Tensor | None = None
 
 
 def image_metrics(
-    samples, annotations, num_classes: int = 2, matched_sizes: tuple[int, ...] = (), truth=None
+    samples, annotations, num_classes: int = 2, matched_sizes: tuple[int, ...] = (), truth=None,
+    classes: str = "present", matching: str = "repeat",
 ) -> dict[str, float]:
     """The sample metrics of one image from a single distance computation.
 
@@ -182,24 +216,27 @@ def image_metrics(
         matched_sizes: also report the Hungarian-matched IoU and the GED^2 of the first n
             samples, for each n (papers quote GED^2 with 16 and with 100 samples).
         truth: optional ``(maps (K, *S), probabilities (K,))``, the exact label distribution.
+        classes: ``"present"`` or ``"all"``; matching: ``"repeat"`` or ``"rectangular"``
+            (module docstring).
 
     Returns:
         ``ged``, ``diversity``, ``dice``, ``hm_iou_{n}`` and ``ged_{n}`` for each n in ``matched_sizes`` and,
         with ``truth``, ``ged_truth`` (GED^2 against the exact distribution).
     """
+    _check_conventions(classes, matching)
     s, a = _pair(samples, annotations, num_classes)
     sets = [s, a]
     if truth is not None:
         truth_maps = _labels(truth[0], "truth maps", num_classes).to(s.device)
         sets.append(truth_maps)
-    d = _distance_matrix(sets, num_classes)
+    d = _distance_matrix(sets, num_classes, classes)
     n, m = s.shape[0], a.shape[0]
     d_ss, d_sa = d[:n, :n], d[:n, n : n + m]
     out = {"ged": _ged(d_sa, d_ss, d[n : n + m, n : n + m]), "diversity": float(d_ss.mean())}
     for size in matched_sizes:
         if size > n:
             raise ValueError(f"cannot match {size} samples: only {n} were drawn")
-        out[f"hm_iou_{size}"] = _matched_iou(d_sa[:size])
+        out[f"hm_iou_{size}"] = _matched_iou(d_sa[:size], matching)
         out[f"ged_{size}"] = _ged(d_sa[:size], d_ss[:size, :size], d[n : n + m, n : n + m])
     out["dice"] = _mean_prediction_dice(s, a, num_classes)
     if truth is not None:
@@ -208,28 +245,37 @@ def image_metrics(
     return out
 
 
-def sample_diversity(samples, num_classes: int = 2) -> float:
-    """E[d(S, S')] over all ordered pairs of samples (self-pairs included), samples (N, *S)."""
+def sample_diversity(samples, num_classes: int = 2, classes: str = "present") -> float:
+    """E[d(S, S')] over all ordered pairs of samples (self-pairs included), samples (N, *S);
+    ``classes``: ``"present"`` or ``"all"`` (module docstring)."""
+    _check_conventions(classes)
     s = _labels(samples, "samples", num_classes)
-    return float(_distance_matrix([s], num_classes).mean())
+    return float(_distance_matrix([s], num_classes, classes).mean())
 
 
-def _matched_iou(d_sy: Tensor) -> float:
-    n, a = d_sy.shape
-    size = math.lcm(n, a)
-    cost = d_sy.cpu().numpy()[np.arange(size) % n][:, np.arange(size) % a]
-    rows, cols = linear_sum_assignment(cost)
+def _matched_iou(d_sy: Tensor, matching: str = "repeat") -> float:
+    cost = d_sy.cpu().numpy()
+    if matching == "repeat":
+        n, a = cost.shape
+        size = math.lcm(n, a)
+        cost = cost[np.arange(size) % n][:, np.arange(size) % a]
+    rows, cols = linear_sum_assignment(cost)  # rectangular: min(N, A) pairs
     return float(1.0 - cost[rows, cols].mean())
 
 
-def hungarian_matched_iou(samples, annotations, num_classes: int = 2) -> float:
+def hungarian_matched_iou(
+    samples, annotations, num_classes: int = 2, classes: str = "present", matching: str = "repeat"
+) -> float:
     """Mean IoU of an optimal one-to-one matching of samples to annotations.
 
-    Both sets are repeated to lcm(N, A) elements, matched with the Hungarian algorithm on
-    d = 1 - IoU, and 1 - d averaged over the matched pairs (two empty maps have IoU 1).
+    With ``matching="repeat"`` both sets are repeated to lcm(N, A) elements; with
+    ``"rectangular"`` the N x A matrix is matched as it is (min(N, A) pairs). Matched with the
+    Hungarian algorithm on d = 1 - IoU (averaged over the ``classes`` convention), and 1 - d
+    averaged over the matched pairs (two empty maps have IoU 1).
     """
+    _check_conventions(classes, matching)
     s, a = _pair(samples, annotations, num_classes)
-    return _matched_iou(_ged_terms(s, a, num_classes)[0])
+    return _matched_iou(_ged_terms(s, a, num_classes, classes)[0], matching)
 
 
 def class_frequencies(samples, num_classes: int = 2) -> Tensor:

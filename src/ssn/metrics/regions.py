@@ -29,12 +29,14 @@ def class_structures(num_classes: int, names: Mapping[int, str] | None = None,
 
 def structure_metrics(
     samples, annotations, structures: Mapping[str, Sequence[int]], matched_sizes: tuple[int, ...] = (),
+    matching: str = "repeat",
 ) -> dict[str, dict[str, float]]:
     """The sample metrics of one image or volume per structure.
 
     Args:
         samples: (N, *S) integer label maps; annotations: (A, *S).
         structures: ``{name: classes}`` (see :func:`class_structures`).
+        matching: the Hungarian matching's convention, ``"repeat"`` or ``"rectangular"``.
 
     Returns:
         ``{name: {"ged", "diversity", "dice", "hm_iou_{n}", "ged_{n}"}}``.
@@ -44,5 +46,5 @@ def structure_metrics(
     for name, classes in structures.items():
         chosen = torch.tensor(list(classes), dtype=samples.dtype)
         inside = [torch.isin(x, chosen.to(x.dtype)).view(torch.uint8) for x in (samples, annotations)]  # no copy
-        out[name] = image_metrics(*inside, 2, matched_sizes=matched_sizes)
+        out[name] = image_metrics(*inside, 2, matched_sizes=matched_sizes, matching=matching)
     return out

@@ -1,0 +1,94 @@
+"""LIDC-IDRI: validation GED^2 against CPU-hours of training, one curve per run.
+
+Reads the ``metrics.jsonl`` that ``ssn train`` appends at each validation (GED^2 with
+``val_samples`` samples on the run's fixed validation subset, and ``cpu_minutes``, the CPU time
+of the training process, all its threads, summed over the parts of the run), and draws them.
+Writes ``benchmarks/lidc_curve.png`` and ``benchmarks/results/lidc_curve.json`` (every point,
+and each run's figure nearest 40 minutes, 2 hours and at its end).
+
+    python benchmarks/lidc_curve.py runs/lidc-v6/low-rank runs/lidc-v6/prob-unet runs/lidc-v6/deterministic
+    python benchmarks/lidc_curve.py runs/lidc-v6/*      # every run of a benchmark folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import write  # noqa: E402
+
+MARKS = {"40 min": 40 / 60, "2 h": 2.0}
+
+
+def curve(run: Path) -> list[dict]:
+    """The run's validation points: step, CPU-hours, wall-hours, GED^2, diversity."""
+    points = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("cpu_minutes") is None:
+            raise SystemExit(f"{run}: metrics.jsonl has no cpu_minutes (written before ssn 0.6); retrain it")
+        points.append({"step": entry["step"], "cpu_hours": entry["cpu_minutes"] / 60, "hours": entry["minutes"] / 60,
+                       "val_ged": entry["val_ged"], "val_diversity": entry["val_diversity"],
+                       "val_samples": entry["val_samples"]})
+    return points
+
+
+def nearest(points: list[dict], hours: float) -> dict | None:
+    """The last point at or before ``hours`` CPU-hours (None before the first)."""
+    before = [p for p in points if p["cpu_hours"] <= hours * 1.02]
+    return before[-1] if before else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories of ssn train")
+    parser.add_argument("--out", type=Path, default=HERE / "lidc_curve.png")
+    args = parser.parse_args()
+    runs = [r for r in args.runs if (r / "metrics.jsonl").is_file()]
+    if not runs:
+        raise SystemExit("none of the given folders holds a metrics.jsonl")
+    curves = {}
+    for run in runs:
+        config = json.loads((run / "config.json").read_text())
+        points = curve(run)
+        curves[f"{run.parent.name}/{run.name}"] = {
+            "method": config["method"], "rank": config.get("rank"), "seed": config["seed"],
+            "patch_size": config.get("patch_size"), "max_steps": config.get("max_steps"), "points": points,
+            "marks": {**{k: nearest(points, h) for k, h in MARKS.items()}, "end": points[-1] if points else None},
+        }
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(7, 4.2))
+    for name, entry in curves.items():
+        xs = [p["cpu_hours"] for p in entry["points"]]
+        ys = [p["val_ged"] for p in entry["points"]]
+        axis.plot(xs, ys, marker="o", markersize=3, label=f"{name} (seed {entry['seed']})")
+    for label, hours in MARKS.items():
+        axis.axvline(hours, color="grey", linewidth=0.6, linestyle=":")
+        axis.text(hours, axis.get_ylim()[1], f" {label}", fontsize=7, va="top", color="grey")
+    samples = {p["val_samples"] for e in curves.values() for p in e["points"]}
+    axis.set_xlabel("CPU-hours of training (the training process, all its threads)")
+    axis.set_ylabel(f"validation GED²({'/'.join(map(str, sorted(samples)))})")
+    axis.set_title("LIDC-IDRI validation slices (data: Armato et al. 2011, TCIA, CC BY 3.0)", fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=100)
+    plt.close(fig)
+    print(f"wrote {args.out}")
+    for name, entry in curves.items():
+        marks = ", ".join(f"{k}: {v['val_ged']:.3f} (step {v['step']})" for k, v in entry["marks"].items() if v)
+        print(f"{name}: {marks}")
+    write("lidc_curve", {"runs": curves})
+
+
+if __name__ == "__main__":
+    main()
