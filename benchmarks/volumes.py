@@ -134,6 +134,7 @@ def measure(part: str, samples: int) -> dict:
 def _step_ratio(rounds: int = 6) -> dict:
     """The SSN's 3D step against the deterministic one in one process, alternating (ABBA):
     the median over rounds of the paired time ratio, so drift of the machine cancels."""
+    import torch
     from _common import medians, paired_ratio, time_interleaved
 
     from ssn.models import ModelSpec, build

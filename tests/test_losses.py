@@ -258,11 +258,11 @@ def test_fitting_the_loss_learns_coherent_samples_only_with_a_low_rank_factor():
     assert ((share == 0) | (share == 1)).float().mean() < 0.05
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype, antithetic", [(torch.float64, True), (torch.float32, True), (torch.float64, False)])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("num_classes", [2, 4])
 def test_the_streamed_monte_carlo_term_of_volumes_is_the_same_estimator_with_the_same_gradients(
-    monkeypatch, num_classes, masked, dtype,
+    monkeypatch, num_classes, masked, dtype, antithetic,
 ):
     """Large maps take the samples a few at a time and accumulate the gradients in the same pass
     (a streaming log-sum-exp): value and gradients equal autograd's through the same draws kept
@@ -286,7 +286,7 @@ def test_the_streamed_monte_carlo_term_of_volumes_is_the_same_estimator_with_the
     parts = []
     for _ in range(0, 20, losses.SAMPLES_PER_CHUNK):
         draws = LowRankLogitDistribution(source.loc, source.cov_factor, source.cov_diag).rsample(
-            (losses.SAMPLES_PER_CHUNK,), antithetic=True)
+            (losses.SAMPLES_PER_CHUNK,), antithetic=antithetic)
         parts.append(losses._binary_map_log_likelihoods(draws[:, :, 0], target, weights) if num_classes == 2
                      else losses._map_log_likelihoods(draws, target, weights))
     kept = -losses._log_mean_exp(torch.cat(parts)).mean()
@@ -294,7 +294,7 @@ def test_the_streamed_monte_carlo_term_of_volumes_is_the_same_estimator_with_the
 
     monkeypatch.setattr(losses, "CHUNK_ABOVE", 0)
     torch.manual_seed(1)
-    streamed = ssn_loss(dist, target, num_samples=20, mask=mask)
+    streamed = ssn_loss(dist, target, num_samples=20, mask=mask, antithetic=antithetic)
     tolerance = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(streamed, kept, **tolerance)
     for got, want in zip(torch.autograd.grad(streamed, [loc, factor, diag]), expected):

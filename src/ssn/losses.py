@@ -130,10 +130,7 @@ class _StreamedLogLikelihood(torch.autograd.Function):
         if binary:
             sign_y = (2 * y - 1).to(mu.dtype)  # (B, N): one channel, N = S
         signs = torch.tensor([1.0, -1.0] if antithetic else [1.0], dtype=mu.dtype, device=mu.device)
-        run_max = torch.full((batch,), -math.inf, dtype=mu.dtype, device=mu.device)
-        total = torch.zeros(batch, dtype=mu.dtype, device=mu.device)
-        grad_mu, grad_scale = torch.zeros_like(mu), torch.zeros_like(mu)
-        grad_p = torch.zeros_like(p)
+        run_max = total = grad_mu = grad_scale = grad_p = None
         per_draw = 2 if antithetic else 1
         step = max(per_draw, SAMPLES_PER_CHUNK - SAMPLES_PER_CHUNK % per_draw)
         for start in range(0, num_samples, step):
@@ -145,35 +142,48 @@ class _StreamedLogLikelihood(torch.autograd.Function):
                 z = standard_normal((batch, draws, rank), generator, 0, dtype=mu.dtype, device=mu.device)
                 deviation.baddbmm_(z, p)
             eta = torch.addcmul(mu[:, None, None], deviation.unsqueeze(1), signs.view(1, -1, 1, 1))  # (B, s, h, N)
+            del deviation
             if binary:
-                x = eta * sign_y[:, None, None]
-                pixel_log_lik, grad = F.logsigmoid(x), torch.sigmoid(-x) * sign_y[:, None, None]
+                x = eta.mul_(sign_y[:, None, None])
+                grad = torch.sigmoid(x.neg()).mul_(sign_y[:, None, None])
+                pixel_log_lik = F.logsigmoid(x)
             else:
                 classes = eta.view(*eta.shape[:3], loc.shape[1], -1)  # (B, s, h, C, S)
                 log_p = torch.log_softmax(classes, dim=3)
-                index = y[:, None, None, None].expand(*classes.shape[:3], 1, -1)
+                del eta, classes
+                index = y[:, None, None, None].expand(*log_p.shape[:3], 1, -1)
                 pixel_log_lik = log_p.gather(3, index).squeeze(3)  # (B, s, h, S)
-                grad = torch.exp(log_p).neg_().scatter_add_(3, index, torch.ones_like(pixel_log_lik.unsqueeze(3)))
+                grad = log_p.exp_().neg_().scatter_add_(3, index, torch.ones_like(pixel_log_lik.unsqueeze(3)))
             if w is not None:
                 pixel_log_lik = pixel_log_lik * w[:, None, None]
-                grad = grad * (w[:, None, None] if binary else w[:, None, None, None])
+                grad.mul_(w[:, None, None] if binary else w[:, None, None, None])
             log_lik = pixel_log_lik.sum(-1)  # (B, s, h)
-            new_max = torch.maximum(run_max, log_lik.flatten(1).amax(1))
-            rescale = torch.exp(run_max - new_max)  # 0 at the first chunk
+            chunk_max = log_lik.flatten(1).amax(1)
+            new_max = chunk_max if run_max is None else torch.maximum(run_max, chunk_max)
             a = torch.exp(log_lik - new_max[:, None, None])  # (B, s, h)
-            grad = grad.reshape(*eta.shape)  # (B, s, h, N)
-            weighted = grad * a[..., None]
-            signed = (weighted * signs.view(1, -1, 1, 1)).sum(1)  # (B, h, N): sum over s of s * a g
-            total = total * rescale + a.flatten(1).sum(1)
-            grad_mu = grad_mu * rescale[:, None] + weighted.sum((1, 2))
-            grad_scale = grad_scale * rescale[:, None] + (signed * eps).sum(1)
-            if rank > 0:
-                grad_p = (grad_p * rescale[:, None, None]).baddbmm_(z.transpose(1, 2), signed)
+            weighted = grad.view(batch, len(signs), draws, -1).mul_(a[..., None])  # (B, s, h, N): a g
+            signed = weighted[:, 0] - weighted[:, 1] if antithetic else weighted[:, 0]  # sum over s of s a g
+            chunk_scale = (signed * eps).sum(1)
+            if run_max is None:  # the first chunk
+                total, grad_mu, grad_scale = a.flatten(1).sum(1), weighted.sum((1, 2)), chunk_scale
+                grad_p = torch.bmm(z.transpose(1, 2), signed) if rank > 0 else p.new_zeros(p.shape)
+            else:
+                if bool((new_max != run_max).any()):  # a better sample: the sums so far shrink
+                    rescale = torch.exp(run_max - new_max)
+                    total.mul_(rescale)
+                    grad_mu.mul_(rescale[:, None])
+                    grad_scale.mul_(rescale[:, None])
+                    grad_p.mul_(rescale[:, None, None])
+                total += a.flatten(1).sum(1)
+                grad_mu += weighted.sum((1, 2))
+                grad_scale += chunk_scale
+                if rank > 0:
+                    grad_p.baddbmm_(z.transpose(1, 2), signed)
             run_max = new_max
         ctx.save_for_backward(
-            (grad_mu / total[:, None]).view_as(loc),
-            (grad_p / total[:, None, None]).view_as(factor),
-            (grad_scale / total[:, None] / (2 * scale)).view_as(diag),  # d sqrt(D) / dD = 1 / (2 sqrt(D))
+            grad_mu.div_(total[:, None]).view_as(loc),
+            grad_p.div_(total[:, None, None]).view_as(factor),
+            grad_scale.div_(total[:, None] * 2 * scale).view_as(diag),  # d sqrt(D) / dD = 1 / (2 sqrt(D))
         )
         return run_max + total.log() - math.log(num_samples)
 
