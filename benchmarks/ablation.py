@@ -40,7 +40,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="threads per process")
     parser.add_argument("--parallel", type=int, default=2, help="variants trained at once")
-    parser.add_argument("--evaluate-only", action="store_true", help="evaluate and record variants already trained in --out")
+    parser.add_argument(
+        "--evaluate-only", action="store_true", help="evaluate and record variants already trained in --out"
+    )
     args = parser.parse_args()
     data, split = args.data_dir / "lidc_slices_128.npz", args.data_dir / "split.json"
     if not data.is_file() or not split.is_file():
@@ -54,9 +56,26 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     common = [
-        "--data", str(data), "--split-file", str(split), "--max-steps", str(args.steps), "--rank", "10",
-        "--features", *map(str, args.features), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-        "--val-images", "128", "--val-samples", "16", "--seed", str(args.seed),
+        "--data",
+        str(data),
+        "--split-file",
+        str(split),
+        "--max-steps",
+        str(args.steps),
+        "--rank",
+        "10",
+        "--features",
+        *map(str, args.features),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--val-images",
+        "128",
+        "--val-samples",
+        "16",
+        "--seed",
+        str(args.seed),
     ]
     python = [sys.executable, "-m", "ssn"]
     pending = list(variants)
@@ -65,7 +84,7 @@ def main() -> None:
         while pending and len(running) < args.parallel:
             name, flags = pending.pop(0)
             run_dir = args.out / f"{name.replace(' ', '-').replace('/', '-').replace(',', '')}.seed{args.seed}"
-            log = open(args.out / f"{run_dir.name}.log", "a" if args.evaluate_only else "w")
+            log = open(args.out / f"{run_dir.name}.log", "a" if args.evaluate_only else "w")  # noqa: SIM115 (kept open for the child process)
             command = python + ["train", "--out", str(run_dir), "--overwrite", *common, *shlex.split(flags)]
             if args.evaluate_only:
                 command = [sys.executable, "-c", "pass"]
@@ -85,21 +104,57 @@ def main() -> None:
                 minutes = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["minutes"]
             out = run_dir / "val_metrics.json"
             subprocess.run(
-                python + ["evaluate", "--run", str(run_dir), "--data", str(data), "--split", "val", "--split-file",
-                          str(split), "--samples", "16", "--out", str(out)],
-                env=env, check=True, stdout=subprocess.DEVNULL,
+                python
+                + [
+                    "evaluate",
+                    "--run",
+                    str(run_dir),
+                    "--data",
+                    str(data),
+                    "--split",
+                    "val",
+                    "--split-file",
+                    str(split),
+                    "--samples",
+                    "16",
+                    "--out",
+                    str(out),
+                ],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
             )
             val = json.loads(out.read_text())
-            record({
-                "tag": name, "flags": flags, "steps": args.steps, "seed": args.seed, "train_minutes": minutes,
-                "models_at_once": args.parallel, "threads_per_process": args.threads,
-                "measured": time.strftime("%Y-%m-%d"),
-                "command": " ".join(["python", "benchmarks/ablation.py", "--steps", str(args.steps), "--seed", str(args.seed),
-                                     "--variant", shlex.quote(f"{name}={flags}")]),
-                "val": {k: val[k] for k in ("ged", "diversity", "hm_iou", "dice")},
-            })
-            print(f"{name}: val GED^2(16) {val['ged']['mean']:.4f} +- {val['ged']['stderr']:.4f}, "
-                  f"diversity {val['diversity']['mean']:.3f}, {minutes:.1f} min", flush=True)
+            record(
+                {
+                    "tag": name,
+                    "flags": flags,
+                    "steps": args.steps,
+                    "seed": args.seed,
+                    "train_minutes": minutes,
+                    "models_at_once": args.parallel,
+                    "threads_per_process": args.threads,
+                    "measured": time.strftime("%Y-%m-%d"),
+                    "command": " ".join(
+                        [
+                            "python",
+                            "benchmarks/ablation.py",
+                            "--steps",
+                            str(args.steps),
+                            "--seed",
+                            str(args.seed),
+                            "--variant",
+                            shlex.quote(f"{name}={flags}"),
+                        ]
+                    ),
+                    "val": {k: val[k] for k in ("ged", "diversity", "hm_iou", "dice")},
+                }
+            )
+            print(
+                f"{name}: val GED^2(16) {val['ged']['mean']:.4f} +- {val['ged']['stderr']:.4f}, "
+                f"diversity {val['diversity']['mean']:.3f}, {minutes:.1f} min",
+                flush=True,
+            )
     import report
 
     report.write()

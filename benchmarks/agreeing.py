@@ -68,7 +68,9 @@ def build_subset(data_dir: Path, out: Path, train_images: int, max_distance: flo
     npz, split_json = out / "agreeing.npz", out / "split.json"
     # Written to a temporary name and renamed: another invocation may be training on it.
     temporary = out / f"agreeing.{os.getpid()}.npz"
-    np.savez(temporary, images=np.asarray(data.images)[order], masks=masks[order], patient=np.asarray(data.patient)[order])
+    np.savez(
+        temporary, images=np.asarray(data.images)[order], masks=masks[order], patient=np.asarray(data.patient)[order]
+    )
     temporary.replace(npz)
     temporary = out / f"split.{os.getpid()}.json"
     temporary.write_text(json.dumps({"splits": splits, "source": "LIDC split.json, readers agreeing"}, indent=1))
@@ -104,11 +106,32 @@ def evaluate(run_dir: Path, npz: Path, split_json: Path, env: dict, calibrate: b
     results = []
     for temperature in (["--temperature", "1"], []) if calibrate else (["--temperature", "1"],):
         if calibrate and not temperature:
-            subprocess.run(python + ["calibrate", "--run", str(run_dir), *data, "--split", "val", "--samples", "16"],
-                           env=env, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                python + ["calibrate", "--run", str(run_dir), *data, "--split", "val", "--samples", "16"],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
         out = run_dir / ("test_metrics.json" if temperature else "test_metrics_calibrated.json")
-        subprocess.run(python + ["evaluate", "--run", str(run_dir), *data, "--split", "test", "--samples", "100",
-                                 "--out", str(out), *temperature], env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            python
+            + [
+                "evaluate",
+                "--run",
+                str(run_dir),
+                *data,
+                "--split",
+                "test",
+                "--samples",
+                "100",
+                "--out",
+                str(out),
+                *temperature,
+            ],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         results.append(json.loads(out.read_text()))
     if not calibrate:
         return results[0], None
@@ -148,9 +171,23 @@ def main() -> None:
     npz, split_json = build_subset(args.data_dir, args.out, args.train_images, args.max_reader_distance, 0)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     settings = [
-        "--data", str(npz), "--split-file", str(split_json), "--max-steps", str(args.steps),
-        "--features", *map(str, args.features), "--batch-size", str(args.batch_size),
-        "--val-images", "64", "--val-samples", "16", "--seed", str(args.seed), *shlex.split(args.extra),
+        "--data",
+        str(npz),
+        "--split-file",
+        str(split_json),
+        "--max-steps",
+        str(args.steps),
+        "--features",
+        *map(str, args.features),
+        "--batch-size",
+        str(args.batch_size),
+        "--val-images",
+        "64",
+        "--val-samples",
+        "16",
+        "--seed",
+        str(args.seed),
+        *shlex.split(args.extra),
     ]
     import ssn
 
@@ -163,20 +200,43 @@ def main() -> None:
             subprocess.run(train, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         minutes = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["minutes"]
         result, calibrated = evaluate(run_dir, npz, split_json, env, calibrate=name != "deterministic")
-        record({
-            "name": name, "tag": args.tag, "measured": time.strftime("%Y-%m-%d"), "ssn_version": ssn.__version__,
-            "seed": args.seed, "steps": args.steps, "train_minutes": minutes, "extra": args.extra,
-            "command": " ".join(["python", "benchmarks/agreeing.py", *(shlex.quote(a) for a in sys.argv[1:] if a != "--skip-training")]),
-            **{k: result[k] for k in ("ged", "diversity", "hm_iou", "dice", "ece", "num_images")},
-            "calibrated": calibrated,
-        }, reference)
-        print(f"{name} [{args.tag}]: GED^2(100) {result['ged']['mean']:.3f} +- {result['ged']['stderr']:.3f}, "
-              f"diversity {result['diversity']['mean']:.3f}, ECE {result['ece']['mean']:.4f}, {minutes:.1f} min", flush=True)
+        record(
+            {
+                "name": name,
+                "tag": args.tag,
+                "measured": time.strftime("%Y-%m-%d"),
+                "ssn_version": ssn.__version__,
+                "seed": args.seed,
+                "steps": args.steps,
+                "train_minutes": minutes,
+                "extra": args.extra,
+                "command": " ".join(
+                    [
+                        "python",
+                        "benchmarks/agreeing.py",
+                        *(shlex.quote(a) for a in sys.argv[1:] if a != "--skip-training"),
+                    ]
+                ),
+                **{k: result[k] for k in ("ged", "diversity", "hm_iou", "dice", "ece", "num_images")},
+                "calibrated": calibrated,
+            },
+            reference,
+        )
+        print(
+            f"{name} [{args.tag}]: GED^2(100) {result['ged']['mean']:.3f} +- {result['ged']['stderr']:.3f}, "
+            f"diversity {result['diversity']['mean']:.3f}, ECE {result['ece']['mean']:.4f}, {minutes:.1f} min",
+            flush=True,
+        )
         if calibrated:
-            print(f"  calibrated t = {calibrated['temperature']:g}: GED^2(100) {calibrated['ged']['mean']:.3f}, "
-                  f"diversity {calibrated['diversity']['mean']:.3f}", flush=True)
-    print(f"references on {reference['num_test_images']} test slices: majority vote GED^2 "
-          f"{reference['majority_vote_ged']['mean']:.3f}, readers' diversity {reference['reader_diversity']:.3f}")
+            print(
+                f"  calibrated t = {calibrated['temperature']:g}: GED^2(100) {calibrated['ged']['mean']:.3f}, "
+                f"diversity {calibrated['diversity']['mean']:.3f}",
+                flush=True,
+            )
+    print(
+        f"references on {reference['num_test_images']} test slices: majority vote GED^2 "
+        f"{reference['majority_vote_ged']['mean']:.3f}, readers' diversity {reference['reader_diversity']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -41,13 +41,17 @@ def write_lists(out: Path, deepmedic: Path, tcga: Path) -> tuple[Path, Path]:
     """The two volume lists: deepmedic (training = train + validation) and tcga (test only)."""
     python = [sys.executable, "-m", "ssn"]
     raw = out / "deepmedic_raw.json"
-    subprocess.run(python + ["convert", "brats", str(deepmedic), "--out", str(raw), "--sequences", "flair", "t1c"], check=True)
+    subprocess.run(
+        python + ["convert", "brats", str(deepmedic), "--out", str(raw), "--sequences", "flair", "t1c"], check=True
+    )
     listing = json.loads(raw.read_text())
     listing["training"] = listing["training"] + listing["validation"]
     lists = out / "deepmedic.json"
     lists.write_text(json.dumps(listing, indent=1))
     tcga_list = out / "tcga.json"
-    subprocess.run(python + ["convert", "brats", str(tcga), "--out", str(tcga_list), "--sequences", "flair", "t1c"], check=True)
+    subprocess.run(
+        python + ["convert", "brats", str(tcga), "--out", str(tcga_list), "--sequences", "flair", "t1c"], check=True
+    )
     return lists, tcga_list
 
 
@@ -65,18 +69,41 @@ def figure(run: Path, lists: Path, out_png: Path, window: list[int], samples: in
     listing = json.loads(lists.read_text())
     case = listing["test"][0]
     folder = out_png.parent / "figure_samples"
-    subprocess.run([sys.executable, "-m", "ssn", "sample", "--run", str(run), "--input", str(lists), "--split", "test",
-                    "--samples", str(samples), "--window", *map(str, window), "--out", str(folder)],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ssn",
+            "sample",
+            "--run",
+            str(run),
+            "--input",
+            str(lists),
+            "--split",
+            "test",
+            "--samples",
+            str(samples),
+            "--window",
+            *map(str, window),
+            "--out",
+            str(folder),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     base = lists.parent
     flair = np.asarray(nibabel.load(str(base / case["image"][0])).dataobj)
     expert = np.asarray(nibabel.load(str(base / case["label"])).dataobj).astype(np.uint8)
     z = int(np.argmax((expert > 0).sum((0, 1))))
-    drawn = [np.asarray(nibabel.load(str(folder / case["id"] / f"sample_{i:03d}.nii.gz")).dataobj)[:, :, z]
-             for i in range(samples)]
+    drawn = [
+        np.asarray(nibabel.load(str(folder / case["id"] / f"sample_{i:03d}.nii.gz")).dataobj)[:, :, z]
+        for i in range(samples)
+    ]
     mean = np.asarray(nibabel.load(str(folder / case["id"] / "mean.nii.gz")).dataobj)[:, :, z]
     colours = ListedColormap(["none", "#d62728", "#2ca02c", "#d62728", "#ffbf00"])  # by file label 0..4
-    panels = [("FLAIR", None), ("expert", expert[:, :, z]), ("P(tumour)", None)] + [(f"sample {i + 1}", d) for i, d in enumerate(drawn)]
+    panels = [("FLAIR", None), ("expert", expert[:, :, z]), ("P(tumour)", None)] + [
+        (f"sample {i + 1}", d) for i, d in enumerate(drawn)
+    ]
     inside = np.argwhere(expert[:, :, z] > 0)
     low, high = np.maximum(inside.min(0) - 30, 0), inside.max(0) + 30
     crop = (slice(low[0], high[0]), slice(low[1], high[1]))
@@ -86,8 +113,15 @@ def figure(run: Path, lists: Path, out_png: Path, window: list[int], samples: in
         if title == "P(tumour)":
             ax.imshow((1 - mean[..., 0])[crop].T, cmap="magma", vmin=0, vmax=1, origin="lower", alpha=0.8)
         elif labels is not None:
-            ax.imshow(np.ma.masked_equal(labels[crop].T, 0), cmap=colours, vmin=0, vmax=4, origin="lower",
-                      interpolation="nearest", alpha=0.6)
+            ax.imshow(
+                np.ma.masked_equal(labels[crop].T, 0),
+                cmap=colours,
+                vmin=0,
+                vmax=4,
+                origin="lower",
+                interpolation="nearest",
+                alpha=0.6,
+            )
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.suptitle(f"{case['id']}, axial slice {z}: oedema green, core red, enhancing yellow", fontsize=9)
@@ -98,8 +132,16 @@ def figure(run: Path, lists: Path, out_png: Path, window: list[int], samples: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("SSN_BRATS_DIR", ROOT.parent / "shared" / "data" / "brats_deepmedic")))
-    parser.add_argument("--tcga-dir", type=Path, default=Path(os.environ.get("SSN_BRATS_TCGA_DIR", ROOT.parent / "shared" / "data" / "brats_tcga")))
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("SSN_BRATS_DIR", ROOT.parent / "shared" / "data" / "brats_deepmedic")),
+    )
+    parser.add_argument(
+        "--tcga-dir",
+        type=Path,
+        default=Path(os.environ.get("SSN_BRATS_TCGA_DIR", ROOT.parent / "shared" / "data" / "brats_tcga")),
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "brats")
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--patch-size", type=int, nargs=3, default=[48, 48, 48])
@@ -117,15 +159,43 @@ def main() -> None:
     lists, tcga_list = write_lists(args.out, args.data_dir, args.tcga_dir)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     python = [sys.executable, "-m", "ssn"]
-    settings = ["--patch-size", *map(str, args.patch_size), "--features", *map(str, args.features), "--batch-size", "2",
-                "--lr", "1e-3", "--max-steps", str(args.steps), "--val-every", "200", "--val-images", "8",
-                "--val-samples", "8", "--patches-per-volume", "50", "--seed", "0"]
+    settings = [
+        "--patch-size",
+        *map(str, args.patch_size),
+        "--features",
+        *map(str, args.features),
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+        "--max-steps",
+        str(args.steps),
+        "--val-every",
+        "200",
+        "--val-images",
+        "8",
+        "--val-samples",
+        "8",
+        "--patches-per-volume",
+        "50",
+        "--seed",
+        "0",
+    ]
     start = time.perf_counter()
     if not args.skip_training:
         processes = {}
         for name in args.models:
-            log = open(args.out / f"{name}.train.log", "w")
-            command = python + ["train", "--data", str(lists), "--out", str(args.out / name), "--overwrite", *settings, *MODELS[name]]
+            log = open(args.out / f"{name}.train.log", "w")  # noqa: SIM115 (kept open for the child process)
+            command = python + [
+                "train",
+                "--data",
+                str(lists),
+                "--out",
+                str(args.out / name),
+                "--overwrite",
+                *settings,
+                *MODELS[name],
+            ]
             processes[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log)
         for name, (process, log) in processes.items():
             if process.wait() != 0:
@@ -138,21 +208,47 @@ def main() -> None:
         entry = {"steps": json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]}
         for tag, data in (("deepmedic test", lists), ("tcga", tcga_list)):
             report = run / f"{tag.replace(' ', '_')}.json"
-            subprocess.run(python + ["evaluate", "--run", str(run), "--data", str(data), "--split", "test",
-                                     "--samples", str(args.samples), "--window", *map(str, args.window), "--out", str(report)],
-                           check=True, env=dict(os.environ, OMP_NUM_THREADS="2"), stdout=subprocess.DEVNULL)
+            subprocess.run(
+                python
+                + [
+                    "evaluate",
+                    "--run",
+                    str(run),
+                    "--data",
+                    str(data),
+                    "--split",
+                    "test",
+                    "--samples",
+                    str(args.samples),
+                    "--window",
+                    *map(str, args.window),
+                    "--out",
+                    str(report),
+                ],
+                check=True,
+                env=dict(os.environ, OMP_NUM_THREADS="2"),
+                stdout=subprocess.DEVNULL,
+            )
             structures = json.loads(report.read_text())["structures"]
-            entry[tag] = {region: {k: structures[region][k]["mean"] for k in ("dice", "ged", "diversity")}
-                          for region in REGIONS}
+            entry[tag] = {
+                region: {k: structures[region][k]["mean"] for k in ("dice", "ged", "diversity")} for region in REGIONS
+            }
         runs[name] = entry
         print(name, json.dumps(entry), flush=True)
     if "low-rank" in args.models:
         figure(args.out / "low-rank", lists, HERE / "brats_samples.png", args.window)
     result = {
-        "measured": time.strftime("%Y-%m-%d"), "steps": args.steps, "patch_size": args.patch_size,
-        "features": args.features, "samples": args.samples, "threads_per_model": args.threads,
-        "models_at_once": len(args.models), "train_minutes_wall": train_minutes, "settings": settings,
-        "command": "python benchmarks/brats.py " + " ".join(sys.argv[1:]), "runs": runs,
+        "measured": time.strftime("%Y-%m-%d"),
+        "steps": args.steps,
+        "patch_size": args.patch_size,
+        "features": args.features,
+        "samples": args.samples,
+        "threads_per_model": args.threads,
+        "models_at_once": len(args.models),
+        "train_minutes_wall": train_minutes,
+        "settings": settings,
+        "command": "python benchmarks/brats.py " + " ".join(sys.argv[1:]),
+        "runs": runs,
     }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "brats.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -52,8 +52,16 @@ def main() -> None:
     page = measure_page(data_path)
     if page is not None:
         print(f"page: {page * 1000:.0f} ms median of 10 moves, typed to shown, in headless Chromium")
-    write("explorer", {"render_seconds": render, "page_seconds": page, "image": "LIDC slice 190 (test split)",
-                       "model": "pretrained:lidc-2d", "samples": 16})
+    write(
+        "explorer",
+        {
+            "render_seconds": render,
+            "page_seconds": page,
+            "image": "LIDC slice 190 (test split)",
+            "model": "pretrained:lidc-2d",
+            "samples": 16,
+        },
+    )
 
 
 def measure_page(data_path: Path) -> float | None:

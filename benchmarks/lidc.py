@@ -58,7 +58,7 @@ def run_all(commands: dict[str, list[str]], threads: int, log_dir: Path, phase: 
     processes = {}
     for name, command in commands.items():
         log_path = log_dir / f"{name}.{phase}.log"
-        log = open(log_path, "w")
+        log = open(log_path, "w")  # noqa: SIM115 (kept open for the child process)
         processes[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log, log_path)
         if not parallel:
             _wait(name, *processes.pop(name))
@@ -99,18 +99,38 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=1, help="threads per process")
     parser.add_argument("--extra", default="", help="further `ssn train` flags for every model, one string")
-    parser.add_argument("--crop", type=int, help="train on random crops of this side (ssn train --patch-size C C); "
-                        "validation and evaluation see whole slices")
-    parser.add_argument("--part-minutes", type=float,
-                        help="train for hours in parts: at most this many minutes per model in this invocation, "
-                             "resuming the runs in --out; evaluation waits until the budget is spent")
-    parser.add_argument("--calibrate", nargs="*", choices=list(MODELS),
-                        help="the stochastic models to calibrate and evaluate at their temperature (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="training seed; the summary table shows seed 0, other seeds measure training noise")
-    parser.add_argument("--skip-training", action="store_true",
-                        help="evaluate existing runs in --out (calibrations and evaluations already written are kept)")
     parser.add_argument(
-        "--one-at-a-time", action="store_true",
+        "--crop",
+        type=int,
+        help="train on random crops of this side (ssn train --patch-size C C); "
+        "validation and evaluation see whole slices",
+    )
+    parser.add_argument(
+        "--part-minutes",
+        type=float,
+        help="train for hours in parts: at most this many minutes per model in this invocation, "
+        "resuming the runs in --out; evaluation waits until the budget is spent",
+    )
+    parser.add_argument(
+        "--calibrate",
+        nargs="*",
+        choices=list(MODELS),
+        help="the stochastic models to calibrate and evaluate at their temperature (default: all)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="training seed; the summary table shows seed 0, other seeds measure training noise",
+    )
+    parser.add_argument(
+        "--skip-training",
+        action="store_true",
+        help="evaluate existing runs in --out (calibrations and evaluations already written are kept)",
+    )
+    parser.add_argument(
+        "--one-at-a-time",
+        action="store_true",
         help="train the models one after another, each with --threads threads, instead of all at once",
     )
     args = parser.parse_args()
@@ -123,11 +143,31 @@ def main() -> None:
     python = [sys.executable, "-m", "ssn"]
     budget = ["--max-minutes", str(args.minutes)] if args.minutes is not None else ["--max-steps", str(args.steps)]
     settings = [
-        "--data", str(data), "--split-file", str(split), *budget,
-        "--features", *map(str, args.features), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-        "--mc-samples", "20", "--val-images", "128", "--val-samples", "16", "--val-every", "500", "--seed", str(args.seed),
-        "--encoder-features", *map(str, args.features),
-        *(["--patch-size", str(args.crop), str(args.crop)] if args.crop else []), *shlex.split(args.extra),
+        "--data",
+        str(data),
+        "--split-file",
+        str(split),
+        *budget,
+        "--features",
+        *map(str, args.features),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--mc-samples",
+        "20",
+        "--val-images",
+        "128",
+        "--val-samples",
+        "16",
+        "--val-every",
+        "500",
+        "--seed",
+        str(args.seed),
+        "--encoder-features",
+        *map(str, args.features),
+        *(["--patch-size", str(args.crop), str(args.crop)] if args.crop else []),
+        *shlex.split(args.extra),
     ]
     models = [m for m in MODELS if m in args.models]
     import ssn
@@ -138,19 +178,30 @@ def main() -> None:
     if not args.skip_training:
         order = list(reversed(models)) if args.one_at_a_time else models  # one at a time: low-rank first
         if args.part_minutes:
-            commands = {m: python + train_part(args.out / m, settings + MODELS[m], args.part_minutes)
-                        for m in order if not finished(args.out / m)}
-            run_all(commands, args.threads, args.out, f"train-part{time.strftime('%Y%m%d-%H%M')}",
-                    parallel=not args.one_at_a_time)
+            commands = {
+                m: python + train_part(args.out / m, settings + MODELS[m], args.part_minutes)
+                for m in order
+                if not finished(args.out / m)
+            }
+            run_all(
+                commands,
+                args.threads,
+                args.out,
+                f"train-part{time.strftime('%Y%m%d-%H%M')}",
+                parallel=not args.one_at_a_time,
+            )
             unfinished = [m for m in models if not finished(args.out / m)]
             if unfinished:
                 for m in unfinished:
-                    print(f"{m}: step {progress_of(args.out / m)['step']} of {args.steps or 'the budget'}; "
-                          "run the same command again to continue")
+                    print(
+                        f"{m}: step {progress_of(args.out / m)['step']} of {args.steps or 'the budget'}; "
+                        "run the same command again to continue"
+                    )
                 return
         else:
-            commands = {m: python + ["train", "--out", str(args.out / m), "--overwrite", *settings, *MODELS[m]]
-                        for m in order}
+            commands = {
+                m: python + ["train", "--out", str(args.out / m), "--overwrite", *settings, *MODELS[m]] for m in order
+            }
             run_all(commands, args.threads, args.out, "train", parallel=not args.one_at_a_time)
     trained = time.time()
     stochastic = [m for m in models if m != "deterministic" and (args.calibrate is None or m in args.calibrate)]
@@ -160,24 +211,62 @@ def main() -> None:
 
     run_all(
         {
-            m: python + ["calibrate", "--run", str(args.out / m), "--data", str(data), "--split", "val",
-                         "--split-file", str(split), "--samples", "16", "--max-images", "512"]
-            for m in stochastic if needed(args.out / m / "calibration.json")
+            m: python
+            + [
+                "calibrate",
+                "--run",
+                str(args.out / m),
+                "--data",
+                str(data),
+                "--split",
+                "val",
+                "--split-file",
+                str(split),
+                "--samples",
+                "16",
+                "--max-images",
+                "512",
+            ]
+            for m in stochastic
+            if needed(args.out / m / "calibration.json")
         },
-        os.cpu_count() or 1, args.out, "calibrate", parallel=False,
+        os.cpu_count() or 1,
+        args.out,
+        "calibrate",
+        parallel=False,
     )
     evaluations = {}
     for m in models:
-        evaluations[m] = python + ["evaluate", "--run", str(args.out / m), "--data", str(data), "--split", "test",
-                                   "--split-file", str(split), "--samples", "100"]
+        evaluations[m] = python + [
+            "evaluate",
+            "--run",
+            str(args.out / m),
+            "--data",
+            str(data),
+            "--split",
+            "test",
+            "--split-file",
+            str(split),
+            "--samples",
+            "100",
+        ]
     run_all(
         {
-            **{m: command + ["--temperature", "1", "--out", str(args.out / m / "test_metrics.json")]
-               for m, command in evaluations.items() if needed(args.out / m / "test_metrics.json")},
-            **{f"{m}.calibrated": command + ["--out", str(args.out / m / "test_metrics_calibrated.json")]
-               for m, command in evaluations.items() if m in stochastic and needed(args.out / m / "test_metrics_calibrated.json")},
+            **{
+                m: command + ["--temperature", "1", "--out", str(args.out / m / "test_metrics.json")]
+                for m, command in evaluations.items()
+                if needed(args.out / m / "test_metrics.json")
+            },
+            **{
+                f"{m}.calibrated": command + ["--out", str(args.out / m / "test_metrics_calibrated.json")]
+                for m, command in evaluations.items()
+                if m in stochastic and needed(args.out / m / "test_metrics_calibrated.json")
+            },
         },
-        os.cpu_count() or 1, args.out, "evaluate", parallel=False,  # one at a time, whole machine: timed
+        os.cpu_count() or 1,
+        args.out,
+        "evaluate",
+        parallel=False,  # one at a time, whole machine: timed
     )
     command = " ".join(["python", "benchmarks/lidc.py", *(a for a in sys.argv[1:] if a != "--skip-training")])
     content = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.is_file() else {}
@@ -187,21 +276,32 @@ def main() -> None:
         result["run"], result["data"] = portable(result["run"], args.data_dir), portable(result["data"], args.data_dir)
         calibrated = args.out / m / "test_metrics_calibrated.json"
         lines = (args.out / m / "metrics.jsonl").read_text().splitlines()
-        runs.append({
-            "name": m, "measured": time.strftime("%Y-%m-%d"), "ssn_version": ssn.__version__, "seed": args.seed,
-            "protocol": PROTOCOL, "command": command,
-            "settings": [portable(s, args.data_dir) if "/" in s else s for s in settings + MODELS[m]],
-            "threads_per_process": args.threads, "one_at_a_time": args.one_at_a_time,
-            "models_at_once": 1 if args.one_at_a_time else len(models),
-            "train_minutes_wall": None if args.skip_training else (trained - started) / 60,
-            "machine": f"{os.cpu_count()} cores",
-            "training": json.loads(lines[-1]) if lines else {}, **result,
-            "calibrated": _without_paths(json.loads(calibrated.read_text())) if calibrated.is_file() else None,
-            "calibration": _without_paths(json.loads((args.out / m / "calibration.json").read_text()))
-            if m in stochastic else None,
-            "evaluation_threads": os.cpu_count(),
-        })
-    reference = content.get("reference") or references(data, split)
+        runs.append(
+            {
+                "name": m,
+                "measured": time.strftime("%Y-%m-%d"),
+                "ssn_version": ssn.__version__,
+                "seed": args.seed,
+                "protocol": PROTOCOL,
+                "command": command,
+                "settings": [portable(s, args.data_dir) if "/" in s else s for s in settings + MODELS[m]],
+                "threads_per_process": args.threads,
+                "one_at_a_time": args.one_at_a_time,
+                "models_at_once": 1 if args.one_at_a_time else len(models),
+                "train_minutes_wall": None if args.skip_training else (trained - started) / 60,
+                "machine": f"{os.cpu_count()} cores",
+                "training": json.loads(lines[-1]) if lines else {},
+                **result,
+                "calibrated": _without_paths(json.loads(calibrated.read_text())) if calibrated.is_file() else None,
+                "calibration": _without_paths(json.loads((args.out / m / "calibration.json").read_text()))
+                if m in stochastic
+                else None,
+                "evaluation_threads": os.cpu_count(),
+            }
+        )
+    reference = content.get("reference")
+    if not reference or "hm_iou_by_matching" not in reference["empty"]:  # written before ssn 0.6
+        reference = references(data, split)
     RESULTS_JSON.parent.mkdir(exist_ok=True)
     RESULTS_JSON.write_text(json.dumps({"reference": reference, "runs": runs}, indent=2) + "\n")
     if "low-rank" in models:
@@ -257,6 +357,7 @@ def references(data_path: Path, split: Path) -> dict:
     out = {}
     for name in ("empty", "majority_vote"):
         figures = metrics.ImageMetrics(2, matched_sizes=(16,))
+        rectangular = metrics.HungarianMatchedIoU(2, matching="rectangular")
         ece = metrics.ExpectedCalibrationError(2)
         for start in range(0, test.size, 256):
             masks = torch.from_numpy(np.asarray(data.masks[test[start : start + 256]])).long()
@@ -266,12 +367,20 @@ def references(data_path: Path, split: Path) -> dict:
                 prediction = (masks.float().mean(1) >= 0.5).long()  # 2 of 4 readers count as nodule
             samples = prediction.unsqueeze(1).expand(-1, 16, *prediction.shape[1:]).to(torch.uint8)
             figures.update(samples, masks)
+            rectangular.update(samples, masks)
             ece.update(samples, masks)
         computed = figures.compute()
         out[name] = {
-            "ged": computed["ged"].as_dict(), "ged_at": {"16": computed["ged_16"].as_dict()},
-            "hm_iou": {"16": computed["hm_iou_16"].as_dict()}, "diversity": computed["diversity"].as_dict(),
-            "dice": computed["dice"].as_dict(), "ece": ece.compute().as_dict(),
+            "ged": computed["ged"].as_dict(),
+            "ged_at": {"16": computed["ged_16"].as_dict()},
+            "hm_iou": {"16": computed["hm_iou_16"].as_dict()},
+            "diversity": computed["diversity"].as_dict(),
+            "hm_iou_by_matching": {
+                "repeat": {"16": computed["hm_iou_16"].as_dict()},
+                "rectangular": {"16": rectangular.compute().as_dict()},
+            },
+            "dice": computed["dice"].as_dict(),
+            "ece": ece.compute().as_dict(),
         }
     masks = np.asarray(data.masks[test]).reshape(test.size, 4, -1).astype(bool)
     a, b = np.triu_indices(4, 1)
@@ -291,14 +400,27 @@ def load_runs() -> list[dict]:
         return content["runs"]
     runs, old_data_dir = [], ROOT.parent / "shared" / "data" / "lidc"
     for m, result in content["results"].items():
-        result = {**result, "run": portable(result["run"], old_data_dir), "data": portable(result["data"], old_data_dir)}
-        runs.append({
-            "name": m, "measured": "2026-11-27", "ssn_version": "0.1.0", "seed": 0, "command": content["command"],
-            "settings": [portable(s, old_data_dir) if "/" in s else s for s in content["settings"]],
-            "threads_per_process": content["threads_per_process"], "one_at_a_time": content["one_at_a_time"],
-            "models_at_once": 1 if content["one_at_a_time"] else len(content["results"]),
-            "train_minutes_wall": content["train_minutes_wall"], "machine": content["machine"], **result,
-        })
+        result = {
+            **result,
+            "run": portable(result["run"], old_data_dir),
+            "data": portable(result["data"], old_data_dir),
+        }
+        runs.append(
+            {
+                "name": m,
+                "measured": "2026-11-27",
+                "ssn_version": "0.1.0",
+                "seed": 0,
+                "command": content["command"],
+                "settings": [portable(s, old_data_dir) if "/" in s else s for s in content["settings"]],
+                "threads_per_process": content["threads_per_process"],
+                "one_at_a_time": content["one_at_a_time"],
+                "models_at_once": 1 if content["one_at_a_time"] else len(content["results"]),
+                "train_minutes_wall": content["train_minutes_wall"],
+                "machine": content["machine"],
+                **result,
+            }
+        )
     return runs
 
 
@@ -331,7 +453,12 @@ def figure(run_dir: Path, data_path: Path, split: Path, path: Path) -> None:
         for axis, (title, mask) in zip(axes[row], panels):
             axis.imshow(image, cmap="gray")
             if mask is not None:
-                axis.contour(np.asarray(mask), levels=[0.5], colors=["#ff7f0e" if title.startswith("SSN") else "#1f77b4"], linewidths=1)
+                axis.contour(
+                    np.asarray(mask),
+                    levels=[0.5],
+                    colors=["#ff7f0e" if title.startswith("SSN") else "#1f77b4"],
+                    linewidths=1,
+                )
             axis.set_axis_off()
             if row == 0:
                 axis.set_title(title, fontsize=8)

@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("SSN_LIDC_DIR", ROOT.parent / "shared" / "data" / "lidc")))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("SSN_LIDC_DIR", ROOT.parent / "shared" / "data" / "lidc"))
+    )
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="run folders holding test_metrics.csv")
     parser.add_argument("--inspect", type=Path, help="a run to draw samples from on the four-reader slices")
     args = parser.parse_args()
@@ -35,16 +37,17 @@ def main() -> None:
     data = np.load(args.data_dir / "lidc_slices_128.npz")
     columns, indices = {}, None
     for run in args.runs:
-        rows = list(csv.DictReader(open(run / "test_metrics.csv")))
+        with open(run / "test_metrics.csv") as file:
+            rows = list(csv.DictReader(file))
         order = np.array([int(r["index"]) for r in rows])
         if indices is not None and not np.array_equal(order, indices):
             raise SystemExit(f"{run} was evaluated on other slices than {args.runs[0]}")
         indices = order
         columns[run.name] = np.array([float(r["ged"]) for r in rows])
     masks = data["masks"][indices]
-    columns["majority vote"] = np.array([
-        image_metrics((m.sum(0) >= 2).astype(np.uint8)[None], m, 2)["ged"] for m in masks
-    ])
+    columns["majority vote"] = np.array(
+        [image_metrics((m.sum(0) >= 2).astype(np.uint8)[None], m, 2)["ged"] for m in masks]
+    )
     marking = masks.reshape(len(indices), masks.shape[1], -1).any(-1).sum(1)
     print("| readers marking | slices | " + " | ".join(columns) + " |")
     print("|" + " --- |" * (2 + len(columns)))
@@ -73,13 +76,20 @@ def inspect(run: Path, data, indices: np.ndarray, all_marked: np.ndarray, count:
     majority = masks.sum(1) >= 2
     union = (drawn | majority[None]).sum(-1)
     iou = np.where(union == 0, 1.0, (drawn & majority[None]).sum(-1) / np.maximum(union, 1))
-    print(json.dumps({
-        "run": str(run), "slices": count, "samples": samples,
-        "empty_sample_share": float((drawn.sum(-1) == 0).mean()),
-        "mean_prediction_area": float((probability.numpy().reshape(count, -1) > 0.5).sum(-1).mean()),
-        "reader_area": float(masks.sum(-1).mean()),
-        "iou_with_majority": float(iou.mean()),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "run": str(run),
+                "slices": count,
+                "samples": samples,
+                "empty_sample_share": float((drawn.sum(-1) == 0).mean()),
+                "mean_prediction_area": float((probability.numpy().reshape(count, -1) > 0.5).sum(-1).mean()),
+                "reader_area": float(masks.sum(-1).mean()),
+                "iou_with_majority": float(iou.mean()),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -31,14 +31,24 @@ def curve(run: Path) -> list[dict]:
         entry = json.loads(line)
         if entry.get("cpu_minutes") is None:
             raise SystemExit(f"{run}: metrics.jsonl has no cpu_minutes (written before ssn 0.6); retrain it")
-        points.append({"step": entry["step"], "cpu_hours": entry["cpu_minutes"] / 60, "hours": entry["minutes"] / 60,
-                       "val_ged": entry["val_ged"], "val_diversity": entry["val_diversity"],
-                       "val_samples": entry["val_samples"]})
+        points.append(
+            {
+                "step": entry["step"],
+                "cpu_hours": entry["cpu_minutes"] / 60,
+                "hours": entry["minutes"] / 60,
+                "val_ged": entry["val_ged"],
+                "val_diversity": entry["val_diversity"],
+                "val_samples": entry["val_samples"],
+            }
+        )
     return points
 
 
 def nearest(points: list[dict], hours: float) -> dict | None:
-    """The last point at or before ``hours`` CPU-hours (None before the first)."""
+    """The last point at or before ``hours`` CPU-hours, once the run has trained that long
+    (within 2%); None before."""
+    if not points or points[-1]["cpu_hours"] < hours * 0.98:
+        return None
     before = [p for p in points if p["cpu_hours"] <= hours * 1.02]
     return before[-1] if before else None
 
@@ -56,8 +66,12 @@ def main() -> None:
         config = json.loads((run / "config.json").read_text())
         points = curve(run)
         curves[f"{run.parent.name}/{run.name}"] = {
-            "method": config["method"], "rank": config.get("rank"), "seed": config["seed"],
-            "patch_size": config.get("patch_size"), "max_steps": config.get("max_steps"), "points": points,
+            "method": config["method"],
+            "rank": config.get("rank"),
+            "seed": config["seed"],
+            "patch_size": config.get("patch_size"),
+            "max_steps": config.get("max_steps"),
+            "points": points,
             "marks": {**{k: nearest(points, h) for k, h in MARKS.items()}, "end": points[-1] if points else None},
         }
     import matplotlib

@@ -100,16 +100,24 @@ def quality(runs: list[Path], data_dir: Path) -> dict:
         lines = (run / "metrics.jsonl").read_text().splitlines()
         last = json.loads(lines[-1]) if lines else {}
         out[run.name] = {
-            "patch_size": config.get("patch_size"), "norm": config["architecture"]["backbone_kwargs"].get("norm"),
-            "steps": last.get("step"), "minutes": last.get("minutes"), "cpu_minutes": last.get("cpu_minutes"),
-            "ged_16": computed["ged"].as_dict(), "diversity": computed["diversity"].mean,
-            "hm_iou_16": computed["hm_iou_16"].mean, "dice": computed["dice"].mean,
-            "empty_share_all_four_marked": float(np.mean(empty)), "slices_all_four_marked": len(empty),
+            "patch_size": config.get("patch_size"),
+            "norm": config["architecture"]["backbone_kwargs"].get("norm"),
+            "steps": last.get("step"),
+            "minutes": last.get("minutes"),
+            "cpu_minutes": last.get("cpu_minutes"),
+            "ged_16": computed["ged"].as_dict(),
+            "diversity": computed["diversity"].mean,
+            "hm_iou_16": computed["hm_iou_16"].mean,
+            "dice": computed["dice"].mean,
+            "empty_share_all_four_marked": float(np.mean(empty)),
+            "slices_all_four_marked": len(empty),
         }
         r = out[run.name]
-        print(f"{run.name}: GED^2(16) {r['ged_16']['mean']:.3f} +- {r['ged_16']['stderr']:.3f}, diversity "
-              f"{r['diversity']:.3f}, HM-IoU(16) {r['hm_iou_16']:.3f}, Dice {r['dice']:.3f}, empty "
-              f"{100 * r['empty_share_all_four_marked']:.0f}% ({r['steps']} steps)")
+        print(
+            f"{run.name}: GED^2(16) {r['ged_16']['mean']:.3f} +- {r['ged_16']['stderr']:.3f}, diversity "
+            f"{r['diversity']:.3f}, HM-IoU(16) {r['hm_iou_16']:.3f}, Dice {r['dice']:.3f}, empty "
+            f"{100 * r['empty_share_all_four_marked']:.0f}% ({r['steps']} steps)"
+        )
     return {"runs": out, "validation_slices": int(chosen.size), "samples": 16}
 
 

@@ -37,7 +37,7 @@ def main() -> None:
     yy, xx = np.mgrid[:128, :128]
     centres = rng.uniform(40, 88, (104, 2))
     radii = rng.uniform(5, 20, 104)
-    maps = ((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2 < radii[:, None, None] ** 2)
+    maps = (yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2 < radii[:, None, None] ** 2
     maps = maps.astype(np.uint8)
     maps[rng.random(104) < 0.2] = 0  # some empty maps, as when a reader marks nothing
     samples, annotations = maps[:100], maps[100:]
@@ -62,7 +62,10 @@ def main() -> None:
         f"HM-IoU(16) {ms['hm_iou_16']:.1f} ms, HM-IoU(100) {ms['hm_iou_100']:.1f} ms, "
         f"diversity(100) {ms['diversity_100']:.1f} ms"
     )
-    write("metrics", {"milliseconds": ms, "ged_speedup_over_loop": speedup, "samples": 100, "annotations": 4, "size": [128, 128]})
+    write(
+        "metrics",
+        {"milliseconds": ms, "ged_speedup_over_loop": speedup, "samples": 100, "annotations": 4, "size": [128, 128]},
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 MODELS = ("deterministic", "diagonal", "low-rank", "prob-unet")
 PAPER = {  # Monteiro et al. 2020, Table 1 (LIDC, GED^2 with 100 samples, their own split)
-    "deterministic": "0.607", "diagonal": "0.622", "low-rank": "0.225", "prob-unet": "0.252",
+    "deterministic": "0.607",
+    "diagonal": "0.622",
+    "low-rank": "0.225",
+    "prob-unet": "0.252",
 }
 CITATION = (
     "Data: Armato III, S. G., McLennan, G., Bidaut, L., et al. (2011). The Lung Image Database "
@@ -43,16 +46,34 @@ def _mean(entry: dict | None, digits: int = 3, stderr: bool = False) -> str:
 
 
 def _figures(result: dict) -> list[str]:
-    """GED²(100), GED²(16), HM-IoU(16), diversity, Dice, ECE of one evaluation."""
+    """GED²(100), GED²(16), HM-IoU(16) repeated, HM-IoU(16) rectangular, diversity, Dice, ECE of one evaluation."""
+    rectangular = result.get("hm_iou_by_matching", {}).get("rectangular", {}).get("16")
     return [
-        _mean(result.get("ged"), stderr=True), _mean(result.get("ged_at", {}).get("16")),
-        _mean(result.get("hm_iou", {}).get("16")), _mean(result.get("diversity")), _mean(result.get("dice")),
+        _mean(result.get("ged"), stderr=True),
+        _mean(result.get("ged_at", {}).get("16")),
+        _mean(result.get("hm_iou", {}).get("16")),
+        _mean(rectangular),
+        _mean(result.get("diversity")),
+        _mean(result.get("dice")),
         _mean(result.get("ece"), 4),
     ]
 
 
+HM_IOU_NOTE = (
+    "HM-IoU(16) is the Hungarian-matched IoU of 16 samples with both sets repeated to lcm(16, 4) (CCDM's and "
+    "MoSE's convention, `--matching repeat`, the default); *rect.* matches the 16 x 4 matrix as it is, so only "
+    "the best 4 samples count (Flow-SSN's, `--matching rectangular`). For two classes the class conventions "
+    "(`--classes present|all`) agree, so GED² and diversity compare with PHiSeg's, the official SSN's, "
+    "CCDM's, MoSE's and Flow-SSN's code as they are."
+)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header), *["| " + " | ".join(r) + " |" for r in rows]]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+        *["| " + " | ".join(r) + " |" for r in rows],
+    ]
 
 
 def lidc_section() -> list[str]:
@@ -62,8 +83,19 @@ def lidc_section() -> list[str]:
         return []
     current = [r for r in runs if r.get("protocol") == 3 and r.get("seed", 0) == 0]
     latest = {r["name"]: r for r in current}
-    header = ["model", "temperature", "GED²(100)", "GED²(16)", "HM-IoU(16)", "diversity", "Dice", "ECE",
-              "training", "paper GED²(100)"]
+    header = [
+        "model",
+        "temperature",
+        "GED²(100)",
+        "GED²(16)",
+        "HM-IoU(16)",
+        "HM-IoU(16) rect.",
+        "diversity",
+        "Dice",
+        "ECE",
+        "training",
+        "paper GED²(100)",
+    ]
     rows = []
     for name in MODELS:
         if name not in latest:
@@ -72,12 +104,16 @@ def lidc_section() -> list[str]:
         budget = f"{run['training'].get('step', 0)} steps, {run['training'].get('minutes', 0):.0f} min"
         rows.append([name, "1", *_figures(run), budget, PAPER[name]])
         if run.get("calibrated"):
-            rows.append([f"{name}, calibrated", f"{run['calibrated']['temperature']:g}", *_figures(run["calibrated"]), "", ""])
+            rows.append(
+                [f"{name}, calibrated", f"{run['calibrated']['temperature']:g}", *_figures(run["calibrated"]), "", ""]
+            )
     if reference:
         rows.append(["*empty prediction*", "", *_figures(reference["empty"]), "", ""])
         rows.append(["*readers' majority vote*", "", *_figures(reference["majority_vote"]), "", ""])
-        rows.append(["*the readers themselves*", "", "", "", "", f"{reference['reader_diversity']:.3f}", "", "", "", ""])
-    rows.append(["PHiSeg (paper)", "", "", "", "", "", "", "", "", "0.224"])
+        rows.append(
+            ["*the readers themselves*", "", "", "", "", "", f"{reference['reader_diversity']:.3f}", "", "", "", ""]
+        )
+    rows.append(["PHiSeg (paper)", "", "", "", "", "", "", "", "", "", "0.224"])
     settings = current[-1]["settings"] if current else []
     lines = [
         "## LIDC-IDRI test split",
@@ -94,8 +130,14 @@ def lidc_section() -> list[str]:
         "",
         *_table(header, rows),
         "",
-        (f"Settings of the {current[-1]['name']} row (the others differ only in their method flags, as listed "
-         f"in `results/lidc.json`): `ssn train {' '.join(settings)}`") if settings else "",
+        HM_IOU_NOTE,
+        "",
+        (
+            f"Settings of the {current[-1]['name']} row (the others differ only in their method flags, as listed "
+            f"in `results/lidc.json`): `ssn train {' '.join(settings)}`"
+        )
+        if settings
+        else "",
         "",
     ]
     if (HERE / "lidc_samples.png").is_file():
@@ -104,11 +146,33 @@ def lidc_section() -> list[str]:
         "### Every LIDC run",
         "",
         *_table(
-            ["model", "measured", "ssn", "seed", "temperature", "GED²(100)", "GED²(16)", "HM-IoU(16)", "diversity",
-             "Dice", "ECE", "training", "command"],
             [
-                [r["name"], r["measured"], r["ssn_version"], str(r.get("seed", 0)), "1", *_figures(r),
-                 f"{r['training'].get('step', 0)} steps, {r['training'].get('minutes', 0):.0f} min", f"`{r['command']}`"]
+                "model",
+                "measured",
+                "ssn",
+                "seed",
+                "temperature",
+                "GED²(100)",
+                "GED²(16)",
+                "HM-IoU(16)",
+                "HM-IoU(16) rect.",
+                "diversity",
+                "Dice",
+                "ECE",
+                "training",
+                "command",
+            ],
+            [
+                [
+                    r["name"],
+                    r["measured"],
+                    r["ssn_version"],
+                    str(r.get("seed", 0)),
+                    "1",
+                    *_figures(r),
+                    f"{r['training'].get('step', 0)} steps, {r['training'].get('minutes', 0):.0f} min",
+                    f"`{r['command']}`",
+                ]
                 for r in runs
             ],
         ),
@@ -117,13 +181,106 @@ def lidc_section() -> list[str]:
     return lines
 
 
+def options_section() -> list[str]:
+    content = _load("lidc_options")
+    if not content:
+        return []
+    lines = ["## Training efficiency on LIDC: images/s and validation GED² for the same CPU time", ""]
+    throughput = content.get("throughput")
+    if throughput:
+        rows = [
+            [name, f"{r['images_per_second']:.1f}", f"{r['relative']:.2f}"] for name, r in throughput["options"].items()
+        ]
+        lines += [
+            f"Throughput (`{content['command_throughput']}`, {throughput['threads']} thread, measured "
+            f"{content['machine']['date']}): one SSN step (rank 10, 20 samples) per option, all alternating in one "
+            f"process ({throughput['rounds']} rounds), random inputs; *relative* is the median over rounds of the "
+            "paired ratio to whole slices at batch 8 (images per second), *images/s* the median time's.",
+            "",
+            *_table(["option", "images/s", "relative"], rows),
+            "",
+        ]
+    quality = content.get("quality")
+    if quality:
+        rows = [
+            [
+                name,
+                str(r["patch_size"] or "whole 128x128"),
+                str(r["steps"]),
+                _mean(r["ged_16"], stderr=True),
+                f"{r['diversity']:.3f}",
+                f"{r['hm_iou_16']:.3f}",
+                f"{r['dice']:.3f}",
+                f"{100 * r['empty_share_all_four_marked']:.0f}%",
+            ]
+            for name, r in quality["runs"].items()
+        ]
+        lines += [
+            f"Quality for the same CPU time (`{content['command_quality']}`): low-rank SSNs (U-Net 16-128, rank 10, "
+            "batch 8, lr 2e-3, the library's defaults) trained side by side for 15 wall minutes each, three "
+            "processes of one thread on the 2 cores (so about 10 CPU-minutes each), then scored on "
+            f"{quality['validation_slices']} fixed validation slices (whole 128x128 slices) with {quality['samples']} "
+            "samples; *empty* is the share of empty samples on the slices that all four readers marked. Training: "
+            f"`{quality.get('training_command', '')}`.",
+            "",
+            *_table(
+                ["run", "training input", "steps", "val GED²(16)", "diversity", "HM-IoU(16)", "Dice", "empty"], rows
+            ),
+            "",
+        ]
+    return lines
+
+
+def curve_section() -> list[str]:
+    content = _load("lidc_curve")
+    if not content:
+        return []
+    rows = []
+    for name, run in content["runs"].items():
+        marks = [
+            f"{m['val_ged']:.3f} (step {m['step']})" if m else ""
+            for m in (run["marks"].get("40 min"), run["marks"].get("2 h"), run["marks"].get("end"))
+        ]
+        end = run["marks"].get("end") or {}
+        rows.append(
+            [
+                name,
+                run["method"] + (f", rank {run['rank']}" if run["method"] == "ssn" else ""),
+                str(run["seed"]),
+                str(run["max_steps"]),
+                *marks,
+                f"{end.get('cpu_hours', 0):.2f}",
+            ]
+        )
+    return [
+        "## Training for hours: the validation curve (LIDC)",
+        "",
+        "Written by `benchmarks/lidc_curve.py` from each run's `metrics.jsonl`: validation GED² (16 samples, the "
+        "run's fixed 128 validation slices) against the CPU time of the training process, summed over the "
+        "parts of the run (`benchmarks/lidc.py --part-minutes`). *40 min* and *2 h* are the last validation at or "
+        "before that much CPU time.",
+        "",
+        *_table(["run", "method", "seed", "budget (steps)", "40 CPU-min", "2 CPU-h", "latest", "CPU-h so far"], rows),
+        "",
+        "![validation GED² against CPU-hours](lidc_curve.png)",
+        "",
+    ]
+
+
 def ablation_section() -> list[str]:
     runs = _load("ablation").get("runs", [])
     if not runs:
         return []
     rows = [
-        [r["tag"], f"`{r['flags']}`", _mean(r["val"]["ged"], stderr=True), _mean(r["val"]["diversity"]),
-         _mean(r["val"].get("hm_iou", {}).get("16")), f"{r['steps']} steps, {r['train_minutes']:.0f} min", str(r["seed"])]
+        [
+            r["tag"],
+            f"`{r['flags']}`",
+            _mean(r["val"]["ged"], stderr=True),
+            _mean(r["val"]["diversity"]),
+            _mean(r["val"].get("hm_iou", {}).get("16")),
+            f"{r['steps']} steps, {r['train_minutes']:.0f} min",
+            str(r["seed"]),
+        ]
         for r in runs
     ]
     return [
@@ -136,7 +293,7 @@ def ablation_section() -> list[str]:
         "",
         *_table(["options", "flags", "val GED²(16)", "diversity", "HM-IoU(16)", "training", "seed"], rows),
         "",
-        "Commands: one `python benchmarks/ablation.py --steps N --variant \"NAME=FLAGS\"` per row (in "
+        'Commands: one `python benchmarks/ablation.py --steps N --variant "NAME=FLAGS"` per row (in '
         "`benchmarks/results/ablation.json`). *training* minutes depend on what ran beside each run; "
         "the budget is the steps. The ± is the spread over the validation slices of one trained model per row; training noise is larger: in the 5,042-step LIDC run of the low-rank SSN the validation GED²(16) on 128 slices moved between 0.29 and 0.38 from one checkpoint (every 500 steps) to the next, so differences below about 0.04 here are not evidence either way.",
         "",
@@ -150,14 +307,48 @@ def agreeing_section() -> list[str]:
         return []
     rows = []
     for r in runs:
-        rows.append([r["name"], r["tag"], "1", _mean(r["ged"], stderr=True), _mean(r["diversity"]),
-                     _mean(r["hm_iou"].get("16")), _mean(r["ece"], 4), f"{r['steps']} steps", str(r["seed"])])
+        rows.append(
+            [
+                r["name"],
+                r["tag"],
+                "1",
+                _mean(r["ged"], stderr=True),
+                _mean(r["diversity"]),
+                _mean(r["hm_iou"].get("16")),
+                _mean(r["ece"], 4),
+                f"{r['steps']} steps",
+                str(r["seed"]),
+            ]
+        )
         c = r.get("calibrated")
         if c:
-            rows.append([f"{r['name']}, calibrated", r["tag"], f"{c['temperature']:g}", _mean(c["ged"], stderr=True),
-                         _mean(c["diversity"]), _mean(c["hm_iou"].get("16")), _mean(c["ece"], 4), "", ""])
+            rows.append(
+                [
+                    f"{r['name']}, calibrated",
+                    r["tag"],
+                    f"{c['temperature']:g}",
+                    _mean(c["ged"], stderr=True),
+                    _mean(c["diversity"]),
+                    _mean(c["hm_iou"].get("16")),
+                    _mean(c["ece"], 4),
+                    "",
+                    "",
+                ]
+            )
     if reference:
-        rows.append(["*readers' majority vote*", "", "", _mean(reference["majority_vote_ged"], stderr=True), "0", "", "", "", ""])
+        rows.append(
+            [
+                "*readers' majority vote*",
+                "",
+                "",
+                _mean(reference["majority_vote_ged"], stderr=True),
+                "0",
+                "",
+                "",
+                "",
+                "",
+            ]
+        )
         rows.append(["*the readers themselves*", "", "", "", f"{reference['reader_diversity']:.3f}", "", "", "", ""])
     return [
         "## Small data where the readers agree (LIDC subset)",
@@ -169,7 +360,10 @@ def agreeing_section() -> list[str]:
         "temperature `ssn calibrate` chose on the 64 validation slices. Every model validates every 50 "
         "steps and keeps its best checkpoint. A stochastic model should be as tight as its readers here.",
         "",
-        *_table(["model", "settings", "temperature", "GED²(100)", "diversity", "HM-IoU(16)", "ECE", "training", "seed"], rows),
+        *_table(
+            ["model", "settings", "temperature", "GED²(100)", "diversity", "HM-IoU(16)", "ECE", "training", "seed"],
+            rows,
+        ),
         "",
         "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in runs})),
         "",
@@ -182,7 +376,8 @@ def brats_section() -> list[str]:
         return []
     regions = ("whole tumour", "tumour core", "enhancing tumour")
     lines = [
-        "## BraTS (3D), a demonstration on six real cases", "",
+        "## BraTS (3D), a demonstration on six real cases",
+        "",
         f"Measured {content['measured']}: `{content['command']}`. The deterministic 3D U-Net, the diagonal and "
         f"the low-rank SSN (rank 10, 20 samples), U-Net features {content['features']}, patches of "
         f"{'x'.join(map(str, content['patch_size']))} (half centred on the tumour), batch 2, Adam 1e-3, "
@@ -190,27 +385,38 @@ def brats_section() -> list[str]:
         f"{content['threads_per_model']} thread each, {content['train_minutes_wall']:.0f} minutes of wall time), "
         "FLAIR and T1c of `brats_deepmedic` (train and validation folders, 4 cases; the 2 validation cases also "
         f"chose the checkpoint). Whole volumes through sliding windows, {content['samples']} samples each. "
-        "With two test cases and one expert each, these figures show the path works; they are not a benchmark.", "",
+        "With two test cases and one expert each, these figures show the path works; they are not a benchmark.",
+        "",
     ]
-    for tag, title in (("deepmedic test", "the 2 `brats_deepmedic` test cases against the expert map"),
-                       ("tcga", "the 2 `brats_tcga` cases against five algorithms' maps (FLAIR and T1c, normalised in the brain)")):
+    for tag, title in (
+        ("deepmedic test", "the 2 `brats_deepmedic` test cases against the expert map"),
+        ("tcga", "the 2 `brats_tcga` cases against five algorithms' maps (FLAIR and T1c, normalised in the brain)"),
+    ):
         rows = []
         for name, run in content["runs"].items():
             figures = run[tag]
-            rows.append([name, str(run["steps"])] + [f"{figures[r]['dice']:.3f}" for r in regions]
-                        + [f"{figures[r]['ged']:.3f}" for r in regions] + [f"{figures['whole tumour']['diversity']:.3f}"])
+            rows.append(
+                [name, str(run["steps"])]
+                + [f"{figures[r]['dice']:.3f}" for r in regions]
+                + [f"{figures[r]['ged']:.3f}" for r in regions]
+                + [f"{figures['whole tumour']['diversity']:.3f}"]
+            )
         lines += [f"On {title}:", ""]
-        lines += _table(["model", "steps", "Dice WT", "Dice TC", "Dice ET", "GED² WT", "GED² TC", "GED² ET", "diversity WT"], rows)
+        lines += _table(
+            ["model", "steps", "Dice WT", "Dice TC", "Dice ET", "GED² WT", "GED² TC", "GED² ET", "diversity WT"], rows
+        )
         lines += [""]
     lines += [
-        "![BraTS test case: expert map and samples of the low-rank SSN](brats_samples.png)", "",
+        "![BraTS test case: expert map and samples of the low-rank SSN](brats_samples.png)",
+        "",
         "Data: BraTS 2013 cases as repackaged in DeepMedic's examples (CC BY-NC-SA 3.0): Menze, B. H., Jakab, A., "
         "Bauer, S., et al. (2015). The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS). IEEE Transactions "
         "on Medical Imaging, 34(10), 1993-2024; Kamnitsas, K., Ledig, C., Newcombe, V. F. J., et al. (2017). Efficient "
         "multi-scale 3D CNN with fully connected CRF for accurate brain lesion segmentation. Medical Image Analysis, "
         "36, 61-78. TCGA glioma cases from BraTS Toolkit's tutorial data: Kofler, F., Berger, C., Waldmannstetter, D., "
         "et al. (2020). BraTS Toolkit. Frontiers in Neuroscience, 14, 125; images from The Cancer Imaging Archive "
-        "(Clark, K., et al. (2013). Journal of Digital Imaging, 26(6), 1045-1057), CC BY 3.0.", "",
+        "(Clark, K., et al. (2013). Journal of Digital Imaging, 26(6), 1045-1057), CC BY 3.0.",
+        "",
     ]
     return lines
 
@@ -219,48 +425,65 @@ def scaling_section() -> list[str]:
     content = _load("scaling")
     if not content:
         return []
-    lines = ["## Training at scale: resuming, workers, processes (LIDC)", "",
-             f"Measured {content['machine']['date']} on the 2-core CPU (no GPU was lent), each part with the command it "
-             "names. The LIDC benchmark's U-Net (16-128), rank 10, 20 samples, batch 8, lr 1e-3, crops, on the train "
-             "split; the timed parts ran with the machine to themselves.", ""]
+    lines = [
+        "## Training at scale: resuming, workers, processes (LIDC)",
+        "",
+        f"Measured {content['machine']['date']} on the 2-core CPU (no GPU was lent), each part with the command it "
+        "names. The LIDC benchmark's U-Net (16-128), rank 10, 20 samples, batch 8, lr 1e-3, crops, on the train "
+        "split; the timed parts ran with the machine to themselves.",
+        "",
+    ]
     resume = content.get("resume")
     if resume:
-        kills = ", ".join(f"{k['after_seconds']} s after a start (last checkpoint: step {k['saved_step']})"
-                          for k in resume["kills"])
-        lines += [f"- **Kill and resume** (`{resume['command']}`): {resume['steps']} steps; SIGKILL {kills}; resumed each time with "
-                  f"`--resume`. Weights bitwise equal to the uninterrupted run's: {resume['weights_bitwise_equal']}; "
-                  f"optimiser state: {resume['optimiser_bitwise_equal']}; `metrics.jsonl` lines (steps, losses, "
-                  f"validation GED²): {resume['metrics_lines_equal']}."]
+        kills = ", ".join(
+            f"{k['after_seconds']} s after a start (last checkpoint: step {k['saved_step']})" for k in resume["kills"]
+        )
+        lines += [
+            f"- **Kill and resume** (`{resume['command']}`): {resume['steps']} steps; SIGKILL {kills}; resumed each time with "
+            f"`--resume`. Weights bitwise equal to the uninterrupted run's: {resume['weights_bitwise_equal']}; "
+            f"optimiser state: {resume['optimiser_bitwise_equal']}; `metrics.jsonl` lines (steps, losses, "
+            f"validation GED²): {resume['metrics_lines_equal']}."
+        ]
     workers = content.get("workers")
     if workers:
         speed = {k: sum(v) / len(v) for k, v in workers["images_per_second"].items()}
-        lines += [f"- **DataLoader workers** (`{workers['command']}`; {workers['steps']} steps, 2 threads, runs in the order 0, 1, 1, 0): "
-                  f"{speed['0']:.1f} images/s with none, {speed['1']:.1f} with one (ratio {workers['ratio_1_to_0']:.2f}; "
-                  f"on 2 cores a worker competes with the step). Weights bitwise equal: {workers['weights_bitwise_equal']}."]
+        lines += [
+            f"- **DataLoader workers** (`{workers['command']}`; {workers['steps']} steps, 2 threads, runs in the order 0, 1, 1, 0): "
+            f"{speed['0']:.1f} images/s with none, {speed['1']:.1f} with one (ratio {workers['ratio_1_to_0']:.2f}; "
+            f"on 2 cores a worker competes with the step). Weights bitwise equal: {workers['weights_bitwise_equal']}."
+        ]
     processes = content.get("processes")
     if processes:
         speed = {k: sum(v) / len(v) for k, v in processes["images_per_second"].items()}
         ged = lambda values: ", ".join(f"{v:.4f}" for v in values)  # noqa: E731
-        lines += [f"- **Two processes under torchrun** (`{processes['command']}`; gloo, 1 thread each) against one "
-                  f"process with 2 threads, same global batch, {processes['steps']} steps: {speed['2']:.1f} against "
-                  f"{speed['1']:.1f} images/s (ratio {processes['ratio_2_to_1']:.2f}). After one step the gradients agree "
-                  f"to {processes['first_step_largest_relative_gradient_difference']:.1e} of each tensor's largest value "
-                  f"(the order of the sums differs) and the parameters to "
-                  f"{processes['first_step_largest_parameter_difference']:.1e}. Adam divides each gradient component by "
-                  "its own running magnitude, so a component whose gradient is rounding noise (in a 1-step check without "
-                  "the mean warm-up: 6e-9 in one run and -3e-10 in the other, where the tensor's largest is 0.026) moves "
-                  "by up to the learning rate either way, and the runs "
-                  f"drift apart as training does under any change of rounding: after {processes['steps']} steps the "
-                  f"largest parameter difference is {processes['largest_parameter_difference']:.1e} (largest parameter "
-                  f"{processes['largest_parameter']:.2f}) and the validation GED² {ged(processes['val_ged']['2'])} "
-                  f"against {ged(processes['val_ged']['1'])}, within training noise. The test "
-                  "(`tests/test_distributed.py`, a U-Net of 8-16 channels, 8 steps) finds 1e-7."]
+        lines += [
+            f"- **Two processes under torchrun** (`{processes['command']}`; gloo, 1 thread each) against one "
+            f"process with 2 threads, same global batch, {processes['steps']} steps: {speed['2']:.1f} against "
+            f"{speed['1']:.1f} images/s (ratio {processes['ratio_2_to_1']:.2f}). After one step the gradients agree "
+            f"to {processes['first_step_largest_relative_gradient_difference']:.1e} of each tensor's largest value "
+            f"(the order of the sums differs) and the parameters to "
+            f"{processes['first_step_largest_parameter_difference']:.1e}. Adam divides each gradient component by "
+            "its own running magnitude, so a component whose gradient is rounding noise (in a 1-step check without "
+            "the mean warm-up: 6e-9 in one run and -3e-10 in the other, where the tensor's largest is 0.026) moves "
+            "by up to the learning rate either way, and the runs "
+            f"drift apart as training does under any change of rounding: after {processes['steps']} steps the "
+            f"largest parameter difference is {processes['largest_parameter_difference']:.1e} (largest parameter "
+            f"{processes['largest_parameter']:.2f}) and the validation GED² {ged(processes['val_ged']['2'])} "
+            f"against {ged(processes['val_ged']['1'])}, within training noise. The test "
+            "(`tests/test_distributed.py`, a U-Net of 8-16 channels, 8 steps) finds 1e-7."
+        ]
     return lines + [""]
 
 
 def write() -> Path:
-    lines = ["# Quality benchmarks", "", "Measured on this project's 2-core CPU machine (no GPU) unless a row says otherwise.", ""]
-    lines += lidc_section() + ablation_section() + agreeing_section() + brats_section() + scaling_section()
+    lines = [
+        "# Quality benchmarks",
+        "",
+        "Measured on this project's 2-core CPU machine (no GPU) unless a row says otherwise.",
+        "",
+    ]
+    lines += lidc_section() + curve_section() + options_section() + ablation_section() + agreeing_section()
+    lines += brats_section() + scaling_section()
     lines += [CITATION, ""]
     path = HERE / "RESULTS.md"
     path.write_text("\n".join(lines))

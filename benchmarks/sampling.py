@@ -81,7 +81,9 @@ def worker(case: str, method: str, samples: int) -> None:
 def peak_memory(case: str, method: str, samples: int) -> dict:
     result = subprocess.run(
         [sys.executable, __file__, "--worker", case, method, str(samples)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -93,15 +95,21 @@ def main() -> None:
         ours, theirs = build(spec["shape"], spec["rank"])
         n = spec["samples"]
         rounds = time_interleaved(
-            {"ssn": lambda: draw("ssn", ours, theirs, n), "torch": lambda: draw("torch", ours, theirs, n)},
+            {
+                "ssn": lambda ours=ours, theirs=theirs, n=n: draw("ssn", ours, theirs, n),
+                "torch": lambda ours=ours, theirs=theirs, n=n: draw("torch", ours, theirs, n),
+            },
             repeats=spec["repeats"],
         )
         times = medians(rounds)
         memory = {m: peak_memory(case, m, n) for m in ("ssn", "torch")}
         labels_memory = {m: peak_memory(case, m, 100) for m in ("ssn_labels", "argmax_all")}
         report[case] = {
-            "shape": spec["shape"], "rank": spec["rank"], "samples": n,
-            "seconds": times, "speedup": paired_ratio(rounds, "torch", "ssn"),
+            "shape": spec["shape"],
+            "rank": spec["rank"],
+            "samples": n,
+            "seconds": times,
+            "speedup": paired_ratio(rounds, "torch", "ssn"),
             "peak_extra_MiB": {m: v["peak_extra_bytes"] / 2**20 for m, v in memory.items()},
             "output_MiB": memory["ssn"]["output_bytes"] / 2**20,
             "labels_100_peak_extra_MiB": {m: v["peak_extra_bytes"] / 2**20 for m, v in labels_memory.items()},

@@ -41,10 +41,33 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def train_args(data_dir: Path, out: Path, steps: int, extra=()) -> list[str]:
     return [
-        "train", "--data", str(data_dir / "lidc_slices_128.npz"), "--split-file", str(data_dir / "split.json"),
-        "--out", str(out), "--features", "16", "32", "64", "128", "--batch-size", "8", "--lr", "1e-3",
-        "--max-steps", str(steps), "--val-every", str(steps // 2), "--val-images", "16", "--crop-scale", "0.766",
-        "--checkpoint-minutes", "0.05", *extra,
+        "train",
+        "--data",
+        str(data_dir / "lidc_slices_128.npz"),
+        "--split-file",
+        str(data_dir / "split.json"),
+        "--out",
+        str(out),
+        "--features",
+        "16",
+        "32",
+        "64",
+        "128",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--max-steps",
+        str(steps),
+        "--val-every",
+        str(steps // 2),
+        "--val-images",
+        "16",
+        "--crop-scale",
+        "0.766",
+        "--checkpoint-minutes",
+        "0.05",
+        *extra,
     ]
 
 
@@ -53,8 +76,16 @@ def run(args: list[str], threads: int, processes: int = 1, check: bool = True) -
     if processes == 1:
         command = [sys.executable, "-m", "ssn", *args]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                   "-m", "ssn", *args]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            "-m",
+            "ssn",
+            *args,
+        ]
     return subprocess.run(command, env=env, capture_output=True, text=True, check=check)
 
 
@@ -83,8 +114,9 @@ def resume_part(data_dir: Path, work: Path, steps: int, seed: int) -> dict:
     first = [sys.executable, "-m", "ssn", *train_args(data_dir, broken, steps, ["--overwrite"])]
     again = [sys.executable, "-m", "ssn", *train_args(data_dir, broken, steps, ["--resume"])]
     for attempt in range(2):
-        process = subprocess.Popen(first if attempt == 0 else again, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            first if attempt == 0 else again, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait = rng.uniform(12, 25)
         time.sleep(wait)
         if process.poll() is not None:
@@ -92,7 +124,9 @@ def resume_part(data_dir: Path, work: Path, steps: int, seed: int) -> dict:
         process.send_signal(signal.SIGKILL)
         process.wait()
         saved = state(broken)["progress"]
-        kills.append({"after_seconds": round(wait, 1), "saved_step": saved["step"], "saved_position": saved["position"]})
+        kills.append(
+            {"after_seconds": round(wait, 1), "saved_step": saved["step"], "saved_position": saved["position"]}
+        )
         print(f"  killed; the last complete checkpoint holds step {saved['step']}")
     run(train_args(data_dir, broken, steps, ["--resume"]), threads=2)
     a, b = state(whole), state(broken)
@@ -106,11 +140,18 @@ def resume_part(data_dir: Path, work: Path, steps: int, seed: int) -> dict:
     same_lines = [m["step"] for m in lines_whole] == [m["step"] for m in lines_broken] and all(
         x["val_ged"] == y["val_ged"] and x["train_loss"] == y["train_loss"] for x, y in zip(lines_whole, lines_broken)
     )
-    result = {"steps": steps, "kills": kills, "weights_bitwise_equal": weights_equal,
-              "optimiser_bitwise_equal": optimiser_equal, "metrics_lines_equal": same_lines,
-              "largest_weight_difference": largest_difference(a["model"], b["model"])}
-    print(f"resume: killed at saved steps {[k['saved_step'] for k in kills]}; weights bitwise equal {weights_equal}, "
-          f"optimiser {optimiser_equal}, metrics lines {same_lines}")
+    result = {
+        "steps": steps,
+        "kills": kills,
+        "weights_bitwise_equal": weights_equal,
+        "optimiser_bitwise_equal": optimiser_equal,
+        "metrics_lines_equal": same_lines,
+        "largest_weight_difference": largest_difference(a["model"], b["model"]),
+    }
+    print(
+        f"resume: killed at saved steps {[k['saved_step'] for k in kills]}; weights bitwise equal {weights_equal}, "
+        f"optimiser {optimiser_equal}, metrics lines {same_lines}"
+    )
     return result
 
 
@@ -120,12 +161,20 @@ def workers_part(data_dir: Path, work: Path, steps: int) -> dict:
         out = work / f"workers{workers}-{k}"
         run(train_args(data_dir, out, steps, ["--overwrite", "--workers", str(workers)]), threads=2)
         speeds[workers].append(images_per_second(out, steps))
-    equal = all(torch.equal(state(work / "workers0-0")["model"][k], state(work / "workers1-1")["model"][k])
-                for k in state(work / "workers0-0")["model"])
-    result = {"steps": steps, "images_per_second": {str(w): v for w, v in speeds.items()},
-              "ratio_1_to_0": sum(speeds[1]) / sum(speeds[0]), "weights_bitwise_equal": equal}
-    print(f"workers: 0 workers {speeds[0]} images/s, 1 worker {speeds[1]}; ratio {result['ratio_1_to_0']:.2f}; "
-          f"weights bitwise equal {equal}")
+    equal = all(
+        torch.equal(state(work / "workers0-0")["model"][k], state(work / "workers1-1")["model"][k])
+        for k in state(work / "workers0-0")["model"]
+    )
+    result = {
+        "steps": steps,
+        "images_per_second": {str(w): v for w, v in speeds.items()},
+        "ratio_1_to_0": sum(speeds[1]) / sum(speeds[0]),
+        "weights_bitwise_equal": equal,
+    }
+    print(
+        f"workers: 0 workers {speeds[0]} images/s, 1 worker {speeds[1]}; ratio {result['ratio_1_to_0']:.2f}; "
+        f"weights bitwise equal {equal}"
+    )
     return result
 
 
@@ -133,8 +182,11 @@ def processes_part(data_dir: Path, work: Path, steps: int) -> dict:
     speeds: dict[int, list[float]] = {1: [], 2: []}
     for k, processes in enumerate([1, 2, 2, 1]):
         out = work / f"processes{processes}-{k}"
-        done = run(train_args(data_dir, out, steps, ["--overwrite", "--workers", "0"]),
-                   threads=2 // processes, processes=processes)
+        done = run(
+            train_args(data_dir, out, steps, ["--overwrite", "--workers", "0"]),
+            threads=2 // processes,
+            processes=processes,
+        )
         speeds[processes].append(images_per_second(out, steps))
         if processes == 2:
             assert json.loads((out / "config.json").read_text())["world_size"] == 2, done.stderr[-2000:]
@@ -144,14 +196,20 @@ def processes_part(data_dir: Path, work: Path, steps: int) -> dict:
     first = {}
     for processes in (1, 2):
         out = work / f"first-step-{processes}"
-        run(train_args(data_dir, out, 1, ["--overwrite", "--workers", "0", "--val-every", "1"]),
-            threads=2 // processes, processes=processes)
+        run(
+            train_args(data_dir, out, 1, ["--overwrite", "--workers", "0", "--val-every", "1"]),
+            threads=2 // processes,
+            processes=processes,
+        )
         first[processes] = state(out)
-    moments = [(first[1]["optimiser"]["state"][i]["exp_avg"], first[2]["optimiser"]["state"][i]["exp_avg"])
-               for i in first[1]["optimiser"]["state"]]
+    moments = [
+        (first[1]["optimiser"]["state"][i]["exp_avg"], first[2]["optimiser"]["state"][i]["exp_avg"])
+        for i in first[1]["optimiser"]["state"]
+    ]
     gradient_difference = max(float((a - b).abs().max() / a.abs().max().clamp_min(1e-30)) for a, b in moments)
     result = {
-        "steps": steps, "images_per_second": {str(p): v for p, v in speeds.items()},
+        "steps": steps,
+        "images_per_second": {str(p): v for p, v in speeds.items()},
         "ratio_2_to_1": sum(speeds[2]) / sum(speeds[1]),
         "largest_parameter_difference": largest_difference(one["model"], two["model"]),
         "first_step_largest_relative_gradient_difference": gradient_difference,
@@ -160,17 +218,20 @@ def processes_part(data_dir: Path, work: Path, steps: int) -> dict:
         "val_ged": {"1": [m["val_ged"] for m in m1], "2": [m["val_ged"] for m in m2]},
         "train_loss": {"1": [m["train_loss"] for m in m1], "2": [m["train_loss"] for m in m2]},
     }
-    print(f"processes: 1 x 2 threads {speeds[1]} images/s, 2 x 1 thread {speeds[2]}; ratio {result['ratio_2_to_1']:.2f}; "
-          f"largest parameter difference {result['largest_parameter_difference']:.2e}; val GED^2 {result['val_ged']}; "
-          f"first step: gradients agree to {gradient_difference:.1e} (relative), parameters to "
-          f"{result['first_step_largest_parameter_difference']:.1e}")
+    print(
+        f"processes: 1 x 2 threads {speeds[1]} images/s, 2 x 1 thread {speeds[2]}; ratio {result['ratio_2_to_1']:.2f}; "
+        f"largest parameter difference {result['largest_parameter_difference']:.2e}; val GED^2 {result['val_ged']}; "
+        f"first step: gradients agree to {gradient_difference:.1e} (relative), parameters to "
+        f"{result['first_step_largest_parameter_difference']:.1e}"
+    )
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path,
-                        default=Path(os.environ.get("SSN_LIDC_DIR", ROOT.parent / "shared" / "data" / "lidc")))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("SSN_LIDC_DIR", ROOT.parent / "shared" / "data" / "lidc"))
+    )
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--parts", nargs="+", default=["resume", "workers", "processes"])
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "scaling")

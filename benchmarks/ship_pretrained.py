@@ -50,11 +50,11 @@ def main() -> None:
     card = f"""# Model card: `{args.name}`
 
 A low-rank Stochastic Segmentation Network (Monteiro et al., NeurIPS 2020) for lung nodules in
-2D CT crops, trained with `ssn` {config['ssn_version']}. Load it offline:
+2D CT crops, trained with `ssn` {config["ssn_version"]}. Load it offline:
 
 ```python
 import ssn
-model = ssn.pretrained("{args.name}")     # eval mode, at its calibrated temperature {calibration['temperature']:g}
+model = ssn.pretrained("{args.name}")     # eval mode, at its calibrated temperature {calibration["temperature"]:g}
 ```
 
 or from the command line: `ssn sample --run pretrained:{args.name} --input slice.png --samples 16`.
@@ -63,18 +63,18 @@ or from the command line: `ssn sample --run pretrained:{args.name} --input slice
   [0, 1] (`image / 255`), as in `lidc_slices_128.npz`. Other sizes run (the U-Net pads and
   crops), but it was trained on 128x128 only.
 - **Output**: a Gaussian over the 2-class logit map (background, nodule): rank
-  {arch['method_kwargs']['rank']}, backbone `{arch['backbone']}` with {json.dumps(arch['backbone_kwargs'])}.
+  {arch["method_kwargs"]["rank"]}, backbone `{arch["backbone"]}` with {json.dumps(arch["backbone_kwargs"])}.
 - **Data**: LIDC-IDRI, 128x128 crops around nodules, four readers per slice; the patient-level
   split of `split.json` (train 9,414 / val 3,039 / test 3,095 slices). Trained on the train
   split, one reader drawn per slice per step; checkpoint and temperature chosen on the val split.
-- **Budget**: {training['step']} optimiser steps, batch {config['batch_size']}, {training['minutes']:.0f} minutes of wall time on a
+- **Budget**: {training["step"]} optimiser steps, batch {config["batch_size"]}, {training["minutes"]:.0f} minutes of wall time on a
   2-core CPU (no GPU), one thread, with another model training beside it. Settings: Adam lr
-  {config['lr']:g} ({config['lr_schedule']} schedule), the mean alone for the first {config['mean_warmup']:.0%} of the steps,
-  variance init {config['variance_init']}, EMA decay {config['ema_decay']:g}, {config['mc_samples']} antithetic MC samples; validation
-  every {config['val_every']} steps on 128 val slices (16 samples), best checkpoint kept.
+  {config["lr"]:g} ({config["lr_schedule"]} schedule), the mean alone for the first {config["mean_warmup"]:.0%} of the steps,
+  variance init {config["variance_init"]}, EMA decay {config["ema_decay"]:g}, {config["mc_samples"]} antithetic MC samples; validation
+  every {config["val_every"]} steps on 128 val slices (16 samples), best checkpoint kept.
 - **Test split figures** (3,095 slices, 100 samples each; ± standard error over slices):
   - at t = 1: {_figures(test)};
-  - at the calibrated t = {calibration['temperature']:g}: {_figures(calibrated)}.
+  - at the calibrated t = {calibration["temperature"]:g}: {_figures(calibrated)}.
   Readers' own diversity on these slices: 0.522 (mean 1 − IoU over distinct reader pairs).
   Paper (their split, 500k GPU iterations): GED²(100) 0.225.
 - **Limits**: a research model, not a medical device. It has seen only crops centred on nodules

@@ -43,10 +43,13 @@ def main() -> None:
     candidates = {}
     for method in ("deterministic", "ssn"):
         kwargs = {"rank": 10, "mc_samples": 20} if method == "ssn" else {}
-        model = ssn.models.create("unet", method=method, num_classes=2, features=(32, 64, 128, 256), **kwargs).to(device)
+        model = ssn.models.create("unet", method=method, num_classes=2, features=(32, 64, 128, 256), **kwargs).to(
+            device
+        )
         optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
         loss_of = torch.compile(model.loss) if args.compile else model.loss
         for name, dtype in PRECISIONS.items():
+
             def step(model=model, optimiser=optimiser, loss_of=loss_of, dtype=dtype, name=name):
                 optimiser.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=dtype, enabled=name != "fp32"):
@@ -64,13 +67,21 @@ def main() -> None:
     for name, value in speed.items():
         print(f"{name}: {value:.1f} images/s ({seconds[name] * 1000:.0f} ms per step of {batch})")
     ratios = {method: speed[f"{method} bf16"] / speed[f"{method} fp32"] for method in ("deterministic", "ssn")}
-    print(f"bf16 / fp32: deterministic {ratios['deterministic']:.2f}, SSN {ratios['ssn']:.2f}; "
-          f"SSN / deterministic at fp32 {speed['ssn fp32'] / speed['deterministic fp32']:.2f}")
-    write("throughput-compiled" if args.compile else "throughput", {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "batch_size": batch, "compile": args.compile, "images_per_second": speed, "bf16_over_fp32": ratios,
-        "repeats": args.repeats,
-    })
+    print(
+        f"bf16 / fp32: deterministic {ratios['deterministic']:.2f}, SSN {ratios['ssn']:.2f}; "
+        f"SSN / deterministic at fp32 {speed['ssn fp32'] / speed['deterministic fp32']:.2f}"
+    )
+    write(
+        "throughput-compiled" if args.compile else "throughput",
+        {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "batch_size": batch,
+            "compile": args.compile,
+            "images_per_second": speed,
+            "bf16_over_fp32": ratios,
+            "repeats": args.repeats,
+        },
+    )
 
 
 if __name__ == "__main__":

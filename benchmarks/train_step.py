@@ -59,8 +59,13 @@ def main() -> None:
         "train_step",
         {
             "backbone": {"name": "unet", "features": features},
-            "batch_size": args.batch_size, "size": args.size, "rank": 10, "mc_samples": 20,
-            "seconds": times, "ratio": ratio, "repeats": args.repeats,
+            "batch_size": args.batch_size,
+            "size": args.size,
+            "rank": 10,
+            "mc_samples": 20,
+            "seconds": times,
+            "ratio": ratio,
+            "repeats": args.repeats,
         },
     )
 

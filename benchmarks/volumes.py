@@ -93,29 +93,48 @@ def measure(part: str, samples: int) -> dict:
         from ssn.inference.sliding import predict_volume
         from ssn.models import ModelSpec, build
 
-        spec = ModelSpec(method="ssn", backbone="unet", spatial_dims=3, in_channels=2, num_classes=4,
-                         method_kwargs={"rank": 10}, backbone_kwargs={"features": [8, 16, 32, 64]})
+        spec = ModelSpec(
+            method="ssn",
+            backbone="unet",
+            spatial_dims=3,
+            in_channels=2,
+            num_classes=4,
+            method_kwargs={"rank": 10},
+            backbone_kwargs={"features": [8, 16, 32, 64]},
+        )
         model = build(spec).eval()
         image = np.random.default_rng(0).standard_normal((2, *FULL), dtype=np.float32)
         roi = np.ones(FULL, bool)
         resting, start = _rss_mb(), time.perf_counter()
-        box, stream = predict_volume(model, image, roi, samples, (64, 64, 64), 0.5, 1.0, torch.Generator().manual_seed(1))
+        box, stream = predict_volume(
+            model, image, roi, samples, (64, 64, 64), 0.5, 1.0, torch.Generator().manual_seed(1)
+        )
         blended = time.perf_counter() - start
         counts = torch.zeros((4, *FULL), dtype=torch.int32)
         for labels in stream:
             for c in range(4):
                 counts[c] += labels == c
-        return {"seconds": time.perf_counter() - start, "blend_seconds": blended, "resting_mb": resting,
-                "peak_mb": _peak_mb()}
+        return {
+            "seconds": time.perf_counter() - start,
+            "blend_seconds": blended,
+            "resting_mb": resting,
+            "peak_mb": _peak_mb(),
+        }
     if part == "step-ratio":
         return _step_ratio()
     if part.startswith("step"):
         from ssn.models import ModelSpec, build
 
         method = "ssn" if part == "step-ssn" else "deterministic"
-        spec = ModelSpec(method=method, backbone="unet", spatial_dims=3, in_channels=2, num_classes=4,
-                         method_kwargs={"rank": 10, "mc_samples": 20} if method == "ssn" else {},
-                         backbone_kwargs={"features": [16, 32, 64, 128]})
+        spec = ModelSpec(
+            method=method,
+            backbone="unet",
+            spatial_dims=3,
+            in_channels=2,
+            num_classes=4,
+            method_kwargs={"rank": 10, "mc_samples": 20} if method == "ssn" else {},
+            backbone_kwargs={"features": [16, 32, 64, 128]},
+        )
         model = build(spec)
         optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
         images = torch.randn(2, 2, 64, 64, 64)
@@ -144,9 +163,15 @@ def _step_ratio(rounds: int = 6) -> dict:
     steps = {}
     for method in ("ssn", "deterministic"):
         torch.manual_seed(0)
-        spec = ModelSpec(method=method, backbone="unet", spatial_dims=3, in_channels=2, num_classes=4,
-                         method_kwargs={"rank": 10, "mc_samples": 20} if method == "ssn" else {},
-                         backbone_kwargs={"features": [16, 32, 64, 128]})
+        spec = ModelSpec(
+            method=method,
+            backbone="unet",
+            spatial_dims=3,
+            in_channels=2,
+            num_classes=4,
+            method_kwargs={"rank": 10, "mc_samples": 20} if method == "ssn" else {},
+            backbone_kwargs={"features": [16, 32, 64, 128]},
+        )
         model = build(spec)
         optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
 
@@ -157,9 +182,14 @@ def _step_ratio(rounds: int = 6) -> dict:
 
         steps[method] = step
     times = time_interleaved(steps, repeats=rounds, warmup=1)
-    return {"seconds": medians(times)["ssn"], "deterministic_seconds": medians(times)["deterministic"],
-            "ratio": paired_ratio(times, "ssn", "deterministic"), "rounds": rounds,
-            "resting_mb": 0.0, "peak_mb": _peak_mb()}
+    return {
+        "seconds": medians(times)["ssn"],
+        "deterministic_seconds": medians(times)["deterministic"],
+        "ratio": paired_ratio(times, "ssn", "deterministic"),
+        "rounds": rounds,
+        "resting_mb": 0.0,
+        "peak_mb": _peak_mb(),
+    }
 
 
 def main() -> None:
@@ -175,18 +205,32 @@ def main() -> None:
 
     results = {}
     for part in args.parts:
-        output = subprocess.run([sys.executable, __file__, "--child", part, "--samples", str(args.samples)],
-                                capture_output=True, text=True)
+        output = subprocess.run(
+            [sys.executable, __file__, "--child", part, "--samples", str(args.samples)], capture_output=True, text=True
+        )
         if output.returncode != 0:
             raise SystemExit(f"{part} failed:\n{output.stderr}")
         results[part] = json.loads(output.stdout.strip().splitlines()[-1])
         r = results[part]
-        ratio = f", SSN / deterministic {r['ratio']:.2f} (median of {r['rounds']} paired rounds)" if "ratio" in r else ""
-        print(f"{part}: peak {r['peak_mb']:.0f} MB (resting {r['resting_mb']:.0f} MB), {r['seconds']:.2f} s{ratio}", flush=True)
+        ratio = (
+            f", SSN / deterministic {r['ratio']:.2f} (median of {r['rounds']} paired rounds)" if "ratio" in r else ""
+        )
+        print(
+            f"{part}: peak {r['peak_mb']:.0f} MB (resting {r['resting_mb']:.0f} MB), {r['seconds']:.2f} s{ratio}",
+            flush=True,
+        )
     path = HERE / "results" / "volumes.json"
     previous = json.loads(path.read_text()).get("parts", {}) if path.is_file() else {}
-    write("volumes", {"samples": args.samples, "full": FULL, "half": HALF, "parts": {**previous, **results},
-                      "command": "python benchmarks/volumes.py " + " ".join(sys.argv[1:])})
+    write(
+        "volumes",
+        {
+            "samples": args.samples,
+            "full": FULL,
+            "half": HALF,
+            "parts": {**previous, **results},
+            "command": "python benchmarks/volumes.py " + " ".join(sys.argv[1:]),
+        },
+    )
 
 
 if __name__ == "__main__":

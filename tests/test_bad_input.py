@@ -23,8 +23,27 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("bad-input-run") / "run"
-    assert main(["train", "--data", str(data), "--out", str(out), "--features", "4", "8", "--max-steps", "2",
-                 "--batch-size", "4", "--val-images", "4"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--features",
+                "4",
+                "8",
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--val-images",
+                "4",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -51,8 +70,9 @@ def test_a_three_channel_npz_for_a_one_channel_model(run, tmp_path, capsys):
     path = tmp_path / "rgb.npz"
     save_arrays(path, SegmentationArrays(np.repeat(rgb.images, 3, axis=1), rgb.masks))
     _fails_in_one_line(capsys, ["evaluate", "--run", str(run), "--data", str(path), "--samples", "2"], "3 channel")
-    _fails_in_one_line(capsys, ["sample", "--run", str(run), "--input", str(path), "--out", str(tmp_path / "s")],
-                       "1 channel")
+    _fails_in_one_line(
+        capsys, ["sample", "--run", str(run), "--input", str(path), "--out", str(tmp_path / "s")], "1 channel"
+    )
     assert not (tmp_path / "s" / "samples.npz").exists()
 
 
@@ -88,7 +108,9 @@ def test_a_damaged_config(run, tmp_path, capsys, damage):
     else:
         del config["architecture"]["backbone_kwargs"]  # the default sizes are another model's
         (copy / "config.json").write_text(json.dumps(config))
-    _fails_in_one_line(capsys, ["evaluate", "--run", str(copy), "--data", _data_of(run), "--samples", "2"], "config.json")
+    _fails_in_one_line(
+        capsys, ["evaluate", "--run", str(copy), "--data", _data_of(run), "--samples", "2"], "config.json"
+    )
 
 
 def test_a_garbage_state_cannot_be_resumed(run, tmp_path, capsys):
@@ -100,16 +122,21 @@ def test_a_garbage_state_cannot_be_resumed(run, tmp_path, capsys):
 def test_a_corrupt_png(run, tmp_path, capsys):
     png = tmp_path / "broken.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
-    _fails_in_one_line(capsys, ["sample", "--run", str(run), "--input", str(png), "--out", str(tmp_path / "s")],
-                       "broken.png", "PNG")
+    _fails_in_one_line(
+        capsys, ["sample", "--run", str(run), "--input", str(png), "--out", str(tmp_path / "s")], "broken.png", "PNG"
+    )
 
 
 def test_sample_removes_an_earlier_calls_figures(run, data, tmp_path):
     out = tmp_path / "s"
-    assert main(["sample", "--run", str(run), "--input", str(data), "--out", str(out), "--samples", "2",
-                 "--figures", "3"]) == 0
-    assert main(["sample", "--run", str(run), "--input", str(data), "--out", str(out), "--samples", "2",
-                 "--figures", "1"]) == 0
+    assert (
+        main(["sample", "--run", str(run), "--input", str(data), "--out", str(out), "--samples", "2", "--figures", "3"])
+        == 0
+    )
+    assert (
+        main(["sample", "--run", str(run), "--input", str(data), "--out", str(out), "--samples", "2", "--figures", "1"])
+        == 0
+    )
     assert sorted(p.name for p in out.iterdir()) == ["image_0000.png", "samples.npz"]
 
 
@@ -121,8 +148,12 @@ def test_an_unwritable_cache(data, tmp_path, monkeypatch, capsys):
         blocked = tmp_path / "cache"
         blocked.mkdir(mode=0o500)
     monkeypatch.setenv("SSN_CACHE_DIR", str(blocked))
-    _fails_in_one_line(capsys, ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--max-steps", "1"],
-                       "SSN_CACHE_DIR", str(blocked))
+    _fails_in_one_line(
+        capsys,
+        ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--max-steps", "1"],
+        "SSN_CACHE_DIR",
+        str(blocked),
+    )
 
 
 def test_a_damaged_cache_is_rebuilt(data, tmp_path, monkeypatch, capsys):
@@ -145,8 +176,9 @@ def test_an_npz_header_claiming_huge_arrays(tmp_path, capsys):
             f.write(b"\0" * 64)
         with archive.open("masks.npy", "w") as f:
             np.lib.format.write_array(f, np.zeros((1, 1, 4, 4), np.uint8))
-    _fails_in_one_line(capsys, ["train", "--data", str(path), "--out", str(tmp_path / "r"), "--max-steps", "1"],
-                       "huge.npz")
+    _fails_in_one_line(
+        capsys, ["train", "--data", str(path), "--out", str(tmp_path / "r"), "--max-steps", "1"], "huge.npz"
+    )
 
 
 @pytest.mark.parametrize("command", ["evaluate", "sample"])
@@ -162,7 +194,9 @@ def test_an_incomplete_cache_folder_is_replaced(data, tmp_path, monkeypatch):
     folder = cache_dir() / _cache_key(data)
     folder.mkdir(parents=True)
     (folder / "images.npy").write_bytes(b"half a file")  # left by a kill, without done.json
-    np.testing.assert_array_equal(np.asarray(load_arrays(data).images), np.asarray(load_arrays(data, cache=False).images))
+    np.testing.assert_array_equal(
+        np.asarray(load_arrays(data).images), np.asarray(load_arrays(data, cache=False).images)
+    )
 
 
 def _images_sum(path):

@@ -19,8 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DEEPMEDIC = Path(os.environ.get("SSN_BRATS_DIR", ROOT.parent / "shared" / "data" / "brats_deepmedic"))
 TCGA = Path(os.environ.get("SSN_BRATS_TCGA_DIR", ROOT.parent / "shared" / "data" / "brats_tcga"))
 
-needs_deepmedic = pytest.mark.skipif(not DEEPMEDIC.is_dir(), reason=f"BraTS cases not found at {DEEPMEDIC} (set SSN_BRATS_DIR)")
-needs_tcga = pytest.mark.skipif(not TCGA.is_dir(), reason=f"TCGA glioma cases not found at {TCGA} (set SSN_BRATS_TCGA_DIR)")
+needs_deepmedic = pytest.mark.skipif(
+    not DEEPMEDIC.is_dir(), reason=f"BraTS cases not found at {DEEPMEDIC} (set SSN_BRATS_DIR)"
+)
+needs_tcga = pytest.mark.skipif(
+    not TCGA.is_dir(), reason=f"TCGA glioma cases not found at {TCGA} (set SSN_BRATS_TCGA_DIR)"
+)
 
 
 @needs_tcga
@@ -40,22 +44,87 @@ def test_train_sample_and_evaluate_on_real_brats_volumes(tmp_path):
     lists = tmp_path / "brats.json"
     assert main(["convert", "brats", str(DEEPMEDIC), "--out", str(lists), "--sequences", "flair", "t1c"]) == 0
     run = tmp_path / "run"
-    assert main(["train", "--data", str(lists), "--out", str(run), "--patch-size", "24", "24", "24", "--features", "4", "8",
-                 "--max-steps", "2", "--batch-size", "2", "--val-images", "2", "--val-samples", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(lists),
+                "--out",
+                str(run),
+                "--patch-size",
+                "24",
+                "24",
+                "24",
+                "--features",
+                "4",
+                "8",
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--val-images",
+                "2",
+                "--val-samples",
+                "2",
+            ]
+        )
+        == 0
+    )
     listing = json.loads(lists.read_text())
     case = listing["test"][0]
     out = tmp_path / "samples"
     case_dir = (lists.parent / case["image"][0]).parent  # one case given as its folder
     # one window holds the brain's box: the fewest network passes on a CPU
-    assert main(["sample", "--run", str(run), "--input", str(case_dir), "--samples", "2",
-                 "--window", "192", "192", "160", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(run),
+                "--input",
+                str(case_dir),
+                "--samples",
+                "2",
+                "--window",
+                "192",
+                "192",
+                "160",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     source = nibabel.load(str(lists.parent / case["image"][0]))
     sample = nibabel.load(str(out / case["id"] / "sample_001.nii.gz"))
     assert sample.shape == source.shape == (240, 240, 155)
     np.testing.assert_allclose(sample.affine, source.affine)
     assert set(np.unique(np.asarray(sample.dataobj))) <= {0, 1, 2, 4}
     report = tmp_path / "test.json"
-    assert main(["evaluate", "--run", str(run), "--data", str(lists), "--split", "test", "--samples", "2",
-                 "--window", "192", "192", "160", "--out", str(report)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(run),
+                "--data",
+                str(lists),
+                "--split",
+                "test",
+                "--samples",
+                "2",
+                "--window",
+                "192",
+                "192",
+                "160",
+                "--out",
+                str(report),
+            ]
+        )
+        == 0
+    )
     summary = json.loads(report.read_text())
-    assert summary["num_cases"] == 2 and {"whole tumour", "tumour core", "enhancing tumour"} <= set(summary["structures"])
+    assert summary["num_cases"] == 2 and {"whole tumour", "tumour core", "enhancing tumour"} <= set(
+        summary["structures"]
+    )

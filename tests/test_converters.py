@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 
 from ssn.apps.cli import main
-from ssn.data import DataError, load_arrays
-from ssn.data import converters
+from ssn.data import DataError, converters, load_arrays
 
 
 def write_png_tree(root, patients=2, nodules=2, slices=3, size=16):
@@ -60,7 +59,8 @@ def test_probabilistic_unet_pickle(tmp_path):
             "masks": [(rng.random((16, 16)) > 0.5).astype(np.float32) for _ in range(4)],
             "series_uid": f"1.2.{p}",
         }
-        for p in (3, 1) for s in range(2)
+        for p in (3, 1)
+        for s in range(2)
     }
     (tmp_path / "data.pickle").write_bytes(pickle.dumps(content))
     data = converters.probabilistic_unet_pickle(tmp_path / "data.pickle")
@@ -93,7 +93,15 @@ def test_phiseg_hdf5(tmp_path):
             f.create_dataset(f"{group}/images", data=rng.random((n, 16, 16)).astype(np.float32))
             f.create_dataset(f"{group}/labels", data=(rng.random((n, 16, 16, 4)) > 0.5).astype(np.uint8))
         expected_labels = np.asarray(f["test/labels"])
-    args = ["convert", "phiseg-hdf5", str(tmp_path / "lidc.hdf5"), "--out", str(tmp_path / "o.npz"), "--split-out", str(tmp_path / "s.json")]
+    args = [
+        "convert",
+        "phiseg-hdf5",
+        str(tmp_path / "lidc.hdf5"),
+        "--out",
+        str(tmp_path / "o.npz"),
+        "--split-out",
+        str(tmp_path / "s.json"),
+    ]
     assert main(args) == 0
     data = load_arrays(tmp_path / "o.npz")
     assert data.masks.shape == (6, 4, 16, 16)

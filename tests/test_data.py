@@ -7,15 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from ssn.data.augment import augment
 from ssn.data import DataError, SegmentationArrays, load_arrays, make_synthetic, save_arrays, select_split
+from ssn.data.augment import augment
 from ssn.data.splits import holdout_split
 
 
 def small(n=6, volumes=False, float_images=False):
     rng = np.random.default_rng(0)
     spatial = (4, 8, 8) if volumes else (8, 8)
-    images = rng.random((n, 1, *spatial)).astype(np.float32) if float_images else rng.integers(0, 255, (n, *spatial), dtype=np.uint8)
+    images = (
+        rng.random((n, 1, *spatial)).astype(np.float32)
+        if float_images
+        else rng.integers(0, 255, (n, *spatial), dtype=np.uint8)
+    )
     masks = rng.integers(0, 2, (n, 3, *spatial)).astype(np.uint8)
     patient = np.array([f"P{i // 2}" for i in range(n)])
     return images, masks, patient
@@ -138,7 +142,9 @@ def test_crops_are_rescaled_to_full_size_inside_the_image():
     masks = torch.zeros(16, 1, 64, 64, dtype=torch.long)
     masks[:, :, 24:40, 24:40] = 1
     images = masks.float()
-    out_images, out_masks = augment(images, masks, max_degrees=0, min_crop=0.5, generator=torch.Generator().manual_seed(0))
+    out_images, out_masks = augment(
+        images, masks, max_degrees=0, min_crop=0.5, generator=torch.Generator().manual_seed(0)
+    )
     area = out_masks.flatten(1).sum(1).float()
     assert (area >= 16 * 16 - 40).all() and (area <= 32 * 32 + 80).all() and (area > 300).any()  # zoomed in
     agreement = ((out_images[:, 0] > 0.5) == out_masks[:, 0].bool()).float().mean()

@@ -35,7 +35,8 @@ def data(tmp_path_factory):
 def _distribution(batch=3, classes=3, size=6, rank=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     return LowRankLogitDistribution(
-        torch.randn(batch, classes, size, size, generator=g), torch.randn(batch, rank, classes, size, size, generator=g),
+        torch.randn(batch, classes, size, size, generator=g),
+        torch.randn(batch, rank, classes, size, size, generator=g),
         torch.rand(batch, classes, size, size, generator=g) + 0.1,
     )
 
@@ -78,11 +79,23 @@ def test_the_loss_of_a_batch_is_the_mean_of_its_images_losses_with_keyed_noise(m
 
 
 def test_predicted_samples_do_not_depend_on_the_batch_size():
-    model = build(ModelSpec(method="ssn", backbone="unet", spatial_dims=2, in_channels=1, num_classes=2,
-                            backbone_kwargs={"features": [4, 8]}))
+    model = build(
+        ModelSpec(
+            method="ssn",
+            backbone="unet",
+            spatial_dims=2,
+            in_channels=1,
+            num_classes=2,
+            backbone_kwargs={"features": [4, 8]},
+        )
+    )
     images = np.random.default_rng(0).integers(0, 255, (5, 1, 16, 16), dtype=np.uint8)
-    by_one = np.concatenate([labels.numpy() for _, labels in predict_batches(model, images, np.arange(5), 6, 1, seed=3)])
-    by_four = np.concatenate([labels.numpy() for _, labels in predict_batches(model, images, np.arange(5), 6, 4, seed=3)])
+    by_one = np.concatenate(
+        [labels.numpy() for _, labels in predict_batches(model, images, np.arange(5), 6, 1, seed=3)]
+    )
+    by_four = np.concatenate(
+        [labels.numpy() for _, labels in predict_batches(model, images, np.arange(5), 6, 4, seed=3)]
+    )
     np.testing.assert_array_equal(by_one, by_four)
     assert len({by_one[i].tobytes() for i in range(5)}) == 5  # and each image has its own draws
 
@@ -109,8 +122,26 @@ def test_seeds_are_keyed_and_distinct():
 def _train(data, out, *extra):
     # 8-16 channels: at 4-8, a nearly constant channel under instance normalisation amplifies
     # rounding (the order of sums) to 1e-3 of a gradient, which is not what is tested here
-    return ["train", "--data", str(data), "--out", str(out), "--features", "8", "16", "--batch-size", "8",
-            "--max-steps", "8", "--val-images", "8", "--val-every", "4", "--overwrite", *extra]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--features",
+        "8",
+        "16",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "8",
+        "--val-images",
+        "8",
+        "--val-every",
+        "4",
+        "--overwrite",
+        *extra,
+    ]
 
 
 def test_data_loader_workers_do_not_change_the_run(data, tmp_path):
@@ -126,8 +157,15 @@ def _torchrun(args, processes=2, timeout=300, no_python=False):
     bin_dir = os.path.dirname(sys.executable)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     program = ["--no-python", "ssn"] if no_python else ["-m", "ssn"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               *program, *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        *program,
+        *args,
+    ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -207,7 +245,9 @@ def test_mixed_precision_trains_with_the_head_and_loss_in_float32(data, tmp_path
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.05)
     weights = load_file(str(tmp_path / "bf16" / "last.safetensors"))
     assert all(t.dtype == torch.float32 and bool(torch.isfinite(t).all()) for t in weights.values())
-    assert any(not torch.equal(t, load_file(str(tmp_path / "fp32" / "last.safetensors"))[k]) for k, t in weights.items())
+    assert any(
+        not torch.equal(t, load_file(str(tmp_path / "fp32" / "last.safetensors"))[k]) for k, t in weights.items()
+    )
 
 
 def test_fp16_trains_with_a_gradient_scaler_whose_state_is_kept(data, tmp_path):
@@ -258,8 +298,13 @@ def test_an_overflow_in_one_processs_validation_reaches_every_process(tmp_path):
     script = tmp_path / "overflow.py"
     script.write_text(_OVERFLOW_ON_ONE_PROCESS)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script)], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert [(tmp_path / f"overflow.py.{rank}").read_text() for rank in (0, 1)] == ["raised", "raised"]
 
@@ -294,11 +339,37 @@ def test_a_process_group_set_up_by_the_caller_is_joined(data, tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    done = subprocess.run([sys.executable, str(script), str(data), str(tmp_path / "two"), str(port)],
-                          env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), str(data), str(tmp_path / "two"), str(port)],
+        env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert main(["train", "--data", str(data), "--out", str(tmp_path / "one"), "--features", "8", "16",
-                 "--batch-size", "8", "--max-steps", "4", "--val-images", "8", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "one"),
+                "--features",
+                "8",
+                "16",
+                "--batch-size",
+                "8",
+                "--max-steps",
+                "4",
+                "--val-images",
+                "8",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
     a, b = (load_file(str(tmp_path / n / "last.safetensors")) for n in ("one", "two"))
     for key in a:

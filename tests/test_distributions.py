@@ -159,14 +159,14 @@ def test_sample_labels_dtype_for_many_classes():
 @pytest.mark.parametrize(
     "change, error, message",
     [
-        (lambda l, f, d: (l[0, 0], f, d), ValueError, "loc must have shape"),
-        (lambda l, f, d: (l, f, d[..., :-1]), ValueError, "cov_diag must have the shape"),
-        (lambda l, f, d: (l, f[:, :, :-1], d), ValueError, r"cov_factor must have shape \(B, R, C, \*S\)"),
-        (lambda l, f, d: (l, f[0], d), ValueError, "cov_factor must have shape"),
-        (lambda l, f, d: (l, f.float(), d), TypeError, "cov_factor has dtype"),
-        (lambda l, f, d: (l.long(), f, d), TypeError, "loc must be a floating-point"),
-        (lambda l, f, d: (l, f.to("meta"), d), ValueError, "move them to one device"),
-        (lambda l, f, d: (l.numpy(), f, d), TypeError, "loc must be a torch.Tensor"),
+        (lambda loc, f, d: (loc[0, 0], f, d), ValueError, "loc must have shape"),
+        (lambda loc, f, d: (loc, f, d[..., :-1]), ValueError, "cov_diag must have the shape"),
+        (lambda loc, f, d: (loc, f[:, :, :-1], d), ValueError, r"cov_factor must have shape \(B, R, C, \*S\)"),
+        (lambda loc, f, d: (loc, f[0], d), ValueError, "cov_factor must have shape"),
+        (lambda loc, f, d: (loc, f.float(), d), TypeError, "cov_factor has dtype"),
+        (lambda loc, f, d: (loc.long(), f, d), TypeError, "loc must be a floating-point"),
+        (lambda loc, f, d: (loc, f.to("meta"), d), ValueError, "move them to one device"),
+        (lambda loc, f, d: (loc.numpy(), f, d), TypeError, "loc must be a torch.Tensor"),
     ],
 )
 def test_construction_rejects_bad_parameters(change, error, message):
@@ -252,7 +252,9 @@ def test_expand_repeats_one_image_as_views_and_refuses_other_batches():
     assert expanded.batch_shape == (3,) and expanded.event_shape == dist.event_shape
     assert expanded.cov_factor.data_ptr() == dist.cov_factor.data_ptr()  # a view, no copy
     value = dist.rsample((2,))
-    torch.testing.assert_close(expanded.log_prob(value.expand(2, 3, *value.shape[2:])), dist.log_prob(value).expand(2, 3))
+    torch.testing.assert_close(
+        expanded.log_prob(value.expand(2, 3, *value.shape[2:])), dist.log_prob(value).expand(2, 3)
+    )
     assert make(batch=2).expand((2,)).batch_shape == (2,)
     with pytest.raises(ValueError, match="one-dimensional batch"):
         make(batch=2).expand((3,))

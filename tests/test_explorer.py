@@ -31,8 +31,30 @@ def demo_run(tmp_path_factory):
     data = folder / "synthetic.npz"
     save_arrays(data, make_synthetic(96, size=40, seed=0))
     run = folder / "run"
-    assert main(["train", "--data", str(data), "--out", str(run), "--features", "8", "16", "32", "--max-steps", "400",
-                 "--batch-size", "8", "--lr", "3e-3", "--val-images", "4"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(run),
+                "--features",
+                "8",
+                "16",
+                "32",
+                "--max-steps",
+                "400",
+                "--batch-size",
+                "8",
+                "--lr",
+                "3e-3",
+                "--val-images",
+                "4",
+            ]
+        )
+        == 0
+    )
     return run, data
 
 
@@ -131,8 +153,9 @@ def test_the_page_in_a_real_browser(demo_run, tmp_path):
             page.mouse.click(bounds["x"] + bounds["width"] * mark_x, bounds["y"] + bounds["height"] * mark_y)
             page.wait_for_function("document.querySelector('#status').innerText.includes('pixels marked')")
             page.click("#resample")
-            page.wait_for_function("document.querySelector('#status').innerText.includes('agreement 1.00')",
-                                   timeout=60_000)
+            page.wait_for_function(
+                "document.querySelector('#status').innerText.includes('agreement 1.00')", timeout=60_000
+            )
             status = page.inner_text("#status")
             assert "method" in status and "agreement 1.00" in status
             screenshot = tmp_path / "explorer.png"
@@ -144,8 +167,9 @@ def test_the_page_in_a_real_browser(demo_run, tmp_path):
             bad = tmp_path / "bad.npy"
             np.save(bad, np.zeros((3, 40, 40), np.float32))
             page.set_input_files("#upload input[type=file]", str(bad))
-            page.wait_for_function("document.querySelector('#status').innerText.includes('upload refused')",
-                                   timeout=30_000)
+            page.wait_for_function(
+                "document.querySelector('#status').innerText.includes('upload refused')", timeout=30_000
+            )
             assert "channels" in page.inner_text("#status")
             browser.close()
     finally:
@@ -160,8 +184,33 @@ def test_a_volume_is_explored_slice_by_slice_with_one_latent_draw(tmp_path):
 
     lists = make_synthetic_volumes(tmp_path / "data", num_cases=4, shape=(24, 24, 12), splits=(2, 1))
     run = tmp_path / "run3d"
-    assert main(["train", "--data", str(lists), "--out", str(run), "--patch-size", "16", "16", "12", "--features", "4", "8",
-                 "--max-steps", "4", "--batch-size", "2", "--val-images", "2", "--val-samples", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(lists),
+                "--out",
+                str(run),
+                "--patch-size",
+                "16",
+                "16",
+                "12",
+                "--features",
+                "4",
+                "8",
+                "--max-steps",
+                "4",
+                "--batch-size",
+                "2",
+                "--val-images",
+                "2",
+                "--val-samples",
+                "2",
+            ]
+        )
+        == 0
+    )
     model, config = load_run(run)
     listing = load_volume_list(lists)
     volume = np.asarray(read_case(listing.split("test")[0], listing.label_map).image)

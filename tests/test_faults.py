@@ -28,8 +28,30 @@ def _all_finite(run) -> bool:
 @pytest.mark.parametrize("method", ["ssn", "deterministic"])
 def test_a_learning_rate_of_10_never_makes_a_nan_model(data, tmp_path, capsys, method):
     run = tmp_path / "run"
-    code = main(["train", "--data", str(data), "--out", str(run), "--method", method, "--features", "4", "8",
-                 "--lr", "10", "--max-steps", "40", "--batch-size", "8", "--val-images", "4", "--val-every", "10"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            "--method",
+            method,
+            "--features",
+            "4",
+            "8",
+            "--lr",
+            "10",
+            "--max-steps",
+            "40",
+            "--batch-size",
+            "8",
+            "--val-images",
+            "4",
+            "--val-every",
+            "10",
+        ]
+    )
     err = capsys.readouterr()
     assert code in (0, 2)
     if code == 2:  # it may stop: then with the reason, and the weights saved before are finite
@@ -60,9 +82,29 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(data, tmp_path, c
     register_backbone("poisoned")(_Poisoned)
     try:
         run = tmp_path / "run"
-        code = main(["train", "--data", str(data), "--out", str(run), "--model", "poisoned", "--max-steps", "50",
-                     "--batch-size", "8", "--val-images", "4", "--val-every", "2", "--max-bad-steps", "3",
-                     "--mean-warmup", "0"])
+        code = main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(run),
+                "--model",
+                "poisoned",
+                "--max-steps",
+                "50",
+                "--batch-size",
+                "8",
+                "--val-images",
+                "4",
+                "--val-every",
+                "2",
+                "--max-bad-steps",
+                "3",
+                "--mean-warmup",
+                "0",
+            ]
+        )
     finally:
         unregister_backbone("poisoned")
     printed = capsys.readouterr()
@@ -75,9 +117,30 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(data, tmp_path, c
 def _train_command(data, out, *extra):
     import sys
 
-    return [sys.executable, "-m", "ssn", "train", "--data", str(data), "--out", str(out), "--features", "4", "8",
-            "--max-steps", "24", "--batch-size", "4", "--val-images", "4", "--val-every", "8",
-            "--checkpoint-minutes", "0.000001", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "ssn",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--features",
+        "4",
+        "8",
+        "--max-steps",
+        "24",
+        "--batch-size",
+        "4",
+        "--val-images",
+        "4",
+        "--val-every",
+        "8",
+        "--checkpoint-minutes",
+        "0.000001",
+        *extra,
+    ]
 
 
 def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_bitwise(data, tmp_path):
@@ -90,7 +153,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_bitwise(data, tmp_pa
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     subprocess.run(_train_command(data, whole), env=env, check=True, capture_output=True)
-    process = subprocess.Popen(_train_command(data, broken), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _train_command(data, broken), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     killed_at = None
     while time.time() < deadline and process.poll() is None:
@@ -121,8 +186,31 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_bitwise(data, tmp_pa
 
 def test_resume_restores_the_runs_settings_and_refuses_a_conflicting_one(data, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--out", str(run), "--features", "4", "8", "--rank", "3",
-                 "--max-steps", "4", "--batch-size", "4", "--lr", "0.003", "--val-images", "4"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(run),
+                "--features",
+                "4",
+                "8",
+                "--rank",
+                "3",
+                "--max-steps",
+                "4",
+                "--batch-size",
+                "4",
+                "--lr",
+                "0.003",
+                "--val-images",
+                "4",
+            ]
+        )
+        == 0
+    )
     # the documented example: only --out and --resume, and a longer budget
     assert main(["train", "--out", str(run), "--resume", "--max-steps", "6"]) == 0
     config = json.loads((run / "config.json").read_text())
@@ -150,8 +238,22 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
 
 def test_an_existing_run_is_never_mixed_with_a_new_one(data, tmp_path, capsys):
     run = tmp_path / "run"
-    command = ["train", "--data", str(data), "--out", str(run), "--features", "4", "8", "--max-steps", "2",
-               "--batch-size", "4", "--val-images", "4"]
+    command = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--features",
+        "4",
+        "8",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--val-images",
+        "4",
+    ]
     assert main(command) == 0
     before = (run / "metrics.jsonl").read_text()
     capsys.readouterr()
@@ -165,8 +267,27 @@ def test_an_existing_run_is_never_mixed_with_a_new_one(data, tmp_path, capsys):
 
 def test_an_unwritable_evaluate_out_is_refused_before_the_work(data, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--out", str(run), "--features", "4", "8", "--max-steps", "1",
-                 "--batch-size", "4", "--val-images", "4"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(run),
+                "--features",
+                "4",
+                "8",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "4",
+                "--val-images",
+                "4",
+            ]
+        )
+        == 0
+    )
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     capsys.readouterr()
@@ -189,8 +310,9 @@ def test_ctrl_c_ends_the_step_saves_its_state_and_the_resume_is_exact(data, tmp_
     slow = ("--checkpoint-minutes", "60")  # only Ctrl-C (and validation) save the state here
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     subprocess.run(_train_command(data, whole, *slow), env=env, check=True, capture_output=True)
-    process = subprocess.Popen(_train_command(data, stopped, *slow), env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        _train_command(data, stopped, *slow), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (stopped / "metrics.jsonl").is_file():  # the first validation, step 8
         time.sleep(0.02)

@@ -17,10 +17,14 @@ from ssn.data.arrays import load_arrays
 from ssn.data.converters import phiseg_hdf5, probabilistic_unet_pickle
 from ssn.data.volumes import load_volume_list
 from ssn.engine.config import TrainConfig, model_spec
-from ssn.models import build
 from ssn.errors import ConfigError, DataError, UserError
+from ssn.models import build
 
-FUZZ = settings(max_examples=int(os.environ.get("SSN_FUZZ_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=int(os.environ.get("SSN_FUZZ_EXAMPLES", 60)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 dtypes = st.sampled_from([np.uint8, np.int16, np.int64, np.float32, np.float64, np.bool_])
 small_shapes = array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=4)
@@ -67,8 +71,9 @@ json_values = st.recursive(
     max_leaves=12,
 )
 list_keys = st.sampled_from(["training", "validation", "test", "labels", "image", "label", "mask", "id", "sequences"])
-volume_lists = st.dictionaries(list_keys, json_values | st.lists(st.dictionaries(list_keys, json_values, max_size=4),
-                                                                  max_size=3), max_size=5)
+volume_lists = st.dictionaries(
+    list_keys, json_values | st.lists(st.dictionaries(list_keys, json_values, max_size=4), max_size=3), max_size=5
+)
 
 
 @FUZZ
@@ -96,9 +101,13 @@ def test_any_bytes_as_a_pickle_or_hdf5_are_refused(tmp_path_factory, content):
 
 
 @FUZZ
-@given(groups=st.dictionaries(st.sampled_from(["train", "val", "test", "other"]),
-                              st.fixed_dictionaries({}, optional={"images": any_array(), "labels": any_array()}),
-                              max_size=3))
+@given(
+    groups=st.dictionaries(
+        st.sampled_from(["train", "val", "test", "other"]),
+        st.fixed_dictionaries({}, optional={"images": any_array(), "labels": any_array()}),
+        max_size=3,
+    )
+)
 def test_any_phiseg_hdf5_converts_or_is_refused(tmp_path_factory, groups):
     import h5py
 
@@ -115,8 +124,16 @@ def test_any_phiseg_hdf5_converts_or_is_refused(tmp_path_factory, groups):
     assert data.masks.max(initial=0) < 256 and sum(len(ids) for ids in split.values()) == len(data)
 
 
-setting_values = (st.none() | st.booleans() | st.integers(-3, 40) | st.floats(-2, 2e3) | st.just(float("nan"))
-                  | st.text(max_size=8) | st.lists(st.integers(-2, 64), max_size=4) | st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+setting_values = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 40)
+    | st.floats(-2, 2e3)
+    | st.just(float("nan"))
+    | st.text(max_size=8)
+    | st.lists(st.integers(-2, 64), max_size=4)
+    | st.dictionaries(st.text(max_size=4), st.integers(), max_size=2)
+)
 flag_names = st.sampled_from([f.name for f in TrainConfig.flag_fields() if f.name not in ("data", "out")])
 
 
@@ -140,8 +157,13 @@ def test_any_settings_build_a_config_or_are_refused(values):
 
 
 label_maps = st.integers(2, 4).flatmap(
-    lambda c: st.tuples(st.just(c), arrays(np.int64, st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 5)),
-                                           elements=st.integers(-1, c))))
+    lambda c: st.tuples(
+        st.just(c),
+        arrays(
+            np.int64, st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 5)), elements=st.integers(-1, c)
+        ),
+    )
+)
 
 
 @FUZZ
@@ -158,12 +180,36 @@ def test_metrics_take_label_maps_or_refuse_them_with_a_value_or_type_error(sampl
     assert np.isfinite(value) and -1e-6 <= value <= 2 + 1e-6
 
 
-flag_values = st.one_of(st.integers(-3, 100).map(str), st.floats(-5, 5, allow_nan=False).map(lambda v: f"{v:g}"),
-                        st.sampled_from(["", "nan", "inf", "-1e-3", "abc", "true", "{a: 1}", "[1, 2]", "cuda", "cpu"]))
-train_flags = st.sampled_from(["--batch-size", "--lr", "--rank", "--mc-samples", "--epochs", "--max-minutes",
-                               "--max-steps", "--val-every", "--crop-scale", "--ema-decay", "--mean-warmup",
-                               "--model", "--method", "--lr-schedule", "--precision", "--device", "--workers",
-                               "--num-classes", "--model-kwargs", "--checkpoint-minutes", "--final-lr"])
+flag_values = st.one_of(
+    st.integers(-3, 100).map(str),
+    st.floats(-5, 5, allow_nan=False).map(lambda v: f"{v:g}"),
+    st.sampled_from(["", "nan", "inf", "-1e-3", "abc", "true", "{a: 1}", "[1, 2]", "cuda", "cpu"]),
+)
+train_flags = st.sampled_from(
+    [
+        "--batch-size",
+        "--lr",
+        "--rank",
+        "--mc-samples",
+        "--epochs",
+        "--max-minutes",
+        "--max-steps",
+        "--val-every",
+        "--crop-scale",
+        "--ema-decay",
+        "--mean-warmup",
+        "--model",
+        "--method",
+        "--lr-schedule",
+        "--precision",
+        "--device",
+        "--workers",
+        "--num-classes",
+        "--model-kwargs",
+        "--checkpoint-minutes",
+        "--final-lr",
+    ]
+)
 
 
 @FUZZ

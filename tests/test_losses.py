@@ -122,7 +122,9 @@ def test_ignore_index_and_mask_leave_pixels_out():
     assert ssn_loss(dist, target, mask=keep[:, None]).item() == pytest.approx(expected.item(), rel=1e-4)
     # Per-pixel normalisation divides each image's term by its own count of kept pixels.
     normalised = ssn_loss(dist, target, mask=keep, normalize_by_pixels=True, reduction="none")
-    torch.testing.assert_close(normalised, (per_pixel * keep).flatten(1).sum(1) / keep.flatten(1).sum(1), rtol=1e-4, atol=0)
+    torch.testing.assert_close(
+        normalised, (per_pixel * keep).flatten(1).sum(1) / keep.flatten(1).sum(1), rtol=1e-4, atol=0
+    )
 
 
 def test_reductions():
@@ -262,7 +264,11 @@ def test_fitting_the_loss_learns_coherent_samples_only_with_a_low_rank_factor():
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("num_classes", [2, 4])
 def test_the_streamed_monte_carlo_term_of_volumes_is_the_same_estimator_with_the_same_gradients(
-    monkeypatch, num_classes, masked, dtype, antithetic,
+    monkeypatch,
+    num_classes,
+    masked,
+    dtype,
+    antithetic,
 ):
     """Large maps take the samples a few at a time and accumulate the gradients in the same pass
     (a streaming log-sum-exp): value and gradients equal autograd's through the same draws kept
@@ -286,9 +292,13 @@ def test_the_streamed_monte_carlo_term_of_volumes_is_the_same_estimator_with_the
     parts = []
     for _ in range(0, 20, losses.SAMPLES_PER_CHUNK):
         draws = LowRankLogitDistribution(source.loc, source.cov_factor, source.cov_diag).rsample(
-            (losses.SAMPLES_PER_CHUNK,), antithetic=antithetic)
-        parts.append(losses._binary_map_log_likelihoods(draws[:, :, 0], target, weights) if num_classes == 2
-                     else losses._map_log_likelihoods(draws, target, weights))
+            (losses.SAMPLES_PER_CHUNK,), antithetic=antithetic
+        )
+        parts.append(
+            losses._binary_map_log_likelihoods(draws[:, :, 0], target, weights)
+            if num_classes == 2
+            else losses._map_log_likelihoods(draws, target, weights)
+        )
     kept = -losses._log_mean_exp(torch.cat(parts)).mean()
     expected = torch.autograd.grad(kept, [loc, factor, diag])
 
@@ -312,11 +322,21 @@ def test_the_streamed_term_draws_each_image_from_its_own_generator(monkeypatch):
     factor = (0.3 * torch.randn(3, 4, 3, 8, 8, 4)).requires_grad_()
     diag = (torch.rand(3, 3, 8, 8, 4) + 0.1).requires_grad_()
     target = torch.randint(0, 3, (3, 8, 8, 4))
-    batch = ssn_loss(LowRankLogitDistribution(loc, factor, diag), target, num_samples=8, reduction="none",
-                     generator=generators_for(7, [0, 1, 2]))
+    batch = ssn_loss(
+        LowRankLogitDistribution(loc, factor, diag),
+        target,
+        num_samples=8,
+        reduction="none",
+        generator=generators_for(7, [0, 1, 2]),
+    )
     (grad_loc,) = torch.autograd.grad(batch[1], [loc])
-    alone = ssn_loss(LowRankLogitDistribution(loc[1:2], factor[1:2], diag[1:2]), target[1:2], num_samples=8,
-                     reduction="none", generator=generators_for(7, [1]))
+    alone = ssn_loss(
+        LowRankLogitDistribution(loc[1:2], factor[1:2], diag[1:2]),
+        target[1:2],
+        num_samples=8,
+        reduction="none",
+        generator=generators_for(7, [1]),
+    )
     (grad_alone,) = torch.autograd.grad(alone[0], [loc])
     torch.testing.assert_close(alone[0], batch[1])
     torch.testing.assert_close(grad_alone, grad_loc)

@@ -148,18 +148,22 @@ def test_estimates_are_json_ready():
 
 
 def test_accumulating_classes_take_the_conventions():
-    y1 = np.zeros((8, 8), dtype=np.uint8); y1[:4, :4] = 1
-    y2 = np.zeros((8, 8), dtype=np.uint8); y2[:4, 2:6] = 1
+    y1 = np.zeros((8, 8), dtype=np.uint8)
+    y1[:4, :4] = 1
+    y2 = np.zeros((8, 8), dtype=np.uint8)
+    y2[:4, 2:6] = 1
     empty = np.zeros_like(y1)
     samples = torch.from_numpy(np.stack([y1, y2, empty, empty]))[None]  # (1, 4, 8, 8)
     annotations = torch.from_numpy(np.stack([y1, y2]))[None]
     for classes in ("present", "all"):
-        for name, function in (("GeneralizedEnergyDistance", M.generalized_energy_distance),
-                               ("SampleDiversity", None)):
+        for name, function in (("GeneralizedEnergyDistance", M.generalized_energy_distance), ("SampleDiversity", None)):
             metric = getattr(M, name)(3, classes=classes)
             metric.update(samples, annotations)
-            expected = (function(samples[0], annotations[0], 3, classes=classes) if function
-                        else M.sample_diversity(samples[0], 3, classes=classes))
+            expected = (
+                function(samples[0], annotations[0], 3, classes=classes)
+                if function
+                else M.sample_diversity(samples[0], 3, classes=classes)
+            )
             assert metric.compute().mean == pytest.approx(expected)
     # 3 classes, class 2 never present: "all" halves every distance
     ged = {c: M.GeneralizedEnergyDistance(3, classes=c) for c in ("present", "all")}

@@ -136,13 +136,16 @@ def test_ged_and_diversity_in_both_class_conventions_by_hand():
         sy = scale * d12 * (2 * 1 + 1 * 1) / 6  # 6 pairs: y1-y2 twice, y2-y1 once
         ss = scale * d12 * 4 / 9  # ordered pairs (y1, y2) and (y2, y1): 2 * 2
         yy = scale * d12 * 2 / 4
-        assert M.generalized_energy_distance(samples, annotations, 3, classes=classes) == pytest.approx(2 * sy - ss - yy)
+        assert M.generalized_energy_distance(samples, annotations, 3, classes=classes) == pytest.approx(
+            2 * sy - ss - yy
+        )
         assert M.sample_diversity(samples, 3, classes=classes) == pytest.approx(ss)
         row = M.image_metrics(samples, annotations, 3, classes=classes)
         assert row["ged"] == pytest.approx(2 * sy - ss - yy) and row["diversity"] == pytest.approx(ss)
     # Two classes: the conventions agree.
     assert M.generalized_energy_distance(samples, annotations, classes="all") == pytest.approx(
-        M.generalized_energy_distance(samples, annotations))
+        M.generalized_energy_distance(samples, annotations)
+    )
 
 
 def test_rectangular_matching_keeps_only_the_best_min_n_a_pairs():
@@ -162,13 +165,16 @@ def test_rectangular_matching_keeps_only_the_best_min_n_a_pairs():
     assert row["hm_iou_8"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("call", [
-    lambda y: M.generalized_energy_distance(y, y, classes="some"),
-    lambda y: M.sample_diversity(y, classes="foreground"),
-    lambda y: M.hungarian_matched_iou(y, y, matching="square"),
-    lambda y: M.ImageMetrics(2, classes="none"),
-    lambda y: M.HungarianMatchedIoU(2, matching="lcm"),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda y: M.generalized_energy_distance(y, y, classes="some"),
+        lambda y: M.sample_diversity(y, classes="foreground"),
+        lambda y: M.hungarian_matched_iou(y, y, matching="square"),
+        lambda y: M.ImageMetrics(2, classes="none"),
+        lambda y: M.HungarianMatchedIoU(2, matching="lcm"),
+    ],
+)
 def test_unknown_conventions_are_refused_naming_the_choices(call):
     y = np.zeros((2, 4, 4), dtype=np.uint8)
     with pytest.raises(ValueError, match="present|repeat"):
@@ -218,9 +224,7 @@ def test_ece_by_hand():
 
 
 # ---------------------------------------------------------------------- properties
-label_sets = st.integers(1, 4).flatmap(
-    lambda n: arrays(np.uint8, (n, 5, 6), elements=st.integers(0, 2))
-)
+label_sets = st.integers(1, 4).flatmap(lambda n: arrays(np.uint8, (n, 5, 6), elements=st.integers(0, 2)))
 
 
 @settings(max_examples=60, deadline=None)

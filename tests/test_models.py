@@ -61,7 +61,9 @@ def test_rank_zero_head_is_the_diagonal_model():
     assert dist.rsample((3,)).shape == (3, 1, 2, 5, 5)
 
 
-@pytest.mark.parametrize("kwargs, message", [({"num_classes": 1}, "num_classes"), ({"rank": -1}, "rank"), ({"eps": 0}, "eps")])
+@pytest.mark.parametrize(
+    "kwargs, message", [({"num_classes": 1}, "num_classes"), ({"rank": -1}, "rank"), ({"eps": 0}, "eps")]
+)
 def test_head_rejects_bad_settings(kwargs, message):
     settings = {"in_channels": 4, "num_classes": 2} | kwargs
     with pytest.raises(ValueError, match=message):
@@ -86,7 +88,9 @@ def test_tiny_inputs_are_zero_padded_when_reflection_is_impossible():
 def test_registry_builds_both_methods_on_the_same_backbone(spatial_dims):
     shape = (1, 1) + (12,) * spatial_dims
     model = ssn.models.create("unet", spatial_dims=spatial_dims, in_channels=1, num_classes=3, rank=5, features=(4, 8))
-    baseline = ssn.models.create("unet", method="deterministic", spatial_dims=spatial_dims, num_classes=3, features=(4, 8))
+    baseline = ssn.models.create(
+        "unet", method="deterministic", spatial_dims=spatial_dims, num_classes=3, features=(4, 8)
+    )
     assert isinstance(model, StochasticSegmentationNetwork) and isinstance(model, SegmentationModel)
     assert isinstance(baseline, DeterministicSegmentationNetwork) and isinstance(baseline, SegmentationModel)
     assert model.rank == 5 and model.num_classes == 3
@@ -111,7 +115,9 @@ def test_settings_go_to_the_method_and_the_rest_to_the_backbone():
     assert isinstance(model.backbone.encoders[0][1], nn.BatchNorm2d)
     with pytest.raises(ConfigError, match="'rank': not a setting of method 'deterministic'"):
         ssn.models.create("unet", method="deterministic", rank=3)
-    with pytest.raises(ConfigError, match="backbone 'unet' takes no argument 'width'; it takes: features, norm, dropout"):
+    with pytest.raises(
+        ConfigError, match="backbone 'unet' takes no argument 'width'; it takes: features, norm, dropout"
+    ):
         ssn.models.create("unet", width=8)
     with pytest.raises(ConfigError, match="features must be one or more positive"):
         ssn.models.create("unet", features=[0, 8])
@@ -149,7 +155,13 @@ def test_a_registered_backbone_gets_its_own_arguments_and_a_dry_run_finds_its_ch
 def test_the_spec_names_every_argument_and_rebuilds_the_same_model():
     model = ssn.models.create("unet", rank=4, features=(4, 8))
     spec = model.spec.as_dict()
-    assert spec["method_kwargs"] == {"rank": 4, "eps": 1e-5, "mc_samples": 20, "antithetic": True, "variance_init": None}
+    assert spec["method_kwargs"] == {
+        "rank": 4,
+        "eps": 1e-5,
+        "mc_samples": 20,
+        "antithetic": True,
+        "variance_init": None,
+    }
     assert spec["backbone_kwargs"] == {"features": [4, 8], "norm": "instance", "dropout": 0.0, "convs_per_level": 2}
     rebuilt = ssn.models.build(ssn.models.ModelSpec.from_dict(json.loads(json.dumps(spec))))
     rebuilt.load_state_dict(model.state_dict())
@@ -170,7 +182,9 @@ def test_every_method_implements_the_interface(method, spatial):
     """loss (scalar), sample_labels (N, B, *S) uint8, mean_probabilities (B, C, *S) summing to 1."""
     torch.manual_seed(0)
     settings = {"ssn": {"rank": 3}, "prob-unet": {"encoder_features": (4, 8)}}.get(method, {})
-    model = ssn.models.create("unet", method=method, spatial_dims=len(spatial), num_classes=3, features=(4, 8), **settings)
+    model = ssn.models.create(
+        "unet", method=method, spatial_dims=len(spatial), num_classes=3, features=(4, 8), **settings
+    )
     images, target = torch.randn(2, 1, *spatial), torch.randint(0, 3, (2, *spatial))
     loss = model.loss(images, target)
     assert loss.shape == () and loss.requires_grad
@@ -292,8 +306,12 @@ def test_the_mean_loss_is_the_ssn_loss_at_zero_covariance_and_leaves_the_covaria
     model = ssn.models.create("unet", rank=2, features=(4, 8), mc_samples=4)
     images, target = torch.randn(2, 1, 10, 10), torch.randint(0, 2, (2, 10, 10))
     dist = model(images)
-    frozen = LowRankLogitDistribution(dist.loc, torch.zeros_like(dist.cov_factor), torch.full_like(dist.cov_diag, 1e-12))
-    torch.testing.assert_close(model.mean_loss(images, target), ssn.ssn_loss(frozen, target, num_samples=4), rtol=1e-4, atol=1e-3)
+    frozen = LowRankLogitDistribution(
+        dist.loc, torch.zeros_like(dist.cov_factor), torch.full_like(dist.cov_diag, 1e-12)
+    )
+    torch.testing.assert_close(
+        model.mean_loss(images, target), ssn.ssn_loss(frozen, target, num_samples=4), rtol=1e-4, atol=1e-3
+    )
     model.mean_loss(images, target).backward()
     assert model.head.factor.weight.grad is None and model.head.log_diag.weight.grad is None
     assert model.head.mean.weight.grad.abs().sum() > 0
@@ -303,8 +321,15 @@ def test_the_mean_loss_is_the_ssn_loss_at_zero_covariance_and_leaves_the_covaria
 def test_deepmedic_gives_features_of_the_input_size_and_trains(spatial):
     from ssn.models import ModelSpec, build
 
-    spec = ModelSpec(method="ssn", backbone="deepmedic", spatial_dims=len(spatial), in_channels=2, num_classes=4,
-                     method_kwargs={"rank": 3}, backbone_kwargs={"channels": [8, 8, 16], "fc_channels": [16]})
+    spec = ModelSpec(
+        method="ssn",
+        backbone="deepmedic",
+        spatial_dims=len(spatial),
+        in_channels=2,
+        num_classes=4,
+        method_kwargs={"rank": 3},
+        backbone_kwargs={"channels": [8, 8, 16], "fc_channels": [16]},
+    )
     model = build(spec)
     images, target = torch.randn(2, 2, *spatial), torch.randint(0, 4, (2, *spatial))
     loss = model.loss(images, target)

@@ -44,18 +44,73 @@ def test_train_evaluate_and_sample_a_2d_basic_unet(tmp_path):
     save_arrays(tmp_path / "data.npz", data)
     run = tmp_path / "run"
     kwargs = "{features: [8, 8, 16, 16, 32, 8], out_channels: 8}"
-    assert main(["train", "--data", str(tmp_path / "data.npz"), "--out", str(run), "--model", "monai:BasicUNet",
-                 "--model-kwargs", kwargs, "--rank", "4", "--epochs", "3", "--batch-size", "8", "--lr", "3e-3",
-                 "--val-images", "8", "--val-samples", "4"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "data.npz"),
+                "--out",
+                str(run),
+                "--model",
+                "monai:BasicUNet",
+                "--model-kwargs",
+                kwargs,
+                "--rank",
+                "4",
+                "--epochs",
+                "3",
+                "--batch-size",
+                "8",
+                "--lr",
+                "3e-3",
+                "--val-images",
+                "8",
+                "--val-samples",
+                "4",
+            ]
+        )
+        == 0
+    )
     losses = [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0]
     architecture = json.loads((run / "config.json").read_text())["architecture"]
     assert architecture["backbone"] == "monai:BasicUNet" and architecture["feature_channels"] == 8
-    assert main(["evaluate", "--run", str(run), "--data", str(tmp_path / "data.npz"), "--samples", "4",
-                 "--out", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(run),
+                "--data",
+                str(tmp_path / "data.npz"),
+                "--samples",
+                "4",
+                "--out",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "m.json").read_text())["num_images"] == 96
-    assert main(["sample", "--run", str(run), "--input", str(tmp_path / "data.npz"), "--samples", "3",
-                 "--out", str(tmp_path / "s"), "--figures", "1"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(run),
+                "--input",
+                str(tmp_path / "data.npz"),
+                "--samples",
+                "3",
+                "--out",
+                str(tmp_path / "s"),
+                "--figures",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "s" / "samples.npz")["samples"].shape == (96, 3, 32, 32)
 
 
@@ -68,14 +123,67 @@ def test_train_evaluate_and_sample_a_3d_segresnet(tmp_path):
     images[:, 0, 2:8, 4:12, 4:12] += 1.0
     np.savez(tmp_path / "vol.npz", images=images, masks=masks)
     run = tmp_path / "run"
-    assert main(["train", "--data", str(tmp_path / "vol.npz"), "--out", str(run), "--model", "monai:SegResNet",
-                 "--model-kwargs", "{init_filters: 8, out_channels: 8}", "--rank", "3", "--epochs", "3",
-                 "--batch-size", "4", "--lr", "3e-3", "--val-images", "2", "--val-samples", "4"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "vol.npz"),
+                "--out",
+                str(run),
+                "--model",
+                "monai:SegResNet",
+                "--model-kwargs",
+                "{init_filters: 8, out_channels: 8}",
+                "--rank",
+                "3",
+                "--epochs",
+                "3",
+                "--batch-size",
+                "4",
+                "--lr",
+                "3e-3",
+                "--val-images",
+                "2",
+                "--val-samples",
+                "4",
+            ]
+        )
+        == 0
+    )
     losses = [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0]
-    assert main(["evaluate", "--run", str(run), "--data", str(tmp_path / "vol.npz"), "--samples", "4",
-                 "--out", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(run),
+                "--data",
+                str(tmp_path / "vol.npz"),
+                "--samples",
+                "4",
+                "--out",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     np.save(tmp_path / "one.npy", images[0])
-    assert main(["sample", "--run", str(run), "--input", str(tmp_path / "one.npy"), "--samples", "3",
-                 "--out", str(tmp_path / "s")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(run),
+                "--input",
+                str(tmp_path / "one.npy"),
+                "--samples",
+                "3",
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "s" / "samples.npz")["samples"].shape == (1, 3, 12, 16, 16)

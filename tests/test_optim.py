@@ -18,7 +18,9 @@ def test_warm_up_is_linear_then_the_schedule_takes_over():
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
 def test_decays_run_from_one_to_the_final_fraction_over_the_budget(schedule):
     factors = [learning_rate_factor(10, f, schedule, final=0.01) for f in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)]
-    assert factors[0] == pytest.approx(1.0) and factors[-2] == pytest.approx(0.01) and factors[-1] == pytest.approx(0.01)
+    assert (
+        factors[0] == pytest.approx(1.0) and factors[-2] == pytest.approx(0.01) and factors[-1] == pytest.approx(0.01)
+    )
     assert all(a > b for a, b in zip(factors, factors[1:-1]))  # strictly decreasing until the end
     middle = 0.01 + 0.99 * (0.5 * (1 + math.cos(math.pi / 2)) if schedule == "cosine" else 0.5)
     assert factors[2] == pytest.approx(middle)

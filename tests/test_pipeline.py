@@ -9,7 +9,20 @@ import torch
 from ssn.apps.cli import main
 from ssn.data import make_synthetic, save_arrays
 
-TRAIN = ["--features", "8", "16", "32", "--batch-size", "16", "--lr", "3e-3", "--val-images", "32", "--val-samples", "8"]
+TRAIN = [
+    "--features",
+    "8",
+    "16",
+    "32",
+    "--batch-size",
+    "16",
+    "--lr",
+    "3e-3",
+    "--val-images",
+    "32",
+    "--val-samples",
+    "8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +41,23 @@ def workspace(tmp_path_factory):
 
 def evaluate(workspace, run, samples=32):
     out = workspace / f"{run}_metrics.json"
-    code = main(["evaluate", "--run", str(workspace / run), "--data", str(workspace / "data.npz"), "--split", "test",
-                 "--split-file", str(workspace / "split.json"), "--samples", str(samples), "--out", str(out)])
+    code = main(
+        [
+            "evaluate",
+            "--run",
+            str(workspace / run),
+            "--data",
+            str(workspace / "data.npz"),
+            "--split",
+            "test",
+            "--split-file",
+            str(workspace / "split.json"),
+            "--samples",
+            str(samples),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     return json.loads(out.read_text()), out
 
@@ -62,8 +90,19 @@ def test_the_ssn_beats_the_deterministic_baseline_against_the_exact_truth(worksp
 
 def test_evaluate_reports_the_matched_iou_in_both_conventions(workspace, tmp_path):
     out = tmp_path / "m.json"
-    args = ["evaluate", "--run", str(workspace / "ssn"), "--data", str(workspace / "data.npz"), "--split", "test",
-            "--split-file", str(workspace / "split.json"), "--samples", "32"]
+    args = [
+        "evaluate",
+        "--run",
+        str(workspace / "ssn"),
+        "--data",
+        str(workspace / "data.npz"),
+        "--split",
+        "test",
+        "--split-file",
+        str(workspace / "split.json"),
+        "--samples",
+        "32",
+    ]
     assert main([*args, "--matching", "rectangular", "--classes", "all", "--out", str(out)]) == 0
     summary = json.loads(out.read_text())
     assert summary["conventions"] == {"classes": "all", "matching": "rectangular"}
@@ -81,15 +120,31 @@ def test_evaluate_reports_the_matched_iou_in_both_conventions(workspace, tmp_pat
 
 def test_training_on_image_crops_validates_on_whole_images(workspace, tmp_path, capsys):
     run = tmp_path / "crops"
-    common = ["--data", str(workspace / "data.npz"), "--split-file", str(workspace / "split.json"), "--epochs", "1", *TRAIN]
-    assert main(["train", "--out", str(run), "--rank", "4", "--patch-size", "16", "16", "--foreground-share", "1",
-                 *common]) == 0
+    common = [
+        "--data",
+        str(workspace / "data.npz"),
+        "--split-file",
+        str(workspace / "split.json"),
+        "--epochs",
+        "1",
+        *TRAIN,
+    ]
+    assert (
+        main(
+            ["train", "--out", str(run), "--rank", "4", "--patch-size", "16", "16", "--foreground-share", "1", *common]
+        )
+        == 0
+    )
     assert "one crop of 16x16 each" in capsys.readouterr().out
     config = json.loads((run / "config.json").read_text())
     assert config["patch_size"] == [16, 16]
     out = tmp_path / "m.json"
-    assert main(["evaluate", "--run", str(run), "--data", str(workspace / "data.npz"), "--samples", "4",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["evaluate", "--run", str(run), "--data", str(workspace / "data.npz"), "--samples", "4", "--out", str(out)]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["num_images"] == 320  # whole 32x32 images
     for size, message in ((["64", "64"], "larger than the images"), (["16", "16", "16"], "2 sizes for 2D images")):
         assert main(["train", "--out", str(tmp_path / "bad"), "--patch-size", *size, *common]) == 2
@@ -106,7 +161,22 @@ def test_resume_continues_from_the_last_epoch(workspace, tmp_path):
 
 def test_yaml_config_with_flags_overriding(workspace, tmp_path):
     (tmp_path / "c.yaml").write_text("rank: 3\nepochs: 1\nfeatures: [4, 8]\nval_images: 8\n")
-    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--rank", "2", "--data", str(workspace / "data.npz"), "--out", str(tmp_path / "y")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(tmp_path / "c.yaml"),
+                "--rank",
+                "2",
+                "--data",
+                str(workspace / "data.npz"),
+                "--out",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 0
+    )
     config = json.loads((tmp_path / "y" / "config.json").read_text())
     assert config["rank"] == 2 and config["features"] == [4, 8] and config["epochs"] == 1
 
@@ -129,7 +199,24 @@ def test_sample_writes_samples_and_figures(workspace, tmp_path, kind):
         path = tmp_path / "input.nii.gz"
         nibabel.save(nibabel.Nifti1Image(image.astype(np.float32)[..., None][..., 0] / 255, np.eye(4)), str(path))
     out = tmp_path / "samples"
-    assert main(["sample", "--run", str(workspace / "ssn"), "--input", str(path), "--samples", "6", "--out", str(out), "--figures", "2"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(workspace / "ssn"),
+                "--input",
+                str(path),
+                "--samples",
+                "6",
+                "--out",
+                str(out),
+                "--figures",
+                "2",
+            ]
+        )
+        == 0
+    )
     result = np.load(out / "samples.npz")
     count = 320 if kind == "npz" else 1
     assert result["samples"].shape == (count, 6, 32, 32) and result["samples"].dtype == np.uint8
@@ -153,7 +240,10 @@ def test_sample_writes_samples_and_figures(workspace, tmp_path, kind):
         (["train", "--data", "d.npz", "--out", "x", "--features", "0", "8"], "features must be one or more positive"),
         (["train", "--data", "d.npz", "--out", "x", "--model-kwargs", "{width: 8}"], "takes no argument 'width'"),
         (["train", "--data", "d.npz", "--out", "x", "--model-kwargs", "[1]"], "expected a YAML or JSON mapping"),
-        (["train", "--data", "d.npz", "--out", "x", "--model", "monai:BasicUNet", "--features", "4"], "features is the U-Nets' shorthand"),
+        (
+            ["train", "--data", "d.npz", "--out", "x", "--model", "monai:BasicUNet", "--features", "4"],
+            "features is the U-Nets' shorthand",
+        ),
         (["train", "--data", "d.npz", "--out", "x", "--device", "cuda:0"], "no CUDA device"),
         (["train", "--data", "d.npz", "--out", "x", "--config", "nowhere.yaml"], "no such config file"),
         (["evaluate", "--run", "nowhere", "--data", "d.npz"], "not a run directory"),
@@ -190,13 +280,61 @@ def test_volumes_train_evaluate_and_sample(tmp_path):
     masks[:, 1, 3:6, 5:11, 5:11] = 1
     np.savez(tmp_path / "vol.npz", images=images, masks=masks)
     run = tmp_path / "run"
-    args = ["--data", str(tmp_path / "vol.npz"), "--out", str(run), "--epochs", "2", "--features", "4", "8", "--batch-size", "4", "--rank", "3", "--val-images", "2", "--val-samples", "4"]
+    args = [
+        "--data",
+        str(tmp_path / "vol.npz"),
+        "--out",
+        str(run),
+        "--epochs",
+        "2",
+        "--features",
+        "4",
+        "8",
+        "--batch-size",
+        "4",
+        "--rank",
+        "3",
+        "--val-images",
+        "2",
+        "--val-samples",
+        "4",
+    ]
     assert main(["train", *args]) == 0
     assert json.loads((run / "config.json").read_text())["spatial_dims"] == 3
-    assert main(["evaluate", "--run", str(run), "--data", str(tmp_path / "vol.npz"), "--samples", "4", "--out", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(run),
+                "--data",
+                str(tmp_path / "vol.npz"),
+                "--samples",
+                "4",
+                "--out",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "m.json").read_text())["num_images"] == 12
     np.save(tmp_path / "one.npy", images[0])
-    assert main(["sample", "--run", str(run), "--input", str(tmp_path / "one.npy"), "--samples", "3", "--out", str(tmp_path / "s")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(run),
+                "--input",
+                str(tmp_path / "one.npy"),
+                "--samples",
+                "3",
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "s" / "samples.npz")["samples"].shape == (1, 3, 8, 16, 16)
 
 
@@ -219,7 +357,17 @@ def test_volumes_train_evaluate_and_sample(tmp_path):
 def test_a_wrong_config_value_gives_one_line_exit_2_and_writes_nothing(yaml_text, message, capsys, tmp_path):
     np.savez(tmp_path / "d.npz", images=np.zeros((4, 8, 8), np.uint8), masks=np.zeros((4, 1, 8, 8), np.uint8))
     (tmp_path / "c.yaml").write_text(yaml_text)
-    code = main(["train", "--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "run")])
+    code = main(
+        [
+            "train",
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--data",
+            str(tmp_path / "d.npz"),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
@@ -230,7 +378,9 @@ def test_yaml_numbers_written_without_a_dot_are_numbers(tmp_path):
     from ssn.engine import TrainConfig
     from ssn.engine.config import read_yaml
 
-    (tmp_path / "c.yaml").write_text("lr: 1e-3\nweight_decay: 1e-5\nmethod: deterministic\nmodel_kwargs: {norm: batch}\n")
+    (tmp_path / "c.yaml").write_text(
+        "lr: 1e-3\nweight_decay: 1e-5\nmethod: deterministic\nmodel_kwargs: {norm: batch}\n"
+    )
     config = TrainConfig(data="d.npz", out="o", **read_yaml(tmp_path / "c.yaml"))
     assert config.lr == 1e-3 and config.weight_decay == 1e-5 and config.method == "deterministic"
     assert config.model_kwargs == {"norm": "batch"}
@@ -257,7 +407,20 @@ def test_a_backbone_registered_with_its_own_arguments_trains_from_a_yaml_config(
             "model: test-yaml-widthy\nmodel_kwargs: {width: 5}\nrank: 2\nepochs: 1\nval_images: 8\nbatch_size: 32\n"
         )
         run = tmp_path / "run"
-        assert main(["train", "--config", str(tmp_path / "c.yaml"), "--data", str(workspace / "data.npz"), "--out", str(run)]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--config",
+                    str(tmp_path / "c.yaml"),
+                    "--data",
+                    str(workspace / "data.npz"),
+                    "--out",
+                    str(run),
+                ]
+            )
+            == 0
+        )
         architecture = json.loads((run / "config.json").read_text())["architecture"]
         assert architecture["backbone"] == "test-yaml-widthy" and architecture["backbone_kwargs"] == {"width": 5}
         assert architecture["feature_channels"] == 5 and architecture["method_kwargs"]["rank"] == 2
@@ -291,7 +454,9 @@ def test_an_internal_error_shows_its_traceback_and_exits_1(workspace, tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 1
-    assert "Traceback (most recent call last)" in result.stderr and "TypeError: injected internal error" in result.stderr
+    assert (
+        "Traceback (most recent call last)" in result.stderr and "TypeError: injected internal error" in result.stderr
+    )
     assert "ssn: error" not in result.stderr
 
 
@@ -308,10 +473,37 @@ def test_the_old_deterministic_switch_in_yaml_is_an_alias_and_checked(tmp_path):
 
 def test_validation_every_n_steps_with_a_schedule_and_a_weight_average(workspace, tmp_path):
     run = tmp_path / "ema"
-    args = ["--data", str(workspace / "data.npz"), "--out", str(run), "--features", "4", "8", "--batch-size", "16",
-            "--val-images", "8", "--val-samples", "4", "--max-steps", "25", "--val-every", "10",
-            "--lr-schedule", "cosine", "--warmup-steps", "3", "--ema-decay", "0.9", "--variance-init", "0.01",
-            "--factor-weight-decay", "1e-4", "--crop-scale", "0.8"]
+    args = [
+        "--data",
+        str(workspace / "data.npz"),
+        "--out",
+        str(run),
+        "--features",
+        "4",
+        "8",
+        "--batch-size",
+        "16",
+        "--val-images",
+        "8",
+        "--val-samples",
+        "4",
+        "--max-steps",
+        "25",
+        "--val-every",
+        "10",
+        "--lr-schedule",
+        "cosine",
+        "--warmup-steps",
+        "3",
+        "--ema-decay",
+        "0.9",
+        "--variance-init",
+        "0.01",
+        "--factor-weight-decay",
+        "1e-4",
+        "--crop-scale",
+        "0.8",
+    ]
     assert main(["train", *args]) == 0
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [10, 20, 25]  # and at the end of the budget
@@ -329,8 +521,28 @@ def test_validation_every_n_steps_with_a_schedule_and_a_weight_average(workspace
 def test_calibrate_stores_a_temperature_that_evaluate_and_sample_use(workspace, tmp_path, capsys):
     data, split = str(workspace / "data.npz"), str(workspace / "split.json")
     run = workspace / "ssn"
-    assert main(["calibrate", "--run", str(run), "--data", data, "--split", "val", "--split-file", split,
-                 "--samples", "4", "--temperatures", "0.01", "1", "3"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--run",
+                str(run),
+                "--data",
+                data,
+                "--split",
+                "val",
+                "--split-file",
+                split,
+                "--samples",
+                "4",
+                "--temperatures",
+                "0.01",
+                "1",
+                "3",
+            ]
+        )
+        == 0
+    )
     calibration = json.loads((run / "calibration.json").read_text())
     curve = {point["temperature"]: point["ged"] for point in calibration["curve"]}
     assert set(curve) == {0.01, 1.0, 3.0} and calibration["temperature"] == min(curve, key=curve.get)
@@ -339,8 +551,24 @@ def test_calibrate_stores_a_temperature_that_evaluate_and_sample_use(workspace, 
         calibrated, _ = evaluate(workspace, "ssn", samples=4)
         assert calibrated["temperature"] == calibration["temperature"]
         out = tmp_path / "t1.json"
-        assert main(["evaluate", "--run", str(run), "--data", data, "--samples", "4", "--temperature", "1",
-                     "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--run",
+                    str(run),
+                    "--data",
+                    data,
+                    "--samples",
+                    "4",
+                    "--temperature",
+                    "1",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         assert json.loads(out.read_text())["temperature"] == 1.0
     finally:
         (run / "calibration.json").unlink()  # the other tests use the run at t = 1

@@ -45,12 +45,28 @@ def test_an_unknown_name_lists_the_shipped_ones():
 def test_the_command_line_samples_with_pretrained_lidc_2d(tmp_path):
     np.save(tmp_path / "slice.npy", np.random.default_rng(0).random((128, 128), dtype=np.float32))
     out = tmp_path / "samples"
-    assert main(["sample", "--run", "pretrained:lidc-2d", "--input", str(tmp_path / "slice.npy"), "--samples", "3",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                "pretrained:lidc-2d",
+                "--input",
+                str(tmp_path / "slice.npy"),
+                "--samples",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert np.load(out / "samples.npz")["samples"].shape == (1, 3, 128, 128)
 
 
-@pytest.mark.skipif(not (LIDC_DIR / "lidc_slices_128.npz").is_file(), reason=f"LIDC data not found in {LIDC_DIR} (set SSN_LIDC_DIR)")
+@pytest.mark.skipif(
+    not (LIDC_DIR / "lidc_slices_128.npz").is_file(), reason=f"LIDC data not found in {LIDC_DIR} (set SSN_LIDC_DIR)"
+)
 def test_on_real_test_slices_it_segments_the_nodules():
     """64 test slices where three or four readers drew the nodule: the mean prediction overlaps the readers' masks."""
     from ssn.data import load_arrays, select_split
@@ -70,7 +86,9 @@ def test_on_real_test_slices_it_segments_the_nodules():
     assert dice.compute().mean > 0.4  # measured 0.48; untrained weights give 0.02
 
 
-@pytest.mark.skipif(not (LIDC_DIR / "lidc_slices_128.npz").is_file(), reason=f"LIDC data not found in {LIDC_DIR} (set SSN_LIDC_DIR)")
+@pytest.mark.skipif(
+    not (LIDC_DIR / "lidc_slices_128.npz").is_file(), reason=f"LIDC data not found in {LIDC_DIR} (set SSN_LIDC_DIR)"
+)
 def test_the_readme_three_lines(monkeypatch):
     """The README's pretrained example, run as written from the LIDC folder."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -19,8 +19,9 @@ def arrays(count=6, size=32):
 
 
 def source(data, patch_size, share):
-    config = types.SimpleNamespace(patch_size=patch_size, foreground_share=share, split_file=None, seed=0,
-                                   train_split="train", val_split="val")
+    config = types.SimpleNamespace(
+        patch_size=patch_size, foreground_share=share, split_file=None, seed=0, train_split="train", val_split="val"
+    )
     return ArraySource(data, config)
 
 

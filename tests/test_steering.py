@@ -12,7 +12,8 @@ from ssn.steering import interpolate, latent_traversal, sample_with_marks
 def _random(batch=2, classes=3, rank=4, spatial=(5, 6), seed=0):
     g = torch.Generator().manual_seed(seed)
     return LowRankLogitDistribution(
-        torch.randn(batch, classes, *spatial, generator=g), torch.randn(batch, rank, classes, *spatial, generator=g),
+        torch.randn(batch, classes, *spatial, generator=g),
+        torch.randn(batch, rank, classes, *spatial, generator=g),
         torch.rand(batch, classes, *spatial, generator=g) + 0.1,
     )
 
@@ -24,7 +25,11 @@ def _dense(dist, noise):
     for i in range(n):
         for b in range(batch):
             factor = dist.cov_factor[b].reshape(dist.rank, -1)  # (R, N)
-            value = dist.loc[b].flatten() + factor.T @ noise.z[i, b] + dist.cov_diag[b].flatten().sqrt() * noise.eps[i, b].flatten()
+            value = (
+                dist.loc[b].flatten()
+                + factor.T @ noise.z[i, b]
+                + dist.cov_diag[b].flatten().sqrt() * noise.eps[i, b].flatten()
+            )
             out[i, b] = value.view(dist.loc.shape[1:])
     return out
 
@@ -47,7 +52,9 @@ def test_class_scales_one_reproduce_zero_give_the_mean_minus_one_mirror():
     scales = torch.tensor([[1.0, 3.0, 1.0], [1.0, -2.0, 1.0]])
     edited = dist.logits_from_noise(noise, class_scales=scales)
     deviation = sample - dist.loc
-    torch.testing.assert_close(edited[:, :, 1], dist.loc[:, 1] + torch.tensor([3.0, -2.0]).view(2, 1, 1, 1) * deviation[:, :, 1])
+    torch.testing.assert_close(
+        edited[:, :, 1], dist.loc[:, 1] + torch.tensor([3.0, -2.0]).view(2, 1, 1, 1) * deviation[:, :, 1]
+    )
     torch.testing.assert_close(edited[:, :, [0, 2]], sample[:, :, [0, 2]])
     with pytest.raises(ValueError, match="class_scales"):
         dist.logits_from_noise(noise, class_scales=[1.0, 2.0])
@@ -56,9 +63,12 @@ def test_class_scales_one_reproduce_zero_give_the_mean_minus_one_mirror():
 def test_temperature_scales_every_class_as_the_scaled_distribution_does():
     dist = _random()
     noise = dist.draw_noise(2, torch.Generator().manual_seed(1))
-    torch.testing.assert_close(dist.logits_from_noise(noise, temperature=0.6), dist.scaled(0.6).logits_from_noise(noise))
     torch.testing.assert_close(
-        dist.logits_from_noise(noise, class_scales=[2.0, 2.0, 2.0], temperature=0.5), dist.logits_from_noise(noise))
+        dist.logits_from_noise(noise, temperature=0.6), dist.scaled(0.6).logits_from_noise(noise)
+    )
+    torch.testing.assert_close(
+        dist.logits_from_noise(noise, class_scales=[2.0, 2.0, 2.0], temperature=0.5), dist.logits_from_noise(noise)
+    )
 
 
 def test_labels_from_logits_is_the_class_argmax():

@@ -44,20 +44,28 @@ def _case(folder: Path, seed: int, raters: int = 1, shape=SHAPE) -> dict:
         seg[radius < 5 + 0.5 * r] = 2
         seg[radius < 3] = 1
         seg[radius < 2] = 4
-        labels.append(_save(folder / "segmentation" / f"rater{r}.nii.gz", seg) if raters > 1 else
-                      _save(folder / "seg.nii.gz", seg))
+        labels.append(
+            _save(folder / "segmentation" / f"rater{r}.nii.gz", seg)
+            if raters > 1
+            else _save(folder / "seg.nii.gz", seg)
+        )
     _save(folder / "flair.nii.gz", flair.astype(np.float32))
     _save(folder / "t1c.nii.gz", t1c.astype(np.float32))
     _save(folder / "brainmask.nii.gz", brain)
-    return {"id": folder.name, "image": [f"{folder.name}/flair.nii.gz", f"{folder.name}/t1c.nii.gz"],
-            "label": [f"{folder.name}/segmentation/{n}" for n in labels] if raters > 1 else f"{folder.name}/seg.nii.gz",
-            "mask": f"{folder.name}/brainmask.nii.gz"}
+    return {
+        "id": folder.name,
+        "image": [f"{folder.name}/flair.nii.gz", f"{folder.name}/t1c.nii.gz"],
+        "label": [f"{folder.name}/segmentation/{n}" for n in labels] if raters > 1 else f"{folder.name}/seg.nii.gz",
+        "mask": f"{folder.name}/brainmask.nii.gz",
+    }
 
 
 @pytest.fixture()
 def volume_list(tmp_path) -> Path:
-    cases = {name: [_case(tmp_path / f"{name}{i}", seed=10 * k + i) for i in range(2)]
-             for k, name in enumerate(("training", "validation"))}
+    cases = {
+        name: [_case(tmp_path / f"{name}{i}", seed=10 * k + i) for i in range(2)]
+        for k, name in enumerate(("training", "validation"))
+    }
     cases["test"] = [_case(tmp_path / "test0", seed=99, raters=3)]
     path = tmp_path / "list.json"
     path.write_text(json.dumps({"labels": {str(k): v for k, v in BRATS_LABELS.items()}, **cases}))
@@ -99,17 +107,36 @@ def _break(volume_list: Path, how: str) -> Path:
     return volume_list
 
 
-@pytest.mark.parametrize("how, message", [
-    ("shape", "has shape"), ("affine", "affine"), ("label", "the values [7]"), ("mask", "is empty"),
-    ("missing", "missing file"),
-])
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("shape", "has shape"),
+        ("affine", "affine"),
+        ("label", "the values [7]"),
+        ("mask", "is empty"),
+        ("missing", "missing file"),
+    ],
+)
 def test_bad_volumes_are_refused_with_the_reason(volume_list, tmp_path, capsys, how, message):
     path = _break(volume_list, how)
     with pytest.raises(DataError, match=re.escape(message)):
         listing = load_volume_list(path)
         read_case(listing.split("training")[0], listing.label_map)
-    code = main(["train", "--data", str(path), "--out", str(tmp_path / "run"), "--patch-size", "8", "8", "8",
-                 "--max-steps", "1"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(path),
+            "--out",
+            str(tmp_path / "run"),
+            "--patch-size",
+            "8",
+            "8",
+            "8",
+            "--max-steps",
+            "1",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("ssn: error:") and message in err
@@ -203,8 +230,15 @@ def test_a_volume_within_one_window_gives_the_networks_distribution():
     from ssn.models import ModelSpec, build
 
     torch.manual_seed(0)
-    spec = ModelSpec(method="ssn", backbone="unet", spatial_dims=3, in_channels=2, num_classes=3,
-                     method_kwargs={"rank": 3}, backbone_kwargs={"features": [4, 8]})
+    spec = ModelSpec(
+        method="ssn",
+        backbone="unet",
+        spatial_dims=3,
+        in_channels=2,
+        num_classes=3,
+        method_kwargs={"rank": 3},
+        backbone_kwargs={"features": [4, 8]},
+    )
     model = build(spec).eval()
     image = torch.randn(2, 12, 10, 9)
     with torch.no_grad():
@@ -222,8 +256,11 @@ def test_a_sample_shares_one_latent_draw_across_windows():
     class Constant(torch.nn.Module):
         def forward(self, x, mask=None):
             shape = (x.shape[0], 2, *x.shape[2:])
-            return LowRankLogitDistribution(torch.zeros(shape), torch.ones(x.shape[0], 1, *shape[1:]) * torch.tensor(
-                [1.0, -1.0]).view(1, 1, 2, 1, 1, 1), torch.full(shape, 1e-10))
+            return LowRankLogitDistribution(
+                torch.zeros(shape),
+                torch.ones(x.shape[0], 1, *shape[1:]) * torch.tensor([1.0, -1.0]).view(1, 1, 2, 1, 1, 1),
+                torch.full(shape, 1e-10),
+            )
 
     dist = sliding_window_distribution(Constant(), torch.zeros(1, 30, 30, 30), (8, 8, 8), overlap=0.5)
     labels = dist.sample_labels(20, generator=torch.Generator().manual_seed(0))[:, 0]
@@ -253,14 +290,56 @@ def test_distances_of_large_maps_are_computed_in_blocks(monkeypatch):
 
 def test_train_sample_and_evaluate_volumes_from_the_command_line(volume_list, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(volume_list), "--out", str(run), "--patch-size", "8", "8", "8",
-                 "--features", "4", "8", "--max-steps", "6", "--batch-size", "2", "--val-images", "2",
-                 "--val-samples", "2", "--patches-per-volume", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(volume_list),
+                "--out",
+                str(run),
+                "--patch-size",
+                "8",
+                "8",
+                "8",
+                "--features",
+                "4",
+                "8",
+                "--max-steps",
+                "6",
+                "--batch-size",
+                "2",
+                "--val-images",
+                "2",
+                "--val-samples",
+                "2",
+                "--patches-per-volume",
+                "2",
+            ]
+        )
+        == 0
+    )
     config = json.loads((run / "config.json").read_text())
     assert config["label_map"]["4"] == 3 and config["architecture"]["spatial_dims"] == 3
     out = tmp_path / "samples"
-    assert main(["sample", "--run", str(run), "--input", str(volume_list), "--split", "test", "--samples", "3",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(run),
+                "--input",
+                str(volume_list),
+                "--split",
+                "test",
+                "--samples",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     folder = out / "test0"
     source = nibabel.load(str(volume_list.parent / "test0" / "flair.nii.gz"))
     for name in ("sample_000", "sample_002", "mean", "entropy"):
@@ -276,13 +355,44 @@ def test_train_sample_and_evaluate_volumes_from_the_command_line(volume_list, tm
     np.testing.assert_allclose(mean.sum(-1), 1, atol=1e-6)
 
     # one volume given as its files
-    assert main(["sample", "--run", str(run), "--input", str(volume_list.parent / "test0" / "flair.nii.gz"),
-                 str(volume_list.parent / "test0" / "t1c.nii.gz"), "--samples", "2", "--out", str(tmp_path / "one")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(run),
+                "--input",
+                str(volume_list.parent / "test0" / "flair.nii.gz"),
+                str(volume_list.parent / "test0" / "t1c.nii.gz"),
+                "--samples",
+                "2",
+                "--out",
+                str(tmp_path / "one"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "one" / "flair" / "sample_001.nii.gz").is_file()
 
     report = tmp_path / "metrics.json"
-    assert main(["evaluate", "--run", str(run), "--data", str(volume_list), "--split", "test", "--samples", "4",
-                 "--out", str(report)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(run),
+                "--data",
+                str(volume_list),
+                "--split",
+                "test",
+                "--samples",
+                "4",
+                "--out",
+                str(report),
+            ]
+        )
+        == 0
+    )
     summary = json.loads(report.read_text())
     assert set(summary["structures"]) >= {"whole tumour", "tumour core", "enhancing tumour", "oedema"}
     whole = summary["structures"]["whole tumour"]
@@ -321,18 +431,53 @@ def test_the_3d_demo_runs_end_to_end(tmp_path, capsys):
 
 
 def test_a_2d_run_still_takes_a_single_nifti_image_and_calibrate_refuses_a_volume_list(tmp_path, volume_list, capsys):
-    from ssn.data.synthetic import make_synthetic
     from ssn.data.arrays import save_arrays
+    from ssn.data.synthetic import make_synthetic
 
     data = tmp_path / "flat.npz"
     save_arrays(data, make_synthetic(24, size=32))
     run = tmp_path / "flat"
-    assert main(["train", "--data", str(data), "--out", str(run), "--features", "4", "8", "--max-steps", "2",
-                 "--batch-size", "4", "--val-images", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(run),
+                "--features",
+                "4",
+                "8",
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--val-images",
+                "2",
+            ]
+        )
+        == 0
+    )
     image = tmp_path / "slice.nii.gz"
     _save(image, np.random.default_rng(0).random((32, 32)).astype(np.float32))
-    assert main(["sample", "--run", str(run), "--input", str(image), "--samples", "2", "--figures", "0",
-                 "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(run),
+                "--input",
+                str(image),
+                "--samples",
+                "2",
+                "--figures",
+                "0",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "out" / "samples.npz")["samples"].shape == (1, 2, 32, 32)
     assert main(["calibrate", "--run", str(run), "--data", str(volume_list)]) == 2
     assert "volume list" in capsys.readouterr().err
@@ -342,8 +487,14 @@ def test_a_deterministic_network_through_sliding_windows_gives_identical_samples
     from ssn.models import ModelSpec, build
 
     torch.manual_seed(0)
-    spec = ModelSpec(method="deterministic", backbone="unet", spatial_dims=3, in_channels=2, num_classes=3,
-                     backbone_kwargs={"features": [4, 8]})
+    spec = ModelSpec(
+        method="deterministic",
+        backbone="unet",
+        spatial_dims=3,
+        in_channels=2,
+        num_classes=3,
+        backbone_kwargs={"features": [4, 8]},
+    )
     dist = sliding_window_distribution(build(spec).eval(), torch.randn(2, 20, 18, 12), (8, 8, 8))
     samples = dist.sample_labels(5, generator=torch.Generator().manual_seed(0))
     assert all(torch.equal(s, samples[0]) for s in samples)

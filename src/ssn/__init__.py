@@ -48,6 +48,7 @@ def pretrained(name: str = "lidc-2d", device: str = "cpu", temperature: float | 
     model, _ = load_run(PREFIX + name, temperature=temperature)
     return model.to(device)
 
+
 __all__ = [
     "LowRankLogitDistribution",
     "LogitNoise",

@@ -15,13 +15,17 @@ with :meth:`World.gather`.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, TypeVar, cast
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from .errors import ConfigError
+
+Items = TypeVar("Items", bound=Sequence[Any] | np.ndarray)
 
 __all__ = ["World", "join", "leave", "launched_by_torchrun", "check_device", "all_reduce"]
 
@@ -48,8 +52,10 @@ def check_device(device: str) -> None:
         if not torch.cuda.is_available():
             raise ConfigError(f"device {device!r} was asked for, but this machine has no CUDA device; use --device cpu")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
-                              "CUDA device(s), cuda:0 to cuda:N-1")
+            raise ConfigError(
+                f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
+                "CUDA device(s), cuda:0 to cuda:N-1"
+            )
 
 
 def launched_by_torchrun() -> bool:
@@ -75,9 +81,9 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
-    def shard(self, items: Sequence) -> Sequence:
+    def shard(self, items: Items) -> Items:
         """This process's share of ``items``: every ``size``-th one from ``rank`` on."""
-        return items[self.rank :: self.size]
+        return cast(Items, items[self.rank :: self.size])  # a slice of a sequence or array is one too
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The element-wise sum of ``tensor`` over the processes (a new tensor, on its device)."""
@@ -133,8 +139,10 @@ def join(device: str = "cpu") -> tuple[World, str]:
     cuda = torch.device(device).type == "cuda"
     if cuda:
         if torch.cuda.device_count() < local_size:
-            raise ConfigError(f"torchrun started {local_size} processes on this machine but it has "
-                              f"{torch.cuda.device_count()} CUDA devices: use --nproc_per_node {torch.cuda.device_count()}")
+            raise ConfigError(
+                f"torchrun started {local_size} processes on this machine but it has "
+                f"{torch.cuda.device_count()} CUDA devices: use --nproc_per_node {torch.cuda.device_count()}"
+            )
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():

@@ -20,7 +20,8 @@ copy of the factor per sample, so 20 samples of a 128x128 map are cheap.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -158,7 +159,7 @@ class LowRankLogitDistribution(Distribution):
         """The marginal variances diag(P P^T) + D, shape (B, C, *S)."""
         return self.cov_factor.pow(2).sum(1) + self.cov_diag
 
-    def class_contrast(self, positive: int = 1, negative: int = 0) -> "LowRankLogitDistribution":
+    def class_contrast(self, positive: int = 1, negative: int = 0) -> LowRankLogitDistribution:
         """The distribution of eta_positive - eta_negative, a logit map with one channel.
 
         A difference of jointly Gaussian logits is a low-rank Gaussian again: mean
@@ -183,7 +184,7 @@ class LowRankLogitDistribution(Distribution):
             validate_args=False,
         )
 
-    def scaled(self, temperature: float) -> "LowRankLogitDistribution":
+    def scaled(self, temperature: float) -> LowRankLogitDistribution:
         """The distribution of mu + t (eta - mu): the same mean, the covariance times t^2.
 
         The factor is multiplied by t and the diagonal by t^2, so a draw at temperature t is
@@ -237,10 +238,10 @@ class LowRankLogitDistribution(Distribution):
         # (B, n, N) -> (n, B, N) is a view; splitting n and N into their shapes is one too.
         return flat.transpose(0, 1).view(sample_shape + self.batch_shape + self.event_shape)
 
-    def _draw_deviation(self, num: int, generator: torch.Generator | None) -> Tensor:
+    def _draw_deviation(self, num: int, generator: Generators) -> Tensor:
         """P z + sqrt(D) eps for ``num`` draws, shape (B, num, N), without expanding P."""
         batch, size = self._loc_flat.shape
-        options = dict(dtype=self.loc.dtype, device=self.loc.device)
+        options: dict[str, Any] = dict(dtype=self.loc.dtype, device=self.loc.device)
         scale = self._diag_flat.sqrt().unsqueeze(1)  # (B, 1, N)
         deviation = standard_normal((batch, num, size), generator, 0, **options)
         # In place where autograd allows it: every buffer of n maps counts at 3D sizes.
@@ -268,15 +269,11 @@ class LowRankLogitDistribution(Distribution):
             (num_samples, B, *S), ``uint8`` when C <= 256, otherwise ``int64``.
         """
         if num_samples < 0 or chunk_size < 1:
-            raise ValueError(
-                f"need num_samples >= 0 and chunk_size >= 1; got {num_samples} and {chunk_size}"
-            )
+            raise ValueError(f"need num_samples >= 0 and chunk_size >= 1; got {num_samples} and {chunk_size}")
         if antithetic and chunk_size % 2:
             chunk_size += 1
         dtype = torch.uint8 if self.num_classes <= 256 else torch.int64
-        out = torch.empty(
-            (num_samples,) + self.batch_shape + self.spatial_shape, dtype=dtype, device=self.loc.device
-        )
+        out = torch.empty((num_samples,) + self.batch_shape + self.spatial_shape, dtype=dtype, device=self.loc.device)
         with torch.no_grad():
             # Two classes: the argmax is the sign of eta_1 - eta_0, drawn directly (half the work).
             binary = self.class_contrast(1, 0) if self.num_classes == 2 else None
@@ -292,18 +289,18 @@ class LowRankLogitDistribution(Distribution):
         return out
 
     # --------------------------------------------------------------- steering the draws
-    def draw_noise(self, num_samples: int, generator: Generators = None) -> "LogitNoise":
+    def draw_noise(self, num_samples: int, generator: Generators = None) -> LogitNoise:
         """The standard normal draws behind ``num_samples`` samples, kept so that they can be
         replayed, rescaled or edited: z (n, B, R) and eps (n, B, C, *S)."""
         if num_samples < 0:
             raise ValueError(f"num_samples must be >= 0; got {num_samples}")
-        options = dict(dtype=self.loc.dtype, device=self.loc.device)
+        options: dict[str, Any] = dict(dtype=self.loc.dtype, device=self.loc.device)
         return LogitNoise(
             standard_normal((num_samples, *self.batch_shape, self.rank), generator, 1, **options),
             standard_normal((num_samples, *self.batch_shape, *self.event_shape), generator, 1, **options),
         )
 
-    def deviation_from_noise(self, noise: "LogitNoise") -> Tensor:
+    def deviation_from_noise(self, noise: LogitNoise) -> Tensor:
         """P z + sqrt(D) eps for each draw, (n, B, C, *S): a sample minus the mean."""
         self._check_noise(noise)
         n = noise.z.shape[0]
@@ -314,7 +311,10 @@ class LowRankLogitDistribution(Distribution):
         return flat.view(noise.eps.shape)
 
     def logits_from_noise(
-        self, noise: "LogitNoise", class_scales: Tensor | Sequence[float] | None = None, temperature: float = 1.0,
+        self,
+        noise: LogitNoise,
+        class_scales: Tensor | Sequence[float] | None = None,
+        temperature: float = 1.0,
     ) -> Tensor:
         """Logit maps from kept draws, (n, B, C, *S): mu + w_c t (P z + sqrt(D) eps).
 
@@ -330,17 +330,27 @@ class LowRankLogitDistribution(Distribution):
             w = torch.as_tensor(class_scales, dtype=deviation.dtype, device=deviation.device)
             n = deviation.shape[0]
             if w.shape not in ((self.num_classes,), (n, self.num_classes)):
-                raise ValueError(f"class_scales must have shape ({self.num_classes},) or ({n}, {self.num_classes}); "
-                                 f"got {tuple(w.shape)}")
+                raise ValueError(
+                    f"class_scales must have shape ({self.num_classes},) or ({n}, {self.num_classes}); "
+                    f"got {tuple(w.shape)}"
+                )
             w = w.expand(n, self.num_classes).view(n, 1, self.num_classes, *([1] * len(self.spatial_shape)))
             scale = scale * w
         return self.loc + scale * deviation
 
-    def _check_noise(self, noise: "LogitNoise") -> None:
+    def _check_noise(self, noise: LogitNoise) -> None:
         expected_eps = self.batch_shape + self.event_shape
-        if (not isinstance(noise, LogitNoise) or noise.z.shape[1:] != self.batch_shape + (self.rank,)
-                or noise.eps.shape[1:] != expected_eps or noise.z.shape[0] != noise.eps.shape[0]):
-            got = (tuple(noise.z.shape), tuple(noise.eps.shape)) if isinstance(noise, LogitNoise) else type(noise).__name__
+        if (
+            not isinstance(noise, LogitNoise)
+            or noise.z.shape[1:] != self.batch_shape + (self.rank,)
+            or noise.eps.shape[1:] != expected_eps
+            or noise.z.shape[0] != noise.eps.shape[0]
+        ):
+            got = (
+                (tuple(noise.z.shape), tuple(noise.eps.shape))
+                if isinstance(noise, LogitNoise)
+                else type(noise).__name__
+            )
             raise ValueError(
                 f"noise must be a LogitNoise with z (n, {', '.join(map(str, self.batch_shape))}, {self.rank}) and "
                 f"eps (n, {', '.join(map(str, expected_eps))}), as draw_noise gives; got {got}"
@@ -388,7 +398,7 @@ class LowRankLogitDistribution(Distribution):
         """Differential entropy of the logit map, shape (B,)."""
         return 0.5 * (self.event_size * (1.0 + _LOG_2PI) + self._log_det_covariance)
 
-    def expand(self, batch_shape, _instance=None) -> "LowRankLogitDistribution":
+    def expand(self, batch_shape, _instance=None) -> LowRankLogitDistribution:
         """The same distribution for a batch of ``batch_shape = (B',)`` images, as views.
 
         The batch must stay one-dimensional (the parameters are laid out (B, ...)); a batch of
@@ -429,14 +439,14 @@ class LogitNoise(NamedTuple):
     z: Tensor
     eps: Tensor
 
-    def select(self, index) -> "LogitNoise":
+    def select(self, index) -> LogitNoise:
         """Some of the draws (an int, a slice or indices along n), still (n', ...) shaped."""
         if isinstance(index, int):
             index = slice(index, index + 1)
         return LogitNoise(self.z[index], self.eps[index])
 
     @classmethod
-    def cat(cls, parts: Sequence["LogitNoise"]) -> "LogitNoise":
+    def cat(cls, parts: Sequence[LogitNoise]) -> LogitNoise:
         """Draws of several :class:`LogitNoise` one after another along n."""
         return cls(torch.cat([p.z for p in parts]), torch.cat([p.eps for p in parts]))
 
@@ -469,14 +479,10 @@ def _check_parameters(loc: Tensor, cov_factor: Tensor, cov_diag: Tensor) -> None
         if not tensor.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor; got {tensor.dtype}")
     if not 3 <= loc.dim() <= 5:
-        raise ValueError(
-            f"loc must have shape (B, C, *S) with 1 to 3 spatial dimensions; got {tuple(loc.shape)}"
-        )
+        raise ValueError(f"loc must have shape (B, C, *S) with 1 to 3 spatial dimensions; got {tuple(loc.shape)}")
     batch, classes, *spatial = loc.shape
     if cov_diag.shape != loc.shape:
-        raise ValueError(
-            f"cov_diag must have the shape of loc {tuple(loc.shape)}; got {tuple(cov_diag.shape)}"
-        )
+        raise ValueError(f"cov_diag must have the shape of loc {tuple(loc.shape)}; got {tuple(cov_diag.shape)}")
     if cov_factor.dim() != loc.dim() + 1 or cov_factor.shape[:1] + cov_factor.shape[2:] != loc.shape:
         raise ValueError(
             f"cov_factor must have shape (B, R, C, *S) = ({batch}, R, {classes}, "
@@ -487,9 +493,7 @@ def _check_parameters(loc: Tensor, cov_factor: Tensor, cov_diag: Tensor) -> None
         if tensor.dtype != loc.dtype:
             raise TypeError(f"{name} has dtype {tensor.dtype} but loc has {loc.dtype}; use one dtype")
         if tensor.device != loc.device:
-            raise ValueError(
-                f"{name} is on {tensor.device} but loc is on {loc.device}; move them to one device"
-            )
+            raise ValueError(f"{name} is on {tensor.device} but loc is on {loc.device}; move them to one device")
 
 
 def _check_values(loc: Tensor, cov_factor: Tensor, cov_diag: Tensor) -> None:
@@ -519,9 +523,5 @@ def _check_values(loc: Tensor, cov_factor: Tensor, cov_diag: Tensor) -> None:
         )
     non_positive = int((cov_diag <= 0).sum())
     if non_positive:
-        raise NonFiniteError(
-            f"cov_diag must be strictly positive; {non_positive} values are <= 0. Pass exp(x) + eps."
-        )
-    raise NonFiniteError(
-        "the parameters are finite but so large that their sums overflow; rescale the logits"
-    )
+        raise NonFiniteError(f"cov_diag must be strictly positive; {non_positive} values are <= 0. Pass exp(x) + eps.")
+    raise NonFiniteError("the parameters are finite but so large that their sums overflow; rescale the logits")

@@ -242,12 +242,13 @@ def ssn_loss(
     expected = distribution.batch_shape + distribution.spatial_shape
     target, weights = prepare_target(target, tuple(expected), distribution.num_classes, ignore_index, mask)
     binary = distribution.num_classes == 2
-    values = num_samples * distribution.loc[0, :1 if binary else None].numel()  # per image
+    values = num_samples * distribution.loc[0, : 1 if binary else None].numel()  # per image
     if values > CHUNK_ABOVE and (num_samples > SAMPLES_PER_CHUNK) and torch.is_grad_enabled():
         # Large maps (volumes): a few samples at a time, the gradients accumulated as they go.
         source = distribution.class_contrast(1, 0) if binary else distribution
-        loss = -_StreamedLogLikelihood.apply(source.loc, source.cov_factor, source.cov_diag, target, weights,
-                                             num_samples, antithetic, binary, generator)
+        loss = -_StreamedLogLikelihood.apply(
+            source.loc, source.cov_factor, source.cov_diag, target, weights, num_samples, antithetic, binary, generator
+        )
     elif binary:
         # Only the log-odds eta_1 - eta_0 matter: sample them directly, with half the draws.
         margin = distribution.class_contrast(1, 0).rsample((num_samples,), antithetic=antithetic, generator=generator)
@@ -292,9 +293,7 @@ class SSNLoss(nn.Module):
         self.reduction = reduction
         self.check_inputs = check_inputs
 
-    def forward(
-        self, distribution: LowRankLogitDistribution, target: Tensor, mask: Tensor | None = None
-    ) -> Tensor:
+    def forward(self, distribution: LowRankLogitDistribution, target: Tensor, mask: Tensor | None = None) -> Tensor:
         return ssn_loss(
             distribution,
             target,
@@ -339,9 +338,7 @@ def prepare_target(
         hint = ""
         if target.dim() == len(expected_shape) + 1 and target.shape[1] == 1:
             hint = " (squeeze the channel dimension: target[:, 0])"
-        raise ValueError(
-            f"target must have shape (B, *S) = {tuple(expected_shape)}; got {tuple(target.shape)}{hint}"
-        )
+        raise ValueError(f"target must have shape (B, *S) = {tuple(expected_shape)}; got {tuple(target.shape)}{hint}")
     target = target.long()
     weights = None
     if ignore_index is not None:

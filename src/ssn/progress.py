@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from tqdm import tqdm
 
@@ -24,13 +25,13 @@ def progress(items: Iterable[T], total: int, what: str, show: bool = True, every
         yield from tqdm(items, total=total, desc=what, file=sys.stderr, leave=False)
         return
     start = last = time.perf_counter()
-    done = 0
-    for item in items:
+    for done, item in enumerate(items, 1):
         yield item
-        done += 1
         now = time.perf_counter()
         if now - last > every or done == total:
             last = now
             rate = done / max(now - start, 1e-9)
             left = (total - done) / rate if rate > 0 else float("nan")
-            print(f"  {what}: {done}/{total}, {now - start:.0f} s, about {left:.0f} s left", file=sys.stderr, flush=True)
+            print(
+                f"  {what}: {done}/{total}, {now - start:.0f} s, about {left:.0f} s left", file=sys.stderr, flush=True
+            )

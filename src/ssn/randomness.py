@@ -12,30 +12,38 @@ element (see :func:`standard_normal`).
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 __all__ = ["Generators", "derive_seed", "generators_for", "standard_normal"]
 
-Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def derive_seed(*keys: int) -> int:
     """A 63-bit seed from integer keys (e.g. seed, epoch, position): independent streams for
     different keys (NumPy's ``SeedSequence`` hashing), the same one for the same keys."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint32).astype(np.uint64)
-               @ np.array([1 << 31, 1], dtype=np.uint64)) & ((1 << 63) - 1)
+    return int(
+        np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint32).astype(np.uint64)
+        @ np.array([1 << 31, 1], dtype=np.uint64)
+    ) & ((1 << 63) - 1)
 
 
-def generators_for(seed: int, keys: Sequence[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
+def generators_for(
+    seed: int, keys: Sequence[int] | np.ndarray, device: str | torch.device = "cpu"
+) -> list[torch.Generator]:
     """One generator on ``device`` per key, seeded by ``derive_seed(seed, key)``."""
     return [torch.Generator(device).manual_seed(derive_seed(seed, int(key))) for key in keys]
 
 
 def standard_normal(
-    shape: Sequence[int], generator: Generators, batch_dim: int, dtype: torch.dtype, device: torch.device,
+    shape: Sequence[int],
+    generator: Generators,
+    batch_dim: int,
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> torch.Tensor:
     """``torch.randn(shape)``. With a sequence of generators, one per index of ``batch_dim``,
     each batch element's values come from its own generator: an element's draws are then the

@@ -19,8 +19,8 @@ with :func:`~ssn.distributions.labels_from_logits`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -63,7 +63,9 @@ def interpolate(start: LogitNoise, end: LogitNoise, steps: int) -> LogitNoise:
     weight_b = torch.where(small, s, torch.sin(s * omega) / sin)
     mixed = (weight_a * a + weight_b * b).to(start.z.dtype)  # (steps, B, R + N)
     rank = start.z.shape[-1]
-    return LogitNoise(mixed[..., :rank].reshape(steps, *start.z.shape[1:]), mixed[..., rank:].reshape(steps, *start.eps.shape[1:]))
+    return LogitNoise(
+        mixed[..., :rank].reshape(steps, *start.z.shape[1:]), mixed[..., rank:].reshape(steps, *start.eps.shape[1:])
+    )
 
 
 @dataclass
@@ -88,9 +90,17 @@ class MarkedSamples:
 
 
 def sample_with_marks(
-    dist: LowRankLogitDistribution, marks: Tensor, num_samples: int = 16, generator: torch.Generator | None = None,
-    max_draws: int = 2048, chunk: int = 64, steps: int = 300, lr: float = 0.1, margin: float = 0.5,
-    class_scales=None, temperature: float = 1.0,
+    dist: LowRankLogitDistribution,
+    marks: Tensor,
+    num_samples: int = 16,
+    generator: torch.Generator | None = None,
+    max_draws: int = 2048,
+    chunk: int = 64,
+    steps: int = 300,
+    lr: float = 0.1,
+    margin: float = 0.5,
+    class_scales=None,
+    temperature: float = 1.0,
 ) -> MarkedSamples:
     """Samples of ``dist`` whose labels agree with ``marks``.
 
@@ -105,25 +115,39 @@ def sample_with_marks(
 
     Args:
         marks: (B, *S) integer, the class marked at each pixel, -1 where unmarked.
-        class_scales, temperature: as in :meth:`~ssn.LowRankLogitDistribution.logits_from_noise`.
+        class_scales: as in :meth:`~ssn.LowRankLogitDistribution.logits_from_noise`.
+        temperature: as in :meth:`~ssn.LowRankLogitDistribution.logits_from_noise`.
     """
     expected = dist.batch_shape + dist.spatial_shape
     if tuple(marks.shape) != tuple(expected):
-        raise ValueError(f"marks must have shape (B, *S) = {tuple(expected)}, -1 where unmarked; got {tuple(marks.shape)}")
+        raise ValueError(
+            f"marks must have shape (B, *S) = {tuple(expected)}, -1 where unmarked; got {tuple(marks.shape)}"
+        )
     if marks.numel() and (int(marks.max()) >= dist.num_classes or int(marks.min()) < -1):
         raise ValueError(f"marks must be -1 (unmarked) or a class in [0, {dist.num_classes})")
     labels, noises, methods, agreements, acceptances = [], [], [], [], []
     for b in range(marks.shape[0]):
-        single = LowRankLogitDistribution(dist.loc[b : b + 1], dist.cov_factor[b : b + 1], dist.cov_diag[b : b + 1],
-                                          validate_args=False)
+        single = LowRankLogitDistribution(
+            dist.loc[b : b + 1], dist.cov_factor[b : b + 1], dist.cov_diag[b : b + 1], validate_args=False
+        )
         marked = marks[b : b + 1] >= 0
-        noise, acceptance = _by_rejection(single, marks[b : b + 1], marked, num_samples, generator, max_draws, chunk,
-                                          class_scales, temperature)
+        noise, acceptance = _by_rejection(
+            single, marks[b : b + 1], marked, num_samples, generator, max_draws, chunk, class_scales, temperature
+        )
         method = "rejection"
         if noise is None:
             method = "optimisation"
-            noise = _by_optimisation(single, marks[b : b + 1], marked, single.draw_noise(num_samples, generator),
-                                     steps, lr, margin, class_scales, temperature)
+            noise = _by_optimisation(
+                single,
+                marks[b : b + 1],
+                marked,
+                single.draw_noise(num_samples, generator),
+                steps,
+                lr,
+                margin,
+                class_scales,
+                temperature,
+            )
         drawn = labels_from_logits(single.logits_from_noise(noise, class_scales, temperature))
         met = (drawn == marks[b : b + 1].to(drawn.dtype)) & marked
         agreement = float(met.flatten(1).sum(1).double().mean() / max(int(marked.sum()), 1)) if marked.any() else 1.0
@@ -133,8 +157,11 @@ def sample_with_marks(
         agreements.append(agreement)
         acceptances.append(acceptance)
     return MarkedSamples(
-        torch.cat(labels, 1), LogitNoise(torch.cat([n.z for n in noises], 1), torch.cat([n.eps for n in noises], 1)),
-        methods, agreements, acceptances,
+        torch.cat(labels, 1),
+        LogitNoise(torch.cat([n.z for n in noises], 1), torch.cat([n.eps for n in noises], 1)),
+        methods,
+        agreements,
+        acceptances,
     )
 
 
@@ -158,7 +185,9 @@ def _by_rejection(dist, marks, marked, num_samples, generator, max_draws, chunk,
     return None, accepted_total / max(drawn_total, 1)
 
 
-def _by_optimisation(dist, marks, marked, start: LogitNoise, steps, lr, margin, class_scales, temperature) -> LogitNoise:
+def _by_optimisation(
+    dist, marks, marked, start: LogitNoise, steps, lr, margin, class_scales, temperature
+) -> LogitNoise:
     z = start.z.clone().requires_grad_(True)
     eps = start.eps.clone().requires_grad_(True)
     optimiser = torch.optim.Adam([z, eps], lr=lr)

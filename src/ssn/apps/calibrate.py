@@ -66,8 +66,9 @@ def calibrate(
         model.temperature = t
         ged = metrics.GeneralizedEnergyDistance(model.num_classes)
         # image i draws from (seed, i): the same draws at every temperature, in every process
-        for chunk, labels in predict_batches(model, data.images, world.shard(indices), num_samples, batch_size, device,
-                                             seed=seed):
+        for chunk, labels in predict_batches(
+            model, data.images, world.shard(indices), num_samples, batch_size, device, seed=seed
+        ):
             ged.update(labels, torch.from_numpy(np.ascontiguousarray(data.masks[chunk])))
         estimate = ged.compute()
         curve.append({"temperature": t, "ged": estimate.mean, "stderr": estimate.stderr})
@@ -75,9 +76,16 @@ def calibrate(
             log(f"  t = {t:g}: GED^2({num_samples}) {estimate.mean:.4f} +- {estimate.stderr:.4f}")
     best = min(curve, key=lambda point: point["ged"])
     result = {
-        "temperature": best["temperature"], "ged": best["ged"], "ged_at_1": _at(curve, 1.0),
-        "num_samples": num_samples, "num_images": int(indices.size), "data": str(data_path),
-        "split": split if split_file else "all", "seed": seed, "seconds": time.perf_counter() - start, "curve": curve,
+        "temperature": best["temperature"],
+        "ged": best["ged"],
+        "ged_at_1": _at(curve, 1.0),
+        "num_samples": num_samples,
+        "num_images": int(indices.size),
+        "data": str(data_path),
+        "split": split if split_file else "all",
+        "seed": seed,
+        "seconds": time.perf_counter() - start,
+        "curve": curve,
     }
     if write and world.main:
         write_json(result, Path(run_dir) / CALIBRATION_FILE)

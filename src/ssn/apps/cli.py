@@ -81,19 +81,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return commands.add_parser(
-            name, help=help_text, description=help_text, epilog=EXAMPLES.get(name),
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EXAMPLES.get(name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
     t = command("train", "train an SSN (or a baseline) on a dataset .npz")
     _add_train_flags(t)
-    t.add_argument("--deterministic", dest="method", action="store_const", const="deterministic",
-                   help="the same as --method deterministic")
+    t.add_argument(
+        "--deterministic",
+        dest="method",
+        action="store_const",
+        const="deterministic",
+        help="the same as --method deterministic",
+    )
     t.add_argument("--config", help="YAML file of the same settings (flags override it)")
     t.set_defaults(handler=_train)
 
     e = command("evaluate", "evaluate a run: GED^2, diversity, HM-IoU, Dice, ECE")
-    e.add_argument("--run", "--run-dir", dest="run", required=True, help="run directory written by ssn train (--run-dir under torchrun, whose own --run-path takes --run)")
+    e.add_argument(
+        "--run",
+        "--run-dir",
+        dest="run",
+        required=True,
+        help="run directory written by ssn train (--run-dir under torchrun, whose own --run-path takes --run)",
+    )
     e.add_argument("--data", required=True, help="dataset .npz, or a volume list .json")
     e.add_argument("--split", help="split name (with --split-file, or of a volume list; default test)")
     e.add_argument("--split-file", help="JSON split file; without it every image is used")
@@ -103,23 +117,38 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--temperature", type=float, help="sampling temperature (default: the run's calibrated one, else 1)")
-    e.add_argument("--classes", choices=("present", "all"),
-                   help="the classes 1 - IoU averages over: present (in either map; Flow-SSN, MoSE; the default) or all "
-                        "(every foreground class, absent from both counting as IoU 1; PHiSeg, the official SSN, CCDM). "
-                        "They agree for two classes. Volumes report both unless one is given")
-    e.add_argument("--matching", choices=("repeat", "rectangular"), default="repeat",
-                   help="Hungarian-matched IoU: repeat both sets to lcm(N, A) (CCDM, MoSE; the default) or match the "
-                        "N x A matrix as it is (Flow-SSN); the summary holds both, this one as hm_iou")
+    e.add_argument(
+        "--classes",
+        choices=("present", "all"),
+        help="the classes 1 - IoU averages over: present (in either map; Flow-SSN, MoSE; the default) or all "
+        "(every foreground class, absent from both counting as IoU 1; PHiSeg, the official SSN, CCDM). "
+        "They agree for two classes. Volumes report both unless one is given",
+    )
+    e.add_argument(
+        "--matching",
+        choices=("repeat", "rectangular"),
+        default="repeat",
+        help="Hungarian-matched IoU: repeat both sets to lcm(N, A) (CCDM, MoSE; the default) or match the "
+        "N x A matrix as it is (Flow-SSN); the summary holds both, this one as hm_iou",
+    )
     _add_window_flags(e)
     e.set_defaults(handler=_evaluate)
 
     k = command("calibrate", "choose the sampling temperature of a run on validation data")
-    k.add_argument("--run", "--run-dir", dest="run", required=True, help="run directory written by ssn train (--run-dir under torchrun, whose own --run-path takes --run)")
+    k.add_argument(
+        "--run",
+        "--run-dir",
+        dest="run",
+        required=True,
+        help="run directory written by ssn train (--run-dir under torchrun, whose own --run-path takes --run)",
+    )
     k.add_argument("--data", required=True, help="dataset .npz")
     k.add_argument("--split", help="split name (with --split-file; default val)")
     k.add_argument("--split-file", help="JSON split file; without it every image is used")
     k.add_argument("--samples", type=int, default=16, help="samples per image (default 16)")
-    k.add_argument("--max-images", type=int, default=512, help="at most this many images, drawn with --seed (default 512)")
+    k.add_argument(
+        "--max-images", type=int, default=512, help="at most this many images, drawn with --seed (default 512)"
+    )
     k.add_argument("--temperatures", type=float, nargs="+", help="the grid to try (default 0.1 ... 2)")
     k.add_argument("--batch-size", type=int, default=16)
     k.add_argument("--device", default="cpu")
@@ -127,9 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(handler=_calibrate)
 
     s = command("sample", "draw samples for new images and plot them")
-    s.add_argument("--run", "--run-dir", dest="run", required=True, help="run directory written by ssn train (--run-dir under torchrun, whose own --run-path takes --run)")
-    s.add_argument("--input", required=True, nargs="+",
-                   help="image (.png, .npy), dataset .npz; or volumes: a list .json, a case folder, or NIfTI files (one per channel)")
+    s.add_argument(
+        "--run",
+        "--run-dir",
+        dest="run",
+        required=True,
+        help="run directory written by ssn train (--run-dir under torchrun, whose own --run-path takes --run)",
+    )
+    s.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        help="image (.png, .npy), dataset .npz; or volumes: a list .json, a case folder, or NIfTI files (one per channel)",
+    )
     s.add_argument("--split", help="volume lists: the split to sample (default: every case)")
     s.add_argument("--samples", type=int, default=16, help="samples per image (default 16)")
     s.add_argument("--out", default="samples", help="output folder (default ./samples)")
@@ -140,26 +179,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_window_flags(s)
     s.set_defaults(handler=_sample)
 
-    c = command("convert", "convert LIDC distributions into a dataset .npz, or index a BraTS folder tree as a volume list")
+    c = command(
+        "convert", "convert LIDC distributions into a dataset .npz, or index a BraTS folder tree as a volume list"
+    )
     c.add_argument("kind", choices=["png-tree", "pickle", "phiseg-hdf5", "brats"], help="input format")
     c.add_argument("source", help="input folder (png-tree, brats) or file")
     c.add_argument("--out", required=True, help="dataset .npz to write (brats: the volume list .json)")
     c.add_argument("--split-out", help="phiseg-hdf5 only: also write its train/val/test split as JSON")
-    c.add_argument("--sequences", nargs="+", help="brats only: the input channels, in order, from flair t1 t1c t2 "
-                   "(default: those every case has)")
-    c.add_argument("--split", default="test", help="brats only: the split of cases outside train/validation/test folders (default test)")
+    c.add_argument(
+        "--sequences",
+        nargs="+",
+        help="brats only: the input channels, in order, from flair t1 t1c t2 (default: those every case has)",
+    )
+    c.add_argument(
+        "--split",
+        default="test",
+        help="brats only: the split of cases outside train/validation/test folders (default test)",
+    )
     c.set_defaults(handler=_convert)
 
     d = command("demo", "train on synthetic data with a known answer and compare with baselines")
     d.add_argument("--out", default="ssn_demo", help="output folder (default ./ssn_demo)")
     d.add_argument("--minutes", type=float, default=0.8, help="training minutes per model (default 0.8)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--3d", dest="volumes", action="store_true",
-                   help="the volume path instead: synthetic NIfTI volumes, patch training, sliding windows, NIfTI outputs")
+    d.add_argument(
+        "--3d",
+        dest="volumes",
+        action="store_true",
+        help="the volume path instead: synthetic NIfTI volumes, patch training, sliding windows, NIfTI outputs",
+    )
     d.set_defaults(handler=_demo)
 
     x = command("explore", "a local web page to steer a run's samples (pip install 'ssn[explorer]')")
-    x.add_argument("--run", "--run-dir", dest="run", required=True, help="run directory written by ssn train (an SSN), or pretrained:NAME")
+    x.add_argument(
+        "--run",
+        "--run-dir",
+        dest="run",
+        required=True,
+        help="run directory written by ssn train (an SSN), or pretrained:NAME",
+    )
     x.add_argument("--data", help="dataset .npz whose images can be picked")
     x.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     x.add_argument("--port", type=int, default=7860)
@@ -197,9 +255,16 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_window_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"),
-                        help="volumes: the sliding window (default: the run's training patch size)")
-    parser.add_argument("--overlap", type=float, default=0.5, help="volumes: overlap of the sliding windows (default 0.5)")
+    parser.add_argument(
+        "--window",
+        type=int,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="volumes: the sliding window (default: the run's training patch size)",
+    )
+    parser.add_argument(
+        "--overlap", type=float, default=0.5, help="volumes: overlap of the sliding windows (default 0.5)"
+    )
 
 
 def _mapping(text: str) -> dict:
@@ -228,9 +293,21 @@ def _train(args: argparse.Namespace) -> int:
 
 
 # Settings a resumed run may change: its budget, where and how often it validates, checkpoints, runs.
-_RESUME_MAY_CHANGE = {"resume", "out", "epochs", "max_minutes", "max_steps", "device", "val_every", "workers",
-                      "precision", "compile",
-                      "checkpoint_minutes", "max_bad_steps", "stop_after_minutes"}
+_RESUME_MAY_CHANGE = {
+    "resume",
+    "out",
+    "epochs",
+    "max_minutes",
+    "max_steps",
+    "device",
+    "val_every",
+    "workers",
+    "precision",
+    "compile",
+    "checkpoint_minutes",
+    "max_bad_steps",
+    "stop_after_minutes",
+}
 
 
 def _resumed_settings(given: dict) -> dict:
@@ -265,11 +342,15 @@ def _resumed_settings(given: dict) -> dict:
     settings = {k: v for k, v in saved.items() if k in names and k not in ("in_channels", "spatial_dims", "overwrite")}
     conflicts = [
         f"{k}: the run has {settings.get(k)!r}, the command gives {v!r}"
-        for k, v in given.items() if k not in _RESUME_MAY_CHANGE and k in settings and not same(k, settings[k], v)
+        for k, v in given.items()
+        if k not in _RESUME_MAY_CHANGE and k in settings and not same(k, settings[k], v)
     ]
     if conflicts:
-        raise ConfigError("--resume continues the run as it was configured; these settings differ ("
-                          + "; ".join(conflicts) + "). Drop them, or train a new run in another --out")
+        raise ConfigError(
+            "--resume continues the run as it was configured; these settings differ ("
+            + "; ".join(conflicts)
+            + "). Drop them, or train a new run in another --out"
+        )
     settings.update({k: v for k, v in given.items() if k in _RESUME_MAY_CHANGE})
     return settings
 
@@ -283,12 +364,34 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         if args.split_file:
             raise ConfigError("a volume list carries its own splits; drop --split-file")
-        evaluate_volumes(args.run, args.data, args.split or "test", args.samples, args.out, args.device, args.seed,
-                         args.temperature, args.window, args.overlap, classes=args.classes, matching=args.matching)
+        evaluate_volumes(
+            args.run,
+            args.data,
+            args.split or "test",
+            args.samples,
+            args.out,
+            args.device,
+            args.seed,
+            args.temperature,
+            args.window,
+            args.overlap,
+            classes=args.classes,
+            matching=args.matching,
+        )
         return 0
     evaluate(
-        args.run, args.data, args.split, args.split_file, args.samples, args.out, args.batch_size, args.device,
-        args.seed, temperature=args.temperature, classes=args.classes or "present", matching=args.matching,
+        args.run,
+        args.data,
+        args.split,
+        args.split_file,
+        args.samples,
+        args.out,
+        args.batch_size,
+        args.device,
+        args.seed,
+        temperature=args.temperature,
+        classes=args.classes or "present",
+        matching=args.matching,
     )
     return 0
 
@@ -297,8 +400,16 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .calibrate import DEFAULT_TEMPERATURES, calibrate
 
     calibrate(
-        args.run, args.data, args.split, args.split_file, args.temperatures or DEFAULT_TEMPERATURES, args.samples,
-        args.max_images, args.batch_size, args.device, args.seed,
+        args.run,
+        args.data,
+        args.split,
+        args.split_file,
+        args.temperatures or DEFAULT_TEMPERATURES,
+        args.samples,
+        args.max_images,
+        args.batch_size,
+        args.device,
+        args.seed,
     )
     return 0
 
@@ -307,15 +418,32 @@ def _sample(args: argparse.Namespace) -> int:
     from .sample import sample_run
     from .volumes import is_volume_input, sample_volumes
 
-    if is_volume_input(args.input) and (len(args.input) > 1 or _spatial_dims(args.run) == 3
-                                        or not args.input[0].lower().endswith((".nii", ".nii.gz"))):
-        sample_volumes(args.run, args.input, args.split, args.samples, args.out, args.device, args.seed,
-                       args.temperature, args.window, args.overlap)
+    if is_volume_input(args.input) and (
+        len(args.input) > 1 or _spatial_dims(args.run) == 3 or not args.input[0].lower().endswith((".nii", ".nii.gz"))
+    ):
+        sample_volumes(
+            args.run,
+            args.input,
+            args.split,
+            args.samples,
+            args.out,
+            args.device,
+            args.seed,
+            args.temperature,
+            args.window,
+            args.overlap,
+        )
         return 0
     if len(args.input) > 1 or args.split:
         raise ConfigError("several --input files, and --split, are for volumes (NIfTI files or a volume list .json)")
     sample_run(
-        args.run, args.input[0], args.samples, args.out, args.device, args.seed, max_figures=args.figures,
+        args.run,
+        args.input[0],
+        args.samples,
+        args.out,
+        args.device,
+        args.seed,
+        max_figures=args.figures,
         temperature=args.temperature,
     )
     return 0
@@ -375,7 +503,11 @@ def _convert_brats(args: argparse.Namespace) -> int:
             for case in cases:
                 case["image"] = [relative(p) for p in case["image"]]
                 if "label" in case:
-                    case["label"] = [relative(p) for p in case["label"]] if isinstance(case["label"], list) else relative(case["label"])
+                    case["label"] = (
+                        [relative(p) for p in case["label"]]
+                        if isinstance(case["label"], list)
+                        else relative(case["label"])
+                    )
                 if "mask" in case:
                     case["mask"] = relative(case["mask"])
     write_atomically(out, lambda p: p.write_text(json.dumps(listing, indent=2) + "\n"))

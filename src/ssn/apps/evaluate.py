@@ -16,6 +16,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ def evaluate(
     other = "rectangular" if matching == "repeat" else "repeat"
     other_matched = {n: metrics.HungarianMatchedIoU(num_classes, classes, other) for n in matched}
     ece = metrics.ExpectedCalibrationError(num_classes)
-    rows = []
+    rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     mine = world.shard(indices)
     batches = predict_batches(model, data.images, mine, num_samples, batch_size, device, seed=seed)
@@ -88,17 +89,25 @@ def evaluate(
     seconds = time.perf_counter() - start
     rows = sorted((row for part in world.gather_to_main(rows) or [] for row in part), key=lambda row: row["index"])
     figures = per_image.compute()  # summed over the processes
-    summary = {key: figures[key].as_dict() for key in ("ged", "diversity", "dice", "ged_truth") if key in figures}
+    summary: dict[str, Any] = {
+        key: figures[key].as_dict() for key in ("ged", "diversity", "dice", "ged_truth") if key in figures
+    }
     summary["hm_iou"] = {str(n): figures[f"hm_iou_{n}"].as_dict() for n in matched}
     summary["hm_iou_by_matching"] = {
-        matching: summary["hm_iou"], other: {str(n): m.compute().as_dict() for n, m in other_matched.items()},
+        matching: summary["hm_iou"],
+        other: {str(n): m.compute().as_dict() for n, m in other_matched.items()},
     }
     summary["conventions"] = {"classes": classes, "matching": matching}
     summary["ged_at"] = {str(n): figures[f"ged_{n}"].as_dict() for n in matched}
     summary["ece"] = dataclasses.replace(ece.compute(), num_samples=num_samples).as_dict()
     summary.update(
-        num_samples=num_samples, num_images=figures["ged"].num_images, run=str(run_dir), data=str(data_path),
-        split=split if split_file else "all", seconds=seconds, temperature=model.temperature,
+        num_samples=num_samples,
+        num_images=figures["ged"].num_images,
+        run=str(run_dir),
+        data=str(data_path),
+        split=split if split_file else "all",
+        seconds=seconds,
+        temperature=model.temperature,
         model=config["architecture"],
     )
     if out is not None and world.main:

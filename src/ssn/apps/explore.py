@@ -35,8 +35,10 @@ def _state_view(exploration: Exploration, with_marking: bool = True) -> tuple:
     status = f"{exploration.num_samples} samples at temperature {exploration.temperature:g}"
     if exploration.last_marks:
         m = exploration.last_marks
-        status += (f"; marks: {int((exploration.marks >= 0).sum())} pixels, method {m['method']}, "
-                   f"agreement {m['agreement']:.2f}, free draws meeting them {m['acceptance']:.3f}")
+        status += (
+            f"; marks: {int((exploration.marks >= 0).sum())} pixels, method {m['method']}, "
+            f"agreement {m['agreement']:.2f}, free draws meeting them {m['acceptance']:.3f}"
+        )
     marking = None
     if with_marking:
         marking = np.kron(exploration.overlay(np.zeros_like(labels[0])), np.ones((MARK_SCALE, MARK_SCALE, 1), np.uint8))
@@ -74,8 +76,11 @@ def build_app(model, data=None, num_samples: int = 16, window=None):
 
     def with_slider(state, views):
         if isinstance(state, VolumeExploration):
-            return (state, *views, gr.update(minimum=state.slices.start, maximum=state.slices.stop - 1,
-                                             value=state.slice, visible=True))
+            return (
+                state,
+                *views,
+                gr.update(minimum=state.slices.start, maximum=state.slices.stop - 1, value=state.slice, visible=True),
+            )
         return (state, *views, gr.update(visible=False))
 
     def from_dataset(index):
@@ -124,7 +129,13 @@ def build_app(model, data=None, num_samples: int = 16, window=None):
         exploration.class_scales = np.array(values[:classes], dtype=float)
         exploration.latent_shift = np.array(values[classes:], dtype=float)
         grid, mean, entropy, _, status = _state_view(exploration, with_marking=False)
-        return grid, mean, entropy, gr.skip(), status + f"; rendered in {(time.perf_counter() - start_time) * 1000:.0f} ms"
+        return (
+            grid,
+            mean,
+            entropy,
+            gr.skip(),
+            status + f"; rendered in {(time.perf_counter() - start_time) * 1000:.0f} ms",
+        )
 
     def stamp(state, mark_class, radius, event: gr.SelectData):
         exploration = _current(state)
@@ -133,8 +144,10 @@ def build_app(model, data=None, num_samples: int = 16, window=None):
         x, y = (int(v) // MARK_SCALE for v in event.index)
         yy, xx = np.mgrid[: exploration.marks.shape[0], : exploration.marks.shape[1]]
         exploration.marks[(yy - y) ** 2 + (xx - x) ** 2 <= int(radius) ** 2] = int(mark_class)
-        marking = np.kron(exploration.overlay(np.zeros(exploration.marks.shape, np.uint8)),
-                          np.ones((MARK_SCALE, MARK_SCALE, 1), np.uint8))
+        marking = np.kron(
+            exploration.overlay(np.zeros(exploration.marks.shape, np.uint8)),
+            np.ones((MARK_SCALE, MARK_SCALE, 1), np.uint8),
+        )
         return marking, f"{int((exploration.marks >= 0).sum())} pixels marked; press 'sample under marks'"
 
     stamp.__annotations__["event"] = gr.SelectData  # resolved here: the module's annotations are strings
@@ -177,8 +190,13 @@ def build_app(model, data=None, num_samples: int = 16, window=None):
         state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
-                index = gr.Number(value=0, precision=0, label=f"dataset {'case' if volumes else 'image'} (0-{max(count - 1, 0)})",
-                                  interactive=data is not None, elem_id="index")
+                index = gr.Number(
+                    value=0,
+                    precision=0,
+                    label=f"dataset {'case' if volumes else 'image'} (0-{max(count - 1, 0)})",
+                    interactive=data is not None,
+                    elem_id="index",
+                )
                 upload = gr.File(label="or upload an image (.png, .npy, .nii, .nii.gz)", elem_id="upload")
                 slice_slider = gr.Slider(0, 1, value=0, step=1, label="axial slice", visible=False, elem_id="slice")
                 marking = gr.Image(label="click to mark (the brush)", interactive=False, elem_id="marking")
@@ -196,10 +214,14 @@ def build_app(model, data=None, num_samples: int = 16, window=None):
                 status = gr.Markdown(elem_id="status")
         with gr.Row():
             temperature = gr.Slider(0, 2, value=1, step=0.05, label="temperature", elem_id="temperature")
-            scales = [gr.Slider(-3, 3, value=1, step=0.1, label=f"class {c} scale", elem_id=f"scale{c}")
-                      for c in range(classes)]
-            shifts = [gr.Slider(-3, 3, value=0, step=0.1, label=f"latent {k + 1}", elem_id=f"latent{k + 1}")
-                      for k in range(rank_shown)]
+            scales = [
+                gr.Slider(-3, 3, value=1, step=0.1, label=f"class {c} scale", elem_id=f"scale{c}")
+                for c in range(classes)
+            ]
+            shifts = [
+                gr.Slider(-3, 3, value=0, step=0.1, label=f"latent {k + 1}", elem_id=f"latent{k + 1}")
+                for k in range(rank_shown)
+            ]
         with gr.Row():
             npz_button = gr.DownloadButton("download samples (.npz)")
             png_button = gr.DownloadButton("download grid (.png)")
@@ -218,8 +240,14 @@ def build_app(model, data=None, num_samples: int = 16, window=None):
     return app
 
 
-def explore(run_dir, data_path=None, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu",
-            prevent_thread_lock: bool = False):
+def explore(
+    run_dir,
+    data_path=None,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    device: str = "cpu",
+    prevent_thread_lock: bool = False,
+):
     """Load a run and serve the explorer on ``host:port`` (see the module)."""
     from ..data.arrays import load_arrays
     from ..data.volumes import is_volume_list, load_volume_list

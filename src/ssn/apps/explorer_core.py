@@ -29,8 +29,10 @@ from ..steering import sample_with_marks
 __all__ = ["Exploration", "read_upload", "CLASS_COLOURS", "MAX_UPLOAD_BYTES"]
 
 #: Overlay colours of classes 1, 2, ... (class 0, the background, is not drawn).
-CLASS_COLOURS = np.array([[255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [23, 190, 207],
-                          [227, 119, 194], [188, 189, 34]], dtype=np.float32)
+CLASS_COLOURS = np.array(
+    [[255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [23, 190, 207], [227, 119, 194], [188, 189, 34]],
+    dtype=np.float32,
+)
 MAX_UPLOAD_BYTES = 32 * 2**20
 _UPLOAD_TYPES = (".png", ".npy", ".nii", ".nii.gz")
 
@@ -76,8 +78,10 @@ class Exploration:
 
     def __post_init__(self) -> None:
         if getattr(self.model, "method", None) != "ssn":
-            raise DataError("the explorer steers SSN samples; this run's method is "
-                            f"{getattr(self.model, 'method', type(self.model).__name__)!r}")
+            raise DataError(
+                "the explorer steers SSN samples; this run's method is "
+                f"{getattr(self.model, 'method', type(self.model).__name__)!r}"
+            )
         if self.image.ndim != 3:
             raise DataError(f"the explorer shows 2D images (channels, H, W); got shape {self.image.shape}")
         if self.dist is None:
@@ -86,7 +90,9 @@ class Exploration:
                 self.dist = self.model(torch.from_numpy(np.ascontiguousarray(self.image))[None].float())
         classes, rank = self.dist.num_classes, self.dist.rank
         self.class_scales = np.ones(classes) if self.class_scales is None else np.asarray(self.class_scales, float)
-        self.latent_shift = np.zeros(min(rank, 3)) if self.latent_shift is None else np.asarray(self.latent_shift, float)
+        self.latent_shift = (
+            np.zeros(min(rank, 3)) if self.latent_shift is None else np.asarray(self.latent_shift, float)
+        )
         self.marks = np.full(self.image.shape[1:], -1, dtype=np.int64) if self.marks is None else self.marks
         if self.noise is None:
             self.noise = self.dist.draw_noise(self.num_samples, torch.Generator().manual_seed(self.seed))
@@ -102,8 +108,9 @@ class Exploration:
     def samples(self) -> np.ndarray:
         """The current label maps, (num_samples, H, W) uint8."""
         with torch.no_grad():
-            logits = self.dist.logits_from_noise(self._noise(), torch.as_tensor(self.class_scales, dtype=torch.float32),
-                                                 self.temperature)
+            logits = self.dist.logits_from_noise(
+                self._noise(), torch.as_tensor(self.class_scales, dtype=torch.float32), self.temperature
+            )
         return labels_from_logits(logits)[:, 0].numpy()
 
     def apply_marks(self, marks: np.ndarray) -> dict:
@@ -118,12 +125,20 @@ class Exploration:
             self.last_marks = {"method": "none", "agreement": 1.0, "acceptance": 1.0}
             return self.last_marks
         result = sample_with_marks(
-            self.dist, torch.from_numpy(marks)[None], self.num_samples, torch.Generator().manual_seed(self.seed),
-            class_scales=torch.as_tensor(self.class_scales, dtype=torch.float32), temperature=self.temperature,
+            self.dist,
+            torch.from_numpy(marks)[None],
+            self.num_samples,
+            torch.Generator().manual_seed(self.seed),
+            class_scales=torch.as_tensor(self.class_scales, dtype=torch.float32),
+            temperature=self.temperature,
         )
         self.noise = result.noise
         self.latent_shift = np.zeros_like(self.latent_shift)  # the new draws already carry the latent
-        self.last_marks = {"method": result.method[0], "agreement": result.agreement[0], "acceptance": result.acceptance[0]}
+        self.last_marks = {
+            "method": result.method[0],
+            "agreement": result.agreement[0],
+            "acceptance": result.acceptance[0],
+        }
         return self.last_marks
 
     # ------------------------------------------------------------------ pictures
@@ -171,15 +186,24 @@ class Exploration:
         """The current samples, image and settings as an ``.npz`` file's bytes."""
         labels = self.samples() if labels is None else labels
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, samples=labels, image=self.image, marks=self.marks,
-                            class_scales=self.class_scales, temperature=self.temperature, latent_shift=self.latent_shift)
+        np.savez_compressed(
+            buffer,
+            samples=labels,
+            image=self.image,
+            marks=self.marks,
+            class_scales=self.class_scales,
+            temperature=self.temperature,
+            latent_shift=self.latent_shift,
+        )
         return buffer.getvalue()
 
 
 def _heat(values: np.ndarray) -> np.ndarray:
     """Values in [0, 1] -> (H, W, 3) uint8, black through red to yellow."""
     v = np.clip(values, 0, 1)[..., None]
-    return (np.concatenate([np.clip(2 * v, 0, 1), np.clip(2 * v - 1, 0, 1), np.zeros_like(v)], -1) * 255).astype(np.uint8)
+    return (np.concatenate([np.clip(2 * v, 0, 1), np.clip(2 * v - 1, 0, 1), np.zeros_like(v)], -1) * 255).astype(
+        np.uint8
+    )
 
 
 class VolumeExploration:
@@ -229,12 +253,20 @@ class VolumeExploration:
             self.marks_of_slice[self.slice] = self.current.marks
         local = k - self.box[2].start
         d = self.dist
-        view = LowRankLogitDistribution(d.loc[..., local], d.cov_factor[..., local], d.cov_diag[..., local], validate_args=False)
+        view = LowRankLogitDistribution(
+            d.loc[..., local], d.cov_factor[..., local], d.cov_diag[..., local], validate_args=False
+        )
         image = self.volume[(slice(None), self.box[0], self.box[1], k)]
         previous = carry or self.current
         self.current = Exploration(
-            self.model, image, self.num_samples, self.seed, dist=view, noise=LogitNoise(self.z, self._eps(k)),
-            marks=self.marks_of_slice.get(k), temperature=previous.temperature if previous else 1.0,
+            self.model,
+            image,
+            self.num_samples,
+            self.seed,
+            dist=view,
+            noise=LogitNoise(self.z, self._eps(k)),
+            marks=self.marks_of_slice.get(k),
+            temperature=previous.temperature if previous else 1.0,
             class_scales=previous.class_scales if previous else None,
             latent_shift=previous.latent_shift if previous else None,
         )

@@ -31,8 +31,11 @@ def plot_samples(image, samples, mean, entropy, path, max_samples: int = 8, titl
     picture = middle_slice(np.asarray(image[0], dtype=np.float32), spatial_dims)
     shown = [middle_slice(np.asarray(s), spatial_dims) for s in samples[:max_samples]]
     foreground = 1.0 - middle_slice(np.asarray(mean[0]), spatial_dims)
-    panels = [("image", picture, "gray"), ("P(foreground)", foreground, "viridis"),
-              ("entropy", middle_slice(np.asarray(entropy), spatial_dims), "magma")]
+    panels = [
+        ("image", picture, "gray"),
+        ("P(foreground)", foreground, "viridis"),
+        ("entropy", middle_slice(np.asarray(entropy), spatial_dims), "magma"),
+    ]
     panels += [(f"sample {k + 1}", s, "tab10") for k, s in enumerate(shown)]
     columns = min(len(panels), 6)
     rows = -(-len(panels) // columns)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from .. import metrics
 from ..data.arrays import load_arrays
@@ -36,8 +36,10 @@ def read_images(path: str | os.PathLike, in_channels: int, spatial_dims: int) ->
     if name.endswith(".npz"):
         images = load_arrays(path).images
         if images.shape[1] != in_channels or images.ndim - 2 != spatial_dims:
-            raise DataError(f"{path} holds images of shape {images.shape[1:]} (channels first); the model takes "
-                            f"{in_channels} channel(s) and {spatial_dims} spatial dims: sample with a run trained on such images")
+            raise DataError(
+                f"{path} holds images of shape {images.shape[1:]} (channels first); the model takes "
+                f"{in_channels} channel(s) and {spatial_dims} spatial dims: sample with a run trained on such images"
+            )
         return np.asarray(images)
     if name.endswith(".png"):
         from PIL import Image, UnidentifiedImageError
@@ -56,7 +58,8 @@ def read_images(path: str | os.PathLike, in_channels: int, spatial_dims: int) ->
     elif name.endswith((".nii", ".nii.gz")):
         import nibabel
 
-        array = np.asarray(nibabel.load(str(path)).get_fdata(dtype=np.float32))
+        volume: Any = nibabel.load(str(path))  # a NIfTI image (nibabel's stubs name only its base class)
+        array = np.asarray(volume.get_fdata(dtype=np.float32))
     else:
         raise DataError(f"{path}: unknown input type; use .png, .npy, .nii, .nii.gz or a dataset .npz")
     if array.ndim == spatial_dims:
@@ -72,9 +75,16 @@ def read_images(path: str | os.PathLike, in_channels: int, spatial_dims: int) ->
 
 
 def sample_run(
-    run_dir: str | os.PathLike, input_path: str | os.PathLike, num_samples: int = 16,
-    out: str | os.PathLike = "samples", device: str = "cpu", seed: int = 0, batch_size: int = 8,
-    max_figures: int = 16, temperature: float | None = None, log=print,
+    run_dir: str | os.PathLike,
+    input_path: str | os.PathLike,
+    num_samples: int = 16,
+    out: str | os.PathLike = "samples",
+    device: str = "cpu",
+    seed: int = 0,
+    batch_size: int = 8,
+    max_figures: int = 16,
+    temperature: float | None = None,
+    log=print,
 ) -> Path:
     """Draw ``num_samples`` label maps per input image; write ``samples.npz`` and figures to ``out``.
 
@@ -95,12 +105,17 @@ def sample_run(
     images = read_images(input_path, spec["in_channels"], spec["spatial_dims"])
     mine = world.shard(np.arange(len(images)))
     batches = predict_batches(model, images, mine, num_samples, batch_size, device, seed=seed)
-    parts = world.gather_to_main([(chunk, batch.numpy()) for chunk, batch in
-                                  progress(batches, -(-len(mine) // batch_size), "sample (batches)", world.main)])
-    if not world.main:
+    parts = world.gather_to_main(
+        [
+            (chunk, batch.numpy())
+            for chunk, batch in progress(batches, -(-len(mine) // batch_size), "sample (batches)", world.main)
+        ]
+    )
+    if not world.main or parts is None:
         return out / "samples.npz"
-    pieces = sorted(((int(i), s) for part in parts for chunk, batch in part for i, s in zip(chunk, batch)),
-                    key=lambda pair: pair[0])
+    pieces = sorted(
+        ((int(i), s) for part in parts for chunk, batch in part for i, s in zip(chunk, batch)), key=lambda pair: pair[0]
+    )
     labels = np.stack([s for _, s in pieces])
     num_classes = model.num_classes
     mean = np.stack([metrics.class_frequencies(s, num_classes).numpy() for s in labels])

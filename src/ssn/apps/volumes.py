@@ -23,13 +23,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.volumes import (
-    BRATS_LABELS, BRATS_REGIONS, VolumeCase, index_brats, is_volume_list, load_volume_list, read_case,
-)
 from .. import metrics
+from ..data.volumes import (
+    BRATS_LABELS,
+    BRATS_REGIONS,
+    VolumeCase,
+    index_brats,
+    is_volume_list,
+    load_volume_list,
+    read_case,
+)
+from ..distributed import join
 from ..engine.checkpoints import load_run, write_json
 from ..errors import ConfigError, DataError
-from ..distributed import join
 from ..files import check_writable, write_atomically, write_csv
 from ..inference.sliding import predict_volume, roi_box
 from ..metrics.regions import class_structures, structure_metrics
@@ -42,8 +48,12 @@ _NIFTI = (".nii", ".nii.gz")
 def is_volume_input(inputs: list[str]) -> bool:
     """Whether ``--input`` names volumes: a list ``.json``, a case folder, or NIfTI files."""
     first = str(inputs[0])
-    return is_volume_list(first) or Path(first).is_dir() or (
-        len(inputs) > 1 or first.lower().endswith(_NIFTI)) and all(str(p).lower().endswith(_NIFTI) for p in inputs)
+    return (
+        is_volume_list(first)
+        or Path(first).is_dir()
+        or (len(inputs) > 1 or first.lower().endswith(_NIFTI))
+        and all(str(p).lower().endswith(_NIFTI) for p in inputs)
+    )
 
 
 def _label_map(config: dict) -> dict[int, int] | None:
@@ -57,10 +67,18 @@ def _cases(inputs: list[str], split: str | None, config: dict) -> list[VolumeCas
         return load_volume_list(first).split(split)
     if first.is_dir():
         listing = index_brats(first, config.get("sequences"))
-        cases = [case for key, value in listing.items() if isinstance(value, list) and key != "sequences"
-                 for case in value]
-        return [VolumeCase(c["id"], [(first / p).resolve() for p in c["image"]], [],
-                           (first / c["mask"]).resolve() if c.get("mask") else None) for c in cases]
+        cases = [
+            case for key, value in listing.items() if isinstance(value, list) and key != "sequences" for case in value
+        ]
+        return [
+            VolumeCase(
+                c["id"],
+                [(first / p).resolve() for p in c["image"]],
+                [],
+                (first / c["mask"]).resolve() if c.get("mask") else None,
+            )
+            for c in cases
+        ]
     missing = [p for p in inputs if not Path(p).is_file()]
     if missing:
         raise DataError(f"no such input file: {missing[0]}")
@@ -74,7 +92,9 @@ def _prepare(run_dir, temperature, device):
     model, config = load_run(run_dir, temperature=temperature)
     model.to(device)
     if config["architecture"]["spatial_dims"] != 3:
-        raise ConfigError(f"{run_dir} is a {config['architecture']['spatial_dims']}D model; NIfTI volumes need a 3D one")
+        raise ConfigError(
+            f"{run_dir} is a {config['architecture']['spatial_dims']}D model; NIfTI volumes need a 3D one"
+        )
     return model, config, world, device
 
 
@@ -95,8 +115,17 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
 
 
 def sample_volumes(
-    run_dir, inputs: list[str], split: str | None = None, num_samples: int = 16, out="samples", device: str = "cpu",
-    seed: int = 0, temperature: float | None = None, window: list[int] | None = None, overlap: float = 0.5, log=print,
+    run_dir,
+    inputs: list[str],
+    split: str | None = None,
+    num_samples: int = 16,
+    out="samples",
+    device: str = "cpu",
+    seed: int = 0,
+    temperature: float | None = None,
+    window: list[int] | None = None,
+    overlap: float = 0.5,
+    log=print,
 ) -> list[Path]:
     """Draw ``num_samples`` label maps of each input volume and write them as NIfTI (see the module)."""
     if num_samples < 1:
@@ -112,8 +141,9 @@ def sample_volumes(
         volume = read_case(case, label_map, cache=False)
         _check_channels(volume, config)
         generator = torch.Generator().manual_seed(seed)
-        box, stream = predict_volume(model, volume.image, volume.mask, num_samples, window, overlap,
-                                     model.temperature, generator, device)
+        box, stream = predict_volume(
+            model, volume.image, volume.mask, num_samples, window, overlap, model.temperature, generator, device
+        )
         folder = Path(out) / case.id
         folder.mkdir(parents=True, exist_ok=True)
         counts = torch.zeros((model.num_classes, *_box_shape(box)), dtype=torch.int32)
@@ -129,8 +159,10 @@ def sample_volumes(
         write_nifti(folder / "mean.nii.gz", frequencies, volume.affine)
         logs = np.log(np.where(frequencies > 0, frequencies, 1.0))
         write_nifti(folder / "entropy.nii.gz", -(frequencies * logs).sum(-1).astype(np.float32), volume.affine)
-        log(f"{case.id}: {num_samples} samples, mean.nii.gz and entropy.nii.gz in {folder} "
-            f"({time.perf_counter() - start:.0f} s, temperature {model.temperature:g})")
+        log(
+            f"{case.id}: {num_samples} samples, mean.nii.gz and entropy.nii.gz in {folder} "
+            f"({time.perf_counter() - start:.0f} s, temperature {model.temperature:g})"
+        )
         written.append(folder)
     return written
 
@@ -152,8 +184,10 @@ def _check_channels(volume, config: dict) -> None:
     expected = config["architecture"]["in_channels"]
     if volume.image.shape[0] != expected:
         names = f" ({', '.join(config['sequences'])})" if config.get("sequences") else ""
-        raise DataError(f"case {volume.id!r} has {volume.image.shape[0]} image files but the model takes "
-                        f"{expected} channels{names}; give them in that order")
+        raise DataError(
+            f"case {volume.id!r} has {volume.image.shape[0]} image files but the model takes "
+            f"{expected} channels{names}; give them in that order"
+        )
 
 
 def structures_for(label_map: dict[int, int] | None, num_classes: int) -> dict[str, tuple[int, ...]]:
@@ -166,9 +200,19 @@ def structures_for(label_map: dict[int, int] | None, num_classes: int) -> dict[s
 
 
 def evaluate_volumes(
-    run_dir, data_path, split: str | None = "test", num_samples: int = 100, out=None, device: str = "cpu",
-    seed: int = 0, temperature: float | None = None, window: list[int] | None = None, overlap: float = 0.5,
-    classes: str | None = None, matching: str = "repeat", log=print,
+    run_dir,
+    data_path,
+    split: str | None = "test",
+    num_samples: int = 100,
+    out=None,
+    device: str = "cpu",
+    seed: int = 0,
+    temperature: float | None = None,
+    window: list[int] | None = None,
+    overlap: float = 0.5,
+    classes: str | None = None,
+    matching: str = "repeat",
+    log=print,
 ) -> dict:
     """Evaluate a 3D run on the cases of one split of a volume list (see the module).
 
@@ -201,25 +245,49 @@ def evaluate_volumes(
         region = np.asarray(volume.mask) | np.asarray(volume.labels).any(0)
         box = roi_box(region)
         generator = torch.Generator().manual_seed(seed)
-        _, stream = predict_volume(model, volume.image, volume.mask, num_samples, window, overlap,
-                                   model.temperature, generator, device, box=box)
+        _, stream = predict_volume(
+            model,
+            volume.image,
+            volume.mask,
+            num_samples,
+            window,
+            overlap,
+            model.temperature,
+            generator,
+            device,
+            box=box,
+        )
         samples = torch.stack(list(stream))
         annotations = torch.from_numpy(np.array(volume.labels[(slice(None), *box)]))
         for name, values in structure_metrics(samples, annotations, structures, matched, matching).items():
             rows.append({"case": case.id, "structure": name, **values})
         for convention in conventions:
-            values = metrics.image_metrics(samples, annotations, model.num_classes, matched, classes=convention,
-                                           matching=matching)
+            values = metrics.image_metrics(
+                samples, annotations, model.num_classes, matched, classes=convention, matching=matching
+            )
             rows.append({"case": case.id, "structure": f"multi-class ({convention})", **values})
-        log(f"{case.id}: " + ", ".join(f"{r['structure']} Dice {r['dice']:.3f} GED^2 {r['ged']:.3f}"
-                                       for r in rows if r["case"] == case.id))
+        log(
+            f"{case.id}: "
+            + ", ".join(
+                f"{r['structure']} Dice {r['dice']:.3f} GED^2 {r['ged']:.3f}" for r in rows if r["case"] == case.id
+            )
+        )
     order = {case.id: k for k, case in enumerate(listing.split(split))}
     rows = sorted((row for part in world.gather(rows) for row in part), key=lambda row: order[row["case"]])
-    summary = {"structures": {}, "num_samples": num_samples, "num_cases": len({r["case"] for r in rows}),
-               "run": str(run_dir), "data": str(data_path), "split": split, "temperature": model.temperature,
-               "window": window, "overlap": overlap, "seconds": time.perf_counter() - start,
-               "conventions": {"classes": conventions, "matching": matching},
-               "model": config["architecture"]}
+    summary = {
+        "structures": {},
+        "num_samples": num_samples,
+        "num_cases": len({r["case"] for r in rows}),
+        "run": str(run_dir),
+        "data": str(data_path),
+        "split": split,
+        "temperature": model.temperature,
+        "window": window,
+        "overlap": overlap,
+        "seconds": time.perf_counter() - start,
+        "conventions": {"classes": conventions, "matching": matching},
+        "model": config["architecture"],
+    }
     for name in [*structures, *(f"multi-class ({c})" for c in conventions)]:
         chosen = [r for r in rows if r["structure"] == name]
         summary["structures"][name] = {

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +53,13 @@ class SegmentationArrays:
         validate_shapes(self.images, self.masks, self.patient)
         if (self.truth_maps is None) != (self.truth_probs is None):
             raise DataError("truth_maps and truth_probs come together; the file has only one of them")
-        if self.truth_maps is not None and (
-            self.truth_maps.shape[:1] + self.truth_maps.shape[2:] != self.masks.shape[:1] + self.masks.shape[2:]
-            or self.truth_probs.shape != self.truth_maps.shape[:2]
+        if (
+            self.truth_maps is not None
+            and self.truth_probs is not None
+            and (
+                self.truth_maps.shape[:1] + self.truth_maps.shape[2:] != self.masks.shape[:1] + self.masks.shape[2:]
+                or self.truth_probs.shape != self.truth_maps.shape[:2]
+            )
         ):
             raise DataError(
                 f"truth_maps must be (N, K, *S) and truth_probs (N, K) for masks {self.masks.shape}; "
@@ -82,7 +87,7 @@ class SegmentationArrays:
 
     def truth(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(maps (K, *S), probabilities (K,)) of image ``index``, if the data has the truth."""
-        if self.truth_maps is None:
+        if self.truth_maps is None or self.truth_probs is None:
             return None
         return self.truth_maps[index], self.truth_probs[index]
 
@@ -129,8 +134,10 @@ def cache_dir() -> Path:
 
 def cache_write_error(folder: Path, error: OSError) -> DataError:
     """The error for a cache folder that cannot be written, with the fix."""
-    return DataError(f"cannot write the data cache {folder} ({error.strerror or error}): set SSN_CACHE_DIR to a "
-                     "writable folder with room for the decoded data")
+    return DataError(
+        f"cannot write the data cache {folder} ({error.strerror or error}): set SSN_CACHE_DIR to a "
+        "writable folder with room for the decoded data"
+    )
 
 
 def read_cached(folder: Path, read):
@@ -143,8 +150,10 @@ def read_cached(folder: Path, read):
         import shutil
         import sys
 
-        print(f"ssn: the cached copy in {folder} is damaged ({error}); removed, decoding the source again",
-              file=sys.stderr)
+        print(
+            f"ssn: the cached copy in {folder} is damaged ({error}); removed, decoding the source again",
+            file=sys.stderr,
+        )
         aside = folder.with_name(f"{folder.name}.damaged.{os.getpid()}")
         try:
             os.rename(folder, aside)  # atomic: another process rebuilding it meanwhile is not disturbed
@@ -225,8 +234,10 @@ def load_arrays(path: str | os.PathLike, cache: bool = True) -> SegmentationArra
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
         raise DataError(f"{path} is not a readable .npz (truncated or corrupt?): {error}") from None
     except MemoryError as error:  # a header claiming an array larger than memory
-        raise DataError(f"{path}: an array in it does not fit in memory ({error}); the file is corrupt, or too "
-                        "large for this machine: split it into smaller .npz files") from None
+        raise DataError(
+            f"{path}: an array in it does not fit in memory ({error}); the file is corrupt, or too "
+            "large for this machine: split it into smaller .npz files"
+        ) from None
     if "patient" in arrays:
         arrays["patient"] = arrays["patient"].astype(str)
     data = SegmentationArrays(**arrays)
@@ -264,4 +275,5 @@ def save_arrays(path: str | os.PathLike, data: SegmentationArrays, compress: boo
     arrays = {k: np.asarray(getattr(data, k)) for k in _KEYS if getattr(data, k) is not None}
     if "patient" in arrays:
         arrays["patient"] = arrays["patient"].astype(str)
-    write_atomically(path, lambda p: (np.savez_compressed if compress else np.savez)(p, **arrays))
+    save: Callable[..., None] = np.savez_compressed if compress else np.savez
+    write_atomically(path, lambda p: save(p, **arrays))

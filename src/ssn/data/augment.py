@@ -11,7 +11,10 @@ from torch import Tensor
 
 
 def augment(
-    images: Tensor, masks: Tensor, max_degrees: float = 10.0, min_crop: float = 1.0,
+    images: Tensor,
+    masks: Tensor,
+    max_degrees: float = 10.0,
+    min_crop: float = 1.0,
     generator: torch.Generator | None = None,
 ):
     """Flip each spatial axis with probability 1/2; for 2D images also rotate and crop; for

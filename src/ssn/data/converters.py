@@ -27,6 +27,14 @@ from .arrays import DataError, SegmentationArrays, validate_values
 __all__ = ["png_tree", "probabilistic_unet_pickle", "phiseg_hdf5"]
 
 _SLICE = re.compile(r"slice-(\d+)\.png$")
+
+
+def _slice_number(path: Path) -> int:
+    """The number of ``slice-N.png`` (names that do not match sort first)."""
+    match = _SLICE.search(path.name)
+    return int(match.group(1)) if match else -1
+
+
 _PATIENT = re.compile(r"LIDC-IDRI-\d{4}")
 
 
@@ -51,7 +59,7 @@ def png_tree(root: str | os.PathLike, num_annotators: int = 4) -> SegmentationAr
             image_dir = nodule / "images"
             if not image_dir.is_dir():
                 raise DataError(f"{nodule} has no images/ folder")
-            slices = sorted(image_dir.glob("slice-*.png"), key=lambda p: int(_SLICE.search(p.name).group(1)))
+            slices = sorted(image_dir.glob("slice-*.png"), key=_slice_number)
             for image_path in slices:
                 mask_paths = [nodule / f"mask-{k}" / image_path.name for k in range(num_annotators)]
                 missing = [str(p) for p in mask_paths if not p.is_file()]
@@ -74,9 +82,13 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Admits numpy arrays, dtypes and scalars and plain containers; refuses every other global."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("collections", "OrderedDict"),
     }
 
     def find_class(self, module: str, name: str):
@@ -144,8 +156,10 @@ def phiseg_hdf5(path: str | os.PathLike) -> tuple[SegmentationArrays, dict[str, 
             if label.ndim != 4 or image.shape != label.shape[:3]:
                 raise DataError(f"{path}:{group}: images {image.shape} and labels {label.shape} do not match")
             if label.size and (label.min() < 0 or label.max() > 255 or not np.array_equal(label, np.round(label))):
-                raise DataError(f"{path}:{group}: labels must be integers in [0, 255]; found values from "
-                                f"{label.min()} to {label.max()}")
+                raise DataError(
+                    f"{path}:{group}: labels must be integers in [0, 255]; found values from "
+                    f"{label.min()} to {label.max()}"
+                )
             images.append(image.astype(np.float32))
             masks.append(np.moveaxis(label, -1, 1).astype(np.uint8))
             names = [f"phiseg-{group}-{i:05d}" for i in range(image.shape[0])]

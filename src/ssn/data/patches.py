@@ -8,7 +8,8 @@ border are padded: zero intensity, background label, outside the region of inter
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ __all__ = ["PatchSampler", "extract_patch"]
 def extract_patch(array: np.ndarray, corner: Sequence[int], size: Sequence[int], fill=0) -> np.ndarray:
     """The block ``array[..., corner : corner + size]`` over the last ``len(size)`` axes, padded
     with ``fill`` where it reaches past the array. Reads only the block (memory-maps stay lazy)."""
-    spatial = array.shape[-len(size):]
+    spatial = array.shape[-len(size) :]
     out = np.full(array.shape[: -len(size)] + tuple(size), fill, dtype=array.dtype)
     source, target = [], []
     for start, length, extent in zip(corner, size, spatial):
@@ -30,7 +31,9 @@ def extract_patch(array: np.ndarray, corner: Sequence[int], size: Sequence[int],
             return out
         source.append(slice(low, high))
         target.append(slice(low - start, high - start))
-    out[(..., *target)] = array[(..., *source)]
+    into: tuple[Any, ...] = (..., *target)
+    read: tuple[Any, ...] = (..., *source)
+    out[into] = array[read]
     return out
 
 
@@ -81,13 +84,14 @@ class PatchSampler:
         region of interest (*P) bool."""
         volume = self.volumes[index]
         corner = self.centre(index, rng) - np.array(self.patch_size) // 2
+        assert volume.labels is not None  # checked in __init__
         return (
             extract_patch(volume.image, corner, self.patch_size, 0.0),
             extract_patch(volume.labels, corner, self.patch_size, 0),
             extract_patch(volume.mask, corner, self.patch_size, False),
         )
 
-    def draw_many(self, indices: Sequence[int], rng: np.random.Generator):
+    def draw_many(self, indices: Sequence[int] | np.ndarray, rng: np.random.Generator):
         """Stacked patches of the volumes ``indices`` (one each): (B, channels, *P), (B, A, *P), (B, *P).
         Volumes with fewer annotators repeat theirs (cyclically) up to the largest count."""
         patches = [self.draw(int(i), rng) for i in indices]

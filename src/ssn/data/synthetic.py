@@ -68,7 +68,11 @@ def make_synthetic(num_images: int = 512, size: int = 64, num_annotators: int = 
 
 
 def make_synthetic_volumes(
-    folder, num_cases: int = 24, shape: tuple[int, int, int] = (40, 40, 24), num_annotators: int = 3, seed: int = 0,
+    folder,
+    num_cases: int = 24,
+    shape: tuple[int, int, int] = (40, 40, 24),
+    num_annotators: int = 3,
+    seed: int = 0,
     splits: tuple[int, int] = (16, 4),
 ):
     """NIfTI volumes whose label distribution is known exactly, and their volume list.
@@ -99,7 +103,10 @@ def make_synthetic_volumes(
         case = folder / f"case{i:03d}"
         case.mkdir(parents=True, exist_ok=True)
         radius = rng.uniform(0.12, 0.17, 2) * size.min()
-        centres = [size * np.array([0.32, rng.uniform(0.4, 0.6), 0.5]), size * np.array([0.68, rng.uniform(0.4, 0.6), 0.5])]
+        centres = [
+            size * np.array([0.32, rng.uniform(0.4, 0.6), 0.5]),
+            size * np.array([0.68, rng.uniform(0.4, 0.6), 0.5]),
+        ]
         balls = [np.linalg.norm(grid - c, axis=-1) <= r for c, r in zip(centres, radius)]
         p = rng.uniform(0.0, 1.0, 2)
         image = (0.2 + 0.05 * rng.standard_normal(shape)) * roi
@@ -120,8 +127,14 @@ def make_synthetic_volumes(
             nibabel.save(nibabel.Nifti1Image(maps[chosen], affine), str(case / f"rater{a}.nii.gz"))
             labels.append(f"{case.name}/rater{a}.nii.gz")
         split = "training" if i < splits[0] else "validation" if i < sum(splits) else "test"
-        listing[split].append({"id": case.name, "image": [f"{case.name}/image.nii.gz"], "label": labels,
-                               "mask": f"{case.name}/mask.nii.gz"})
+        listing[split].append(
+            {
+                "id": case.name,
+                "image": [f"{case.name}/image.nii.gz"],
+                "label": labels,
+                "mask": f"{case.name}/mask.nii.gz",
+            }
+        )
     path = folder / "list.json"
     path.write_text(json.dumps(listing, indent=1))
     return path

@@ -32,6 +32,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -179,7 +180,7 @@ def load_volume_list(path: str | os.PathLike) -> VolumeList:
     listed = VolumeList(path, splits, label_map, [str(x) for x in sequences] if isinstance(sequences, list) else None)
     cases = listed.all_cases()
     if not cases:
-        raise DataError(f"{path} lists no case; give at least one split such as \"training\"")
+        raise DataError(f'{path} lists no case; give at least one split such as "training"')
     for name, split_cases in splits.items():
         ids = [case.id for case in split_cases]
         duplicated = sorted({i for i in ids if ids.count(i) > 1})
@@ -200,9 +201,7 @@ def _parse_label_map(raw, path: Path) -> dict[int, int] | None:
         raise DataError(f'{path}: "labels" must map file values to classes, e.g. {{"0": 0, "4": 3}}') from None
     classes = sorted(set(mapping.values()))
     if not classes or mapping.get(0, 0) != 0 or classes[0] != 0 or classes != list(range(len(classes))):
-        raise DataError(
-            f'{path}: "labels" must send 0 to class 0 and use the classes 0..C-1 without gaps; got {raw}'
-        )
+        raise DataError(f'{path}: "labels" must send 0 to class 0 and use the classes 0..C-1 without gaps; got {raw}')
     return mapping
 
 
@@ -217,8 +216,9 @@ def _parse_case(entry, base: Path, path: Path, where: str) -> VolumeCase:
         raise DataError(f"{path}: {where} has no image file")
     for name in (*images, *labels, *([mask] if mask else [])):
         if not isinstance(name, str) or not name:
-            raise DataError(f'{path}: {where}: file names must be non-empty strings (paths relative to the list); '
-                            f"got {name!r}")
+            raise DataError(
+                f"{path}: {where}: file names must be non-empty strings (paths relative to the list); got {name!r}"
+            )
     case = VolumeCase(
         id=str(entry.get("id") or _stem(images[0])),
         images=[(base / p).resolve() for p in images],
@@ -245,7 +245,7 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import nibabel
 
     try:
-        image = nibabel.load(str(path))
+        image: Any = nibabel.load(str(path))  # a NIfTI image (nibabel's stubs name only its base class)
         data = np.asanyarray(image.dataobj)
     except Exception as error:  # nibabel raises many types for a damaged file
         raise DataError(f"{path} is not a readable NIfTI file: {error}") from None
@@ -287,7 +287,8 @@ def read_case(case: VolumeCase, label_map: dict[int, int] | None = None, cache: 
         for name, array in arrays.items():
             np.save(temporary / f"{name}.npy", array)
         (temporary / "done.json").write_text(
-            json.dumps({"id": case.id, "affine": volume.affine.tolist(), "shape": list(volume.shape)}))
+            json.dumps({"id": case.id, "affine": volume.affine.tolist(), "shape": list(volume.shape)})
+        )
 
     write_cache_folder(folder, write)
     return _read_cached_case(case, folder)
@@ -297,9 +298,11 @@ def _read_cached_case(case: VolumeCase, folder: Path) -> Volume:
     meta = json.loads((folder / "done.json").read_text())
     labels = folder / "labels.npy"
     volume = Volume(
-        case.id, np.load(folder / "image.npy", mmap_mode="r"),
+        case.id,
+        np.load(folder / "image.npy", mmap_mode="r"),
         np.load(labels, mmap_mode="r") if labels.is_file() else None,
-        np.load(folder / "mask.npy", mmap_mode="r"), np.array(meta["affine"]),
+        np.load(folder / "mask.npy", mmap_mode="r"),
+        np.array(meta["affine"]),
     )
     if list(volume.image.shape[1:]) != meta["shape"] or list(volume.mask.shape) != meta["shape"]:
         raise ValueError(f"the cached arrays have shape {volume.image.shape[1:]}, not {meta['shape']}")
@@ -307,7 +310,8 @@ def _read_cached_case(case: VolumeCase, folder: Path) -> Volume:
 
 
 def _decode(case: VolumeCase, label_map: dict[int, int] | None) -> Volume:
-    channels, affine = [], None
+    channels: list[np.ndarray] = []
+    affine: np.ndarray | None = None
     for path in case.images:
         data, this_affine = _read(path)
         if affine is None:
@@ -335,6 +339,7 @@ def _decode(case: VolumeCase, label_map: dict[int, int] | None) -> Volume:
             _check_alike(case, first, shape, affine, path, data.shape, this_affine)
             maps.append(_to_classes(np.asarray(data), label_map, case, path))
         labels = np.stack(maps)
+    assert affine is not None  # a case has at least one image (VolumeCase checks)
     return Volume(case.id, normalise(image, mask), labels, mask, affine)
 
 
@@ -359,12 +364,14 @@ def _to_classes(data: np.ndarray, label_map: dict[int, int] | None, case, path: 
     if label_map is None:
         bad = [int(v) for v in values if not 0 <= v < 256]
         if bad:
-            raise DataError(f"case {case.id!r}: {path.name} holds labels {bad} outside [0, 256); give a \"labels\" mapping")
+            raise DataError(
+                f'case {case.id!r}: {path.name} holds labels {bad} outside [0, 256); give a "labels" mapping'
+            )
         return np.asarray(data).astype(np.uint8)
     bad = [int(v) for v in values if int(v) not in label_map]
     if bad:
         raise DataError(
-            f"case {case.id!r}: {path.name} holds the values {bad}, which the list's \"labels\" mapping "
+            f'case {case.id!r}: {path.name} holds the values {bad}, which the list\'s "labels" mapping '
             f"({', '.join(map(str, sorted(label_map)))}) does not name; add them to the mapping"
         )
     lookup = np.zeros(max(label_map) + 1, dtype=np.uint8)
@@ -392,8 +399,14 @@ _SEQUENCE_TOKENS = {
 }
 _LABEL_TOKENS = ("seg", "otmulticlass", "label", "labels")
 _MASK_TOKENS = ("brainmask", "mask")
-_SPLIT_FOLDERS = {"train": "training", "training": "training", "validation": "validation", "val": "validation",
-                  "test": "test", "testing": "test"}
+_SPLIT_FOLDERS = {
+    "train": "training",
+    "training": "training",
+    "validation": "validation",
+    "val": "validation",
+    "test": "test",
+    "testing": "test",
+}
 
 
 def _tokens(path: Path) -> set[str]:

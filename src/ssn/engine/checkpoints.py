@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import RunError
-from ..models import ModelSpec, SegmentationModel, build
 from ..files import write_atomically
+from ..models import ModelSpec, SegmentationModel, build
 from .pretrained import resolve_run_dir
 
 __all__ = ["save_weights", "load_weights", "write_json", "read_config", "load_run", "CALIBRATION_FILE"]
@@ -40,8 +40,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     try:
         state = load_file(str(path))
     except Exception as error:  # safetensors raises its own SafetensorError for a damaged header or body
-        raise RunError(f"{path} cannot be read as safetensors weights ({error}); the file is damaged: "
-                       "use the run's other weights (best/last) or train again") from None
+        raise RunError(
+            f"{path} cannot be read as safetensors weights ({error}); the file is damaged: "
+            "use the run's other weights (best/last) or train again"
+        ) from None
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
@@ -77,8 +79,11 @@ def _architecture_of_version_0_1(config: dict) -> dict:
         raise RunError(f"config.json lacks {', '.join(missing)}: it was not written by ssn train")
     deterministic = config.get("deterministic", False)
     return ModelSpec(
-        method="deterministic" if deterministic else "ssn", backbone=config["model"],
-        spatial_dims=config["spatial_dims"], in_channels=config["in_channels"], num_classes=config["num_classes"],
+        method="deterministic" if deterministic else "ssn",
+        backbone=config["model"],
+        spatial_dims=config["spatial_dims"],
+        in_channels=config["in_channels"],
+        num_classes=config["num_classes"],
         method_kwargs={} if deterministic else {"rank": config["rank"], "mc_samples": config.get("mc_samples", 20)},
         backbone_kwargs={"features": config["features"]},
     ).as_dict()
@@ -101,8 +106,10 @@ def load_run(
     try:
         model = build(ModelSpec.from_dict(config["architecture"]))
     except (KeyError, TypeError, ValueError) as error:
-        raise RunError(f"{Path(run_dir) / 'config.json'}: its architecture is incomplete or invalid "
-                       f"({type(error).__name__}: {error}); the run directory is damaged") from None
+        raise RunError(
+            f"{Path(run_dir) / 'config.json'}: its architecture is incomplete or invalid "
+            f"({type(error).__name__}: {error}); the run directory is damaged"
+        ) from None
     load_weights(model, weights)
     if temperature is None:
         calibration = Path(run_dir) / CALIBRATION_FILE

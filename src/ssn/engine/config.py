@@ -24,8 +24,16 @@ from ..models import ModelSpec, available_methods, method_class
 __all__ = ["TrainConfig", "read_yaml", "model_spec", "setting_types"]
 
 
-def setting(default: Any = None, help: str = "", *, low: float | None = None, above: float | None = None,
-            choices: tuple | None = None, flag: bool = True, factory=None):
+def setting(
+    default: Any = None,
+    help: str = "",
+    *,
+    low: float | None = None,
+    above: float | None = None,
+    choices: tuple | None = None,
+    flag: bool = True,
+    factory=None,
+):
     """A dataclass field with its help text and range: ``low`` <= value, ``above`` < value."""
     metadata = {"help": help, "low": low, "above": above, "choices": choices, "flag": flag}
     if factory is not None:
@@ -37,52 +45,104 @@ def setting(default: Any = None, help: str = "", *, low: float | None = None, ab
 class TrainConfig:
     """Everything a training run depends on. Model sizes left unset are read from the data."""
 
-    data: str = setting(help="dataset .npz (images, masks[, patient]) or a volume list .json (NIfTI cases, see ssn convert brats)")
+    data: str = setting(
+        help="dataset .npz (images, masks[, patient]) or a volume list .json (NIfTI cases, see ssn convert brats)"
+    )
     out: str = setting(help="run directory to write (config, weights, logs)")
-    split_file: str | None = setting(help='JSON {"splits": {"train": [...], "val": [...]}}; default: hold out 10%% of the patients')
+    split_file: str | None = setting(
+        help='JSON {"splits": {"train": [...], "val": [...]}}; default: hold out 10%% of the patients'
+    )
     train_split: str = setting("train", "split name to train on")
     val_split: str = setting("val", "split name to validate on")
-    method: str = setting("ssn", "the method: ssn, deterministic (the plain-softmax baseline) or prob-unet (Kohl et al. 2018)")
+    method: str = setting(
+        "ssn", "the method: ssn, deterministic (the plain-softmax baseline) or prob-unet (Kohl et al. 2018)"
+    )
     model: str = setting("unet", "backbone: unet, monai:NAME (e.g. monai:BasicUNet) or a registered name")
-    features: list[int] | None = setting(help="U-Net (or phiseg-unet) channels per level, e.g. 32 64 128 256 (a shorthand for model_kwargs features)")
+    features: list[int] | None = setting(
+        help="U-Net (or phiseg-unet) channels per level, e.g. 32 64 128 256 (a shorthand for model_kwargs features)"
+    )
     model_kwargs: dict = setting(help="the backbone's own arguments, as YAML/JSON, e.g. '{norm: batch}'", factory=dict)
     rank: int = setting(10, "ssn: covariance rank; 0 = the diagonal model", low=0)
     mc_samples: int = setting(20, "ssn: Monte Carlo samples in the loss (even: antithetic pairs)", low=2)
-    mean_warmup: float = setting(0.25, "ssn: the share of the budget spent training the mean alone (cross-entropy of mu) before the paper's loss", low=0)
-    variance_init: float = setting(0.01, "ssn: start near zero logit variance, at this value; 0: PyTorch's default initialisation, as in the paper", low=0)
+    mean_warmup: float = setting(
+        0.25,
+        "ssn: the share of the budget spent training the mean alone (cross-entropy of mu) before the paper's loss",
+        low=0,
+    )
+    variance_init: float = setting(
+        0.01,
+        "ssn: start near zero logit variance, at this value; 0: PyTorch's default initialisation, as in the paper",
+        low=0,
+    )
     latent_dim: int = setting(6, "prob-unet: dimension of the global latent", low=1)
     beta: float = setting(1.0, "prob-unet: weight of the KL term", low=0)
-    encoder_features: list[int] = setting(help="prob-unet: channels per level of the prior and posterior nets", factory=lambda: [32, 64, 128, 256])
+    encoder_features: list[int] = setting(
+        help="prob-unet: channels per level of the prior and posterior nets", factory=lambda: [32, 64, 128, 256]
+    )
     epochs: int | None = setting(help="number of epochs (default 20 unless --max-minutes or --max-steps)", low=1)
     max_minutes: float | None = setting(help="stop training after this many minutes", above=0)
     max_steps: int | None = setting(help="stop training after this many optimiser steps", low=1)
     batch_size: int = setting(16, "images per step", low=1)
     lr: float = setting(1e-3, "Adam learning rate", above=0)
     weight_decay: float = setting(0.0, "Adam weight decay", low=0)
-    factor_weight_decay: float = setting(0.0, "ssn: extra weight decay on the covariance head (factor and diagonal)", low=0)
-    lr_schedule: str = setting("constant", "learning-rate decay over the budget: constant, cosine or linear (to final_lr x lr)", choices=("constant", "cosine", "linear"))
+    factor_weight_decay: float = setting(
+        0.0, "ssn: extra weight decay on the covariance head (factor and diagonal)", low=0
+    )
+    lr_schedule: str = setting(
+        "constant",
+        "learning-rate decay over the budget: constant, cosine or linear (to final_lr x lr)",
+        choices=("constant", "cosine", "linear"),
+    )
     warmup_steps: int = setting(0, "linear learning-rate warm-up over this many steps", low=0)
     final_lr: float = setting(0.01, "the decayed learning rate at the end of the budget, as a fraction of lr", above=0)
-    ema_decay: float = setting(0.0, "exponential moving average of the weights, used for validation and checkpoints (e.g. 0.999; 0: off)", low=0)
+    ema_decay: float = setting(
+        0.0,
+        "exponential moving average of the weights, used for validation and checkpoints (e.g. 0.999; 0: off)",
+        low=0,
+    )
     grad_clip: float = setting(10.0, "clip the gradient norm to this", above=0)
-    max_bad_steps: int = setting(20, "stop after this many steps in a row with a non-finite loss or gradients (each is skipped)", low=1)
+    max_bad_steps: int = setting(
+        20, "stop after this many steps in a row with a non-finite loss or gradients (each is skipped)", low=1
+    )
     augment: bool = setting(True, "flips and small rotations")
-    patch_size: list[int] | None = setting(help="train on patches of this size: volumes, e.g. 64 64 64 (also the sliding window of inference); images, e.g. 96 96 (crops; inference sees whole images)")
-    foreground_share: float = setting(0.5, "with patch_size: the share of patches holding a foreground voxel (the paper: 0.5)", low=0)
+    patch_size: list[int] | None = setting(
+        help="train on patches of this size: volumes, e.g. 64 64 64 (also the sliding window of inference); images, e.g. 96 96 (crops; inference sees whole images)"
+    )
+    foreground_share: float = setting(
+        0.5, "with patch_size: the share of patches holding a foreground voxel (the paper: 0.5)", low=0
+    )
     patches_per_volume: int = setting(32, "volumes: patches drawn from each training volume per epoch", low=1)
-    crop_scale: float = setting(1.0, "augmentation: random crops of this fraction of the side or more, rescaled to full size (1: off)", above=0)
+    crop_scale: float = setting(
+        1.0, "augmentation: random crops of this fraction of the side or more, rescaled to full size (1: off)", above=0
+    )
     val_images: int = setting(128, "fixed validation subset size", low=1)
-    val_every: int | None = setting(help="validate and save every this many steps (default: at the end of each epoch)", low=1)
+    val_every: int | None = setting(
+        help="validate and save every this many steps (default: at the end of each epoch)", low=1
+    )
     val_samples: int = setting(16, "samples per validation image", low=1)
     seed: int = setting(0, "random seed (data order, augmentation, initialisation, validation draws)", low=0)
-    device: str = setting("cpu", "cpu, cuda or cuda:N (under torchrun, cuda means each process's own GPU, cuda:LOCAL_RANK)")
-    workers: int | None = setting(help="DataLoader worker processes that read and augment batches (default: from the CPU count, 0 on 2 cores or fewer)", low=0)
-    precision: str = setting("fp32", "the backbone's arithmetic: fp32, bf16 or fp16 (with a gradient scaler); the head and the loss stay in float32", choices=("fp32", "bf16", "fp16"))
+    device: str = setting(
+        "cpu", "cpu, cuda or cuda:N (under torchrun, cuda means each process's own GPU, cuda:LOCAL_RANK)"
+    )
+    workers: int | None = setting(
+        help="DataLoader worker processes that read and augment batches (default: from the CPU count, 0 on 2 cores or fewer)",
+        low=0,
+    )
+    precision: str = setting(
+        "fp32",
+        "the backbone's arithmetic: fp32, bf16 or fp16 (with a gradient scaler); the head and the loss stay in float32",
+        choices=("fp32", "bf16", "fp16"),
+    )
     compile: bool = setting(False, "compile the training step with torch.compile (slow to start, faster on GPUs)")
     resume: bool = setting(False, "continue the run in --out from its last state")
     overwrite: bool = setting(False, "start over in an --out that already holds a run, replacing its files")
-    stop_after_minutes: float | None = setting(help="end this invocation after this many minutes of training, its state saved, to train for hours in parts: the budget and its schedule are unchanged; continue with --resume", above=0)
-    checkpoint_minutes: float = setting(5.0, "save the whole training state (state.pt) at least this often, besides each validation", above=0)
+    stop_after_minutes: float | None = setting(
+        help="end this invocation after this many minutes of training, its state saved, to train for hours in parts: the budget and its schedule are unchanged; continue with --resume",
+        above=0,
+    )
+    checkpoint_minutes: float = setting(
+        5.0, "save the whole training state (state.pt) at least this often, besides each validation", above=0
+    )
     num_classes: int | None = setting(help="number of classes (default: the largest label + 1)", low=2)
     in_channels: int | None = setting(help="read from the data", low=1, flag=False)
     spatial_dims: int | None = setting(help="read from the data", choices=(1, 2, 3), flag=False)
@@ -99,7 +159,9 @@ class TrainConfig:
         if self.method not in available_methods():
             raise ConfigError(f"method must be one of {', '.join(available_methods())}; got {self.method!r}")
         if self.mean_warmup >= 1:
-            raise ConfigError(f"mean_warmup is a share of the training budget, below 1 (e.g. 0.25; 0: off); got {self.mean_warmup}")
+            raise ConfigError(
+                f"mean_warmup is a share of the training budget, below 1 (e.g. 0.25; 0: off); got {self.mean_warmup}"
+            )
         if self.crop_scale > 1:
             raise ConfigError(f"crop_scale must be in (0, 1]; got {self.crop_scale}")
         if not self.ema_decay < 1:
@@ -107,8 +169,10 @@ class TrainConfig:
         if self.foreground_share > 1:
             raise ConfigError(f"foreground_share is a share, in [0, 1]; got {self.foreground_share}")
         if self.patch_size is not None and (len(self.patch_size) not in (1, 2, 3) or min(self.patch_size) < 4):
-            raise ConfigError(f"patch_size needs one size of at least 4 per spatial axis, e.g. 64 64 64 for volumes "
-                              f"or 96 96 for images; got {self.patch_size}")
+            raise ConfigError(
+                f"patch_size needs one size of at least 4 per spatial axis, e.g. 64 64 64 for volumes "
+                f"or 96 96 for images; got {self.patch_size}"
+            )
         if self.final_lr > 1:
             raise ConfigError(f"final_lr is a fraction of lr, at most 1; got {self.final_lr}")
         if self.method == "ssn" and self.mc_samples % 2:
@@ -147,13 +211,18 @@ def setting_types() -> dict[str, tuple[Any, bool]]:
 
 def model_spec(config: TrainConfig) -> ModelSpec:
     """The model a (completed) configuration describes: its method, backbone and sizes."""
+    if config.spatial_dims is None or config.in_channels is None or config.num_classes is None:
+        raise ValueError("model_spec needs a completed configuration: sizes are read from the data first")
     cls = method_class(config.method)
     backbone_kwargs = dict(config.model_kwargs)
     if config.features is not None:
         backbone_kwargs["features"] = list(config.features)
     return ModelSpec(
-        method=config.method, backbone=config.model, spatial_dims=config.spatial_dims,
-        in_channels=config.in_channels, num_classes=config.num_classes,
+        method=config.method,
+        backbone=config.model,
+        spatial_dims=config.spatial_dims,
+        in_channels=config.in_channels,
+        num_classes=config.num_classes,
         method_kwargs={name: getattr(config, name) for name in cls.settings if hasattr(config, name)},
         backbone_kwargs=backbone_kwargs,
     )
@@ -176,7 +245,9 @@ def read_yaml(path: str | Path) -> dict:
     if "deterministic" in settings:  # the old switch, kept as an alias of method
         alias = settings.pop("deterministic")
         if not isinstance(alias, bool):
-            raise ConfigError(f"{path}: deterministic must be true or false; got {alias!r} (or write method: deterministic)")
+            raise ConfigError(
+                f"{path}: deterministic must be true or false; got {alias!r} (or write method: deterministic)"
+            )
         if alias:
             settings.setdefault("method", "deterministic")
     allowed = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["flag"]}
@@ -240,7 +311,9 @@ def _coerce(name: str, value: Any, hint, optional: bool) -> Any:
             raise wrong
         return value
     if typing.get_origin(hint) is list:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
             raise wrong
         return list(value)
     raise TypeError(f"no check for the type {hint} of setting {name}")  # a bug: a new field type

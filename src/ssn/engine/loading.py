@@ -62,7 +62,12 @@ class TrainingExamples(Dataset):
             if roi is not None:
                 masks, roi = masks[:, :-1], masks[:, -1].bool()
         reader = int(torch.randint(0, masks.shape[1], (1,), generator=generator))
-        return images[0], masks[0, reader], None if roi is None else roi[0], derive_seed(self.seed, epoch, position, _NOISE)
+        return (
+            images[0],
+            masks[0, reader],
+            None if roi is None else roi[0],
+            derive_seed(self.seed, epoch, position, _NOISE),
+        )
 
 
 def collate(examples: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[int]]:
@@ -110,5 +115,11 @@ def default_workers(world: World = World()) -> int:
 def training_loader(examples: TrainingExamples, batches: EpochBatches, workers: int, pin_memory: bool) -> DataLoader:
     """A DataLoader over one epoch's batches (workers started per epoch; each example is keyed,
     so how many there are never changes the batches)."""
-    return DataLoader(examples, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                      pin_memory=pin_memory, prefetch_factor=4 if workers else None)
+    return DataLoader(
+        examples,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+    )

@@ -16,7 +16,9 @@ __all__ = ["SCHEDULES", "learning_rate_factor", "WeightAverage"]
 SCHEDULES = ("constant", "cosine", "linear")
 
 
-def learning_rate_factor(step: int, fraction: float, schedule: str, warmup_steps: int = 0, final: float = 0.01) -> float:
+def learning_rate_factor(
+    step: int, fraction: float, schedule: str, warmup_steps: int = 0, final: float = 0.01
+) -> float:
     """The multiplier of the base learning rate at optimiser step ``step`` (0-based).
 
     A linear warm-up over the first ``warmup_steps`` steps, then ``schedule`` over the budget:
@@ -56,5 +58,5 @@ class WeightAverage:
         decay = min(self.decay, (1 + step) / (10 + step))
         for averaged, current in zip(self.module.parameters(), model.parameters()):
             averaged.lerp_(current, 1 - decay)
-        for averaged, current in zip(self.module.buffers(), model.buffers()):
-            averaged.copy_(current)
+        for averaged_buffer, current_buffer in zip(self.module.buffers(), model.buffers()):
+            averaged_buffer.copy_(current_buffer)

@@ -35,4 +35,4 @@ def pretrained_dir(name: str) -> Path:
 def resolve_run_dir(run_dir: str | os.PathLike) -> Path:
     """A run directory, with ``pretrained:NAME`` mapped to the shipped model's directory."""
     text = str(run_dir)
-    return pretrained_dir(text[len(PREFIX):]) if text.startswith(PREFIX) else Path(run_dir)
+    return pretrained_dir(text[len(PREFIX) :]) if text.startswith(PREFIX) else Path(run_dir)

@@ -15,6 +15,7 @@ of items (images (B, channels, *S) float, label maps (B, A, *S) long, region of 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,15 +54,19 @@ class ArraySource:
 
     def __init__(self, data: SegmentationArrays, config) -> None:
         self.data = data
-        self.crop = None
+        self.crop: tuple[int, ...] | None = None
         if config.patch_size is not None:
             shape = tuple(data.spatial_shape)
             if len(config.patch_size) != len(shape):
-                raise ConfigError(f"patch_size needs {len(shape)} sizes for {len(shape)}D images "
-                                  f"(e.g. {' '.join(str(s * 3 // 4) for s in shape)}); got {config.patch_size}")
+                raise ConfigError(
+                    f"patch_size needs {len(shape)} sizes for {len(shape)}D images "
+                    f"(e.g. {' '.join(str(s * 3 // 4) for s in shape)}); got {config.patch_size}"
+                )
             if any(c > s for c, s in zip(config.patch_size, shape)):
-                raise ConfigError(f"patch_size {config.patch_size} is larger than the images "
-                                  f"({'x'.join(map(str, shape))}); choose at most their size")
+                raise ConfigError(
+                    f"patch_size {config.patch_size} is larger than the images "
+                    f"({'x'.join(map(str, shape))}); choose at most their size"
+                )
             if tuple(config.patch_size) != shape:
                 self.crop = tuple(config.patch_size)
         self.foreground_share = config.foreground_share
@@ -86,27 +91,27 @@ class ArraySource:
     def batch(self, items: np.ndarray, rng: np.random.Generator):
         images, masks = self.data.images[items], self.data.masks[items]
         if self.crop is not None:
-            windows = [self._crop_window(np.asarray(m), rng) for m in masks]
-            images = np.stack([np.asarray(i)[(..., *w)] for i, w in zip(images, windows)])
-            masks = np.stack([np.asarray(m)[(..., *w)] for m, w in zip(masks, windows)])
+            windows: list[tuple[Any, ...]] = [(..., *self._crop_window(np.asarray(m), self.crop, rng)) for m in masks]
+            images = np.stack([np.asarray(i)[w] for i, w in zip(images, windows)])
+            masks = np.stack([np.asarray(m)[w] for m, w in zip(masks, windows)])
         images = image_tensor(images)
         masks = torch.from_numpy(np.ascontiguousarray(masks)).long()
         return images, masks, None
 
-    def _crop_window(self, masks: np.ndarray, rng: np.random.Generator) -> tuple[slice, ...]:
-        """Slices of one crop for label maps (A, *S): around a foreground pixel (with probability
-        ``foreground_share``) or anywhere."""
+    def _crop_window(self, masks: np.ndarray, crop: tuple[int, ...], rng: np.random.Generator) -> tuple[slice, ...]:
+        """Slices of one crop of size ``crop`` for label maps (A, *S): around a foreground pixel
+        (with probability ``foreground_share``) or anywhere."""
         shape = masks.shape[1:]
         low = [0] * len(shape)
-        high = [s - c for s, c in zip(shape, self.crop)]  # the largest corner that stays inside
+        high = [s - c for s, c in zip(shape, crop)]  # the largest corner that stays inside
         if self.foreground_share > 0 and rng.random() < self.foreground_share:
             foreground = np.argwhere(masks.any(0))
             if len(foreground):
                 pixel = foreground[rng.integers(len(foreground))]
-                low = [max(0, p - c + 1) for p, c in zip(pixel, self.crop)]
+                low = [max(0, p - c + 1) for p, c in zip(pixel, crop)]
                 high = [min(h, p) for h, p in zip(high, pixel)]
         corner = [int(rng.integers(lo, hi + 1)) for lo, hi in zip(low, high)]
-        return tuple(slice(c, c + size) for c, size in zip(corner, self.crop))
+        return tuple(slice(c, c + size) for c, size in zip(corner, crop))
 
 
 class PatchSource:
@@ -121,10 +126,12 @@ class PatchSource:
         train_cases = listing.split(config.train_split)
         val_cases = listing.split(config.val_split)  # a missing split is refused there, naming those it has
         self.label_map, self.sequences = listing.label_map, listing.sequences
-        self.train = PatchSampler([read_case(c, self.label_map) for c in train_cases], config.patch_size,
-                                  config.foreground_share)
-        self.val = PatchSampler([read_case(c, self.label_map) for c in val_cases], config.patch_size,
-                                config.foreground_share)
+        self.train = PatchSampler(
+            [read_case(c, self.label_map) for c in train_cases], config.patch_size, config.foreground_share
+        )
+        self.val = PatchSampler(
+            [read_case(c, self.label_map) for c in val_cases], config.patch_size, config.foreground_share
+        )
         self.train_items = np.repeat(np.arange(len(train_cases)), config.patches_per_volume)
         self.in_channels, self.spatial_dims = listing.in_channels, 3
         self._classes = listing.num_classes()
@@ -133,8 +140,10 @@ class PatchSource:
         return self._classes
 
     def describe(self) -> str:
-        return (f"{len(self.train.volumes)} training volumes ({len(self.train_items)} patches of "
-                f"{'x'.join(map(str, self.train.patch_size))} per epoch), {len(self.val.volumes)} validation volumes")
+        return (
+            f"{len(self.train.volumes)} training volumes ({len(self.train_items)} patches of "
+            f"{'x'.join(map(str, self.train.patch_size))} per epoch), {len(self.val.volumes)} validation volumes"
+        )
 
     def validation(self, count: int, rng: np.random.Generator) -> ValidationSet:
         items = np.arange(count) % len(self.val.volumes)

@@ -27,8 +27,8 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__, metrics
-from ..distributions import NonFiniteError
 from ..distributed import World, join, leave
+from ..distributions import NonFiniteError
 from ..errors import ConfigError, DataError, RunError
 from ..files import check_writable, write_atomically
 from ..inference import predict_batches
@@ -67,7 +67,7 @@ def train(config: TrainConfig, log=print) -> dict:
             leave()
 
 
-def _train(config: TrainConfig, world: World, device_name: str, log, interrupted: "_CtrlC") -> dict:
+def _train(config: TrainConfig, world: World, device_name: str, log, interrupted: _CtrlC) -> dict:
     # ---------------------------------------------------------------- data
     source = open_source(config)  # images of an .npz, or patches of volumes
     _complete(config, source)
@@ -83,8 +83,15 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
     average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
     evaluated = average.module if average is not None else model  # validated and saved
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    progress = {"epoch": 0, "step": 0, "seconds": 0.0, "cpu_seconds": 0.0, "best_ged": math.inf, "position": 0,
-                "bad_steps": 0}
+    progress = {
+        "epoch": 0,
+        "step": 0,
+        "seconds": 0.0,
+        "cpu_seconds": 0.0,
+        "best_ged": math.inf,
+        "position": 0,
+        "bad_steps": 0,
+    }
 
     # ---------------------------------------------------------------- run directory
     out = Path(config.out)
@@ -96,9 +103,11 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
             try:
                 model.load_state_dict(state["model"])
             except RuntimeError:
-                raise RunError(f"--resume: the saved weights do not fit the model built for {config.data} "
-                               f"({config.in_channels} channel(s), {config.num_classes} classes): resume on the "
-                               "data the run was trained on") from None
+                raise RunError(
+                    f"--resume: the saved weights do not fit the model built for {config.data} "
+                    f"({config.in_channels} channel(s), {config.num_classes} classes): resume on the "
+                    "data the run was trained on"
+                ) from None
         else:  # written by ssn 0.2, where last.safetensors held the trained weights
             load_weights(model, out / "last.safetensors")
         if average is not None:
@@ -109,15 +118,22 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
         try:
             optimiser.load_state_dict(state["optimiser"])
         except ValueError as error:
-            raise RunError(f"--resume: the saved optimiser state does not fit these settings ({error}); "
-                           "resume with the settings the run was started with") from None
+            raise RunError(
+                f"--resume: the saved optimiser state does not fit these settings ({error}); "
+                "resume with the settings the run was started with"
+            ) from None
         if "scaler" in state and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
         progress.update(state["progress"])
         if world.main:
             _truncate_metrics(out / "metrics.jsonl", progress["step"])
-    record = {**config.as_dict(), "architecture": model.spec.as_dict(), "ssn_version": __version__,
-              "world_size": world.size, "workers": workers}
+    record = {
+        **config.as_dict(),
+        "architecture": model.spec.as_dict(),
+        "ssn_version": __version__,
+        "world_size": world.size,
+        "workers": workers,
+    }
     if getattr(source, "label_map", None):  # volumes: how classes map back to the files' label values
         record["label_map"] = {str(k): v for k, v in source.label_map.items()}
     if getattr(source, "sequences", None):
@@ -189,8 +205,12 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
             return
         progress["seconds"], progress["position"], progress["cpu_seconds"] = seconds, position, cpu_seconds()
         state = {
-            "model": model.state_dict(), "optimiser": optimiser.state_dict(), "progress": dict(progress),
-            "losses": list(losses), "bad_in_a_row": bad_in_a_row, "scaler": scaler.state_dict(),
+            "model": model.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "progress": dict(progress),
+            "losses": list(losses),
+            "bad_in_a_row": bad_in_a_row,
+            "scaler": scaler.state_dict(),
         }
         if average is not None:
             state["average"] = average.module.state_dict()
@@ -205,10 +225,15 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
             log(f"step {progress['step']}: validation impossible, the model's outputs are not finite ({error})")
             val = {"ged": math.nan, "diversity": math.nan}
         entry = {
-            "epoch": progress["epoch"], "step": progress["step"], "minutes": seconds / 60,
+            "epoch": progress["epoch"],
+            "step": progress["step"],
+            "minutes": seconds / 60,
             "cpu_minutes": cpu_seconds() / 60,
-            "train_loss": float(np.mean(losses)) if losses else math.nan, "lr": optimiser.param_groups[0]["lr"],
-            "val_ged": val["ged"], "val_diversity": val["diversity"], "val_samples": config.val_samples,
+            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "lr": optimiser.param_groups[0]["lr"],
+            "val_ged": val["ged"],
+            "val_diversity": val["diversity"],
+            "val_samples": config.val_samples,
             "bad_steps": progress["bad_steps"],
         }
         losses.clear()
@@ -238,8 +263,13 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
         batches = epoch_batches(progress["epoch"], done)
         global_sizes = [len(b) for b in batches.global_batches()][done:]
         loader = training_loader(examples, batches, workers, pin_memory=device.type == "cuda")
-        bar = tqdm(loader, desc=f"epoch {progress['epoch'] + 1}", file=sys.stderr, leave=False,
-                   disable=None if world.main else True)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {progress['epoch'] + 1}",
+            file=sys.stderr,
+            leave=False,
+            disable=None if world.main else True,
+        )
         epoch_start, last_report, seen, count = time.perf_counter(), -math.inf, 0, done
         for count, (images, target, roi, noise_seeds) in enumerate(bar, done + 1):
             spent = budget_spent()
@@ -251,16 +281,27 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
             optimiser.zero_grad(set_to_none=True)
             try:
                 with autocast:
-                    loss = objective(images, target, roi, noise, bool(hasattr(model, "mean_loss") and spent < config.mean_warmup))
+                    loss = objective(
+                        images, target, roi, noise, bool(hasattr(model, "mean_loss") and spent < config.mean_warmup)
+                    )
                 finite = bool(torch.isfinite(loss))
             except NonFiniteError:  # the distribution's parameters overflowed for this batch
                 loss, finite = torch.zeros((), device=device), False
             # One small reduction a step: the batch's loss, whether every process's is finite, and
             # the main process's clock and checkpoint timer, so all processes take the same decisions.
             due = world.main and time.perf_counter() - last_checkpoint > 60 * config.checkpoint_minutes
-            agreed = world.sum(torch.tensor([loss.item() * share if finite else 0.0, float(not finite),
-                                             (time.perf_counter() - clock) if world.main else 0.0, float(due),
-                                             float(interrupted.asked)], dtype=torch.float64))
+            agreed = world.sum(
+                torch.tensor(
+                    [
+                        loss.item() * share if finite else 0.0,
+                        float(not finite),
+                        (time.perf_counter() - clock) if world.main else 0.0,
+                        float(due),
+                        float(interrupted.asked),
+                    ],
+                    dtype=torch.float64,
+                )
+            )
             finite, seconds, due, stopping = bool(agreed[1] == 0), float(agreed[2]), bool(agreed[3]), bool(agreed[4])
             if finite:
                 scaler.scale(loss * (share * world.size)).backward()  # DDP averages: the global batch's mean
@@ -270,8 +311,9 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
             progress["step"] += 1
             if finite:
                 bad_in_a_row = 0
-                factor = learning_rate_factor(progress["step"] - 1, spent, config.lr_schedule, config.warmup_steps,
-                                              config.final_lr)
+                factor = learning_rate_factor(
+                    progress["step"] - 1, spent, config.lr_schedule, config.warmup_steps, config.final_lr
+                )
                 for group in optimiser.param_groups:
                     group["lr"] = config.lr * factor
                 scaler.step(optimiser)
@@ -282,18 +324,24 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
                 seen += images.shape[0] * world.size
                 speed = seen / (time.perf_counter() - epoch_start)
                 bar.set_postfix(loss=f"{losses[-1]:.1f}", img_s=f"{speed:.1f}")
-                if bar.disable and world.main and time.perf_counter() - last_report > 30:  # no terminal: a line each 30 s
+                if (
+                    bar.disable and world.main and time.perf_counter() - last_report > 30
+                ):  # no terminal: a line each 30 s
                     last_report = time.perf_counter()
-                    log(f"  step {progress['step']} (epoch {progress['epoch'] + 1}, {100 * budget_spent():.0f}% of the "
-                        f"budget): loss {np.mean(losses[-50:]):.1f}, {speed:.1f} images/s, {seconds / 60:.1f} min")
+                    log(
+                        f"  step {progress['step']} (epoch {progress['epoch'] + 1}, {100 * budget_spent():.0f}% of the "
+                        f"budget): loss {np.mean(losses[-50:]):.1f}, {speed:.1f} images/s, {seconds / 60:.1f} min"
+                    )
                 if writer is not None:
                     writer.add_scalar("train/loss", losses[-1], progress["step"])
             else:  # never into the weights: skip the step, say so, stop if it keeps happening
                 optimiser.zero_grad(set_to_none=True)
                 progress["bad_steps"] += 1
                 bad_in_a_row += 1
-                log(f"step {progress['step']}: non-finite loss or gradients, step skipped "
-                    f"({bad_in_a_row} in a row, {progress['bad_steps']} in all)")
+                log(
+                    f"step {progress['step']}: non-finite loss or gradients, step skipped "
+                    f"({bad_in_a_row} in a row, {progress['bad_steps']} in all)"
+                )
                 if bad_in_a_row >= config.max_bad_steps:
                     raise RunError(
                         f"training stopped at step {progress['step']}: {bad_in_a_row} steps in a row had a non-finite "
@@ -310,9 +358,11 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
             if stopping and not stop:
                 raise KeyboardInterrupt  # after the step and its state: --resume continues from here
             if part_over:
-                log(f"step {progress['step']}: this part's {config.stop_after_minutes:g} minutes are over and its "
+                log(
+                    f"step {progress['step']}: this part's {config.stop_after_minutes:g} minutes are over and its "
                     f"state is saved ({100 * budget_spent():.0f}% of the budget); continue with: "
-                    f"ssn train --resume --out {out}")
+                    f"ssn train --resume --out {out}"
+                )
                 break
             if stop:
                 break
@@ -332,9 +382,14 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
         writer.close()
     world.barrier()
     return {
-        "epochs": progress["epoch"], "steps": progress["step"], "minutes": seconds / 60,
-        "cpu_minutes": cpu_seconds() / 60, "finished": not part_over,
-        "best_val_ged": progress["best_ged"], "run_dir": str(out), "bad_steps": progress["bad_steps"],
+        "epochs": progress["epoch"],
+        "steps": progress["step"],
+        "minutes": seconds / 60,
+        "cpu_minutes": cpu_seconds() / 60,
+        "finished": not part_over,
+        "best_val_ged": progress["best_ged"],
+        "run_dir": str(out),
+        "bad_steps": progress["bad_steps"],
         "world_size": world.size,
     }
 
@@ -369,7 +424,7 @@ class _CtrlC:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
 
-    def __enter__(self) -> "_CtrlC":
+    def __enter__(self) -> _CtrlC:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -414,8 +469,10 @@ def _read_state(out: Path) -> dict:
     try:
         return torch.load(state_path, weights_only=True, map_location="cpu")
     except Exception as error:  # pickle, zip and unpickler errors all mean one thing here
-        raise RunError(f"--resume: {state_path} cannot be read ({type(error).__name__}); it is damaged. Resume is "
-                       "impossible: start over with --overwrite, or restore the file from a backup") from None
+        raise RunError(
+            f"--resume: {state_path} cannot be read ({type(error).__name__}); it is damaged. Resume is "
+            "impossible: start over with --overwrite, or restore the file from a backup"
+        ) from None
 
 
 # What a run writes; --overwrite removes these before starting over.
@@ -426,8 +483,10 @@ def _prepare_run_dir(out: Path, config: TrainConfig) -> None:
     """Create ``out``; refuse one that holds a run unless resuming it or starting it over."""
     held = [name for name in _RUN_FILES if (out / name).exists()]
     if held and not (config.resume or config.overwrite):
-        raise RunError(f"{out} already holds a run ({', '.join(held)}): continue it with --resume, start it over "
-                       "with --overwrite, or choose another --out")
+        raise RunError(
+            f"{out} already holds a run ({', '.join(held)}): continue it with --resume, start it over "
+            "with --overwrite, or choose another --out"
+        )
     if config.overwrite:
         import shutil
 
@@ -455,9 +514,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
 def _parameter_groups(model, config: TrainConfig) -> list[dict]:
     """All parameters, with ``factor_weight_decay`` added on the SSN's covariance head."""
     head = getattr(model, "head", None)
-    covariance = [] if config.factor_weight_decay == 0 or head is None else [
-        p for name, p in head.named_parameters() if name.startswith(("factor", "log_diag"))
-    ]
+    covariance = (
+        []
+        if config.factor_weight_decay == 0 or head is None
+        else [p for name, p in head.named_parameters() if name.startswith(("factor", "log_diag"))]
+    )
     chosen = {id(p) for p in covariance}
     groups = [{"params": [p for p in model.parameters() if id(p) not in chosen]}]
     if covariance:
@@ -486,8 +547,14 @@ def _validate(model, val_set: ValidationSet, config: TrainConfig, device, world:
     overflow = None
     try:
         for chunk, labels in predict_batches(
-            model, val_set.images, world.shard(np.arange(len(val_set))), config.val_samples, config.batch_size, device,
-            roi=val_set.roi, seed=config.seed,
+            model,
+            val_set.images,
+            world.shard(np.arange(len(val_set))),
+            config.val_samples,
+            config.batch_size,
+            device,
+            roi=val_set.roi,
+            seed=config.seed,
         ):
             annotations = torch.from_numpy(np.ascontiguousarray(val_set.masks[chunk]))
             ged.update(labels, annotations)

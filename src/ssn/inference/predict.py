@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,8 +32,10 @@ def images_to_predict(model: SegmentationModel, data_path, split: str | None, sp
     from ..data.volumes import is_volume_list
 
     if is_volume_list(data_path):
-        raise ConfigError(f"{data_path} is a volume list: `ssn evaluate` and `ssn sample` take it; this command "
-                          "needs a dataset .npz (for volumes, give the temperature with --temperature)")
+        raise ConfigError(
+            f"{data_path} is a volume list: `ssn evaluate` and `ssn sample` take it; this command "
+            "needs a dataset .npz (for volumes, give the temperature with --temperature)"
+        )
     data = load_arrays(data_path)
     if split_file is not None:
         indices = select_split(data, split or default_split, split_file)
@@ -43,18 +45,22 @@ def images_to_predict(model: SegmentationModel, data_path, split: str | None, sp
         indices = np.arange(len(data))
     spec = model.spec
     if spec is not None and (data.in_channels != spec.in_channels or len(data.spatial_shape) != spec.spatial_dims):
-        raise DataError(f"{data_path} holds images of {data.in_channels} channel(s) and {len(data.spatial_shape)} spatial "
-                        f"dims; the model takes {spec.in_channels} and {spec.spatial_dims}: use a run "
-                        "trained on such images")
+        raise DataError(
+            f"{data_path} holds images of {data.in_channels} channel(s) and {len(data.spatial_shape)} spatial "
+            f"dims; the model takes {spec.in_channels} and {spec.spatial_dims}: use a run "
+            "trained on such images"
+        )
     if data.num_classes() > model.num_classes:
-        raise DataError(f"the data holds labels up to {data.num_classes() - 1}, the model only {model.num_classes} classes")
+        raise DataError(
+            f"the data holds labels up to {data.num_classes() - 1}, the model only {model.num_classes} classes"
+        )
     return data, indices
 
 
 def predict_batches(
     model: SegmentationModel,
     images: np.ndarray,
-    indices: np.ndarray,
+    indices: Sequence[int] | np.ndarray,
     num_samples: int,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
@@ -75,6 +81,7 @@ def predict_batches(
             confined to them and the samples are background (0) outside.
     """
     model.eval()
+    indices = np.asarray(indices)
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         mask = None if roi is None else torch.from_numpy(np.ascontiguousarray(roi[chunk])).to(device)

@@ -28,7 +28,7 @@ more than a chunk of logit maps.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -66,7 +66,9 @@ def importance_map(window: Sequence[int], sigma_scale: float = 0.125) -> Tensor:
     """A Gaussian bump over a window, (*window) float32: 1 at the centre, standard deviation
     ``sigma_scale`` of the side along each axis, floored at 1e-3 so that every voxel counts."""
     grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in window], indexing="ij")
-    exponent = sum(((g - (n - 1) / 2) / max(sigma_scale * n, 1e-6)) ** 2 for g, n in zip(grids, window))
+    exponent = torch.zeros(tuple(window), dtype=torch.float64)
+    for g, n in zip(grids, window):
+        exponent += ((g - (n - 1) / 2) / max(sigma_scale * n, 1e-6)) ** 2
     return torch.exp(-0.5 * exponent).clamp_min(1e-3).float()
 
 
@@ -77,7 +79,9 @@ def _distribution_of(output) -> LowRankLogitDistribution:
         return output
     if isinstance(output, Tensor):
         return LowRankLogitDistribution(
-            output, output.new_zeros((output.shape[0], 0, *output.shape[1:])), torch.zeros_like(output),
+            output,
+            output.new_zeros((output.shape[0], 0, *output.shape[1:])),
+            torch.zeros_like(output),
             validate_args=False,
         )
     raise ConfigError(
@@ -88,8 +92,13 @@ def _distribution_of(output) -> LowRankLogitDistribution:
 
 @torch.no_grad()
 def sliding_window_distribution(
-    model: Callable, image: Tensor, window: Sequence[int], overlap: float = 0.5, roi: Tensor | None = None,
-    sigma_scale: float = 0.125, device: str | torch.device = "cpu",
+    model: Callable,
+    image: Tensor,
+    window: Sequence[int],
+    overlap: float = 0.5,
+    roi: Tensor | None = None,
+    sigma_scale: float = 0.125,
+    device: str | torch.device = "cpu",
 ) -> LowRankLogitDistribution:
     """The blended distribution of a whole image (see the module's docstring).
 
@@ -110,12 +119,12 @@ def sliding_window_distribution(
     weight = importance_map(window, sigma_scale)
     starts = [window_corners(s, w, overlap) for s, w in zip(spatial, window)]
     total = torch.zeros(spatial)
-    loc = factor = std = None
+    loc = factor = std = torch.empty(0)  # allocated at the first window, once its sizes are known
     for corner in np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(spatial)):
         region = tuple(slice(int(c), int(c) + w) for c, w in zip(corner, window))
         mask = None if roi is None else roi[region].unsqueeze(0).to(device)
         dist = _distribution_of(model(image[(slice(None), *region)].unsqueeze(0).to(device), mask=mask))
-        if loc is None:
+        if not loc.numel():
             classes, rank = dist.num_classes, dist.rank
             loc, std = torch.zeros(classes, *spatial), torch.zeros(classes, *spatial)
             factor = torch.zeros(rank, classes, *spatial)
@@ -127,11 +136,16 @@ def sliding_window_distribution(
     loc /= total
     std /= total
     factor /= total
-    return LowRankLogitDistribution(loc.unsqueeze(0), factor.unsqueeze(0), std.square_().unsqueeze(0), validate_args=False)
+    return LowRankLogitDistribution(
+        loc.unsqueeze(0), factor.unsqueeze(0), std.square_().unsqueeze(0), validate_args=False
+    )
 
 
 def stream_samples(
-    dist: LowRankLogitDistribution, num_samples: int, chunk_size: int = 2, generator: torch.Generator | None = None,
+    dist: LowRankLogitDistribution,
+    num_samples: int,
+    chunk_size: int = 2,
+    generator: torch.Generator | None = None,
 ) -> Iterator[Tensor]:
     """Label maps (*S) uint8 of a batch-1 distribution, one at a time, drawn ``chunk_size`` at a
     time: memory holds one chunk of logit maps, whatever ``num_samples`` is."""
@@ -153,9 +167,17 @@ def roi_box(roi: np.ndarray, margin: int = 8) -> tuple[slice, ...]:
 
 @torch.no_grad()
 def predict_volume(
-    model, image: np.ndarray, roi: np.ndarray, num_samples: int, window: Sequence[int], overlap: float = 0.5,
-    temperature: float = 1.0, generator: torch.Generator | None = None, device: str | torch.device = "cpu",
-    chunk_size: int = 2, box: tuple[slice, ...] | None = None,
+    model,
+    image: np.ndarray,
+    roi: np.ndarray,
+    num_samples: int,
+    window: Sequence[int],
+    overlap: float = 0.5,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+    chunk_size: int = 2,
+    box: tuple[slice, ...] | None = None,
 ) -> tuple[tuple[slice, ...], Iterator[Tensor]]:
     """Samples of a whole volume, streamed: (the box around the region of interest, an iterator
     of label maps of that box, each (*box) uint8, background outside the region of interest).

@@ -107,9 +107,7 @@ class _SampleCount:
         if high == 0:
             return None
         if high != -neg_low:
-            raise ValueError(
-                f"processes used different numbers of samples per image ({int(-neg_low)} to {int(high)})"
-            )
+            raise ValueError(f"processes used different numbers of samples per image ({int(-neg_low)} to {int(high)})")
         return int(high)
 
 
@@ -248,8 +246,13 @@ class ImageMetrics:
             (the conventions of :mod:`ssn.metrics.functional`).
     """
 
-    def __init__(self, num_classes: int = 2, matched_sizes: tuple[int, ...] = (), classes: str = "present",
-                 matching: str = "repeat") -> None:
+    def __init__(
+        self,
+        num_classes: int = 2,
+        matched_sizes: tuple[int, ...] = (),
+        classes: str = "present",
+        matching: str = "repeat",
+    ) -> None:
         F._check_conventions(classes, matching)
         self.num_classes, self.classes, self.matching = num_classes, classes, matching
         self.matched_sizes = tuple(matched_sizes)

@@ -69,11 +69,15 @@ MATCHING_CONVENTIONS = ("repeat", "rectangular")
 
 def _check_conventions(classes: str = "present", matching: str = "repeat") -> None:
     if classes not in CLASS_CONVENTIONS:
-        raise ValueError(f"classes must be 'present' (average IoU over the classes in either map) or 'all' "
-                         f"(every foreground class, absent from both counts as IoU 1); got {classes!r}")
+        raise ValueError(
+            f"classes must be 'present' (average IoU over the classes in either map) or 'all' "
+            f"(every foreground class, absent from both counts as IoU 1); got {classes!r}"
+        )
     if matching not in MATCHING_CONVENTIONS:
-        raise ValueError(f"matching must be 'repeat' (both sets repeated to lcm(N, A)) or 'rectangular' "
-                         f"(the N x A matrix as it is); got {matching!r}")
+        raise ValueError(
+            f"matching must be 'repeat' (both sets repeated to lcm(N, A)) or 'rectangular' "
+            f"(the N x A matrix as it is); got {matching!r}"
+        )
 
 
 def _labels(x, name: str, num_classes: int) -> Tensor:
@@ -206,8 +210,13 @@ def _ged(d_sy: Tensor, d_ss: Tensor, d_yy: Tensor, weights: Tensor | None = None
 
 
 def image_metrics(
-    samples, annotations, num_classes: int = 2, matched_sizes: tuple[int, ...] = (), truth=None,
-    classes: str = "present", matching: str = "repeat",
+    samples,
+    annotations,
+    num_classes: int = 2,
+    matched_sizes: tuple[int, ...] = (),
+    truth=None,
+    classes: str = "present",
+    matching: str = "repeat",
 ) -> dict[str, float]:
     """The sample metrics of one image from a single distance computation.
 

@@ -8,7 +8,7 @@ maps (d = 1 - IoU of the structure, 0 when it is absent from both maps).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -17,18 +17,22 @@ from .functional import image_metrics
 __all__ = ["class_structures", "structure_metrics"]
 
 
-def class_structures(num_classes: int, names: Mapping[int, str] | None = None,
-                     unions: Mapping[str, Sequence[int]] | None = None) -> dict[str, tuple[int, ...]]:
+def class_structures(
+    num_classes: int, names: Mapping[int, str] | None = None, unions: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, tuple[int, ...]]:
     """``{name: classes}``: each foreground class alone (named ``class c`` unless ``names``
     says otherwise), then each union of ``unions``."""
-    out = {(names or {}).get(c, f"class {c}"): (c,) for c in range(1, num_classes)}
+    out: dict[str, tuple[int, ...]] = {(names or {}).get(c, f"class {c}"): (c,) for c in range(1, num_classes)}
     for name, classes in (unions or {}).items():
         out[name] = tuple(sorted(set(classes)))
     return out
 
 
 def structure_metrics(
-    samples, annotations, structures: Mapping[str, Sequence[int]], matched_sizes: tuple[int, ...] = (),
+    samples,
+    annotations,
+    structures: Mapping[str, Sequence[int]],
+    matched_sizes: tuple[int, ...] = (),
     matching: str = "repeat",
 ) -> dict[str, dict[str, float]]:
     """The sample metrics of one image or volume per structure.
@@ -45,6 +49,9 @@ def structure_metrics(
     out = {}
     for name, classes in structures.items():
         chosen = torch.tensor(list(classes), dtype=samples.dtype)
-        inside = [torch.isin(x, chosen.to(x.dtype)).view(torch.uint8) for x in (samples, annotations)]  # no copy
-        out[name] = image_metrics(*inside, 2, matched_sizes=matched_sizes, matching=matching)
+        inside_samples, inside_annotations = (
+            torch.isin(x, chosen.to(x.dtype)).view(torch.uint8)
+            for x in (samples, annotations)  # no copy
+        )
+        out[name] = image_metrics(inside_samples, inside_annotations, 2, matched_sizes=matched_sizes, matching=matching)
     return out

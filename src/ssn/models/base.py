@@ -11,12 +11,16 @@ or (B, 1, *S), bool or {0, 1}, a region of interest (optional).
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..randomness import Generators
+
+if TYPE_CHECKING:
+    from .registry import ModelSpec
 
 __all__ = ["SegmentationModel"]
 
@@ -53,7 +57,7 @@ class SegmentationModel(nn.Module, abc.ABC):
         self.backbone = backbone
         self.num_classes = num_classes
         self.spatial_dims = spatial_dims
-        self.spec = None
+        self.spec: ModelSpec | None = None
         self.temperature = 1.0
 
     def features(self, images: Tensor) -> Tensor:
@@ -74,7 +78,7 @@ class SegmentationModel(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def sample_labels(
-        self, images: Tensor, num_samples: int, mask: Tensor | None = None, generator: torch.Generator | None = None
+        self, images: Tensor, num_samples: int, mask: Tensor | None = None, generator: Generators = None
     ) -> Tensor:
         """``num_samples`` label maps per image, (N, B, *S) uint8, without gradients."""
 

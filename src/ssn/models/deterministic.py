@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from ..losses import per_image_cross_entropy
 from ..networks.layers import conv_layer
+from ..randomness import Generators
 from .base import SegmentationModel, float32
 
 __all__ = ["DeterministicSegmentationNetwork"]
@@ -40,7 +41,7 @@ class DeterministicSegmentationNetwork(SegmentationModel):
 
     @torch.no_grad()
     def sample_labels(
-        self, images: Tensor, num_samples: int, mask: Tensor | None = None, generator: torch.Generator | None = None
+        self, images: Tensor, num_samples: int, mask: Tensor | None = None, generator: Generators = None
     ) -> Tensor:
         """(N, B, *S) uint8: the argmax, N times."""
         labels = self(images).argmax(1).to(torch.uint8)

@@ -14,7 +14,7 @@ A global latent z (``latent_dim``, 6 in the paper) explains the spread of the an
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -94,8 +94,10 @@ class ProbabilisticUNet(SegmentationModel):
         self.posterior = LatentEncoder(spatial_dims, in_channels + num_classes, latent_dim, encoder_features)
         conv = conv_layer(spatial_dims)
         self.combine = nn.Sequential(  # "fcomb": three 1x1 convolutions on [features, z]
-            conv(feature_channels + latent_dim, feature_channels, 1), nn.ReLU(inplace=True),
-            conv(feature_channels, feature_channels, 1), nn.ReLU(inplace=True),
+            conv(feature_channels + latent_dim, feature_channels, 1),
+            nn.ReLU(inplace=True),
+            conv(feature_channels, feature_channels, 1),
+            nn.ReLU(inplace=True),
             conv(feature_channels, num_classes, 1),
         )
 
@@ -114,7 +116,9 @@ class ProbabilisticUNet(SegmentationModel):
         with float32(features):  # the latent nets, the KL and the cross-entropy in float32
             return self._loss(images.float(), features.float(), target, mask, generator)
 
-    def _loss(self, images: Tensor, features: Tensor, target: Tensor, mask: Tensor | None, generator: Generators) -> Tensor:
+    def _loss(
+        self, images: Tensor, features: Tensor, target: Tensor, mask: Tensor | None, generator: Generators
+    ) -> Tensor:
         target, _ = prepare_target(target, (images.shape[0], *images.shape[2:]), self.num_classes, None, mask)
         one_hot = F.one_hot(target, self.num_classes).movedim(-1, 1).to(images.dtype)
         posterior = self.posterior(torch.cat([images, one_hot], dim=1))
@@ -133,6 +137,7 @@ class ProbabilisticUNet(SegmentationModel):
         features = self.features(images)
         prior = self.prior(images).base_dist
         first = self.combine[0]
+        assert isinstance(first, nn.modules.conv._ConvNd)  # the first of fcomb's 1x1 convolutions
         channels = features.shape[1]
         conv = getattr(F, f"conv{features.dim() - 2}d")
         projected = conv(features, first.weight[:, :channels], first.bias)  # (B, F', *S)
@@ -169,4 +174,3 @@ class ProbabilisticUNet(SegmentationModel):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, latent_dim={self.latent_dim}, beta={self.beta}"
-

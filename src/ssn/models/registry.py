@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..errors import ConfigError
 from ..networks.backbones import backbone_defaults, build_backbone, feature_channels
@@ -83,7 +83,7 @@ class ModelSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ModelSpec":
+    def from_dict(cls, values: dict) -> ModelSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:

@@ -9,6 +9,7 @@ from ..distributions import LowRankLogitDistribution
 from ..errors import ConfigError
 from ..losses import per_image_cross_entropy, ssn_loss
 from ..networks.heads import SSNHead
+from ..randomness import Generators
 from .base import SegmentationModel, float32
 
 __all__ = ["StochasticSegmentationNetwork"]
@@ -74,8 +75,14 @@ class StochasticSegmentationNetwork(SegmentationModel):
         """The paper's L = -(1/B) sum_b [logsumexp_m sum_i log softmax(eta_b^m)_{i,y_i} - log M]."""
         distribution = self(images, mask)
         with float32(images):
-            return ssn_loss(distribution, target, num_samples=self.mc_samples, antithetic=self.antithetic, mask=mask,
-                            generator=generator)
+            return ssn_loss(
+                distribution,
+                target,
+                num_samples=self.mc_samples,
+                antithetic=self.antithetic,
+                mask=mask,
+                generator=generator,
+            )
 
     def mean_loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         """The cross-entropy of the mean logits mu, summed over pixels and averaged over the batch:
@@ -88,15 +95,19 @@ class StochasticSegmentationNetwork(SegmentationModel):
 
     @torch.no_grad()
     def sample_labels(
-        self, images: Tensor, num_samples: int, mask: Tensor | None = None, generator: torch.Generator | None = None
+        self, images: Tensor, num_samples: int, mask: Tensor | None = None, generator: Generators = None
     ) -> Tensor:
         """(N, B, *S) uint8: the argmax of N logit maps drawn from one network pass, at ``temperature``."""
         return self(images, mask).scaled(self.temperature).sample_labels(num_samples, generator=generator)
 
     @torch.no_grad()
     def mean_probabilities(
-        self, images: Tensor, mask: Tensor | None = None, num_samples: int = 100,
-        generator: torch.Generator | None = None, chunk_size: int = 16,
+        self,
+        images: Tensor,
+        mask: Tensor | None = None,
+        num_samples: int = 100,
+        generator: Generators = None,
+        chunk_size: int = 16,
     ) -> Tensor:
         """E[softmax(eta)], (B, C, *S), estimated from ``num_samples`` logit draws (in chunks), at ``temperature``."""
         dist = self(images, mask).scaled(self.temperature)

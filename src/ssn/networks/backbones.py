@@ -20,7 +20,7 @@ when it has one, otherwise they are found by one dry run (:func:`feature_channel
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -150,8 +150,11 @@ def backbone_defaults(name: str) -> dict:
         return {}
     parameters = inspect.signature(_BACKBONES[name]).parameters
     return {
-        n: p.default for n, p in parameters.items()
-        if n not in ("spatial_dims", "in_channels") and p.default is not inspect.Parameter.empty and _is_plain(p.default)
+        n: p.default
+        for n, p in parameters.items()
+        if n not in ("spatial_dims", "in_channels")
+        and p.default is not inspect.Parameter.empty
+        and _is_plain(p.default)
     }
 
 

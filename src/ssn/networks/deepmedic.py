@@ -14,7 +14,7 @@ activation PReLU, as there. Registered as the backbone ``"deepmedic"``, for 2D o
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +29,11 @@ __all__ = ["DeepMedic"]
 def _stack(spatial_dims: int, in_channels: int, channels: Sequence[int], norm: str | None) -> nn.Sequential:
     conv, layers = conv_layer(spatial_dims), []
     for width in channels:
-        layers += [conv(in_channels, width, 3, padding=1, bias=norm is None), norm_layer(norm, spatial_dims, width),
-                   nn.PReLU(width)]
+        layers += [
+            conv(in_channels, width, 3, padding=1, bias=norm is None),
+            norm_layer(norm, spatial_dims, width),
+            nn.PReLU(width),
+        ]
         in_channels = width
     return nn.Sequential(*layers)
 
@@ -84,8 +87,10 @@ class DeepMedic(nn.Module):
     def forward(self, image: Tensor) -> Tensor:
         """(B, in_channels, *S) -> (B, out_channels, *S)."""
         if image.dim() != self.spatial_dims + 2:
-            raise ValueError(f"DeepMedic with spatial_dims={self.spatial_dims} expects (B, channels, *S); "
-                             f"got shape {tuple(image.shape)}")
+            raise ValueError(
+                f"DeepMedic with spatial_dims={self.spatial_dims} expects (B, channels, *S); "
+                f"got shape {tuple(image.shape)}"
+            )
         spatial = image.shape[2:]
         pool = F.avg_pool3d if self.spatial_dims == 3 else F.avg_pool2d
         coarse = pool(image, self.subsample, ceil_mode=True, count_include_pad=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +56,9 @@ class SSNHead(nn.Module):
         if eps <= 0:
             raise ConfigError(f"eps must be > 0 so that the diagonal stays positive; got {eps}")
         if variance_init is not None and not 0 <= variance_init <= 10:
-            raise ConfigError(f"variance_init must be in [0, 10] (0 or None: the default initialisation); got {variance_init}")
+            raise ConfigError(
+                f"variance_init must be in [0, 10] (0 or None: the default initialisation); got {variance_init}"
+            )
         conv = conv_layer(spatial_dims)
         self.num_classes = num_classes
         self.rank = rank
@@ -68,10 +71,10 @@ class SSNHead(nn.Module):
         if variance_init:
             with torch.no_grad():
                 self.log_diag.weight.zero_()
-                self.log_diag.bias.fill_(math.log(variance_init))
+                cast(Tensor, self.log_diag.bias).fill_(math.log(variance_init))  # built with a bias
                 if self.factor is not None:
                     self.factor.weight.mul_(math.sqrt(variance_init))
-                    self.factor.bias.zero_()
+                    cast(Tensor, self.factor.bias).zero_()
 
     def forward(self, features: Tensor, mask: Tensor | None = None) -> LowRankLogitDistribution:
         """Features (B, in_channels, *S) -> distribution over (B, C, *S) logit maps.

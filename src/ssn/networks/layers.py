@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -18,12 +20,14 @@ def _pick(spatial_dims: int, *layers):
     return layers[spatial_dims - 1]
 
 
-def conv_layer(spatial_dims: int) -> type[nn.Module]:
+def conv_layer(spatial_dims: int) -> type[nn.Conv1d] | type[nn.Conv2d] | type[nn.Conv3d]:
     """``nn.Conv1d``, ``nn.Conv2d`` or ``nn.Conv3d``."""
     return _pick(spatial_dims, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def transposed_conv_layer(spatial_dims: int) -> type[nn.Module]:
+def transposed_conv_layer(
+    spatial_dims: int,
+) -> type[nn.ConvTranspose1d] | type[nn.ConvTranspose2d] | type[nn.ConvTranspose3d]:
     return _pick(spatial_dims, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
@@ -63,4 +67,5 @@ def pad_to_multiple(x: Tensor, divisor: int) -> Tensor:
 
 def crop_to(x: Tensor, spatial: tuple[int, ...]) -> Tensor:
     """(B, C, *S') -> (B, C, *spatial), keeping the near corner (the inverse of the padding above)."""
-    return x[(..., *(slice(0, size) for size in spatial))]
+    index: tuple[Any, ...] = (..., *(slice(0, size) for size in spatial))
+    return x[index]

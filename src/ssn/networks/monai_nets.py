@@ -53,9 +53,7 @@ def _import_nets():
     try:
         from monai.networks import nets
     except ImportError:
-        raise ConfigError(
-            "MONAI backbones need MONAI: pip install 'ssn[monai]' (or pip install monai)"
-        ) from None
+        raise ConfigError("MONAI backbones need MONAI: pip install 'ssn[monai]' (or pip install monai)") from None
     return nets
 
 
@@ -107,9 +105,12 @@ def build(name: str, spatial_dims: int, in_channels: int, **kwargs) -> PaddedBac
     check_keywords(f"backbone 'monai:{name}'", network_class, kwargs, reserved=("spatial_dims", "in_channels"))
     parameters = inspect.signature(network_class).parameters
     missing = [
-        n for n, p in parameters.items()
-        if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        and n not in kwargs and n not in ("spatial_dims", "in_channels", "out_channels")
+        n
+        for n, p in parameters.items()
+        if p.default is inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and n not in kwargs
+        and n not in ("spatial_dims", "in_channels", "out_channels")
     ]
     if missing:
         raise ConfigError(f"monai:{name} needs the model arguments {', '.join(missing)} (model_kwargs in the config)")

@@ -6,7 +6,7 @@ is no 2D copy of a 3D class. It is registered as the backbone ``"unet"``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +64,9 @@ class UNet(nn.Module):
         super().__init__()
         features = list(features)
         if not features or not all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in features):
-            raise ConfigError(f"features must be one or more positive channel counts, e.g. [32, 64, 128, 256]; got {features}")
+            raise ConfigError(
+                f"features must be one or more positive channel counts, e.g. [32, 64, 128, 256]; got {features}"
+            )
         norm = None if norm == "none" else norm
         if norm not in NORMS:
             raise ConfigError(f"unknown norm {norm!r}; choose 'instance', 'batch', 'group' or none")
@@ -93,7 +95,7 @@ class UNet(nn.Module):
         if image.dim() != self.spatial_dims + 2:
             raise ValueError(
                 f"UNet with spatial_dims={self.spatial_dims} expects (B, channels, "
-                f"{', '.join('DHW'[-self.spatial_dims:])}); got shape {tuple(image.shape)}"
+                f"{', '.join('DHW'[-self.spatial_dims :])}); got shape {tuple(image.shape)}"
             )
         spatial = image.shape[2:]
         x = pad_to_multiple(image, self.divisor)
