@@ -19,13 +19,12 @@ The layers, each importing only from those above it in this list:
 """
 
 from . import metrics, models, steering
+from ._version import __version__
 from .distributions import LogitNoise, LowRankLogitDistribution, labels_from_logits
 from .errors import ConfigError, DataError, RunError, UserError
 from .losses import SSNLoss, monte_carlo_log_likelihood, ssn_loss
 from .models import DeterministicSegmentationNetwork, SegmentationModel, StochasticSegmentationNetwork
 from .networks import SSNHead
-
-__version__ = "0.6.0"
 
 
 def pretrained(name: str = "lidc-2d", device: str = "cpu", temperature: float | None = None) -> SegmentationModel:

@@ -13,7 +13,7 @@ import platform
 import sys
 import typing
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConfigError, UserError
 
 EXAMPLES = {

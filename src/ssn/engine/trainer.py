@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import __version__, metrics
+from .. import metrics
+from .._version import __version__
 from ..distributed import World, join, leave
 from ..distributions import NonFiniteError
 from ..errors import ConfigError, DataError, RunError

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .arguments import check_keywords
 from .deepmedic import DeepMedic
 from .unet import UNet, phiseg_unet
 
@@ -97,23 +98,6 @@ def build_backbone(name: str, spatial_dims: int, in_channels: int, **kwargs) -> 
     factory = _BACKBONES[name]
     check_keywords(f"backbone {name!r}", factory, kwargs, reserved=("spatial_dims", "in_channels"))
     return factory(spatial_dims=spatial_dims, in_channels=in_channels, **kwargs)
-
-
-def check_keywords(what: str, factory: Callable, kwargs: dict, reserved: tuple[str, ...] = ()) -> None:
-    """Raise :class:`ConfigError` if ``factory`` cannot take ``kwargs`` (named by the caller as ``what``)."""
-    for key in reserved:
-        if key in kwargs:
-            raise ConfigError(f"{what}: {key!r} is set by ssn from the data; remove it from the model arguments")
-    parameters = inspect.signature(factory).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    accepted = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        others = [n for n in accepted if n not in reserved]
-        raise ConfigError(
-            f"{what} takes no argument {', '.join(map(repr, unknown))}; it takes: {', '.join(others) or 'none'}"
-        )
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ import inspect
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .arguments import check_keywords
 from .layers import crop_to, pad_to_multiple
 
 __all__ = ["PaddedBackbone", "build", "available", "DEFAULTS"]
@@ -90,7 +91,6 @@ def _divisor(name: str, kwargs: dict) -> int:
 
 def build(name: str, spatial_dims: int, in_channels: int, **kwargs) -> PaddedBackbone:
     """``monai.networks.nets.NAME`` as a backbone; ``out_channels`` and ``pad_to`` are optional."""
-    from .backbones import check_keywords
 
     nets = _import_nets()
     network_class = getattr(nets, name, None)
