@@ -351,3 +351,20 @@ def test_a_run_in_parts_equals_the_run_in_one_go_bitwise(data, tmp_path, capsys)
     assert [e["step"] for e in lines] == [8, 16, 24]
     assert [e["val_ged"] for e in lines] == [e["val_ged"] for e in whole_lines]
     assert all(e["cpu_minutes"] > 0 for e in lines)
+
+
+def test_resuming_from_python_compares_the_settings_with_the_run(data, tmp_path, capsys):
+    """ssn.engine.train(TrainConfig(resume=True, ...)) holds to the run's settings as the CLI does."""
+    from ssn.engine import TrainConfig, train
+    from ssn.engine.rundir import RunDir
+    from ssn.errors import ConfigError
+
+    run = tmp_path / "run"
+    assert main(_train_command(data, run)[3:]) == 0
+    common = dict(data=str(data), out=str(run), features=[4, 8], batch_size=4, val_images=4, val_every=8)
+    with pytest.raises(ConfigError, match="lr: the run has 0.001, the command gives 0.01"):
+        train(TrainConfig(**common, max_steps=30, lr=0.01, resume=True))
+    settings = RunDir(run).resumed_settings({"out": str(run), "max_steps": 32, "resume": True})
+    summary = train(TrainConfig(**settings))
+    assert summary["steps"] == 32 and summary["finished"]
+    assert [e["step"] for e in RunDir(run).metrics()] == [8, 16, 24, 32]

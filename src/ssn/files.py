@@ -26,6 +26,13 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -
         raise
 
 
+def write_json(payload: dict, path: str | os.PathLike) -> None:
+    """``payload`` as indented JSON at ``path``, atomically."""
+    import json
+
+    write_atomically(path, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
+
+
 def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
     """Rows of one set of keys as a CSV file with a header, atomically."""
     import csv

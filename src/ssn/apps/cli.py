@@ -287,72 +287,13 @@ def _train(args: argparse.Namespace) -> int:
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config") and v is not None}
     settings.update(flags)
     if settings.get("resume"):
-        settings = _resumed_settings(settings)
+        from ..engine.rundir import RunDir
+
+        if not settings.get("out"):
+            raise ConfigError("--resume needs --out, the run directory to continue")
+        settings = RunDir(settings["out"]).resumed_settings(settings)
     train(TrainConfig(**settings))
     return 0
-
-
-# Settings a resumed run may change: its budget, where and how often it validates, checkpoints, runs.
-_RESUME_MAY_CHANGE = {
-    "resume",
-    "out",
-    "epochs",
-    "max_minutes",
-    "max_steps",
-    "device",
-    "val_every",
-    "workers",
-    "precision",
-    "compile",
-    "checkpoint_minutes",
-    "max_bad_steps",
-    "stop_after_minutes",
-}
-
-
-def _resumed_settings(given: dict) -> dict:
-    """The run's own settings (its config.json), with the given ones that a resume may change.
-
-    Raises:
-        ConfigError: a given setting that contradicts the run's, other than those a resume may
-            change (the budget, validation and checkpoint cadence, the device).
-    """
-    import json
-    from pathlib import Path
-
-    from ..engine.config import TrainConfig
-
-    def same(key: str, a, b) -> bool:
-        if key in ("data", "split_file") and a and b:
-            return Path(a).resolve() == Path(b).resolve()
-        return a == b
-
-    if not given.get("out"):
-        raise ConfigError("--resume needs --out, the run directory to continue")
-    if given.get("overwrite"):
-        raise ConfigError("--resume and --overwrite contradict each other: continue the run, or start it over")
-    path = Path(given["out"]) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"--resume: {path} does not exist; train without --resume first")
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise ConfigError(f"--resume: {path} is not valid JSON; the run cannot be resumed") from None
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    settings = {k: v for k, v in saved.items() if k in names and k not in ("in_channels", "spatial_dims", "overwrite")}
-    conflicts = [
-        f"{k}: the run has {settings.get(k)!r}, the command gives {v!r}"
-        for k, v in given.items()
-        if k not in _RESUME_MAY_CHANGE and k in settings and not same(k, settings[k], v)
-    ]
-    if conflicts:
-        raise ConfigError(
-            "--resume continues the run as it was configured; these settings differ ("
-            + "; ".join(conflicts)
-            + "). Drop them, or train a new run in another --out"
-        )
-    settings.update({k: v for k, v in given.items() if k in _RESUME_MAY_CHANGE})
-    return settings
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import RunError
-from ..files import write_atomically
+from ..files import write_atomically, write_json
 from ..models import ModelSpec, SegmentationModel, build
 from .pretrained import resolve_run_dir
+from .rundir import RunDir
 
 __all__ = ["save_weights", "load_weights", "write_json", "read_config", "load_run", "CALIBRATION_FILE"]
 
-CALIBRATION_FILE = "calibration.json"
+CALIBRATION_FILE = RunDir.CALIBRATION
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
@@ -52,41 +52,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
         raise RunError(f"{path} holds weights of another model than its config.json describes ({detail})") from None
 
 
-def write_json(payload: dict, path: str | os.PathLike) -> None:
-    write_atomically(path, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
-
-
 def read_config(run_dir: str | os.PathLike) -> dict:
-    run_dir = resolve_run_dir(run_dir)
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise RunError(f"{run_dir} is not a run directory: it has no config.json (train one with `ssn train`)")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RunError(f"{path} is not valid JSON ({error}); the run directory is damaged") from None
-    if not isinstance(config, dict):
-        raise RunError(f"{path} is not a run's configuration (a JSON mapping)")
-    if "architecture" not in config:
-        config["architecture"] = _architecture_of_version_0_1(config)
-    return config
-
-
-def _architecture_of_version_0_1(config: dict) -> dict:
-    """Runs written by ssn 0.1 named the model by ``deterministic``, ``model``, ``features``, ``rank``."""
-    missing = [k for k in ("model", "features", "spatial_dims", "in_channels", "num_classes") if k not in config]
-    if missing:
-        raise RunError(f"config.json lacks {', '.join(missing)}: it was not written by ssn train")
-    deterministic = config.get("deterministic", False)
-    return ModelSpec(
-        method="deterministic" if deterministic else "ssn",
-        backbone=config["model"],
-        spatial_dims=config["spatial_dims"],
-        in_channels=config["in_channels"],
-        num_classes=config["num_classes"],
-        method_kwargs={} if deterministic else {"rank": config["rank"], "mc_samples": config.get("mc_samples", 20)},
-        backbone_kwargs={"features": config["features"]},
-    ).as_dict()
+    """The ``config.json`` of a run directory or of ``pretrained:NAME`` (see :meth:`RunDir.read_config`)."""
+    return RunDir(resolve_run_dir(run_dir)).read_config()
 
 
 def load_run(
@@ -100,19 +68,19 @@ def load_run(
     """
     run_dir = resolve_run_dir(run_dir)
     config = read_config(run_dir)
-    weights = Path(run_dir) / f"{which}.safetensors"
+    weights = RunDir(run_dir).weights(which)
     if not weights.is_file():
         raise RunError(f"{weights} is missing: the run has not saved {which} weights yet")
     try:
         model = build(ModelSpec.from_dict(config["architecture"]))
     except (KeyError, TypeError, ValueError) as error:
         raise RunError(
-            f"{Path(run_dir) / 'config.json'}: its architecture is incomplete or invalid "
+            f"{RunDir(run_dir).config_path}: its architecture is incomplete or invalid "
             f"({type(error).__name__}: {error}); the run directory is damaged"
         ) from None
     load_weights(model, weights)
     if temperature is None:
-        calibration = Path(run_dir) / CALIBRATION_FILE
+        calibration = RunDir(run_dir).calibration_path
         try:
             temperature = json.loads(calibration.read_text())["temperature"] if calibration.is_file() else 1.0
         except (json.JSONDecodeError, KeyError, TypeError):

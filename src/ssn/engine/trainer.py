@@ -20,7 +20,6 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,14 +30,14 @@ from .._version import __version__
 from ..distributed import World, join, leave
 from ..distributions import NonFiniteError
 from ..errors import ConfigError, DataError, RunError
-from ..files import check_writable, write_atomically
 from ..inference import predict_batches
 from ..models import build
 from ..randomness import derive_seed
-from .checkpoints import load_weights, save_weights, write_json
+from .checkpoints import load_weights, save_weights
 from .config import TrainConfig, model_spec
 from .loading import EpochBatches, TrainingExamples, default_workers, epoch_order, training_loader
 from .optim import WeightAverage, learning_rate_factor
+from .rundir import RunDir
 from .sources import ValidationSet, open_source
 
 __all__ = ["train"]
@@ -48,9 +47,15 @@ def train(config: TrainConfig, log=print) -> dict:
     """Train as configured; return a summary (epochs, steps, best validation GED^2, paths).
 
     Under ``torchrun`` each process trains its share of every batch (DistributedDataParallel);
-    only the first process writes and logs. See :mod:`ssn.distributed`.
+    only the first process writes and logs. See :mod:`ssn.distributed`. With ``config.resume``
+    the settings must be the run's own, but for those a resume may change (the budget, the
+    cadence of validation and checkpoints, the device: :data:`ssn.engine.rundir.RESUME_MAY_CHANGE`);
+    ``RunDir(out).resumed_settings({...})`` builds them from the run's ``config.json``.
     """
     import torch.distributed as dist
+
+    if config.resume:
+        RunDir(config.out).check_resumable(config.as_dict())
 
     joined = not (dist.is_available() and dist.is_initialized())
     world, device = join(config.device)
@@ -95,11 +100,12 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
     }
 
     # ---------------------------------------------------------------- run directory
-    out = Path(config.out)
-    _agree(world, lambda: _prepare_run_dir(out, config) if world.main else None)
+    run = RunDir(config.out)
+    out = run.path
+    _agree(world, lambda: run.prepare(config.resume, config.overwrite) if world.main else None)
     state: dict = {}
     if config.resume:
-        state = _agree(world, lambda: _read_state(out))
+        state = _agree(world, run.read_state)
         if "model" in state:
             try:
                 model.load_state_dict(state["model"])
@@ -110,12 +116,12 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
                     "data the run was trained on"
                 ) from None
         else:  # written by ssn 0.2, where last.safetensors held the trained weights
-            load_weights(model, out / "last.safetensors")
+            load_weights(model, run.weights("last"))
         if average is not None:
             if "average" in state:
                 average.module.load_state_dict(state["average"])
             else:
-                load_weights(average.module, out / "last.safetensors")
+                load_weights(average.module, run.weights("last"))
         try:
             optimiser.load_state_dict(state["optimiser"])
         except ValueError as error:
@@ -127,7 +133,7 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
             scaler.load_state_dict(state["scaler"])
         progress.update(state["progress"])
         if world.main:
-            _truncate_metrics(out / "metrics.jsonl", progress["step"])
+            run.truncate_metrics(progress["step"])
     record = {
         **config.as_dict(),
         "architecture": model.spec.as_dict(),
@@ -141,10 +147,10 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
         record["sequences"] = source.sequences
     writer = None
     if world.main:
-        write_json(record, out / "config.json")
+        run.write_config(record)
         from torch.utils.tensorboard import SummaryWriter  # imported here: slow, and only training needs it
 
-        writer = SummaryWriter(str(out / "tensorboard"))
+        writer = SummaryWriter(str(run.tensorboard_dir))
     log("configuration:\n" + json.dumps(record, indent=2))
     every = f"every {config.val_every} steps" if config.val_every else "per epoch"
     processes = f", {world.size} processes" if world.distributed else ""
@@ -215,7 +221,7 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
         }
         if average is not None:
             state["average"] = average.module.state_dict()
-        write_atomically(out / "state.pt", lambda p: torch.save(state, p))
+        run.write_state(state)
 
     def validate_and_save(position: int) -> None:
         """Validation GED^2 of the evaluated weights on the fixed subset (shared among the
@@ -241,13 +247,12 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
         if val["ged"] < progress["best_ged"]:
             progress["best_ged"] = val["ged"]
             if world.main:
-                save_weights(evaluated, out / "best.safetensors")
+                save_weights(evaluated, run.weights("best"))
         if world.main:
             for key in ("train_loss", "val_ged", "val_diversity"):
                 writer.add_scalar(key.replace("_", "/", 1), entry[key], progress["step"])
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(entry) + "\n")
-            save_weights(evaluated, out / "last.safetensors")
+            run.append_metrics(entry)
+            save_weights(evaluated, run.weights("last"))
         save_state(position)
         log(
             f"step {entry['step']} (epoch {entry['epoch']}): loss {entry['train_loss']:.2f}, "
@@ -460,56 +465,6 @@ def _agree(world: World, work):
     if errors:
         raise RunError(f"another process failed: {errors[0]}")
     return result
-
-
-def _read_state(out: Path) -> dict:
-    """The state.pt of a run, loaded as plain tensors and containers (``weights_only``)."""
-    state_path = out / "state.pt"
-    if not state_path.is_file():
-        raise RunError(f"--resume: {state_path} does not exist; train without --resume first")
-    try:
-        return torch.load(state_path, weights_only=True, map_location="cpu")
-    except Exception as error:  # pickle, zip and unpickler errors all mean one thing here
-        raise RunError(
-            f"--resume: {state_path} cannot be read ({type(error).__name__}); it is damaged. Resume is "
-            "impossible: start over with --overwrite, or restore the file from a backup"
-        ) from None
-
-
-# What a run writes; --overwrite removes these before starting over.
-_RUN_FILES = ("config.json", "metrics.jsonl", "state.pt", "last.safetensors", "best.safetensors", "calibration.json")
-
-
-def _prepare_run_dir(out: Path, config: TrainConfig) -> None:
-    """Create ``out``; refuse one that holds a run unless resuming it or starting it over."""
-    held = [name for name in _RUN_FILES if (out / name).exists()]
-    if held and not (config.resume or config.overwrite):
-        raise RunError(
-            f"{out} already holds a run ({', '.join(held)}): continue it with --resume, start it over "
-            "with --overwrite, or choose another --out"
-        )
-    if config.overwrite:
-        import shutil
-
-        for name in held:
-            (out / name).unlink()
-        shutil.rmtree(out / "tensorboard", ignore_errors=True)
-    check_writable(out / "config.json")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the lines of ``metrics.jsonl`` up to ``step`` (those of the resumed state), whole lines only."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:  # a line torn by a kill
-            continue
-        if entry.get("step", 0) <= step:
-            kept.append(line)
-    write_atomically(path, lambda p: p.write_text("".join(f"{line}\n" for line in kept)))
 
 
 def _parameter_groups(model, config: TrainConfig) -> list[dict]:
