@@ -20,6 +20,8 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -40,7 +42,7 @@ from .optim import WeightAverage, learning_rate_factor
 from .rundir import RunDir
 from .sources import ValidationSet, open_source
 
-__all__ = ["train"]
+__all__ = ["train", "TrainState"]
 
 
 def train(config: TrainConfig, log=print) -> dict:
@@ -61,7 +63,8 @@ def train(config: TrainConfig, log=print) -> dict:
     world, device = join(config.device)
     try:
         with _CtrlC() as interrupted:  # Ctrl-C: the step in progress ends and its state is saved first
-            return _train(config, world, device, log if world.main else (lambda *_: None), interrupted)
+            quiet = log if world.main else (lambda *_: None)
+            return _Trainer(config, world, device, quiet, interrupted).run()
     finally:
         if world.distributed:
             import gc
@@ -73,42 +76,105 @@ def train(config: TrainConfig, log=print) -> dict:
             leave()
 
 
-def _train(config: TrainConfig, world: World, device_name: str, log, interrupted: _CtrlC) -> dict:
-    # ---------------------------------------------------------------- data
-    source = open_source(config)  # images of an .npz, or patches of volumes
-    _complete(config, source)
-    val_set = source.validation(config.val_images, np.random.default_rng(config.seed))
-    examples = TrainingExamples(source, config)
-    workers = default_workers(world) if config.workers is None else config.workers
+@dataclass
+class TrainState:
+    """A run's progress, beside its weights and optimiser: everything ``--resume`` needs to go
+    on as if never stopped. Random draws are keyed on (seed, epoch, position) and the step (see
+    :mod:`ssn.engine.loading`), so no random state is kept."""
 
-    # ---------------------------------------------------------------- model and optimiser
-    torch.manual_seed(config.seed)
-    device = torch.device(device_name)
-    model = build(model_spec(config)).to(device)
-    optimiser = torch.optim.Adam(_parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
-    average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
-    evaluated = average.module if average is not None else model  # validated and saved
-    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    progress = {
-        "epoch": 0,
-        "step": 0,
-        "seconds": 0.0,
-        "cpu_seconds": 0.0,
-        "best_ged": math.inf,
-        "position": 0,
-        "bad_steps": 0,
-    }
+    epoch: int = 0
+    step: int = 0
+    position: int = 0  # the batches of the epoch done
+    seconds: float = 0.0  # the main process's training time, agreed on by all processes at each step
+    cpu_seconds: float = 0.0  # the main process's CPU time, all its threads, over all parts
+    best_ged: float = math.inf
+    bad_steps: int = 0
+    bad_in_a_row: int = 0
+    losses: list[float] = field(default_factory=list)  # since the last validation
 
-    # ---------------------------------------------------------------- run directory
-    run = RunDir(config.out)
-    out = run.path
-    _agree(world, lambda: run.prepare(config.resume, config.overwrite) if world.main else None)
-    state: dict = {}
-    if config.resume:
-        state = _agree(world, run.read_state)
-        if "model" in state:
+    _PROGRESS = ("epoch", "step", "seconds", "cpu_seconds", "best_ged", "position", "bad_steps")
+
+    def state_dict(self) -> dict:
+        """The state.pt entries ``progress``, ``losses`` and ``bad_in_a_row``."""
+        return {
+            "progress": {name: getattr(self, name) for name in self._PROGRESS},
+            "losses": list(self.losses),
+            "bad_in_a_row": self.bad_in_a_row,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, value in state.get("progress", {}).items():
+            if name in self._PROGRESS:
+                setattr(self, name, value)
+        self.losses = list(state.get("losses", []))
+        self.bad_in_a_row = int(state.get("bad_in_a_row", 0))
+
+
+@dataclass
+class _StepAgreement:
+    """What every process agrees on after a step (one float64 all-reduce): the global batch's
+    loss, whether any process's was not finite, the main process's clock, whether a checkpoint is
+    due by its timer, and whether Ctrl-C was pressed there."""
+
+    loss: float
+    finite: bool
+    seconds: float
+    checkpoint_due: bool
+    stopping: bool
+
+    @classmethod
+    def reduce(cls, world: World, loss: float, finite: bool, seconds: float, due: bool, asked: bool):
+        values = torch.tensor([loss, float(not finite), seconds, float(due), float(asked)], dtype=torch.float64)
+        total, bad, clock, checkpoint, stop = world.sum(values).tolist()
+        return cls(total, bad == 0, clock, bool(checkpoint), bool(stop))
+
+
+class _Trainer:
+    """One run: set up by the constructor, trained by :meth:`run`, one :meth:`train_step` at a
+    time, with :meth:`validate` and :meth:`save` at their cadence."""
+
+    def __init__(self, config: TrainConfig, world: World, device_name: str, log, interrupted: _CtrlC) -> None:
+        self.config, self.world, self.log, self.interrupted = config, world, log, interrupted
+        # data
+        self.source = open_source(config)  # images of an .npz, or patches of volumes
+        _complete(config, self.source)
+        self.val_set = self.source.validation(config.val_images, np.random.default_rng(config.seed))
+        self.examples = TrainingExamples(self.source, config)
+        self.workers = default_workers(world) if config.workers is None else config.workers
+        # model and optimiser
+        torch.manual_seed(config.seed)
+        self.device = torch.device(device_name)
+        self.model = build(model_spec(config)).to(self.device)
+        self.optimiser = torch.optim.Adam(
+            _parameter_groups(self.model, config), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        self.evaluated = self.average.module if self.average is not None else self.model  # validated and saved
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        self.state = TrainState()
+        # run directory
+        self.run_dir = RunDir(config.out)
+        _agree(world, lambda: self.run_dir.prepare(config.resume, config.overwrite) if world.main else None)
+        if config.resume:
+            self._resume(_agree(world, self.run_dir.read_state))
+        self.writer = self._write_config()
+        # the step, as one module
+        self.objective = self._objective()
+        self.autocast = torch.autocast(
+            self.device.type, dtype=_PRECISIONS[config.precision], enabled=config.precision != "fp32"
+        )
+        self.steps_per_epoch = len(self._epoch_batches(0, 0))
+        self.clock = time.perf_counter() - self.state.seconds
+        self.part_start = self.state.seconds  # this invocation's first second (stop_after_minutes counts from here)
+        self.cpu_clock = time.process_time() - self.state.cpu_seconds
+        self.last_checkpoint = time.perf_counter()
+
+    # ------------------------------------------------------------------ set-up
+    def _resume(self, saved: dict) -> None:
+        config = self.config
+        if "model" in saved:
             try:
-                model.load_state_dict(state["model"])
+                self.model.load_state_dict(saved["model"])
             except RuntimeError:
                 raise RunError(
                     f"--resume: the saved weights do not fit the model built for {config.data} "
@@ -116,288 +182,308 @@ def _train(config: TrainConfig, world: World, device_name: str, log, interrupted
                     "data the run was trained on"
                 ) from None
         else:  # written by ssn 0.2, where last.safetensors held the trained weights
-            load_weights(model, run.weights("last"))
-        if average is not None:
-            if "average" in state:
-                average.module.load_state_dict(state["average"])
+            load_weights(self.model, self.run_dir.weights("last"))
+        if self.average is not None:
+            if "average" in saved:
+                self.average.module.load_state_dict(saved["average"])
             else:
-                load_weights(average.module, run.weights("last"))
+                load_weights(self.average.module, self.run_dir.weights("last"))
         try:
-            optimiser.load_state_dict(state["optimiser"])
+            self.optimiser.load_state_dict(saved["optimiser"])
         except ValueError as error:
             raise RunError(
                 f"--resume: the saved optimiser state does not fit these settings ({error}); "
                 "resume with the settings the run was started with"
             ) from None
-        if "scaler" in state and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        progress.update(state["progress"])
+        if "scaler" in saved and self.scaler.is_enabled():
+            self.scaler.load_state_dict(saved["scaler"])
+        self.state.load_state_dict(saved)
+        if self.world.main:
+            self.run_dir.truncate_metrics(self.state.step)
+
+    def _write_config(self):
+        """config.json (the settings and the model's description); the TensorBoard writer."""
+        config, world, source = self.config, self.world, self.source
+        record = {
+            **config.as_dict(),
+            "architecture": self.model.spec.as_dict(),
+            "ssn_version": __version__,
+            "world_size": world.size,
+            "workers": self.workers,
+        }
+        if getattr(source, "label_map", None):  # volumes: how classes map back to the files' label values
+            record["label_map"] = {str(k): v for k, v in source.label_map.items()}
+        if getattr(source, "sequences", None):
+            record["sequences"] = source.sequences
+        writer = None
         if world.main:
-            run.truncate_metrics(progress["step"])
-    record = {
-        **config.as_dict(),
-        "architecture": model.spec.as_dict(),
-        "ssn_version": __version__,
-        "world_size": world.size,
-        "workers": workers,
-    }
-    if getattr(source, "label_map", None):  # volumes: how classes map back to the files' label values
-        record["label_map"] = {str(k): v for k, v in source.label_map.items()}
-    if getattr(source, "sequences", None):
-        record["sequences"] = source.sequences
-    writer = None
-    if world.main:
-        run.write_config(record)
-        from torch.utils.tensorboard import SummaryWriter  # imported here: slow, and only training needs it
+            self.run_dir.write_config(record)
+            from torch.utils.tensorboard import SummaryWriter  # imported here: slow, and only training needs it
 
-        writer = SummaryWriter(str(run.tensorboard_dir))
-    log("configuration:\n" + json.dumps(record, indent=2))
-    every = f"every {config.val_every} steps" if config.val_every else "per epoch"
-    processes = f", {world.size} processes" if world.distributed else ""
-    log(f"{source.describe()} ({len(val_set)} validation items used {every}; {workers} data workers{processes})")
+            writer = SummaryWriter(str(self.run_dir.tensorboard_dir))
+        self.log("configuration:\n" + json.dumps(record, indent=2))
+        every = f"every {config.val_every} steps" if config.val_every else "per epoch"
+        processes = f", {world.size} processes" if world.distributed else ""
+        self.log(
+            f"{source.describe()} ({len(self.val_set)} validation items used {every}; "
+            f"{self.workers} data workers{processes})"
+        )
+        return writer
 
-    # ---------------------------------------------------------------- the step, as one module
-    objective: torch.nn.Module = _Objective(model)
-    if world.distributed:
-        from torch.nn.parallel import DistributedDataParallel
+    def _objective(self) -> torch.nn.Module:
+        objective: torch.nn.Module = _Objective(self.model)
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
 
-        if device.type == "cuda":  # batch norm over the global batch (SyncBatchNorm runs on GPUs only)
-            objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(objective)
+            if self.device.type == "cuda":  # batch norm over the global batch (SyncBatchNorm runs on GPUs only)
+                objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(objective)
+            warm_up = self._has_warm_up()  # the covariance head idles meanwhile
+            objective = DistributedDataParallel(objective, find_unused_parameters=warm_up)
+        if self.config.compile:
+            import logging
 
-        warm_up = hasattr(model, "mean_loss") and config.mean_warmup > 0  # the covariance head idles meanwhile
-        objective = DistributedDataParallel(objective, find_unused_parameters=warm_up)
-    if config.compile:
-        import logging
+            # the label and finite-value checks end a graph (they read one value): expected, not worth a page of warnings
+            logging.getLogger("torch._dynamo.variables.tensor").setLevel(logging.ERROR)
+            objective = cast(torch.nn.Module, torch.compile(objective))
+        return objective
 
-        # the label and finite-value checks end a graph (they read one value): expected, not worth a page of warnings
-        logging.getLogger("torch._dynamo.variables.tensor").setLevel(logging.ERROR)
-        objective = torch.compile(objective)
-    autocast = torch.autocast(device.type, dtype=_PRECISIONS[config.precision], enabled=config.precision != "fp32")
+    def _has_warm_up(self) -> bool:
+        return hasattr(self.model, "mean_loss") and self.config.mean_warmup > 0
 
-    def epoch_batches(epoch: int, start: int) -> EpochBatches:
-        return EpochBatches(epoch_order(config.seed, epoch, source.train_items), epoch, config.batch_size, start, world)
+    def _epoch_batches(self, epoch: int, start: int) -> EpochBatches:
+        order = epoch_order(self.config.seed, epoch, self.source.train_items)
+        return EpochBatches(order, epoch, self.config.batch_size, start, self.world)
 
-    steps_per_epoch = len(epoch_batches(0, 0))
-    seconds = progress["seconds"]  # the main process's training time, agreed on by all at each step
-    clock = time.perf_counter() - seconds
-    part_start = seconds  # this invocation's first second (stop_after_minutes counts from here)
-    cpu_clock = time.process_time() - progress.get("cpu_seconds", 0.0)  # this process's CPU time, all its threads
+    # ------------------------------------------------------------------ clocks and budget
+    def cpu_seconds(self) -> float:
+        return time.process_time() - self.cpu_clock
 
-    def cpu_seconds() -> float:
-        return time.process_time() - cpu_clock
-
-    def budget_spent() -> float:
+    def budget_spent(self) -> float:
         """The share of the training budget used so far: the largest of steps, minutes and epochs."""
+        config, state = self.config, self.state
         shares = [0.0]
         if config.max_steps is not None:
-            shares.append(progress["step"] / config.max_steps)
+            shares.append(state.step / config.max_steps)
         if config.max_minutes is not None:
-            shares.append(seconds / (60 * config.max_minutes))
+            shares.append(state.seconds / (60 * config.max_minutes))
         if config.epochs is not None:
-            shares.append(progress["step"] / (config.epochs * steps_per_epoch))
+            shares.append(state.step / (config.epochs * self.steps_per_epoch))
         return min(1.0, max(shares))
 
-    losses: list[float] = list(state.get("losses", []))
-    bad_in_a_row = int(state.get("bad_in_a_row", 0))
-    last_checkpoint = time.perf_counter()
-
-    def save_state(position: int) -> None:
-        """Everything a resumed run needs to continue as if never stopped, atomically in state.pt:
-        weights (trained and averaged), optimiser, gradient scaler, the step and the batches of
-        the epoch done, the losses not yet logged. Random draws are keyed on (seed, epoch,
-        position) and the step (see ssn.engine.loading), so no random state needs keeping."""
-        nonlocal last_checkpoint
-        last_checkpoint = time.perf_counter()
-        if not world.main:
-            return
-        progress["seconds"], progress["position"], progress["cpu_seconds"] = seconds, position, cpu_seconds()
-        state = {
-            "model": model.state_dict(),
-            "optimiser": optimiser.state_dict(),
-            "progress": dict(progress),
-            "losses": list(losses),
-            "bad_in_a_row": bad_in_a_row,
-            "scaler": scaler.state_dict(),
-        }
-        if average is not None:
-            state["average"] = average.module.state_dict()
-        run.write_state(state)
-
-    def validate_and_save(position: int) -> None:
-        """Validation GED^2 of the evaluated weights on the fixed subset (shared among the
-        processes); last and best weights saved."""
+    # ------------------------------------------------------------------ one step
+    def train_step(self, images, target, roi, noise_seeds, share: float) -> _StepAgreement:
+        """Forward, the method's loss (the mean alone during the warm-up), one reduction among the
+        processes, backward and the optimiser step, unless any process's loss or gradients are
+        not finite (then the step is skipped on all). ``share``: this process's part of the batch."""
+        config, state, world, device = self.config, self.state, self.world, self.device
+        spent = self.budget_spent()
+        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        roi = roi.to(device, non_blocking=True) if roi is not None else None
+        noise = [torch.Generator(device).manual_seed(s) for s in noise_seeds]  # the loss's noise, per example
+        torch.manual_seed(derive_seed(config.seed, state.step, world.rank, 2))  # dropout and the like
+        self.optimiser.zero_grad(set_to_none=True)
         try:
-            val = _validate(evaluated, val_set, config, device, world)
+            with self.autocast:
+                mean_only = bool(self._has_warm_up() and spent < config.mean_warmup)
+                loss = self.objective(images, target, roi, noise, mean_only)
+            finite = bool(torch.isfinite(loss))
+        except NonFiniteError:  # the distribution's parameters overflowed for this batch
+            loss, finite = torch.zeros((), device=device), False
+        due = world.main and time.perf_counter() - self.last_checkpoint > 60 * config.checkpoint_minutes
+        agreed = _StepAgreement.reduce(
+            world,
+            loss.item() * share if finite else 0.0,
+            finite,
+            (time.perf_counter() - self.clock) if world.main else 0.0,
+            due,
+            self.interrupted.asked,
+        )
+        state.seconds = agreed.seconds
+        finite = agreed.finite
+        if finite:
+            self.scaler.scale(loss * (share * world.size)).backward()  # DDP averages: the global batch's mean
+            self.scaler.unscale_(self.optimiser)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            finite = bool(torch.isfinite(norm)) or self.scaler.is_enabled()  # fp16: the scaler skips overflows
+        state.step += 1
+        if finite:
+            state.bad_in_a_row = 0
+            factor = learning_rate_factor(
+                state.step - 1, spent, config.lr_schedule, config.warmup_steps, config.final_lr
+            )
+            for group in self.optimiser.param_groups:
+                group["lr"] = config.lr * factor
+            self.scaler.step(self.optimiser)
+            self.scaler.update()
+            if self.average is not None:
+                self.average.update(self.model, state.step)
+            state.losses.append(agreed.loss)
+            if self.writer is not None:
+                self.writer.add_scalar("train/loss", agreed.loss, state.step)
+        else:  # never into the weights: skip the step, say so, stop if it keeps happening
+            self.optimiser.zero_grad(set_to_none=True)
+            state.bad_steps += 1
+            state.bad_in_a_row += 1
+            self.log(
+                f"step {state.step}: non-finite loss or gradients, step skipped "
+                f"({state.bad_in_a_row} in a row, {state.bad_steps} in all)"
+            )
+            if state.bad_in_a_row >= config.max_bad_steps:
+                raise RunError(
+                    f"training stopped at step {state.step}: {state.bad_in_a_row} steps in a row had a non-finite "
+                    f"loss or gradients (the weights saved so far are finite). Lower --lr (now {config.lr:g}) "
+                    "or --grad-clip, check the images for extreme values, and resume with --resume"
+                )
+        agreed.finite = finite
+        return agreed
+
+    # ------------------------------------------------------------------ validation and checkpoints
+    def save(self, position: int) -> None:
+        """Everything a resumed run needs to continue as if never stopped, atomically in state.pt:
+        weights (trained and averaged), optimiser, gradient scaler and the :class:`TrainState`."""
+        self.last_checkpoint = time.perf_counter()
+        if not self.world.main:
+            return
+        self.state.position, self.state.cpu_seconds = position, self.cpu_seconds()
+        saved = {
+            "model": self.model.state_dict(),
+            "optimiser": self.optimiser.state_dict(),
+            **self.state.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+        if self.average is not None:
+            saved["average"] = self.average.module.state_dict()
+        self.run_dir.write_state(saved)
+
+    def validate(self, position: int) -> None:
+        """Validation GED^2 of the evaluated weights on the fixed subset (shared among the
+        processes), logged; the last and best weights and the state saved."""
+        config, state, world = self.config, self.state, self.world
+        try:
+            val = _validate(self.evaluated, self.val_set, config, self.device, world)
         except NonFiniteError as error:  # a model whose outputs overflow is never the best one
-            log(f"step {progress['step']}: validation impossible, the model's outputs are not finite ({error})")
+            self.log(f"step {state.step}: validation impossible, the model's outputs are not finite ({error})")
             val = {"ged": math.nan, "diversity": math.nan}
         entry = {
-            "epoch": progress["epoch"],
-            "step": progress["step"],
-            "minutes": seconds / 60,
-            "cpu_minutes": cpu_seconds() / 60,
-            "train_loss": float(np.mean(losses)) if losses else math.nan,
-            "lr": optimiser.param_groups[0]["lr"],
+            "epoch": state.epoch,
+            "step": state.step,
+            "minutes": state.seconds / 60,
+            "cpu_minutes": self.cpu_seconds() / 60,
+            "train_loss": float(np.mean(state.losses)) if state.losses else math.nan,
+            "lr": self.optimiser.param_groups[0]["lr"],
             "val_ged": val["ged"],
             "val_diversity": val["diversity"],
             "val_samples": config.val_samples,
-            "bad_steps": progress["bad_steps"],
+            "bad_steps": state.bad_steps,
         }
-        losses.clear()
-        if val["ged"] < progress["best_ged"]:
-            progress["best_ged"] = val["ged"]
+        state.losses.clear()
+        if val["ged"] < state.best_ged:
+            state.best_ged = val["ged"]
             if world.main:
-                save_weights(evaluated, run.weights("best"))
-        if world.main:
+                save_weights(self.evaluated, self.run_dir.weights("best"))
+        if self.writer is not None:
             for key in ("train_loss", "val_ged", "val_diversity"):
-                writer.add_scalar(key.replace("_", "/", 1), entry[key], progress["step"])
-            run.append_metrics(entry)
-            save_weights(evaluated, run.weights("last"))
-        save_state(position)
-        log(
+                self.writer.add_scalar(key.replace("_", "/", 1), entry[key], state.step)
+        if world.main:
+            self.run_dir.append_metrics(entry)
+            save_weights(self.evaluated, self.run_dir.weights("last"))
+        self.save(position)
+        self.log(
             f"step {entry['step']} (epoch {entry['epoch']}): loss {entry['train_loss']:.2f}, "
             f"val GED^2({config.val_samples}) {val['ged']:.4f}, diversity {val['diversity']:.3f}, {entry['minutes']:.1f} min"
         )
+        self.model.train()
 
-    last_epoch = math.inf if config.epochs is None else config.epochs
-    last_step = math.inf if config.max_steps is None else config.max_steps
-    stop = part_over = False
-    while progress["epoch"] < last_epoch and progress["step"] < last_step and not stop:
-        # ------------------------------------------------------------ one epoch of steps
-        model.train()
-        done = int(progress.get("position", 0))  # resuming inside an epoch: the batches not yet done
-        batches = epoch_batches(progress["epoch"], done)
-        global_sizes = [len(b) for b in batches.global_batches()][done:]
-        loader = training_loader(examples, batches, workers, pin_memory=device.type == "cuda")
-        bar = tqdm(
-            loader,
-            desc=f"epoch {progress['epoch'] + 1}",
-            file=sys.stderr,
-            leave=False,
-            disable=None if world.main else True,
-        )
-        epoch_start, last_report, seen, count = time.perf_counter(), -math.inf, 0, done
-        for count, (images, target, roi, noise_seeds) in enumerate(bar, done + 1):
-            spent = budget_spent()
-            share = images.shape[0] / global_sizes[count - done - 1]  # this process's part of the global batch
-            images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-            roi = roi.to(device, non_blocking=True) if roi is not None else None
-            noise = [torch.Generator(device).manual_seed(s) for s in noise_seeds]  # the loss's noise, per example
-            torch.manual_seed(derive_seed(config.seed, progress["step"], world.rank, 2))  # dropout and the like
-            optimiser.zero_grad(set_to_none=True)
-            try:
-                with autocast:
-                    loss = objective(
-                        images, target, roi, noise, bool(hasattr(model, "mean_loss") and spent < config.mean_warmup)
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        """Train epoch after epoch until the budget is spent, this part's minutes are over or
+        Ctrl-C; return the summary."""
+        config, state = self.config, self.state
+        last_epoch = math.inf if config.epochs is None else config.epochs
+        last_step = math.inf if config.max_steps is None else config.max_steps
+        stop = part_over = False
+        while state.epoch < last_epoch and state.step < last_step and not stop:
+            self.model.train()
+            done = int(state.position)  # resuming inside an epoch: the batches not yet done
+            batches = self._epoch_batches(state.epoch, done)
+            global_sizes = [len(b) for b in batches.global_batches()][done:]
+            loader = training_loader(self.examples, batches, self.workers, pin_memory=self.device.type == "cuda")
+            bar = tqdm(loader, desc=f"epoch {state.epoch + 1}", file=sys.stderr, leave=False,
+                       disable=None if self.world.main else True)  # fmt: skip
+            speed, count = _Speed(self.world.size), done
+            for count, (images, target, roi, noise_seeds) in enumerate(bar, done + 1):
+                share = images.shape[0] / global_sizes[count - done - 1]  # this process's part of the global batch
+                agreed = self.train_step(images, target, roi, noise_seeds, share)
+                if agreed.finite:
+                    speed.add(images.shape[0])
+                    bar.set_postfix(loss=f"{agreed.loss:.1f}", img_s=f"{speed.rate():.1f}")
+                    if bar.disable and self.world.main and speed.report_due():  # no terminal: a line each 30 s
+                        self.log(
+                            f"  step {state.step} (epoch {state.epoch + 1}, {100 * self.budget_spent():.0f}% of the "
+                            f"budget): loss {np.mean(state.losses[-50:]):.1f}, {speed.rate():.1f} images/s, "
+                            f"{state.seconds / 60:.1f} min"
+                        )
+                stop = state.seconds > 60 * (config.max_minutes or math.inf) or state.step >= last_step
+                part_over = not stop and state.seconds - self.part_start > 60 * (config.stop_after_minutes or math.inf)
+                if config.val_every and (state.step % config.val_every == 0 or stop):
+                    self.validate(count)
+                elif agreed.checkpoint_due or agreed.stopping or part_over:
+                    self.save(count)
+                if agreed.stopping and not stop:
+                    raise KeyboardInterrupt  # after the step and its state: --resume continues from here
+                if part_over:
+                    self.log(
+                        f"step {state.step}: this part's {config.stop_after_minutes:g} minutes are over and its "
+                        f"state is saved ({100 * self.budget_spent():.0f}% of the budget); continue with: "
+                        f"ssn train --resume --out {self.run_dir.path}"
                     )
-                finite = bool(torch.isfinite(loss))
-            except NonFiniteError:  # the distribution's parameters overflowed for this batch
-                loss, finite = torch.zeros((), device=device), False
-            # One small reduction a step: the batch's loss, whether every process's is finite, and
-            # the main process's clock and checkpoint timer, so all processes take the same decisions.
-            due = world.main and time.perf_counter() - last_checkpoint > 60 * config.checkpoint_minutes
-            agreed = world.sum(
-                torch.tensor(
-                    [
-                        loss.item() * share if finite else 0.0,
-                        float(not finite),
-                        (time.perf_counter() - clock) if world.main else 0.0,
-                        float(due),
-                        float(interrupted.asked),
-                    ],
-                    dtype=torch.float64,
-                )
-            )
-            finite, seconds, due, stopping = bool(agreed[1] == 0), float(agreed[2]), bool(agreed[3]), bool(agreed[4])
-            if finite:
-                scaler.scale(loss * (share * world.size)).backward()  # DDP averages: the global batch's mean
-                scaler.unscale_(optimiser)
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                finite = bool(torch.isfinite(norm)) or scaler.is_enabled()  # fp16: the scaler skips overflows itself
-            progress["step"] += 1
-            if finite:
-                bad_in_a_row = 0
-                factor = learning_rate_factor(
-                    progress["step"] - 1, spent, config.lr_schedule, config.warmup_steps, config.final_lr
-                )
-                for group in optimiser.param_groups:
-                    group["lr"] = config.lr * factor
-                scaler.step(optimiser)
-                scaler.update()
-                if average is not None:
-                    average.update(model, progress["step"])
-                losses.append(float(agreed[0]))
-                seen += images.shape[0] * world.size
-                speed = seen / (time.perf_counter() - epoch_start)
-                bar.set_postfix(loss=f"{losses[-1]:.1f}", img_s=f"{speed:.1f}")
-                if (
-                    bar.disable and world.main and time.perf_counter() - last_report > 30
-                ):  # no terminal: a line each 30 s
-                    last_report = time.perf_counter()
-                    log(
-                        f"  step {progress['step']} (epoch {progress['epoch'] + 1}, {100 * budget_spent():.0f}% of the "
-                        f"budget): loss {np.mean(losses[-50:]):.1f}, {speed:.1f} images/s, {seconds / 60:.1f} min"
-                    )
-                if writer is not None:
-                    writer.add_scalar("train/loss", losses[-1], progress["step"])
-            else:  # never into the weights: skip the step, say so, stop if it keeps happening
-                optimiser.zero_grad(set_to_none=True)
-                progress["bad_steps"] += 1
-                bad_in_a_row += 1
-                log(
-                    f"step {progress['step']}: non-finite loss or gradients, step skipped "
-                    f"({bad_in_a_row} in a row, {progress['bad_steps']} in all)"
-                )
-                if bad_in_a_row >= config.max_bad_steps:
-                    raise RunError(
-                        f"training stopped at step {progress['step']}: {bad_in_a_row} steps in a row had a non-finite "
-                        f"loss or gradients (the weights saved so far are finite). Lower --lr (now {config.lr:g}) "
-                        "or --grad-clip, check the images for extreme values, and resume with --resume"
-                    )
-            stop = seconds > 60 * (config.max_minutes or math.inf) or progress["step"] >= last_step
-            part_over = not stop and seconds - part_start > 60 * (config.stop_after_minutes or math.inf)
-            if config.val_every and (progress["step"] % config.val_every == 0 or stop):
-                validate_and_save(count)
-                model.train()
-            elif due or stopping or part_over:
-                save_state(count)
-            if stopping and not stop:
-                raise KeyboardInterrupt  # after the step and its state: --resume continues from here
+                if stop or part_over:
+                    break
             if part_over:
-                log(
-                    f"step {progress['step']}: this part's {config.stop_after_minutes:g} minutes are over and its "
-                    f"state is saved ({100 * budget_spent():.0f}% of the budget); continue with: "
-                    f"ssn train --resume --out {out}"
-                )
                 break
-            if stop:
+            if stop and count < self.steps_per_epoch:  # inside the epoch: state.pt keeps the position
+                if not config.val_every:
+                    self.validate(count)
                 break
-        if part_over:
-            break
-        if stop and count < steps_per_epoch:  # inside the epoch: state.pt keeps the position
-            if not config.val_every:
-                validate_and_save(count)
-            break
-        progress["epoch"] += 1
-        progress["position"] = 0
-        if not config.val_every or (progress["epoch"] >= last_epoch and losses):
-            validate_and_save(0)
-        elif not stop:
-            save_state(0)  # an epoch's end: the next one starts at its first batch
-    if writer is not None:
-        writer.close()
-    world.barrier()
-    return {
-        "epochs": progress["epoch"],
-        "steps": progress["step"],
-        "minutes": seconds / 60,
-        "cpu_minutes": cpu_seconds() / 60,
-        "finished": not part_over,
-        "best_val_ged": progress["best_ged"],
-        "run_dir": str(out),
-        "bad_steps": progress["bad_steps"],
-        "world_size": world.size,
-    }
+            state.epoch += 1
+            state.position = 0
+            if not config.val_every or (state.epoch >= last_epoch and state.losses):
+                self.validate(0)
+            elif not stop:
+                self.save(0)  # an epoch's end: the next one starts at its first batch
+        if self.writer is not None:
+            self.writer.close()
+        self.world.barrier()
+        return {
+            "epochs": state.epoch,
+            "steps": state.step,
+            "minutes": state.seconds / 60,
+            "cpu_minutes": self.cpu_seconds() / 60,
+            "finished": not part_over,
+            "best_val_ged": state.best_ged,
+            "run_dir": str(self.run_dir.path),
+            "bad_steps": state.bad_steps,
+            "world_size": self.world.size,
+        }
+
+
+class _Speed:
+    """Images per second over an epoch (all processes), and a report every 30 s without a terminal."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes, self.start, self.seen, self.last_report = processes, time.perf_counter(), 0, -math.inf
+
+    def add(self, images: int) -> None:
+        self.seen += images * self.processes
+
+    def rate(self) -> float:
+        return self.seen / (time.perf_counter() - self.start)
+
+    def report_due(self) -> bool:
+        if time.perf_counter() - self.last_report > 30:
+            self.last_report = time.perf_counter()
+            return True
+        return False
 
 
 _PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
