@@ -54,7 +54,7 @@ def calibrate(
         raise ConfigError(f"need --samples >= 2 to measure the spread; got {num_samples}")
     world, device = join(device)
     model, config = load_run(run_dir, temperature=1.0)
-    if model.method == "deterministic":
+    if not model.has_spread:
         raise ConfigError("a deterministic model has no spread to calibrate; calibrate an ssn or prob-unet run")
     model.to(device)
     data, indices = images_to_predict(model, data_path, split, split_file, default_split="val")

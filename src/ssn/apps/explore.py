@@ -258,7 +258,7 @@ def explore(
 
     check_device(device)
     model.to(device)
-    if getattr(model, "method", None) != "ssn":
+    if not model.has_logit_distribution:
         raise ConfigError(f"the explorer steers SSN samples; {run_dir} is a {model.method!r} run")
     data = None
     if data_path:

@@ -24,6 +24,7 @@ import torch
 
 from ..distributions import LogitNoise, LowRankLogitDistribution, labels_from_logits
 from ..errors import DataError
+from ..models import SegmentationModel
 from ..steering import sample_with_marks
 
 __all__ = ["Exploration", "read_upload", "CLASS_COLOURS", "MAX_UPLOAD_BYTES"]
@@ -77,10 +78,10 @@ class Exploration:
     noise: LogitNoise | None = None
 
     def __post_init__(self) -> None:
-        if getattr(self.model, "method", None) != "ssn":
+        if not (isinstance(self.model, SegmentationModel) and self.model.has_logit_distribution):
             raise DataError(
                 "the explorer steers SSN samples; this run's method is "
-                f"{getattr(self.model, 'method', type(self.model).__name__)!r}"
+                f"{self.model.method if isinstance(self.model, SegmentationModel) else type(self.model).__name__!r}"
             )
         if self.image.ndim != 3:
             raise DataError(f"the explorer shows 2D images (channels, H, W); got shape {self.image.shape}")

@@ -15,7 +15,7 @@ of items (images (B, channels, *S) float, label maps (B, A, *S) long, region of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from ..data.volumes import VolumeList, is_volume_list, load_volume_list, read_ca
 from ..errors import ConfigError
 from ..inference import image_tensor
 
-__all__ = ["ValidationSet", "ArraySource", "PatchSource", "open_source"]
+__all__ = ["ValidationSet", "Source", "ArraySource", "PatchSource", "open_source"]
 
 
 @dataclass
@@ -43,6 +43,24 @@ class ValidationSet:
         return len(self.images)
 
 
+class Source(Protocol):
+    """What the training loop takes from a source of training examples."""
+
+    train_items: np.ndarray  # the items of an epoch, in a fixed order (the epoch's order permutes them)
+    in_channels: int
+    spatial_dims: int
+    label_map: dict[int, int] | None  # volumes: file label value -> class; None for an .npz
+    sequences: list[str] | None  # volumes: the MR sequences in channel order; None for an .npz
+
+    def num_classes(self) -> int: ...
+
+    def describe(self) -> str: ...
+
+    def validation(self, count: int, rng: np.random.Generator) -> ValidationSet: ...
+
+    def batch(self, items: np.ndarray, rng: np.random.Generator) -> tuple[Any, Any, Any]: ...
+
+
 class ArraySource:
     """Batches of images from a dataset ``.npz``: whole, or crops of ``config.patch_size``.
 
@@ -51,6 +69,9 @@ class ArraySource:
     hold it; otherwise it is placed uniformly anywhere in the image. Crops stay inside the image,
     so every pixel, the border included, is seen in training.
     """
+
+    label_map: dict[int, int] | None = None
+    sequences: list[str] | None = None
 
     def __init__(self, data: SegmentationArrays, config) -> None:
         self.data = data
@@ -155,7 +176,7 @@ class PatchSource:
         return torch.from_numpy(images), torch.from_numpy(masks).long(), torch.from_numpy(roi)
 
 
-def open_source(config):
+def open_source(config) -> Source:
     """The source that ``config.data`` names: a dataset list (``.json``) or an ``.npz``."""
     if is_volume_list(config.data):
         return PatchSource(load_volume_list(config.data), config)

@@ -33,7 +33,7 @@ from ..distributed import World, join, leave
 from ..distributions import NonFiniteError
 from ..errors import ConfigError, DataError, RunError
 from ..inference import predict_batches
-from ..models import build
+from ..models import SegmentationModel, build
 from ..randomness import derive_seed
 from .checkpoints import load_weights, save_weights
 from .config import TrainConfig, model_spec
@@ -211,9 +211,9 @@ class _Trainer:
             "world_size": world.size,
             "workers": self.workers,
         }
-        if getattr(source, "label_map", None):  # volumes: how classes map back to the files' label values
+        if source.label_map:  # volumes: how classes map back to the files' label values
             record["label_map"] = {str(k): v for k, v in source.label_map.items()}
-        if getattr(source, "sequences", None):
+        if source.sequences:
             record["sequences"] = source.sequences
         writer = None
         if world.main:
@@ -248,7 +248,7 @@ class _Trainer:
         return objective
 
     def _has_warm_up(self) -> bool:
-        return hasattr(self.model, "mean_loss") and self.config.mean_warmup > 0
+        return self.model.has_warm_up and self.config.mean_warmup > 0  # the SSN's covariance head idles meanwhile
 
     def _epoch_batches(self, epoch: int, start: int) -> EpochBatches:
         order = epoch_order(self.config.seed, epoch, self.source.train_items)
@@ -533,7 +533,7 @@ class _Objective(torch.nn.Module):
 
     def forward(self, images, target, roi, generators, mean_only: bool):
         if mean_only:
-            return self.model.mean_loss(images, target, roi)
+            return self.model.warm_up_loss(images, target, roi)
         return self.model.loss(images, target, roi, generator=generators)
 
 
@@ -553,18 +553,13 @@ def _agree(world: World, work):
     return result
 
 
-def _parameter_groups(model, config: TrainConfig) -> list[dict]:
-    """All parameters, with ``factor_weight_decay`` added on the SSN's covariance head."""
-    head = getattr(model, "head", None)
-    covariance = (
-        []
-        if config.factor_weight_decay == 0 or head is None
-        else [p for name, p in head.named_parameters() if name.startswith(("factor", "log_diag"))]
-    )
-    chosen = {id(p) for p in covariance}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in chosen]}]
-    if covariance:
-        groups.append({"params": covariance, "weight_decay": config.weight_decay + config.factor_weight_decay})
+def _parameter_groups(model: SegmentationModel, config: TrainConfig) -> list[dict]:
+    """All parameters, with ``factor_weight_decay`` added on those that shape the spread."""
+    spread = model.spread_parameters() if config.factor_weight_decay else []
+    chosen = {id(p) for p in spread}
+    groups: list[dict] = [{"params": [p for p in model.parameters() if id(p) not in chosen]}]
+    if spread:
+        groups.append({"params": spread, "weight_decay": config.weight_decay + config.factor_weight_decay})
     return groups
 
 

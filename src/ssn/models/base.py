@@ -47,10 +47,23 @@ class SegmentationModel(nn.Module, abc.ABC):
         temperature: scales the spread of ``sample_labels`` and ``mean_probabilities`` about
             the model's mean (1: as trained; ``ssn calibrate`` chooses it on validation data).
             Training ignores it. A method without spread (the deterministic one) ignores it too.
+
+    What a method declares for the code around it (so that nothing probes for names):
+
+    - ``has_spread``: its samples differ from one another (``False`` for the deterministic
+      baseline: nothing to calibrate);
+    - ``has_logit_distribution``: ``distribution(images)`` gives a
+      :class:`~ssn.LowRankLogitDistribution` whose draws can be steered (the SSN);
+    - ``has_warm_up`` and :meth:`warm_up_loss`: a loss of the mean alone, trained first
+      (``mean_warmup``; the SSN's cross-entropy of mu);
+    - :meth:`spread_parameters`: the parameters that shape the spread (``factor_weight_decay``).
     """
 
     method: ClassVar[str]
     settings: ClassVar[tuple[str, ...]] = ()
+    has_spread: ClassVar[bool] = True
+    has_logit_distribution: ClassVar[bool] = False
+    has_warm_up: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, num_classes: int, spatial_dims: int) -> None:
         super().__init__()
@@ -85,6 +98,16 @@ class SegmentationModel(nn.Module, abc.ABC):
     @abc.abstractmethod
     def mean_probabilities(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
         """The predictive class probabilities (B, C, *S), without gradients."""
+
+    def warm_up_loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        """A loss that trains the mean alone, for the first ``mean_warmup`` of the budget, where
+        ``has_warm_up`` says the method has one (training skips the warm-up otherwise)."""
+        raise NotImplementedError(f"the {self.method!r} method has no warm-up loss (has_warm_up is False)")
+
+    def spread_parameters(self) -> list[nn.Parameter]:
+        """The parameters that shape the spread of the samples, which ``factor_weight_decay``
+        regularises (the SSN's covariance head); none by default."""
+        return []
 
     def extra_repr(self) -> str:
         return f"method={self.method!r}, num_classes={self.num_classes}, spatial_dims={self.spatial_dims}"

@@ -37,6 +37,8 @@ class StochasticSegmentationNetwork(SegmentationModel):
 
     method = "ssn"
     settings = ("rank", "eps", "mc_samples", "antithetic", "variance_init")
+    has_logit_distribution = True
+    has_warm_up = True
 
     def __init__(
         self,
@@ -83,6 +85,14 @@ class StochasticSegmentationNetwork(SegmentationModel):
                 mask=mask,
                 generator=generator,
             )
+
+    def warm_up_loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        """:meth:`mean_loss`: the mean logits trained alone first."""
+        return self.mean_loss(images, target, mask)
+
+    def spread_parameters(self) -> list[nn.Parameter]:
+        """The covariance head: the diagonal's and the factor's convolutions."""
+        return [p for name, p in self.head.named_parameters() if name.startswith(("factor", "log_diag"))]
 
     def mean_loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         """The cross-entropy of the mean logits mu, summed over pixels and averaged over the batch:
