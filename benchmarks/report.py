@@ -242,6 +242,8 @@ def curve_section() -> list[str]:
             for m in (run["marks"].get("40 min"), run["marks"].get("2 h"), run["marks"].get("end"))
         ]
         end = run["marks"].get("end") or {}
+        if end and run.get("max_steps") and end["step"] < run["max_steps"]:
+            marks[-1] += f", in progress ({100 * end['step'] / run['max_steps']:.0f}% of the budget)"
         rows.append(
             [
                 name,
