@@ -65,8 +65,8 @@ def build_app(model, data=None, num_samples: int = 16, window=None):
         raise ConfigError("the explorer shows 2D images and volumes")
     if volumes and not window:
         raise ConfigError("a 3D run needs the sliding window (its training patch size) to explore volumes")
-    cases = data.all_cases() if volumes and data is not None else None
-    count = (len(cases) if volumes else len(data)) if data is not None else 0
+    cases = data.all_cases() if volumes and data is not None else []
+    count = 0 if data is None else len(cases) if volumes else len(data)
     rank_shown = min(model.rank, 3)
 
     def start(image: np.ndarray):

@@ -16,7 +16,6 @@ re-renders quickly.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,42 +60,56 @@ def read_upload(path: str | Path, in_channels: int, spatial_dims: int) -> np.nda
     return image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
 
 
-@dataclass
 class Exploration:
-    """One image under a model: its distribution, the kept draws and the controls."""
+    """One image under a model: its distribution, the kept draws and the controls.
 
-    model: torch.nn.Module
-    image: np.ndarray  # (channels, H, W) float
-    num_samples: int = 16
-    seed: int = 0
-    class_scales: np.ndarray = field(default=None)
-    temperature: float = 1.0
-    latent_shift: np.ndarray = field(default=None)
-    marks: np.ndarray = field(default=None)  # (H, W) int, -1 unmarked
-    last_marks: dict = field(default_factory=dict)
-    dist: LowRankLogitDistribution | None = None  # given (a slice of a volume), or computed from the image
-    noise: LogitNoise | None = None
+    Args:
+        model: an SSN (a model with ``has_logit_distribution``).
+        image: (channels, H, W) float.
+        class_scales: (C,) each class's deviation from the mean is scaled by this (default 1).
+        latent_shift: up to 3 shifts of the first latent factors (default 0).
+        marks: (H, W) int, the class marked at each pixel, -1 unmarked (default: none).
+        dist: the distribution, given (a slice of a volume) or computed from the image.
+        noise: the kept draws, given or drawn from ``seed``.
+    """
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.model, SegmentationModel) and self.model.has_logit_distribution):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        image: np.ndarray,
+        num_samples: int = 16,
+        seed: int = 0,
+        class_scales: np.ndarray | None = None,
+        temperature: float = 1.0,
+        latent_shift: np.ndarray | None = None,
+        marks: np.ndarray | None = None,
+        last_marks: dict | None = None,
+        dist: LowRankLogitDistribution | None = None,
+        noise: LogitNoise | None = None,
+    ) -> None:
+        if not (isinstance(model, SegmentationModel) and model.has_logit_distribution):
             raise DataError(
                 "the explorer steers SSN samples; this run's method is "
-                f"{self.model.method if isinstance(self.model, SegmentationModel) else type(self.model).__name__!r}"
+                f"{model.method if isinstance(model, SegmentationModel) else type(model).__name__!r}"
             )
-        if self.image.ndim != 3:
-            raise DataError(f"the explorer shows 2D images (channels, H, W); got shape {self.image.shape}")
-        if self.dist is None:
-            self.model.eval()
+        if image.ndim != 3:
+            raise DataError(f"the explorer shows 2D images (channels, H, W); got shape {image.shape}")
+        self.model, self.image, self.num_samples, self.seed = model, image, num_samples, seed
+        self.temperature, self.last_marks = temperature, dict(last_marks or {})
+        if dist is None:
+            model.eval()
             with torch.no_grad():
-                self.dist = self.model(torch.from_numpy(np.ascontiguousarray(self.image))[None].float())
-        classes, rank = self.dist.num_classes, self.dist.rank
-        self.class_scales = np.ones(classes) if self.class_scales is None else np.asarray(self.class_scales, float)
-        self.latent_shift = (
-            np.zeros(min(rank, 3)) if self.latent_shift is None else np.asarray(self.latent_shift, float)
+                dist = model(torch.from_numpy(np.ascontiguousarray(image))[None].float())
+        self.dist: LowRankLogitDistribution = dist
+        classes, rank = dist.num_classes, dist.rank
+        self.class_scales: np.ndarray = np.ones(classes) if class_scales is None else np.asarray(class_scales, float)
+        self.latent_shift: np.ndarray = (
+            np.zeros(min(rank, 3)) if latent_shift is None else np.asarray(latent_shift, float)
         )
-        self.marks = np.full(self.image.shape[1:], -1, dtype=np.int64) if self.marks is None else self.marks
-        if self.noise is None:
-            self.noise = self.dist.draw_noise(self.num_samples, torch.Generator().manual_seed(self.seed))
+        self.marks: np.ndarray = np.full(image.shape[1:], -1, dtype=np.int64) if marks is None else marks
+        self.noise: LogitNoise = (
+            dist.draw_noise(num_samples, torch.Generator().manual_seed(seed)) if noise is None else noise
+        )
 
     # ------------------------------------------------------------------ samples
     def _noise(self) -> LogitNoise:
@@ -181,7 +194,8 @@ class Exploration:
         foreground = 1 - frequencies[0]
         logs = np.log(np.where(frequencies > 0, frequencies, 1.0))
         entropy = -(frequencies * logs).sum(0) / np.log(classes)
-        return tuple(np.kron(_heat(m), np.ones((scale, scale, 1), np.uint8)) for m in (foreground, entropy))
+        heat = [np.kron(_heat(m), np.ones((scale, scale, 1), np.uint8)) for m in (foreground, entropy)]
+        return heat[0], heat[1]
 
     def npz_bytes(self, labels: np.ndarray | None = None) -> bytes:
         """The current samples, image and settings as an ``.npz`` file's bytes."""
@@ -236,6 +250,7 @@ class VolumeExploration:
         self.marks_of_slice: dict[int, np.ndarray] = {}
         self.slices = range(self.box[2].start, self.box[2].stop)
         self.current: Exploration | None = None
+        self.slice: int = self.slices[len(self.slices) // 2]
         self.show(self.slices[len(self.slices) // 2])
 
     def _eps(self, k: int) -> torch.Tensor:

@@ -527,7 +527,7 @@ class _Objective(torch.nn.Module):
     """The training loss as a module's forward, so that DistributedDataParallel and
     torch.compile see the whole step: the method's loss, or the SSN's mean alone (warm-up)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: SegmentationModel) -> None:
         super().__init__()
         self.model = model
 
@@ -579,8 +579,8 @@ def _validate(model, val_set: ValidationSet, config: TrainConfig, device, world:
     """GED^2 and diversity on the fixed validation set, drawn from the same seeds every time, so
     that the choice of the best checkpoint compares models, not random draws. Under torchrun each
     process takes its share of the images and the metrics are summed over the processes."""
-    ged = metrics.GeneralizedEnergyDistance(config.num_classes)
-    diversity = metrics.SampleDiversity(config.num_classes)
+    ged = metrics.GeneralizedEnergyDistance(model.num_classes)
+    diversity = metrics.SampleDiversity(model.num_classes)
     overflow = None
     try:
         for chunk, labels in predict_batches(
