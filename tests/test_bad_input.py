@@ -188,7 +188,8 @@ def test_a_device_this_machine_lacks(run, data, tmp_path, capsys, command):
 
 
 def test_an_incomplete_cache_folder_is_replaced(data, tmp_path, monkeypatch):
-    from ssn.data.arrays import _cache_key, cache_dir
+    from ssn.data.arrays import _cache_key
+    from ssn.data.cache import cache_dir
 
     monkeypatch.setenv("SSN_CACHE_DIR", str(tmp_path / "cache"))
     folder = cache_dir() / _cache_key(data)

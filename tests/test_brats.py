@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ssn.apps.cli import main
-from ssn.data.volumes import load_volume_list, read_case
+from ssn.data import load_volume_list, read_case
 
 ROOT = Path(__file__).resolve().parents[1]
 DEEPMEDIC = Path(os.environ.get("SSN_BRATS_DIR", ROOT.parent / "shared" / "data" / "brats_deepmedic"))

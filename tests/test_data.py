@@ -156,3 +156,12 @@ def test_crops_are_rescaled_to_full_size_inside_the_image():
 def test_a_crop_scale_outside_zero_to_one_is_refused():
     with pytest.raises(ValueError, match="min_crop"):
         augment(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8, dtype=torch.long), min_crop=1.5)
+
+
+def test_float_images_scale_uint8_and_keep_floats():
+    from ssn.data.arrays import float_images
+
+    out = float_images(np.array([[0, 51, 255]], np.uint8))
+    assert out.dtype == np.float32 and out[0].tolist() == pytest.approx([0.0, 0.2, 1.0])
+    floats = np.array([[-1.5, 2.0]], np.float64)
+    assert float_images(floats).dtype == np.float32 and float_images(floats).tolist() == [[-1.5, 2.0]]

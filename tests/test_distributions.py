@@ -260,3 +260,22 @@ def test_expand_repeats_one_image_as_views_and_refuses_other_batches():
         make(batch=2).expand((3,))
     with pytest.raises(ValueError, match="one-dimensional batch"):
         dist.expand((2, 3))
+
+
+def test_marginal_is_the_law_of_a_region_and_shares_the_draws():
+    dist = make(classes=2, spatial=(3, 4, 5), rank=2)
+    region = dist.marginal(slice(1, 3), slice(None), 4)  # an int drops its axis
+    assert region.event_shape == (2, 2, 4)
+    # The marginal covariance is the full covariance's block of the region's coordinates.
+    picked = torch.zeros(2, 3, 4, 5, dtype=torch.bool)
+    picked[:, 1:3, :, 4] = True
+    rows = picked.flatten().nonzero().squeeze(1)
+    full = torch_reference(dist).covariance_matrix
+    torch.testing.assert_close(torch_reference(region).covariance_matrix, full[:, rows][:, :, rows])
+    # Draws from the same latent z: the region's draws are the whole map's, restricted.
+    noise = dist.draw_noise(3, torch.Generator().manual_seed(1))
+    whole = dist.logits_from_noise(noise)
+    mine = region.logits_from_noise(type(noise)(noise.z, noise.eps[:, :, :, 1:3, :, 4]))
+    torch.testing.assert_close(mine, whole[:, :, :, 1:3, :, 4])
+    with pytest.raises(IndexError, match="4 indices for a map with 3 spatial axes"):
+        dist.marginal(0, 0, 0, 0)

@@ -177,3 +177,13 @@ def test_accumulating_classes_take_the_conventions():
         figures = M.ImageMetrics(2, matched_sizes=(4,), matching=matching)
         figures.update(samples, annotations)
         assert figures.compute()["hm_iou_4"].mean == pytest.approx(expected)
+
+
+def test_estimate_of_values_is_their_mean_and_standard_error():
+    estimate = M.Estimate.of([0.2, 0.4, 0.9], num_samples=16)
+    assert estimate.mean == pytest.approx(0.5)
+    assert estimate.stderr == pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1) / math.sqrt(3))
+    assert (estimate.num_images, estimate.num_samples) == (3, 16)
+    assert M.Estimate.of([0.7]).as_dict()["stderr"] is None  # undefined for one value
+    with pytest.raises(ValueError, match="at least one value"):
+        M.Estimate.of([])

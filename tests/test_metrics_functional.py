@@ -292,3 +292,10 @@ def test_bad_inputs(call, error, message):
     a = np.zeros((2, 4, 4), dtype=np.int64)
     with pytest.raises(error, match=message):
         call(s, a)
+
+
+def test_frequency_entropy_in_nats_along_any_axis():
+    p = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.25, 0.25, 0.5]])
+    expected = torch.tensor([math.log(2), 0.0, 1.5 * math.log(2)])
+    torch.testing.assert_close(M.frequency_entropy(p, dim=-1), expected)
+    torch.testing.assert_close(M.frequency_entropy(p.T), expected)  # classes first, the default

@@ -12,7 +12,9 @@ import torch
 from ssn import LowRankLogitDistribution
 from ssn.apps.cli import main
 from ssn.data.patches import PatchSampler, extract_patch
-from ssn.data.volumes import BRATS_LABELS, index_brats, load_volume_list, read_case
+from ssn.data.converters import BRATS_LABELS, index_brats
+from ssn.data.nifti import read_case
+from ssn.data.volume_list import load_volume_list
 from ssn.errors import DataError
 from ssn.inference.sliding import sliding_window_distribution, window_corners
 from ssn.metrics import functional
@@ -499,3 +501,26 @@ def test_a_deterministic_network_through_sliding_windows_gives_identical_samples
     samples = dist.sample_labels(5, generator=torch.Generator().manual_seed(0))
     assert all(torch.equal(s, samples[0]) for s in samples)
     assert torch.equal(samples[0, 0], dist.loc[0].argmax(0).to(torch.uint8))
+
+
+def test_each_class_is_written_as_its_smallest_file_value(volume_list):
+    from ssn.data.volume_list import class_file_values
+
+    assert class_file_values(BRATS_LABELS, 4).tolist() == [0, 1, 2, 4]  # 1 and 3 are class 1: 1 is written
+    assert class_file_values(None, 3).tolist() == [0, 1, 2]
+    assert load_volume_list(volume_list).file_values() == {0: 0, 1: 1, 2: 2, 3: 4}
+
+
+def test_a_volume_without_a_mask_is_z_scored_inside_its_non_zero_voxels():
+    from ssn.data.nifti import normalise_volume
+
+    image = np.zeros((2, 4, 4, 4), np.float32)
+    image[0, :2] = np.arange(32).reshape(2, 4, 4)
+    image[1, :2] = 5.0
+    out = normalise_volume(image)
+    inside = np.zeros((4, 4, 4), bool)
+    inside[:2] = True
+    assert out[0][inside].mean() == pytest.approx(0, abs=1e-6) and out[0][inside].std() == pytest.approx(1, abs=1e-5)
+    assert np.all(out[1][inside] == 0) and np.all(out[:, ~inside] == 0)  # a constant channel: 0, not NaN
+    with pytest.raises(DataError, match="all zero"):
+        normalise_volume(np.zeros((1, 4, 4, 4), np.float32))

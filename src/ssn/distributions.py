@@ -184,6 +184,22 @@ class LowRankLogitDistribution(Distribution):
             validate_args=False,
         )
 
+    def marginal(self, *index: int | slice) -> LowRankLogitDistribution:
+        """The joint law of the logits of a region of the map: ``index`` picks along the spatial
+        axes (an int drops its axis), as ``loc[:, :, *index]`` would.
+
+        A Gaussian's marginal over some coordinates keeps their mean, their rows of the factor
+        and their diagonal, so this is exact, and draws made from the same latent ``z`` are the
+        region's part of whole-map draws. Example: one axial slice of a volume,
+        ``dist.marginal(slice(None), slice(None), k)``: (B, C, X, Y, Z) -> (B, C, X, Y).
+        """
+        if len(index) > len(self.spatial_shape):
+            raise IndexError(f"{len(index)} indices for a map with {len(self.spatial_shape)} spatial axes")
+        spatial = (slice(None), slice(None), *index)
+        return LowRankLogitDistribution(
+            self.loc[spatial], self.cov_factor[(slice(None), *spatial)], self.cov_diag[spatial], validate_args=False
+        )
+
     def scaled(self, temperature: float) -> LowRankLogitDistribution:
         """The distribution of mu + t (eta - mu): the same mean, the covariance times t^2.
 

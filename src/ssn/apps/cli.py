@@ -297,7 +297,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ..data.volumes import is_volume_list
+    from ..data.volume_list import is_volume_list
     from .evaluate import evaluate
 
     if is_volume_list(args.data):
@@ -427,7 +427,8 @@ def _convert_brats(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from ..data.volumes import index_brats, load_volume_list
+    from ..data.converters import index_brats
+    from ..data.volume_list import load_volume_list
     from ..files import write_atomically
 
     if not args.out.lower().endswith(".json"):

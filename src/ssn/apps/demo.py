@@ -148,8 +148,9 @@ def run_demo_3d(
     evaluates the test volumes with sliding windows against the annotators and the exact label
     distribution, and writes NIfTI samples of the test volumes of the low-rank SSN.
     """
+    from ..data.nifti import read_case
     from ..data.synthetic import make_synthetic_volumes
-    from ..data.volumes import load_volume_list, read_case
+    from ..data.volume_list import load_volume_list
     from ..inference.sliding import predict_volume
     from .volumes import sample_volumes
 

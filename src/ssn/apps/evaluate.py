@@ -22,14 +22,14 @@ import numpy as np
 import torch
 
 from .. import metrics
-from ..distributed import join
+from ..distributed import World, join
 from ..engine.checkpoints import load_run, write_json
 from ..errors import ConfigError
 from ..files import check_writable, write_csv
 from ..inference import images_to_predict, predict_batches
 from ..progress import progress
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "prepare_evaluation", "write_results"]
 
 
 def evaluate(
@@ -55,20 +55,13 @@ def evaluate(
     each process evaluates its share of the images and the first one writes the results, the
     same as one process would.
     """
-    if num_samples < 2 or batch_size < 1:
-        raise ConfigError(f"need --samples >= 2 and --batch-size >= 1; got {num_samples} and {batch_size}")
-    try:
-        metrics.functional._check_conventions(classes, matching)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    world, device = join(device)
-    if out is not None and world.main:
-        check_writable(out)  # before minutes of work, not after
+    if batch_size < 1:
+        raise ConfigError(f"need --batch-size >= 1; got {batch_size}")
+    world, device, matched = prepare_evaluation(num_samples, classes, matching, out, device)
     model, config = load_run(run_dir, temperature=temperature)
     model.to(device)
     data, indices = images_to_predict(model, data_path, split, split_file, default_split="test")
     num_classes = model.num_classes
-    matched = tuple(sorted({min(16, num_samples), num_samples}))
     per_image = metrics.ImageMetrics(num_classes, matched, classes=classes, matching=matching)
     other = "rectangular" if matching == "repeat" else "repeat"
     other_matched = {n: metrics.HungarianMatchedIoU(num_classes, classes, other) for n in matched}
@@ -110,14 +103,43 @@ def evaluate(
         temperature=model.temperature,
         model=config["architecture"],
     )
-    if out is not None and world.main:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(summary, out)
-        write_csv(rows, out.with_suffix(".csv"))
     if world.main:
+        write_results(summary, rows, out)
         log(_describe(summary))
     return summary
+
+
+def prepare_evaluation(
+    num_samples: int, classes: str | None, matching: str, out, device: str
+) -> tuple[World, str, tuple[int, ...]]:
+    """What every evaluation does first: check the settings, join the processes (torchrun),
+    check that ``out`` can be written (before minutes of work, not after).
+
+    Returns:
+        (the world of processes, this process's device, the sample counts whose matched IoU
+        and GED^2 are reported: 16 and ``num_samples``).
+    """
+    if num_samples < 2:
+        raise ConfigError(f"need --samples >= 2; got {num_samples}")
+    try:
+        metrics.functional._check_conventions(classes or "present", matching)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    world, joined = join(device)
+    if out is not None and world.main:
+        check_writable(out)
+    return world, joined, tuple(sorted({min(16, num_samples), num_samples}))
+
+
+def write_results(summary: dict, rows: list[dict], out) -> None:
+    """The summary as JSON at ``out`` and the per-image (per-case) rows as CSV beside it; nothing
+    when ``out`` is ``None``."""
+    if out is None:
+        return
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(summary, out)
+    write_csv(rows, out.with_suffix(".csv"))
 
 
 def _describe(summary: dict) -> str:

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, UserError
+from ..data.arrays import float_images
+from ..data.nifti import normalise_volume
+from ..errors import ConfigError, UserError
 from .explorer_core import Exploration, VolumeExploration, read_upload
 
 __all__ = ["build_app", "explore"]
@@ -88,12 +90,12 @@ def build_app(model, data=None, num_samples: int = 16, window=None):
             return None, *([None] * 4), "no --data given: upload an image", gr.skip()
         index = int(np.clip(int(index), 0, count - 1))
         if volumes:
-            from ..data.volumes import read_case
+            from ..data.nifti import read_case
 
             image = np.asarray(read_case(cases[index], data.label_map).image)
         else:
             image = np.asarray(data.images[index])
-            image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+            image = float_images(image)
         exploration = start(image)
         return with_slider(exploration, _state_view(_current(exploration)))
 
@@ -109,12 +111,7 @@ def build_app(model, data=None, num_samples: int = 16, window=None):
         try:
             image = read_upload(file, in_channels, spatial_dims)
             if volumes:  # raw intensities: z-scored inside the non-zero voxels, as volume lists are
-                from ..data.volumes import normalise
-
-                inside = (image != 0).any(0)
-                if not inside.any():
-                    raise DataError("the uploaded volume is all zero")
-                image = normalise(image, inside)
+                image = normalise_volume(image)
             exploration = start(image)
         except UserError as error:
             return gr.skip(), *([gr.skip()] * 4), f"upload refused: {error}", gr.skip()
@@ -250,7 +247,7 @@ def explore(
 ):
     """Load a run and serve the explorer on ``host:port`` (see the module)."""
     from ..data.arrays import load_arrays
-    from ..data.volumes import is_volume_list, load_volume_list
+    from ..data.volume_list import is_volume_list, load_volume_list
     from ..engine.checkpoints import load_run
 
     model, config = load_run(run_dir)

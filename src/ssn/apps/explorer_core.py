@@ -21,9 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.arrays import float_images
 from ..distributions import LogitNoise, LowRankLogitDistribution, labels_from_logits
 from ..errors import DataError
+from ..metrics.functional import class_frequencies, frequency_entropy
 from ..models import SegmentationModel
+from ..randomness import derive_seed
 from ..steering import sample_with_marks
 
 __all__ = ["Exploration", "read_upload", "CLASS_COLOURS", "MAX_UPLOAD_BYTES"]
@@ -57,7 +60,7 @@ def read_upload(path: str | Path, in_channels: int, spatial_dims: int) -> np.nda
     image = read_images(path, in_channels, spatial_dims)[0]
     if not all(8 <= side <= 1024 for side in image.shape[1:]):
         raise DataError(f"{path.name} has spatial size {image.shape[1:]}; the explorer takes 8 to 1024 pixels a side")
-    return image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+    return float_images(image)
 
 
 class Exploration:
@@ -190,10 +193,9 @@ class Exploration:
         """P(any foreground) and the entropy of the samples' class frequencies, as (H, W, 3) uint8 heat maps."""
         labels = self.samples() if labels is None else labels
         classes = self.dist.num_classes
-        frequencies = np.stack([(labels == c).mean(0) for c in range(classes)])
-        foreground = 1 - frequencies[0]
-        logs = np.log(np.where(frequencies > 0, frequencies, 1.0))
-        entropy = -(frequencies * logs).sum(0) / np.log(classes)
+        frequencies = class_frequencies(torch.from_numpy(labels), classes)
+        foreground = 1 - frequencies[0].numpy()
+        entropy = frequency_entropy(frequencies).numpy() / np.log(classes)
         heat = [np.kron(_heat(m), np.ones((scale, scale, 1), np.uint8)) for m in (foreground, entropy)]
         return heat[0], heat[1]
 
@@ -255,7 +257,7 @@ class VolumeExploration:
 
     def _eps(self, k: int) -> torch.Tensor:
         if k not in self.eps_of_slice:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, k))
             shape = (self.num_samples, 1, *self.dist.loc.shape[1:-1])
             self.eps_of_slice[k] = torch.randn(shape, generator=generator)
         return self.eps_of_slice[k]
@@ -268,10 +270,7 @@ class VolumeExploration:
             self.eps_of_slice[self.slice] = self.current.noise.eps
             self.marks_of_slice[self.slice] = self.current.marks
         local = k - self.box[2].start
-        d = self.dist
-        view = LowRankLogitDistribution(
-            d.loc[..., local], d.cov_factor[..., local], d.cov_diag[..., local], validate_args=False
-        )
+        view = self.dist.marginal(slice(None), slice(None), local)
         image = self.volume[(slice(None), self.box[0], self.box[1], k)]
         previous = carry or self.current
         self.current = Exploration(

@@ -18,31 +18,25 @@ sample diversity, Hungarian-matched IoU and the Dice of the mean prediction.
 from __future__ import annotations
 
 import time
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import metrics
-from ..data.volumes import (
-    BRATS_LABELS,
-    BRATS_REGIONS,
-    VolumeCase,
-    index_brats,
-    is_volume_list,
-    load_volume_list,
-    read_case,
-)
+from ..data.converters import BRATS_LABELS, BRATS_REGIONS, index_brats
+from ..data.nifti import NIFTI_SUFFIXES, nifti_stem, read_case, write_nifti
+from ..data.volume_list import VolumeCase, class_file_values, is_volume_list, load_volume_list
 from ..distributed import join
-from ..engine.checkpoints import load_run, write_json
+from ..engine.checkpoints import load_run
 from ..errors import ConfigError, DataError
-from ..files import check_writable, write_atomically, write_csv
 from ..inference.sliding import predict_volume, roi_box
+from ..metrics.aggregation import Estimate
 from ..metrics.regions import class_structures, structure_metrics
+from .evaluate import prepare_evaluation, write_results
 
-__all__ = ["is_volume_input", "sample_volumes", "evaluate_volumes", "write_nifti"]
-
-_NIFTI = (".nii", ".nii.gz")
+__all__ = ["is_volume_input", "sample_volumes", "evaluate_volumes"]
 
 
 def is_volume_input(inputs: list[str]) -> bool:
@@ -51,8 +45,8 @@ def is_volume_input(inputs: list[str]) -> bool:
     return (
         is_volume_list(first)
         or Path(first).is_dir()
-        or (len(inputs) > 1 or first.lower().endswith(_NIFTI))
-        and all(str(p).lower().endswith(_NIFTI) for p in inputs)
+        or (len(inputs) > 1 or first.lower().endswith(NIFTI_SUFFIXES))
+        and all(str(p).lower().endswith(NIFTI_SUFFIXES) for p in inputs)
     )
 
 
@@ -82,20 +76,17 @@ def _cases(inputs: list[str], split: str | None, config: dict) -> list[VolumeCas
     missing = [p for p in inputs if not Path(p).is_file()]
     if missing:
         raise DataError(f"no such input file: {missing[0]}")
-    name = first.name
-    stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else first.stem
-    return [VolumeCase(stem, [Path(p).resolve() for p in inputs])]
+    return [VolumeCase(nifti_stem(first), [Path(p).resolve() for p in inputs])]
 
 
-def _prepare(run_dir, temperature, device):
-    world, device = join(device)
+def _load_3d(run_dir, temperature, device):
     model, config = load_run(run_dir, temperature=temperature)
     model.to(device)
     if config["architecture"]["spatial_dims"] != 3:
         raise ConfigError(
             f"{run_dir} is a {config['architecture']['spatial_dims']}D model; NIfTI volumes need a 3D one"
         )
-    return model, config, world, device
+    return model, config
 
 
 def _window(config: dict, window: list[int] | None) -> list[int]:
@@ -103,15 +94,6 @@ def _window(config: dict, window: list[int] | None) -> list[int]:
     if not window:
         raise ConfigError("the run was not trained on patches; give the sliding window with --window X Y Z")
     return list(window)
-
-
-def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
-    """Write ``array`` (*S) or (*S, C) with ``affine``, atomically."""
-    import nibabel
-
-    image = nibabel.Nifti1Image(array, affine)
-    image.header.set_data_dtype(array.dtype)
-    write_atomically(path, lambda temporary: nibabel.save(image, str(temporary)))
 
 
 def sample_volumes(
@@ -130,10 +112,11 @@ def sample_volumes(
     """Draw ``num_samples`` label maps of each input volume and write them as NIfTI (see the module)."""
     if num_samples < 1:
         raise ConfigError(f"need --samples >= 1; got {num_samples}")
-    model, config, world, device = _prepare(run_dir, temperature, device)
+    world, device = join(device)
+    model, config = _load_3d(run_dir, temperature, device)
     window = _window(config, window)
     label_map = _label_map(config)
-    values = _file_values(label_map, model.num_classes)
+    values = class_file_values(label_map, model.num_classes)
     written = []
     for case in world.shard(_cases(inputs, split, config)):  # under torchrun, each process its share
         start = time.perf_counter()
@@ -157,23 +140,14 @@ def sample_volumes(
         frequencies[..., 0] = 1.0  # outside the box: background
         frequencies[box] = (counts.float() / num_samples).movedim(0, -1).numpy()
         write_nifti(folder / "mean.nii.gz", frequencies, volume.affine)
-        logs = np.log(np.where(frequencies > 0, frequencies, 1.0))
-        write_nifti(folder / "entropy.nii.gz", -(frequencies * logs).sum(-1).astype(np.float32), volume.affine)
+        entropy = metrics.frequency_entropy(torch.from_numpy(frequencies), dim=-1).numpy()
+        write_nifti(folder / "entropy.nii.gz", entropy, volume.affine)
         log(
             f"{case.id}: {num_samples} samples, mean.nii.gz and entropy.nii.gz in {folder} "
             f"({time.perf_counter() - start:.0f} s, temperature {model.temperature:g})"
         )
         written.append(folder)
     return written
-
-
-def _file_values(label_map: dict[int, int] | None, num_classes: int) -> np.ndarray:
-    """A lookup class -> the file value written for it (the smallest value mapped to the class)."""
-    values = np.arange(max(num_classes, 1), dtype=np.uint8)
-    if label_map:
-        for value, cls in sorted(label_map.items(), reverse=True):
-            values[cls] = value
-    return values
 
 
 def _box_shape(box: tuple[slice, ...]) -> tuple[int, ...]:
@@ -221,29 +195,21 @@ def evaluate_volumes(
     conventions of averaging over classes (:mod:`ssn.metrics.functional`), or only in
     ``classes`` when it is given. ``matching`` chooses the Hungarian matching's convention.
     """
-    if num_samples < 2:
-        raise ConfigError(f"need --samples >= 2; got {num_samples}")
-    try:
-        metrics.functional._check_conventions(classes or "present", matching)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    world, device, matched = prepare_evaluation(num_samples, classes, matching, out, device)
     conventions = [classes] if classes else ["present", "all"]
-    model, config, world, device = _prepare(run_dir, temperature, device)
-    if out is not None and world.main:
-        check_writable(out)  # before minutes of work, not after
+    model, config = _load_3d(run_dir, temperature, device)
     window = _window(config, window)
     listing = load_volume_list(data_path)
-    label_map = listing.label_map
-    structures = structures_for(label_map, model.num_classes)
-    matched = tuple(sorted({min(16, num_samples), num_samples}))
-    rows, start = [], time.perf_counter()
-    for case in world.shard(listing.split(split)):  # under torchrun, each process its share
-        volume = read_case(case, label_map)
+    cases = listing.split(split)
+    structures = structures_for(listing.label_map, model.num_classes)
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for case in world.shard(cases):  # under torchrun, each process its share
+        volume = read_case(case, listing.label_map)
         _check_channels(volume, config)
         if volume.labels is None:
             raise DataError(f"case {case.id!r} has no label map to evaluate against")
-        region = np.asarray(volume.mask) | np.asarray(volume.labels).any(0)
-        box = roi_box(region)
+        box = roi_box(np.asarray(volume.mask) | np.asarray(volume.labels).any(0))
         generator = torch.Generator().manual_seed(seed)
         _, stream = predict_volume(
             model,
@@ -259,25 +225,23 @@ def evaluate_volumes(
         )
         samples = torch.stack(list(stream))
         annotations = torch.from_numpy(np.array(volume.labels[(slice(None), *box)]))
-        for name, values in structure_metrics(samples, annotations, structures, matched, matching).items():
-            rows.append({"case": case.id, "structure": name, **values})
+        mine: list[dict[str, Any]] = [
+            {"case": case.id, "structure": name, **values}
+            for name, values in structure_metrics(samples, annotations, structures, matched, matching).items()
+        ]
         for convention in conventions:
             values = metrics.image_metrics(
                 samples, annotations, model.num_classes, matched, classes=convention, matching=matching
             )
-            rows.append({"case": case.id, "structure": f"multi-class ({convention})", **values})
-        log(
-            f"{case.id}: "
-            + ", ".join(
-                f"{r['structure']} Dice {r['dice']:.3f} GED^2 {r['ged']:.3f}" for r in rows if r["case"] == case.id
-            )
-        )
-    order = {case.id: k for k, case in enumerate(listing.split(split))}
+            mine.append({"case": case.id, "structure": f"multi-class ({convention})", **values})
+        log(f"{case.id}: " + ", ".join(f"{r['structure']} Dice {r['dice']:.3f} GED^2 {r['ged']:.3f}" for r in mine))
+        rows += mine
+    order = {case.id: k for k, case in enumerate(cases)}
     rows = sorted((row for part in world.gather(rows) for row in part), key=lambda row: order[row["case"]])
     summary = {
-        "structures": {},
+        "structures": _per_structure(rows, [*structures, *(f"multi-class ({c})" for c in conventions)]),
         "num_samples": num_samples,
-        "num_cases": len({r["case"] for r in rows}),
+        "num_cases": len(order),
         "run": str(run_dir),
         "data": str(data_path),
         "split": split,
@@ -288,20 +252,20 @@ def evaluate_volumes(
         "conventions": {"classes": conventions, "matching": matching},
         "model": config["architecture"],
     }
-    for name in [*structures, *(f"multi-class ({c})" for c in conventions)]:
-        chosen = [r for r in rows if r["structure"] == name]
-        summary["structures"][name] = {
-            key: _mean_and_stderr([r[key] for r in chosen]) for key in chosen[0] if key not in ("case", "structure")
-        }
-    if out is not None and world.main:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(summary, out)
-        write_csv(rows, out.with_suffix(".csv"))
+    if world.main:
+        write_results(summary, rows, out)
     return summary
 
 
-def _mean_and_stderr(values: list[float]) -> dict:
-    array = np.asarray(values, dtype=np.float64)
-    stderr = float(array.std(ddof=1) / np.sqrt(array.size)) if array.size > 1 else None
-    return {"mean": float(array.mean()), "stderr": stderr, "num_cases": int(array.size)}
+def _per_structure(rows: list[dict], names: list[str]) -> dict:
+    """{structure: {metric: {"mean", "stderr", "num_cases"}}}: the means over cases, with their
+    standard errors (``None`` for one case)."""
+    out: dict[str, dict] = {}
+    for name in names:
+        chosen = [r for r in rows if r["structure"] == name]
+        out[name] = {}
+        for key in chosen[0]:
+            if key not in ("case", "structure"):
+                estimate = Estimate.of([r[key] for r in chosen]).as_dict()
+                out[name][key] = {"mean": estimate["mean"], "stderr": estimate["stderr"], "num_cases": len(chosen)}
+    return out

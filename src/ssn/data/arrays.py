@@ -29,8 +29,9 @@ import numpy as np
 
 from ..errors import DataError
 from ..files import write_atomically
+from .cache import cache_dir, read_cached, write_cache_folder
 
-__all__ = ["DataError", "SegmentationArrays", "load_arrays", "save_arrays", "cache_dir", "validate_values"]
+__all__ = ["DataError", "SegmentationArrays", "load_arrays", "save_arrays", "validate_values", "float_images"]
 
 
 _OPTIONAL = ("patient", "truth_maps", "truth_probs")
@@ -117,6 +118,13 @@ def validate_shapes(images: np.ndarray, masks: np.ndarray, patient: np.ndarray |
         raise DataError(f"patient must have one id per image, shape ({images.shape[0]},); got {patient.shape}")
 
 
+def float_images(images: np.ndarray) -> np.ndarray:
+    """Images as the models take them, float32: uint8 scaled to [0, 1], floats as they are
+    (a copy either way)."""
+    images = np.asarray(images)
+    return images.astype(np.float32) / np.float32(255) if images.dtype == np.uint8 else images.astype(np.float32)
+
+
 def validate_values(data: SegmentationArrays) -> None:
     """Checks that read every value (finite images, non-negative labels); run once per file."""
     if np.issubdtype(data.images.dtype, np.floating):
@@ -125,73 +133,6 @@ def validate_values(data: SegmentationArrays) -> None:
             raise DataError(f"images contain {bad} NaN or infinite values; clean or drop those images")
     if int(data.masks.min()) < 0:
         raise DataError(f"masks contain negative labels (min {int(data.masks.min())}); labels must be in [0, C)")
-
-
-def cache_dir() -> Path:
-    """Where decoded datasets are cached for memory-mapping: ``$SSN_CACHE_DIR``, default ``~/.cache/ssn``."""
-    return Path(os.environ.get("SSN_CACHE_DIR", Path.home() / ".cache" / "ssn"))
-
-
-def cache_write_error(folder: Path, error: OSError) -> DataError:
-    """The error for a cache folder that cannot be written, with the fix."""
-    return DataError(
-        f"cannot write the data cache {folder} ({error.strerror or error}): set SSN_CACHE_DIR to a "
-        "writable folder with room for the decoded data"
-    )
-
-
-def read_cached(folder: Path, read):
-    """``read(folder)`` for a complete cache folder, or ``None`` when it is damaged (a truncated
-    or missing file, e.g. after a full disk): the folder is then moved aside and removed, so that
-    the caller decodes the source again, and a line on stderr says so."""
-    try:
-        return read(folder)
-    except (OSError, ValueError, EOFError, KeyError) as error:  # "mmap length is greater than file size", ...
-        import shutil
-        import sys
-
-        print(
-            f"ssn: the cached copy in {folder} is damaged ({error}); removed, decoding the source again",
-            file=sys.stderr,
-        )
-        aside = folder.with_name(f"{folder.name}.damaged.{os.getpid()}")
-        try:
-            os.rename(folder, aside)  # atomic: another process rebuilding it meanwhile is not disturbed
-        except OSError:  # another process moved it first
-            return None
-        shutil.rmtree(aside, ignore_errors=True)
-        return None
-
-
-def write_cache_folder(folder: Path, write) -> None:
-    """Fill a cache folder atomically: ``write(temporary)`` fills a folder of this process's
-    own, which is then renamed to ``folder``. Processes that decode the same data at once (under
-    torchrun) never see each other's half-written files; the first rename wins, the others'
-    copies are dropped. An unwritable cache raises :class:`DataError` with the fix."""
-    import shutil
-
-    temporary = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
-    try:
-        shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir(parents=True)
-        write(temporary)
-    except OSError as error:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise cache_write_error(folder, error) from None
-    for attempt in range(2):
-        try:
-            os.rename(temporary, folder)
-            return
-        except OSError:
-            if (folder / "done.json").is_file() or attempt:  # already there: another process was first
-                shutil.rmtree(temporary, ignore_errors=True)
-                return
-            stale = folder.with_name(f"{folder.name}.stale.{os.getpid()}")  # an incomplete folder (older ssn)
-            try:
-                os.rename(folder, stale)
-                shutil.rmtree(stale, ignore_errors=True)
-            except OSError:
-                pass
 
 
 def _cache_key(path: Path) -> str:

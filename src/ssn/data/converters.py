@@ -1,4 +1,4 @@
-"""Converters from the common LIDC distributions into the dataset format.
+"""Converters from the common LIDC distributions into the dataset format, and the BraTS tree index.
 
 - ``png_tree``: ``ROOT/LIDC-IDRI-XXXX/nodule-Y/{images,mask-0,...,mask-3}/slice-N.png``;
 - ``probabilistic_unet_pickle``: the PyTorch Probabilistic U-Net port's ``data_lidc.pickle``, a
@@ -10,6 +10,9 @@
 
 Each returns :class:`SegmentationArrays` (and the PHiSeg converter the split it came with);
 nothing is written unless every image was read.
+
+``index_brats`` indexes a BraTS-style folder tree of NIfTI files as a volume list
+(:mod:`ssn.data.volume_list`), with BraTS's label mapping.
 """
 
 from __future__ import annotations
@@ -23,8 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from .arrays import DataError, SegmentationArrays, validate_values
+from .nifti import NIFTI_SUFFIXES, nifti_stem
 
-__all__ = ["png_tree", "probabilistic_unet_pickle", "phiseg_hdf5"]
+__all__ = ["png_tree", "probabilistic_unet_pickle", "phiseg_hdf5", "index_brats", "BRATS_LABELS", "BRATS_REGIONS"]
+
+#: The BraTS file labels (0 background, 1 necrotic/non-enhancing core, 2 oedema, 3 non-enhancing
+#: core in BraTS 2013, 4 enhancing) as the SSN paper's four classes: 3 merges into 1.
+BRATS_LABELS = {0: 0, 1: 1, 2: 2, 3: 1, 4: 3}
+#: The regions BraTS reports, as sets of BraTS file labels: whole tumour, tumour core, enhancing.
+BRATS_REGIONS = {"whole tumour": (1, 2, 3, 4), "tumour core": (1, 3, 4), "enhancing tumour": (4,)}
 
 _SLICE = re.compile(r"slice-(\d+)\.png$")
 
@@ -168,3 +178,82 @@ def phiseg_hdf5(path: str | os.PathLike) -> tuple[SegmentationArrays, dict[str, 
     data = SegmentationArrays(np.concatenate(images), np.concatenate(masks), np.array(ids))
     validate_values(data)
     return data, split
+
+
+# ------------------------------------------------------------ indexing a BraTS tree
+_SEQUENCE_TOKENS = {
+    "flair": ("flair", "fla"),
+    "t1": ("t1", "t1n"),
+    "t1c": ("t1c", "t1ce", "t1gd"),
+    "t2": ("t2", "t2w"),
+}
+_LABEL_TOKENS = ("seg", "otmulticlass", "label", "labels")
+_MASK_TOKENS = ("brainmask", "mask")
+_SPLIT_FOLDERS = {
+    "train": "training",
+    "training": "training",
+    "validation": "validation",
+    "val": "validation",
+    "test": "test",
+    "testing": "test",
+}
+
+
+def _tokens(path: Path) -> set[str]:
+    return set(re.split(r"[^a-z0-9]+", nifti_stem(path.name).lower())) - {""}
+
+
+def index_brats(root: str | os.PathLike, sequences: list[str] | None = None, default_split: str = "test") -> dict:
+    """A dataset list (as a dict, paths relative to ``root``) for a BraTS-style folder tree.
+
+    A case is a folder holding NIfTI files named after MR sequences (``flair``/``fla``, ``t1``,
+    ``t1c``/``t1ce``, ``t2``). Its label maps are the files named ``seg``, ``OTMultiClass`` or
+    ``label``, or every NIfTI file of a ``segmentation`` folder beside the sequences (several
+    annotators); a ``brainmask`` file is its mask. Cases under a folder named ``train``,
+    ``validation`` or ``test`` go to that split, the others to ``default_split``. The label
+    mapping is BraTS's (3 merged into 1). ``sequences`` picks and orders the input channels
+    (default: those every case has, in the order flair, t1, t1c, t2).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"no such folder: {root}")
+    found = []
+    for folder in sorted({p.parent for p in root.rglob("*") if p.name.lower().endswith(NIFTI_SUFFIXES)}):
+        files = sorted(p for p in folder.iterdir() if p.name.lower().endswith(NIFTI_SUFFIXES))
+        present = {}
+        for name, tokens in _SEQUENCE_TOKENS.items():
+            matches = [p for p in files if _tokens(p) & set(tokens)]
+            if len(matches) == 1:
+                present[name] = matches[0]
+        if not present:
+            continue
+        case_dir = folder.parent if folder.name.lower() in ("raw_bet", "images", "image") else folder
+        labels = [p for p in files if _tokens(p) & set(_LABEL_TOKENS)]
+        segmentation = case_dir / "segmentation"
+        if not labels and segmentation.is_dir():
+            labels = sorted(p for p in segmentation.iterdir() if p.name.lower().endswith(NIFTI_SUFFIXES))
+        masks = [p for p in files if _tokens(p) & set(_MASK_TOKENS)]
+        relative = case_dir.relative_to(root).parts
+        split = next((_SPLIT_FOLDERS[p.lower()] for p in relative if p.lower() in _SPLIT_FOLDERS), default_split)
+        found.append((split, case_dir.name, present, labels, masks[0] if masks else None))
+    if not found:
+        raise DataError(f"no case found under {root}: expected folders of NIfTI files named after MR sequences")
+    if sequences is None:
+        common = set.intersection(*(set(present) for _, _, present, _, _ in found))
+        sequences = [name for name in _SEQUENCE_TOKENS if name in common]
+    unknown = [s for s in sequences if s not in _SEQUENCE_TOKENS]
+    if unknown or not sequences:
+        raise DataError(f"unknown sequences {unknown or sequences}; choose from {', '.join(_SEQUENCE_TOKENS)}")
+    listing: dict = {"labels": {str(k): v for k, v in BRATS_LABELS.items()}, "sequences": sequences}
+    for split, case_id, present, labels, mask in found:
+        missing = [s for s in sequences if s not in present]
+        if missing:
+            raise DataError(f"case {case_id} under {root} lacks the sequences {', '.join(missing)}")
+        entry = {"id": case_id, "image": [str(present[s].relative_to(root)) for s in sequences]}
+        if labels:
+            names = [str(p.relative_to(root)) for p in labels]
+            entry["label"] = names[0] if len(names) == 1 else names
+        if mask is not None:
+            entry["mask"] = str(mask.relative_to(root))
+        listing.setdefault(split, []).append(entry)
+    return listing

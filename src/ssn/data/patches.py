@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .volumes import Volume
+from .nifti import Volume
 
 __all__ = ["PatchSampler", "extract_patch"]
 
@@ -41,7 +41,7 @@ class PatchSampler:
     """Draws (image, label maps, region of interest) patches from a list of volumes.
 
     Args:
-        volumes: the training cases, read (memory-mapped) with :func:`~ssn.data.volumes.read_case`.
+        volumes: the training cases, read (memory-mapped) with :func:`~ssn.data.nifti.read_case`.
         patch_size: the patch's spatial size, one number per axis.
         foreground_share: the share of patches centred on the foreground (the paper: 0.5).
     """

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from ..data.arrays import SegmentationArrays, load_arrays
+from ..data.nifti import read_case
 from ..data.patches import PatchSampler
 from ..data.splits import holdout_split, select_split
-from ..data.volumes import VolumeList, is_volume_list, load_volume_list, read_case
+from ..data.volume_list import VolumeList, is_volume_list, load_volume_list
 from ..errors import ConfigError
 from ..inference import image_tensor
 

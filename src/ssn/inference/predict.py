@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from ..data.arrays import float_images
 from ..errors import ConfigError, DataError
 from ..models import SegmentationModel
 from ..randomness import generators_for
@@ -16,9 +17,7 @@ __all__ = ["image_tensor", "predict_batches", "images_to_predict"]
 
 def image_tensor(images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
     """Images (B, channels, *S) as float32: uint8 scaled to [0, 1], floats as they are."""
-    x = torch.from_numpy(np.array(images))  # a copy: memory-mapped data is read-only
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    return x.to(device)
+    return torch.from_numpy(float_images(images)).to(device)  # a copy: memory-mapped data is read-only
 
 
 def images_to_predict(model: SegmentationModel, data_path, split: str | None, split_file, default_split: str):
@@ -29,7 +28,7 @@ def images_to_predict(model: SegmentationModel, data_path, split: str | None, sp
     """
     from ..data.arrays import load_arrays
     from ..data.splits import select_split
-    from ..data.volumes import is_volume_list
+    from ..data.volume_list import is_volume_list
 
     if is_volume_list(data_path):
         raise ConfigError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -42,6 +43,16 @@ class Estimate:
 
     def __float__(self) -> float:
         return self.mean
+
+    @classmethod
+    def of(cls, values, num_samples: int | None = None) -> Estimate:
+        """The mean of per-image (or per-case) ``values`` with its standard error
+        sd(values, ddof=1) / sqrt(n); NaN for one value. Computed here, not summed over processes."""
+        array = np.asarray(values, dtype=np.float64).ravel()
+        if array.size == 0:
+            raise ValueError("an estimate needs at least one value")
+        stderr = float(array.std(ddof=1) / math.sqrt(array.size)) if array.size > 1 else math.nan
+        return cls(float(array.mean()), stderr, int(array.size), num_samples)
 
     def as_dict(self) -> dict:
         """JSON-ready: ``stderr`` is ``None`` where it is undefined (one image, or ECE)."""

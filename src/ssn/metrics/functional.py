@@ -57,6 +57,7 @@ __all__ = [
     "calibration_bins",
     "ece_from_bins",
     "entropy_map",
+    "frequency_entropy",
     "variance_map",
 ]
 
@@ -386,8 +387,14 @@ def expected_calibration_error(probabilities, annotations, num_classes: int = 2,
 
 def entropy_map(samples, num_classes: int = 2) -> Tensor:
     """Per-pixel entropy (nats) of the samples' class frequencies: (N, *S) -> (*S) float32."""
-    p = class_frequencies(samples, num_classes)
-    return -(p * p.clamp_min(1e-12).log()).sum(0)
+    return frequency_entropy(class_frequencies(samples, num_classes))
+
+
+def frequency_entropy(frequencies, dim: int = 0) -> Tensor:
+    """H = -sum_c p_c log p_c (nats, 0 log 0 = 0) of class frequencies along ``dim``:
+    (C, *S) -> (*S) for ``dim=0``. Divide by log C for a value in [0, 1]."""
+    p = torch.as_tensor(frequencies)
+    return -(p * p.clamp_min(1e-12).log()).sum(dim)
 
 
 def variance_map(samples, num_classes: int = 2) -> Tensor:
