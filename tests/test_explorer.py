@@ -179,8 +179,8 @@ def test_the_page_in_a_real_browser(demo_run, tmp_path):
 
 def test_a_volume_is_explored_slice_by_slice_with_one_latent_draw(tmp_path):
     from ssn.apps.explorer_core import VolumeExploration
-    from ssn.data.synthetic import make_synthetic_volumes
     from ssn.data import load_volume_list, read_case
+    from ssn.data.synthetic import make_synthetic_volumes
 
     lists = make_synthetic_volumes(tmp_path / "data", num_cases=4, shape=(24, 24, 12), splits=(2, 1))
     run = tmp_path / "run3d"

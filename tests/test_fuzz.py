@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
 from ssn import metrics
+from ssn.data import load_volume_list
 from ssn.data.arrays import load_arrays
 from ssn.data.converters import phiseg_hdf5, probabilistic_unet_pickle
-from ssn.data import load_volume_list
 from ssn.engine.config import TrainConfig, model_spec
 from ssn.errors import ConfigError, DataError, UserError
 from ssn.models import build

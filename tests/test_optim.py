@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssn.engine.optim import WeightAverage, learning_rate_factor
+from ssn.engine.optim import learning_rate_factor, weight_average
 
 
 def test_warm_up_is_linear_then_the_schedule_takes_over():
@@ -33,12 +33,12 @@ def test_an_unknown_schedule_is_refused():
 
 def test_the_average_follows_the_recursion_with_its_ramped_decay():
     model = nn.Linear(2, 1)
-    average = WeightAverage(model, decay=0.9)
+    average = weight_average(model, decay=0.9)
     expected = model.weight.detach().clone()
     for step in range(1, 30):
         with torch.no_grad():
             model.weight.add_(1.0)
-        average.update(model, step)
+        average.update_parameters(model)  # step `step`
         decay = min(0.9, (1 + step) / (10 + step))
         expected = decay * expected + (1 - decay) * model.weight.detach()
     torch.testing.assert_close(average.module.weight, expected)
@@ -47,7 +47,7 @@ def test_the_average_follows_the_recursion_with_its_ramped_decay():
 
 def test_buffers_are_copied_not_averaged():
     model = nn.BatchNorm1d(3)
-    average = WeightAverage(model, decay=0.99)
+    average = weight_average(model, decay=0.99)
     model.train()(torch.randn(16, 3) + 5)
-    average.update(model, 1)
+    average.update_parameters(model)
     torch.testing.assert_close(average.module.running_mean, model.running_mean)

@@ -11,9 +11,9 @@ import torch
 
 from ssn import LowRankLogitDistribution
 from ssn.apps.cli import main
-from ssn.data.patches import PatchSampler, extract_patch
 from ssn.data.converters import BRATS_LABELS, index_brats
 from ssn.data.nifti import read_case
+from ssn.data.patches import PatchSampler, extract_patch
 from ssn.data.volume_list import load_volume_list
 from ssn.errors import DataError
 from ssn.inference.sliding import sliding_window_distribution, window_corners

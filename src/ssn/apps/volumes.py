@@ -18,8 +18,8 @@ sample diversity, Hungarian-matched IoU and the Dice of the mean prediction.
 from __future__ import annotations
 
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch

@@ -5,13 +5,13 @@ Neither changes the objective: the SSN's loss stays the paper's Monte Carlo log-
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
-__all__ = ["SCHEDULES", "learning_rate_factor", "WeightAverage"]
+__all__ = ["SCHEDULES", "learning_rate_factor", "weight_average"]
 
 SCHEDULES = ("constant", "cosine", "linear")
 
@@ -38,25 +38,36 @@ def learning_rate_factor(
     return warmup * decay
 
 
-class WeightAverage:
-    """An exponential moving average of a model's parameters, theta_ema <- d theta_ema + (1 - d) theta.
+def weight_average(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of a model's parameters, theta_ema <- d_t theta_ema + (1 - d_t) theta,
+    as torch's :class:`~torch.optim.swa_utils.AveragedModel`.
 
-    The decay ramps up as d_t = min(decay, (1 + t) / (10 + t)), so that the first steps are not
-    frozen into the average by a long memory. Buffers (batch-norm statistics, themselves running
-    averages) are copied. ``module`` is the averaged copy, used for validation and checkpoints.
+    The decay ramps up as d_t = min(decay, (1 + t) / (10 + t)) at optimiser step t (1-based), so
+    that the first steps are not frozen into the average by a long memory; the starting weights
+    count as the first average (``n_averaged`` is t + 1 after step t; set it on resume). Buffers
+    (batch-norm statistics, themselves running averages) are copied, not averaged. ``.module`` is
+    the averaged copy, in eval mode and without gradients, used for validation and checkpoints;
+    ``update_parameters(model)`` folds in one step.
     """
+    if not 0 < decay < 1:
+        raise ValueError(f"decay must be in (0, 1); got {decay}")
+    average = AveragedModel(model, multi_avg_fn=_ramped_ema(decay), use_buffers=False)
+    average.n_averaged.fill_(1)
+    average.module.eval().requires_grad_(False)
+    return average
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        if not 0 < decay < 1:
-            raise ValueError(f"decay must be in (0, 1); got {decay}")
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+def _ramped_ema(decay: float):
+    """``multi_avg_fn`` for :class:`AveragedModel`: one step of the ramped EMA, t = ``n_averaged``."""
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        """Fold the weights of ``model`` after optimiser step ``step`` (1-based) into the average."""
-        decay = min(self.decay, (1 + step) / (10 + step))
-        for averaged, current in zip(self.module.parameters(), model.parameters()):
-            averaged.lerp_(current, 1 - decay)
-        for averaged_buffer, current_buffer in zip(self.module.buffers(), model.buffers()):
-            averaged_buffer.copy_(current_buffer)
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        t = int(num_averaged)
+        weight = 1 - min(decay, (1 + t) / (10 + t))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, weight)
+        else:  # integer parameters: blended by hand (lerp takes floats only)
+            for a, c in zip(averaged, current):
+                a.copy_(a + (c - a) * weight)
+
+    return update

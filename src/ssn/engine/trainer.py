@@ -38,7 +38,7 @@ from ..randomness import derive_seed
 from .checkpoints import load_weights, save_weights
 from .config import TrainConfig, model_spec
 from .loading import EpochBatches, TrainingExamples, default_workers, epoch_order, training_loader
-from .optim import WeightAverage, learning_rate_factor
+from .optim import learning_rate_factor, weight_average
 from .rundir import RunDir
 from .sources import ValidationSet, open_source
 
@@ -148,7 +148,7 @@ class _Trainer:
         self.optimiser = torch.optim.Adam(
             _parameter_groups(self.model, config), lr=config.lr, weight_decay=config.weight_decay
         )
-        self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        self.average = weight_average(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.evaluated = self.average.module if self.average is not None else self.model  # validated and saved
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.state = TrainState()
@@ -316,7 +316,8 @@ class _Trainer:
             self.scaler.step(self.optimiser)
             self.scaler.update()
             if self.average is not None:
-                self.average.update(self.model, state.step)
+                self.average.n_averaged.fill_(state.step)  # the ramp follows the optimiser step, resumed too
+                self.average.update_parameters(self.model)
             state.losses.append(agreed.loss)
             if self.writer is not None:
                 self.writer.add_scalar("train/loss", agreed.loss, state.step)

@@ -1,0 +1,171 @@
+"""The benchmarks' shared helpers, and every benchmark script importing as a module of the package.
+
+No data and no training: the scripts are imported and asked for ``--help``, and the helpers run
+on temporary folders and tiny child processes.
+"""
+
+import fcntl
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import _common, _training, report
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_"))
+PARSE_FIRST = [s for s in SCRIPTS if s not in ("report", "sampling")]  # their parsers are in `if __name__`
+
+
+def test_every_script_imports_as_a_module_without_running():
+    assert {"lidc", "brats", "ablation", "report"} <= set(SCRIPTS)
+    for name in SCRIPTS:
+        module = importlib.import_module(f"benchmarks.{name}")
+        assert module.__doc__, name
+    sources = {p.name: p.read_text() for p in (ROOT / "benchmarks").glob("*.py")}
+    assert not [name for name, text in sources.items() if "sys.path.insert" in text]
+    assert not [name for name, text in sources.items() if "from _common" in text or "import report\n" in text]
+
+
+@pytest.mark.parametrize("name", PARSE_FIRST)
+def test_the_usage_line_says_how_the_script_runs(name, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", "--help"])
+    with pytest.raises(SystemExit) as exit:
+        importlib.import_module(f"benchmarks.{name}").main()
+    assert exit.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m benchmarks.{name} ")
+
+
+def test_write_gives_valid_json_with_the_machine_block_and_no_temporary(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(_common, "RESULTS", tmp_path / "results")
+    path = _common.write("speed", {"seconds": [0.5, 0.25], "name": "ü"})
+    assert path == tmp_path / "results" / "speed.json"
+    content = json.loads(path.read_text())
+    assert list(content) == ["machine", "seconds", "name"]
+    assert {"date", "cpu", "torch", "python", "torch_threads"} <= set(content["machine"])
+    assert content["seconds"] == [0.5, 0.25] and content["name"] == "ü"
+    assert path.read_text().endswith("}\n") and '\n  "seconds"' in path.read_text()  # indented, one newline
+    assert [p.name for p in path.parent.iterdir()] == ["speed.json"]
+    assert f"wrote {path}" in capsys.readouterr().out
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = _common.save_json(tmp_path / "lidc.json", {"runs": [1]})
+    with pytest.raises(TypeError):
+        _common.save_json(path, {"runs": [object()]})
+    assert json.loads(path.read_text()) == {"runs": [1]}
+    assert [p.name for p in tmp_path.iterdir()] == ["lidc.json"]
+
+
+def test_update_json_reads_the_file_as_it_is_now(tmp_path):
+    path = tmp_path / "results" / "ablation.json"
+    seen = []
+
+    def append(run):
+        def change(content):
+            seen.append(content)
+            return {"reference": "r", "runs": content.get("runs", []) + [run]}
+
+        return change
+
+    _common.update_json(path, append("a"))
+    written = _common.update_json(path, append("b"))
+    assert seen == [{}, {"reference": "r", "runs": ["a"]}]
+    assert written == json.loads(path.read_text()) == {"reference": "r", "runs": ["a", "b"]}
+
+
+def test_the_folder_lock_keeps_other_writers_out(tmp_path):
+    other = os.open(tmp_path, os.O_RDONLY)
+    try:
+        with _common.locked(tmp_path):
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again once the writer is done
+    finally:
+        os.close(other)
+
+
+def test_the_data_folders_come_from_the_environment_or_the_shared_folder(tmp_path, monkeypatch):
+    for variable, function, folder in (
+        ("SSN_LIDC_DIR", _common.lidc_dir, "lidc"),
+        ("SSN_BRATS_DIR", _common.brats_dir, "brats_deepmedic"),
+        ("SSN_BRATS_TCGA_DIR", _common.brats_tcga_dir, "brats_tcga"),
+    ):
+        monkeypatch.delenv(variable, raising=False)
+        assert function() == ROOT.parent / "shared" / "data" / folder
+        monkeypatch.setenv(variable, str(tmp_path))
+        assert function() == tmp_path
+
+
+def test_lidc_files_says_how_to_point_at_the_data(tmp_path):
+    with pytest.raises(SystemExit, match="LIDC data not found in .*; set SSN_LIDC_DIR or --data-dir"):
+        _common.lidc_files(tmp_path)
+    for name in ("lidc_slices_128.npz", "split.json"):
+        (tmp_path / name).write_bytes(b"")
+    assert _common.lidc_files(tmp_path) == (tmp_path / "lidc_slices_128.npz", tmp_path / "split.json")
+
+
+def test_the_recorded_command_and_the_report_show_the_package_form():
+    assert _common.recorded_command("lidc", "--steps", "10") == "python -m benchmarks.lidc --steps 10"
+    assert report._runnable("python benchmarks/lidc.py --steps 5042") == "python -m benchmarks.lidc --steps 5042"
+    assert (
+        report._runnable("benchmarks/scaling.py --parts processes") == "python -m benchmarks.scaling --parts processes"
+    )
+    assert report._runnable("benchmarks/scaling.py") == "python -m benchmarks.scaling"
+    assert report._runnable("python -m benchmarks.brats --steps 1") == "python -m benchmarks.brats --steps 1"
+    assert report._runnable("ssn train --data benchmarks/x.py") == "ssn train --data benchmarks/x.py"
+
+
+def test_thread_env_sets_both_variables_and_keeps_the_rest(monkeypatch):
+    monkeypatch.setenv("SSN_SOMETHING", "kept")
+    env = _training.thread_env(3)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"
+    assert env["SSN_SOMETHING"] == "kept"
+    assert os.environ.get("OMP_NUM_THREADS") != "3" or env is not os.environ
+
+
+def test_the_model_table_gives_each_models_flags():
+    assert list(_training.MODEL_FLAGS) == ["deterministic", "diagonal", "low-rank", "prob-unet"]
+    assert _training.model_flags("deterministic") == ["--method", "deterministic"]
+    assert _training.model_flags("diagonal") == ["--rank", "0"]
+    assert _training.model_flags("low-rank") == ["--rank", "10"]
+    assert _training.model_flags("prob-unet") == ["--method", "prob-unet"]
+    flags = _training.model_flags("low-rank")
+    flags.append("--overwrite")
+    assert _training.model_flags("low-rank") == ["--rank", "10"]  # a new list each time
+    with pytest.raises(ValueError, match="unknown model 'rank-5'; choose from deterministic, diagonal"):
+        _training.model_flags("rank-5")
+    assert set(_training.SSN_AND_BASELINES) < set(_training.MODEL_FLAGS)
+    assert tuple(_training.MODEL_FLAGS) == report.MODELS
+
+
+def _python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_run_jobs_runs_them_with_logs_and_reports_each(tmp_path):
+    jobs = _training.logged_jobs(
+        {name: _python(f"import os; print('{name}', os.environ['OMP_NUM_THREADS'])") for name in ("a", "b", "c")},
+        tmp_path,
+        "train",
+    )
+    done = []
+    _training.run_jobs(jobs, _training.thread_env(2), at_once=2, when_done=lambda job, minutes: done.append(job.name))
+    assert sorted(done) == ["a", "b", "c"]
+    for name in "abc":
+        assert (tmp_path / f"{name}.train.log").read_text() == f"{name} 2\n"
+
+
+def test_run_jobs_names_the_log_of_a_failed_job_and_starts_no_more(tmp_path):
+    jobs = [
+        _training.Job("broken", _python("import sys; sys.exit('no data')"), tmp_path / "broken.log"),
+        _training.Job("later", _python("print('ran')"), tmp_path / "later.log"),
+    ]
+    with pytest.raises(SystemExit, match=f"broken failed; see {tmp_path / 'broken.log'}"):
+        _training.run_jobs(jobs, os.environ, at_once=1, poll_seconds=0.1)
+    assert "no data" in (tmp_path / "broken.log").read_text()
+    assert not (tmp_path / "later.log").exists()
+    _training.run_jobs([], os.environ)  # nothing to run is no error
