@@ -5,32 +5,28 @@ optimiser steps with the common settings plus FLAGS, then evaluates it on the wh
 split (16 samples per slice). The test split is never used. Runs are appended to
 ``benchmarks/results/ablation.json`` and shown in ``benchmarks/RESULTS.md``.
 
-    python benchmarks/ablation.py --steps 2000 --parallel 2 --threads 1 \\
+    python -m benchmarks.ablation --steps 2000 --parallel 2 --threads 1 \\
         --variant "paper init, constant lr=--lr-schedule constant" \\
         --variant "+ variance init 0.01=--variance-init 0.01 --lr-schedule constant"
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-RESULTS_JSON = HERE / "results" / "ablation.json"
+from benchmarks._common import RESULTS, ROOT, add_lidc_dir, benchmark_parser, lidc_files, recorded_command, update_json
+from benchmarks._training import Job, model_flags, run_jobs, ssn_command, thread_env
+
+RESULTS_JSON = RESULTS / "ablation.json"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_dir = Path(os.environ.get("SSN_LIDC_DIR", ROOT.parent / "shared" / "data" / "lidc"))
-    parser.add_argument("--data-dir", type=Path, default=default_dir)
+    parser = benchmark_parser("ablation", __doc__)
+    add_lidc_dir(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "ablation")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--variant", action="append", required=True, help='"NAME=FLAGS" (flags of ssn train)')
@@ -44,17 +40,17 @@ def main() -> None:
         "--evaluate-only", action="store_true", help="evaluate and record variants already trained in --out"
     )
     args = parser.parse_args()
-    data, split = args.data_dir / "lidc_slices_128.npz", args.data_dir / "split.json"
-    if not data.is_file() or not split.is_file():
-        raise SystemExit(f"LIDC data not found in {args.data_dir}; set SSN_LIDC_DIR or --data-dir")
-    variants = []
+    data, split = lidc_files(args.data_dir)
+    variants = {}  # name: (run folder, flags)
     for text in args.variant:
         name, sep, flags = text.partition("=")
         if not sep:
             raise SystemExit(f'--variant must be "NAME=FLAGS"; got {text!r}')
-        variants.append((name.strip(), flags.strip()))
+        name = name.strip()
+        run_dir = args.out / f"{name.replace(' ', '-').replace('/', '-').replace(',', '')}.seed{args.seed}"
+        variants[name] = (run_dir, flags.strip())
     args.out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    env = thread_env(args.threads)
     common = [
         "--data",
         str(data),
@@ -62,8 +58,7 @@ def main() -> None:
         str(split),
         "--max-steps",
         str(args.steps),
-        "--rank",
-        "10",
+        *model_flags("low-rank"),
         "--features",
         *map(str, args.features),
         "--batch-size",
@@ -77,95 +72,81 @@ def main() -> None:
         "--seed",
         str(args.seed),
     ]
-    python = [sys.executable, "-m", "ssn"]
-    pending = list(variants)
-    running: dict = {}
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            name, flags = pending.pop(0)
-            run_dir = args.out / f"{name.replace(' ', '-').replace('/', '-').replace(',', '')}.seed{args.seed}"
-            log = open(args.out / f"{run_dir.name}.log", "a" if args.evaluate_only else "w")  # noqa: SIM115 (kept open for the child process)
-            command = python + ["train", "--out", str(run_dir), "--overwrite", *common, *shlex.split(flags)]
-            if args.evaluate_only:
-                command = [sys.executable, "-c", "pass"]
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-            running[process] = (name, flags, run_dir, log, time.perf_counter())
-        finished = [p for p in running if p.poll() is not None]
-        if not finished:
-            time.sleep(5)
-            continue
-        for process in finished:
-            name, flags, run_dir, log, start = running.pop(process)
-            log.close()
-            if process.returncode != 0:
-                raise SystemExit(f"{name} failed; see {log.name}")
-            minutes = (time.perf_counter() - start) / 60
-            if args.evaluate_only:  # the training's own clock, from its last metrics line
-                minutes = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["minutes"]
-            out = run_dir / "val_metrics.json"
-            subprocess.run(
-                python
-                + [
-                    "evaluate",
-                    "--run",
-                    str(run_dir),
-                    "--data",
-                    str(data),
-                    "--split",
-                    "val",
-                    "--split-file",
-                    str(split),
-                    "--samples",
-                    "16",
-                    "--out",
-                    str(out),
-                ],
-                env=env,
-                check=True,
-                stdout=subprocess.DEVNULL,
+
+    def evaluate(name: str, minutes: float) -> None:
+        """Evaluate the variant ``name``, trained for ``minutes``, on the validation split and record it."""
+        run_dir, flags = variants[name]
+        out = run_dir / "val_metrics.json"
+        subprocess.run(
+            ssn_command(
+                "evaluate",
+                "--run",
+                str(run_dir),
+                "--data",
+                str(data),
+                "--split",
+                "val",
+                "--split-file",
+                str(split),
+                "--samples",
+                "16",
+                "--out",
+                str(out),
+            ),
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        val = json.loads(out.read_text())
+        record(
+            {
+                "tag": name,
+                "flags": flags,
+                "steps": args.steps,
+                "seed": args.seed,
+                "train_minutes": minutes,
+                "models_at_once": args.parallel,
+                "threads_per_process": args.threads,
+                "measured": time.strftime("%Y-%m-%d"),
+                "command": recorded_command(
+                    "ablation",
+                    "--steps",
+                    str(args.steps),
+                    "--seed",
+                    str(args.seed),
+                    "--variant",
+                    shlex.quote(f"{name}={flags}"),
+                ),
+                "val": {k: val[k] for k in ("ged", "diversity", "hm_iou", "dice")},
+            }
+        )
+        print(
+            f"{name}: val GED^2(16) {val['ged']['mean']:.4f} +- {val['ged']['stderr']:.4f}, "
+            f"diversity {val['diversity']['mean']:.3f}, {minutes:.1f} min",
+            flush=True,
+        )
+
+    if args.evaluate_only:
+        for name, (run_dir, _) in variants.items():  # the training's own clock, from its last metrics line
+            evaluate(name, json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["minutes"])
+    else:
+        training = [
+            Job(
+                name,
+                ssn_command("train", "--out", str(run_dir), "--overwrite", *common, *shlex.split(flags)),
+                args.out / f"{run_dir.name}.log",
             )
-            val = json.loads(out.read_text())
-            record(
-                {
-                    "tag": name,
-                    "flags": flags,
-                    "steps": args.steps,
-                    "seed": args.seed,
-                    "train_minutes": minutes,
-                    "models_at_once": args.parallel,
-                    "threads_per_process": args.threads,
-                    "measured": time.strftime("%Y-%m-%d"),
-                    "command": " ".join(
-                        [
-                            "python",
-                            "benchmarks/ablation.py",
-                            "--steps",
-                            str(args.steps),
-                            "--seed",
-                            str(args.seed),
-                            "--variant",
-                            shlex.quote(f"{name}={flags}"),
-                        ]
-                    ),
-                    "val": {k: val[k] for k in ("ged", "diversity", "hm_iou", "dice")},
-                }
-            )
-            print(
-                f"{name}: val GED^2(16) {val['ged']['mean']:.4f} +- {val['ged']['stderr']:.4f}, "
-                f"diversity {val['diversity']['mean']:.3f}, {minutes:.1f} min",
-                flush=True,
-            )
-    import report
+            for name, (run_dir, flags) in variants.items()
+        ]
+        run_jobs(training, env, at_once=args.parallel, when_done=lambda job, minutes: evaluate(job.name, minutes))
+    from benchmarks import report
 
     report.write()
 
 
 def record(run: dict) -> None:
-    runs = json.loads(RESULTS_JSON.read_text())["runs"] if RESULTS_JSON.is_file() else []
-    RESULTS_JSON.parent.mkdir(exist_ok=True)
-    temporary = RESULTS_JSON.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"runs": runs + [run]}, indent=2) + "\n")
-    temporary.replace(RESULTS_JSON)
+    """Append one run to the results file, re-read just before writing (several invocations may run at once)."""
+    update_json(RESULTS_JSON, lambda content: {"runs": content.get("runs", []) + [run]})
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ vote as a single (deterministic) prediction, and the readers' own diversity.
 
 Runs are appended to ``benchmarks/results/agreeing.json``; ``benchmarks/RESULTS.md`` shows them.
 
-    python benchmarks/agreeing.py --steps 600 --threads 2
-    python benchmarks/agreeing.py --steps 600 --models low-rank --tag "paper init" --extra="--variance-init 0 --mean-warmup 0"
+    python -m benchmarks.agreeing --steps 600 --threads 2
+    python -m benchmarks.agreeing --steps 600 --models low-rank --tag "paper init" --extra="--variance-init 0 --mean-warmup 0"
 
 The stochastic models are also calibrated on the validation slices (``ssn calibrate``) and
 evaluated at that temperature, reported beside the t = 1 figures.
@@ -19,9 +19,7 @@ evaluated at that temperature, reported beside the t = 1 figures.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -30,14 +28,22 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULTS_JSON = HERE / "results" / "agreeing.json"
-MODELS = {
-    "deterministic": ["--method", "deterministic"],
-    "diagonal": ["--rank", "0"],
-    "low-rank": ["--rank", "10"],
-}
+from benchmarks._common import (
+    RESULTS,
+    ROOT,
+    add_lidc_dir,
+    benchmark_parser,
+    lidc_files,
+    locked,
+    recorded_command,
+    save_json,
+    update_json,
+)
+from benchmarks._training import SSN_AND_BASELINES, model_flags, ssn_command, thread_env
+from ssn.files import write_atomically
+
+RESULTS_JSON = RESULTS / "agreeing.json"
+MODELS = SSN_AND_BASELINES
 
 
 def reader_distances(masks: np.ndarray) -> np.ndarray:
@@ -53,8 +59,8 @@ def build_subset(data_dir: Path, out: Path, train_images: int, max_distance: flo
     """Write OUT/agreeing.npz and OUT/split.json (the subset and its patient split); return their paths."""
     from ssn.data import load_arrays, select_split
 
-    data = load_arrays(data_dir / "lidc_slices_128.npz")
-    split_file = data_dir / "split.json"
+    npz_file, split_file = lidc_files(data_dir)
+    data = load_arrays(npz_file)
     masks = np.asarray(data.masks)
     agree = (masks.reshape(len(masks), masks.shape[1], -1).any(-1).all(1)) & (reader_distances(masks) <= max_distance)
     rng = np.random.default_rng(seed)
@@ -65,16 +71,15 @@ def build_subset(data_dir: Path, out: Path, train_images: int, max_distance: flo
     order = np.concatenate([chosen[n] for n in ("train", "val", "test")])
     for name in chosen:  # patients are unique to a split in split.json, so a patient split still holds
         splits[name] = sorted({str(p) for p in np.asarray(data.patient)[chosen[name]]})
-    npz, split_json = out / "agreeing.npz", out / "split.json"
-    # Written to a temporary name and renamed: another invocation may be training on it.
-    temporary = out / f"agreeing.{os.getpid()}.npz"
-    np.savez(
-        temporary, images=np.asarray(data.images)[order], masks=masks[order], patient=np.asarray(data.patient)[order]
-    )
-    temporary.replace(npz)
-    temporary = out / f"split.{os.getpid()}.json"
-    temporary.write_text(json.dumps({"splits": splits, "source": "LIDC split.json, readers agreeing"}, indent=1))
-    temporary.replace(split_json)
+    npz = out / "agreeing.npz"
+    arrays = {
+        "images": np.asarray(data.images)[order],
+        "masks": masks[order],
+        "patient": np.asarray(data.patient)[order],
+    }
+    with locked(out):  # written atomically, one invocation at a time: another may be training on it
+        write_atomically(npz, lambda temporary: np.savez(temporary, **arrays))
+    split_json = save_json(out / "split.json", {"splits": splits, "source": "LIDC split.json, readers agreeing"})
     return npz, split_json
 
 
@@ -101,7 +106,7 @@ def references(npz: Path, split_json: Path) -> dict:
 def evaluate(run_dir: Path, npz: Path, split_json: Path, env: dict, calibrate: bool) -> tuple[dict, dict | None]:
     """Test figures at t = 1 and, for a stochastic model, at the temperature chosen on the 64
     validation slices (``ssn calibrate``); the second is ``None`` for the deterministic model."""
-    python = [sys.executable, "-m", "ssn"]
+    python = ssn_command()
     data = ["--data", str(npz), "--split-file", str(split_json)]
     results = []
     for temperature in (["--temperature", "1"], []) if calibrate else (["--temperature", "1"],):
@@ -141,17 +146,12 @@ def evaluate(run_dir: Path, npz: Path, split_json: Path, env: dict, calibrate: b
 
 def record(run: dict, reference: dict) -> None:
     """Append one run to the results file, re-read just before writing (several invocations may run at once)."""
-    runs = json.loads(RESULTS_JSON.read_text())["runs"] if RESULTS_JSON.is_file() else []
-    RESULTS_JSON.parent.mkdir(exist_ok=True)
-    temporary = RESULTS_JSON.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"reference": reference, "runs": runs + [run]}, indent=2) + "\n")
-    temporary.replace(RESULTS_JSON)
+    update_json(RESULTS_JSON, lambda content: {"reference": reference, "runs": content.get("runs", []) + [run]})
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_dir = Path(os.environ.get("SSN_LIDC_DIR", ROOT.parent / "shared" / "data" / "lidc"))
-    parser.add_argument("--data-dir", type=Path, default=default_dir)
+    parser = benchmark_parser("agreeing", __doc__)
+    add_lidc_dir(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "agreeing")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
@@ -165,11 +165,10 @@ def main() -> None:
     parser.add_argument("--extra", default="", help="further `ssn train` flags for every model, one string")
     parser.add_argument("--skip-training", action="store_true", help="evaluate the runs already trained in --out")
     args = parser.parse_args()
-    if not (args.data_dir / "lidc_slices_128.npz").is_file():
-        raise SystemExit(f"LIDC data not found in {args.data_dir}; set SSN_LIDC_DIR or --data-dir")
+    lidc_files(args.data_dir)  # before any work: the data is there
     args.out.mkdir(parents=True, exist_ok=True)
     npz, split_json = build_subset(args.data_dir, args.out, args.train_images, args.max_reader_distance, 0)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    env = thread_env(args.threads)
     settings = [
         "--data",
         str(npz),
@@ -195,7 +194,7 @@ def main() -> None:
     slug = args.tag.replace(" ", "-").replace("/", "-")
     for name in args.models:
         run_dir = args.out / f"{name}.{slug}.seed{args.seed}"
-        train = [sys.executable, "-m", "ssn", "train", "--out", str(run_dir), "--overwrite", *settings, *MODELS[name]]
+        train = ssn_command("train", "--out", str(run_dir), "--overwrite", *settings, *model_flags(name))
         if not args.skip_training:
             subprocess.run(train, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         minutes = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["minutes"]
@@ -210,12 +209,8 @@ def main() -> None:
                 "steps": args.steps,
                 "train_minutes": minutes,
                 "extra": args.extra,
-                "command": " ".join(
-                    [
-                        "python",
-                        "benchmarks/agreeing.py",
-                        *(shlex.quote(a) for a in sys.argv[1:] if a != "--skip-training"),
-                    ]
+                "command": recorded_command(
+                    "agreeing", *(shlex.quote(a) for a in sys.argv[1:] if a != "--skip-training")
                 ),
                 **{k: result[k] for k in ("ged", "diversity", "hm_iou", "dice", "ece", "num_images")},
                 "calibrated": calibrated,

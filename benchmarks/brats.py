@@ -16,38 +16,44 @@ six cases these figures are a demonstration of the path, not a benchmark of the 
 Evaluation uses windows of 96^3 (larger than the training patches: the network is fully
 convolutional, and fewer, larger windows are faster on a CPU).
 
-    python benchmarks/brats.py --steps 1200 --threads 1 --out runs/brats
+    python -m benchmarks.brats --steps 1200 --threads 1 --out runs/brats
     # data from $SSN_BRATS_DIR (default ../shared/data/brats_deepmedic) and $SSN_BRATS_TCGA_DIR
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-MODELS = {"deterministic": ["--method", "deterministic"], "diagonal": ["--rank", "0"], "low-rank": ["--rank", "10"]}
+from benchmarks._common import (
+    BENCHMARKS,
+    RESULTS,
+    ROOT,
+    benchmark_parser,
+    brats_dir,
+    brats_tcga_dir,
+    recorded_command,
+    save_json,
+)
+from benchmarks._training import SSN_AND_BASELINES, Job, model_flags, run_jobs, ssn_command, thread_env
+
+MODELS = SSN_AND_BASELINES
 REGIONS = ("whole tumour", "tumour core", "enhancing tumour")
 
 
 def write_lists(out: Path, deepmedic: Path, tcga: Path) -> tuple[Path, Path]:
     """The two volume lists: deepmedic (training = train + validation) and tcga (test only)."""
-    python = [sys.executable, "-m", "ssn"]
+    python = ssn_command()
     raw = out / "deepmedic_raw.json"
     subprocess.run(
         python + ["convert", "brats", str(deepmedic), "--out", str(raw), "--sequences", "flair", "t1c"], check=True
     )
     listing = json.loads(raw.read_text())
     listing["training"] = listing["training"] + listing["validation"]
-    lists = out / "deepmedic.json"
-    lists.write_text(json.dumps(listing, indent=1))
+    lists = save_json(out / "deepmedic.json", listing)
     tcga_list = out / "tcga.json"
     subprocess.run(
         python + ["convert", "brats", str(tcga), "--out", str(tcga_list), "--sequences", "flair", "t1c"], check=True
@@ -70,10 +76,7 @@ def figure(run: Path, lists: Path, out_png: Path, window: list[int], samples: in
     case = listing["test"][0]
     folder = out_png.parent / "figure_samples"
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ssn",
+        ssn_command(
             "sample",
             "--run",
             str(run),
@@ -87,7 +90,7 @@ def figure(run: Path, lists: Path, out_png: Path, window: list[int], samples: in
             *map(str, window),
             "--out",
             str(folder),
-        ],
+        ),
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -131,16 +134,18 @@ def figure(run: Path, lists: Path, out_png: Path, window: list[int], samples: in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser("brats", __doc__)
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(os.environ.get("SSN_BRATS_DIR", ROOT.parent / "shared" / "data" / "brats_deepmedic")),
+        default=brats_dir(),
+        help="the brats_deepmedic cases (default: $SSN_BRATS_DIR or ../shared/data/brats_deepmedic)",
     )
     parser.add_argument(
         "--tcga-dir",
         type=Path,
-        default=Path(os.environ.get("SSN_BRATS_TCGA_DIR", ROOT.parent / "shared" / "data" / "brats_tcga")),
+        default=brats_tcga_dir(),
+        help="the brats_tcga cases (default: $SSN_BRATS_TCGA_DIR or ../shared/data/brats_tcga)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "brats")
     parser.add_argument("--steps", type=int, default=1200)
@@ -157,8 +162,7 @@ def main() -> None:
             raise SystemExit(f"BraTS data not found in {folder}; set SSN_BRATS_DIR / SSN_BRATS_TCGA_DIR")
     args.out.mkdir(parents=True, exist_ok=True)
     lists, tcga_list = write_lists(args.out, args.data_dir, args.tcga_dir)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    python = [sys.executable, "-m", "ssn"]
+    python = ssn_command()
     settings = [
         "--patch-size",
         *map(str, args.patch_size),
@@ -183,24 +187,17 @@ def main() -> None:
     ]
     start = time.perf_counter()
     if not args.skip_training:
-        processes = {}
-        for name in args.models:
-            log = open(args.out / f"{name}.train.log", "w")  # noqa: SIM115 (kept open for the child process)
-            command = python + [
-                "train",
-                "--data",
-                str(lists),
-                "--out",
-                str(args.out / name),
-                "--overwrite",
-                *settings,
-                *MODELS[name],
-            ]
-            processes[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log)
-        for name, (process, log) in processes.items():
-            if process.wait() != 0:
-                raise SystemExit(f"{name} failed; see {log.name}")
-            log.close()
+        training = [
+            Job(
+                name,
+                python
+                + ["train", "--data", str(lists), "--out", str(args.out / name), "--overwrite", *settings]
+                + model_flags(name),
+                args.out / f"{name}.train.log",
+            )
+            for name in args.models
+        ]
+        run_jobs(training, thread_env(args.threads))  # all at once
     train_minutes = (time.perf_counter() - start) / 60
     runs = {}
     for name in args.models:
@@ -226,7 +223,7 @@ def main() -> None:
                     str(report),
                 ],
                 check=True,
-                env=dict(os.environ, OMP_NUM_THREADS="2"),
+                env=thread_env(2),
                 stdout=subprocess.DEVNULL,
             )
             structures = json.loads(report.read_text())["structures"]
@@ -236,7 +233,7 @@ def main() -> None:
         runs[name] = entry
         print(name, json.dumps(entry), flush=True)
     if "low-rank" in args.models:
-        figure(args.out / "low-rank", lists, HERE / "brats_samples.png", args.window)
+        figure(args.out / "low-rank", lists, BENCHMARKS / "brats_samples.png", args.window)
     result = {
         "measured": time.strftime("%Y-%m-%d"),
         "steps": args.steps,
@@ -247,12 +244,11 @@ def main() -> None:
         "models_at_once": len(args.models),
         "train_minutes_wall": train_minutes,
         "settings": settings,
-        "command": "python benchmarks/brats.py " + " ".join(sys.argv[1:]),
+        "command": recorded_command("brats", *sys.argv[1:]),
         "runs": runs,
     }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "brats.json").write_text(json.dumps(result, indent=2) + "\n")
-    import report as report_module
+    save_json(RESULTS / "brats.json", result)
+    from benchmarks import report as report_module
 
     report_module.write()
 

@@ -9,7 +9,7 @@ Two figures on the shipped LIDC model (``pretrained:lidc-2d``) and one LIDC test
   temperature into the page to the new sample grid shown (median of 10 moves), which adds
   Gradio's round trip and the PNG encoding of the pictures.
 
-    python benchmarks/explorer.py          # writes benchmarks/results/explorer.json
+    python -m benchmarks.explorer          # writes benchmarks/results/explorer.json
 """
 
 from __future__ import annotations
@@ -18,25 +18,21 @@ import os
 import shutil
 import socket
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-ROOT = HERE.parent
+from benchmarks._common import benchmark_parser, lidc_dir, lidc_files, write
 
 
 def main() -> None:
-    from _common import write
-
+    benchmark_parser("explorer", __doc__).parse_args()
     from ssn.apps.explore import _state_view
     from ssn.apps.explorer_core import Exploration
     from ssn.engine.checkpoints import load_run
 
-    data_path = Path(os.environ.get("SSN_LIDC_DIR", ROOT.parent / "shared" / "data" / "lidc")) / "lidc_slices_128.npz"
+    data_path, _ = lidc_files(lidc_dir())
     model, _ = load_run("pretrained:lidc-2d")
     image = np.load(data_path)["images"][190].astype(np.float32)[None] / 255.0
     exploration = Exploration(model, image)

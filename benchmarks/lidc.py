@@ -13,9 +13,9 @@ Models can be run separately (``--models low-rank``): every run is appended to
 model, with all earlier runs below it. Paths are recorded relative to the repository, the data
 as ``$SSN_LIDC_DIR``.
 
-    python benchmarks/lidc.py --minutes 40              # data from $SSN_LIDC_DIR or ../shared/data/lidc
-    python benchmarks/lidc.py --minutes 40 --one-at-a-time --threads 2 --out runs/lidc-sequential
-    python benchmarks/lidc.py --steps 5042 --models low-rank prob-unet --threads 1 --out runs/lidc-v3
+    python -m benchmarks.lidc --minutes 40              # data from $SSN_LIDC_DIR or ../shared/data/lidc
+    python -m benchmarks.lidc --minutes 40 --one-at-a-time --threads 2 --out runs/lidc-sequential
+    python -m benchmarks.lidc --steps 5042 --models low-rank prob-unet --threads 1 --out runs/lidc-v3
 
 Training for hours, in parts: ``--part-minutes M`` trains each model for at most M minutes in
 this invocation (``ssn train --stop-after-minutes``) and resumes the run in ``--out`` where there
@@ -23,54 +23,41 @@ is one. Each part is resumed exactly, and each run's validation curve (GED^2 aga
 time of its process) is in its ``metrics.jsonl``. The models are calibrated and evaluated once
 the budget is spent, so run the same command again until it says so:
 
-    python benchmarks/lidc.py --steps 30000 --crop 96 --models low-rank --threads 1 --part-minutes 120 --out runs/lidc-v6
+    python -m benchmarks.lidc --steps 30000 --crop 96 --models low-rank --threads 1 --part-minutes 120 --out runs/lidc-v6
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # report.py beside this file
-ROOT = HERE.parent
-RESULTS_JSON = HERE / "results" / "lidc.json"
-MODELS = {
-    "deterministic": ["--method", "deterministic"],
-    "diagonal": ["--rank", "0"],
-    "low-rank": ["--rank", "10"],
-    "prob-unet": ["--method", "prob-unet"],
-}
+from benchmarks._common import (
+    BENCHMARKS,
+    ROOT,
+    SHARED_DATA,
+    add_lidc_dir,
+    benchmark_parser,
+    lidc_files,
+    recorded_command,
+    update_json,
+)
+from benchmarks._training import MODEL_FLAGS, logged_jobs, model_flags, run_jobs, ssn_command, thread_env
+
+RESULTS_JSON = BENCHMARKS / "results" / "lidc.json"
+MODELS = tuple(MODEL_FLAGS)
 PROTOCOL = 3  # ssn 0.3: the library's training defaults, calibration, GED^2(16); older runs are listed only
 
 
 def run_all(commands: dict[str, list[str]], threads: int, log_dir: Path, phase: str, parallel: bool) -> None:
-    """Run the commands (all at once, or one after another); logs go to LOG_DIR/NAME.PHASE.log."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    processes = {}
-    for name, command in commands.items():
-        log_path = log_dir / f"{name}.{phase}.log"
-        log = open(log_path, "w")  # noqa: SIM115 (kept open for the child process)
-        processes[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log, log_path)
-        if not parallel:
-            _wait(name, *processes.pop(name))
-    for name, entry in processes.items():
-        _wait(name, *entry)
-
-
-def _wait(name: str, process, log, log_path: Path) -> None:
-    code = process.wait()
-    log.close()
-    if code != 0:
-        raise SystemExit(f"{name} failed; see {log_path}")
+    """Run the commands (all at once, or one after another) with ``threads`` threads each; logs
+    go to LOG_DIR/NAME.PHASE.log."""
+    run_jobs(logged_jobs(commands, log_dir, phase), thread_env(threads), at_once=None if parallel else 1)
 
 
 def portable(text: str, data_dir: Path) -> str:
@@ -86,9 +73,8 @@ def portable(text: str, data_dir: Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_dir = Path(os.environ.get("SSN_LIDC_DIR", ROOT.parent / "shared" / "data" / "lidc"))
-    parser.add_argument("--data-dir", type=Path, default=default_dir)
+    parser = benchmark_parser("lidc", __doc__)
+    add_lidc_dir(parser)
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, help="training minutes per model (default 40)")
     budget.add_argument("--steps", type=int, help="optimiser steps per model, instead of minutes")
@@ -136,11 +122,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.minutes is None and args.steps is None:
         args.minutes = 40.0
-    data, split = args.data_dir / "lidc_slices_128.npz", args.data_dir / "split.json"
-    if not data.is_file() or not split.is_file():
-        raise SystemExit(f"LIDC data not found in {args.data_dir}; set SSN_LIDC_DIR or --data-dir")
+    data, split = lidc_files(args.data_dir)
     args.out.mkdir(parents=True, exist_ok=True)
-    python = [sys.executable, "-m", "ssn"]
+    python = ssn_command()
     budget = ["--max-minutes", str(args.minutes)] if args.minutes is not None else ["--max-steps", str(args.steps)]
     settings = [
         "--data",
@@ -179,7 +163,7 @@ def main() -> None:
         order = list(reversed(models)) if args.one_at_a_time else models  # one at a time: low-rank first
         if args.part_minutes:
             commands = {
-                m: python + train_part(args.out / m, settings + MODELS[m], args.part_minutes)
+                m: python + train_part(args.out / m, settings + model_flags(m), args.part_minutes)
                 for m in order
                 if not finished(args.out / m)
             }
@@ -200,7 +184,8 @@ def main() -> None:
                 return
         else:
             commands = {
-                m: python + ["train", "--out", str(args.out / m), "--overwrite", *settings, *MODELS[m]] for m in order
+                m: python + ["train", "--out", str(args.out / m), "--overwrite", *settings, *model_flags(m)]
+                for m in order
             }
             run_all(commands, args.threads, args.out, "train", parallel=not args.one_at_a_time)
     trained = time.time()
@@ -268,9 +253,8 @@ def main() -> None:
         "evaluate",
         parallel=False,  # one at a time, whole machine: timed
     )
-    command = " ".join(["python", "benchmarks/lidc.py", *(a for a in sys.argv[1:] if a != "--skip-training")])
-    content = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.is_file() else {}
-    runs = load_runs()
+    recorded = recorded_command("lidc", *(a for a in sys.argv[1:] if a != "--skip-training"))
+    runs = []
     for m in models:
         result = json.loads((args.out / m / "test_metrics.json").read_text())
         result["run"], result["data"] = portable(result["run"], args.data_dir), portable(result["data"], args.data_dir)
@@ -283,8 +267,8 @@ def main() -> None:
                 "ssn_version": ssn.__version__,
                 "seed": args.seed,
                 "protocol": PROTOCOL,
-                "command": command,
-                "settings": [portable(s, args.data_dir) if "/" in s else s for s in settings + MODELS[m]],
+                "command": recorded,
+                "settings": [portable(s, args.data_dir) if "/" in s else s for s in settings + model_flags(m)],
                 "threads_per_process": args.threads,
                 "one_at_a_time": args.one_at_a_time,
                 "models_at_once": 1 if args.one_at_a_time else len(models),
@@ -300,14 +284,18 @@ def main() -> None:
                 "evaluation_threads": os.cpu_count(),
             }
         )
-    reference = content.get("reference")
-    if not reference or "hm_iou_by_matching" not in reference["empty"]:  # written before ssn 0.6
-        reference = references(data, split)
-    RESULTS_JSON.parent.mkdir(exist_ok=True)
-    RESULTS_JSON.write_text(json.dumps({"reference": reference, "runs": runs}, indent=2) + "\n")
+
+    def appended(content: dict) -> dict:
+        """The results file with these runs after those recorded (re-read now: others may have added some)."""
+        reference = content.get("reference")
+        if not reference or "hm_iou_by_matching" not in reference["empty"]:  # written before ssn 0.6
+            reference = references(data, split)
+        return {"reference": reference, "runs": load_runs(content) + runs}
+
+    update_json(RESULTS_JSON, appended)
     if "low-rank" in models:
-        figure(args.out / "low-rank", data, split, HERE / "lidc_samples.png")
-    import report
+        figure(args.out / "low-rank", data, split, BENCHMARKS / "lidc_samples.png")
+    from benchmarks import report
 
     print(report.write().read_text())
 
@@ -392,14 +380,14 @@ def references(data_path: Path, split: Path) -> dict:
     return out
 
 
-def load_runs() -> list[dict]:
-    """Every recorded run; the single-run format of earlier versions becomes one entry per model."""
-    if not RESULTS_JSON.is_file():
+def load_runs(content: dict) -> list[dict]:
+    """Every run recorded in ``content`` (the results file); the single-run format of earlier
+    versions becomes one entry per model."""
+    if not content:
         return []
-    content = json.loads(RESULTS_JSON.read_text())
     if "runs" in content:
         return content["runs"]
-    runs, old_data_dir = [], ROOT.parent / "shared" / "data" / "lidc"
+    runs, old_data_dir = [], SHARED_DATA / "lidc"
     for m, result in content["results"].items():
         result = {
             **result,

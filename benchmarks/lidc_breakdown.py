@@ -6,35 +6,31 @@ with each group's share of the test mean. With ``--inspect RUN`` it also draws 1
 slices that all four readers marked and reports how often a sample is empty, the area of the
 mean prediction and the samples' IoU with the majority vote.
 
-    python benchmarks/lidc_breakdown.py --runs runs/lidc-v3/low-rank runs/lidc-v3/prob-unet \\
+    python -m benchmarks.lidc_breakdown --runs runs/lidc-v3/low-rank runs/lidc-v3/prob-unet \\
         --inspect runs/lidc-v3/low-rank
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks._common import add_lidc_dir, benchmark_parser, lidc_files
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("SSN_LIDC_DIR", ROOT.parent / "shared" / "data" / "lidc"))
-    )
+    parser = benchmark_parser("lidc_breakdown", __doc__)
+    add_lidc_dir(parser)
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="run folders holding test_metrics.csv")
     parser.add_argument("--inspect", type=Path, help="a run to draw samples from on the four-reader slices")
     args = parser.parse_args()
     from ssn.metrics import image_metrics
 
-    data = np.load(args.data_dir / "lidc_slices_128.npz")
+    data = np.load(lidc_files(args.data_dir)[0])
     columns, indices = {}, None
     for run in args.runs:
         with open(run / "test_metrics.csv") as file:

@@ -6,20 +6,16 @@ of the training process, all its threads, summed over the parts of the run), and
 Writes ``benchmarks/lidc_curve.png`` and ``benchmarks/results/lidc_curve.json`` (every point,
 and each run's figure nearest 40 minutes, 2 hours and at its end).
 
-    python benchmarks/lidc_curve.py runs/lidc-v6/low-rank runs/lidc-v6/prob-unet runs/lidc-v6/deterministic
-    python benchmarks/lidc_curve.py runs/lidc-v6/*      # every run of a benchmark folder
+    python -m benchmarks.lidc_curve runs/lidc-v6/low-rank runs/lidc-v6/prob-unet runs/lidc-v6/deterministic
+    python -m benchmarks.lidc_curve runs/lidc-v6/*      # every run of a benchmark folder
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from _common import write  # noqa: E402
+from benchmarks._common import BENCHMARKS, benchmark_parser, write
 
 MARKS = {"40 min": 40 / 60, "2 h": 2.0}
 
@@ -54,9 +50,9 @@ def nearest(points: list[dict], hours: float) -> dict | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser("lidc_curve", __doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories of ssn train")
-    parser.add_argument("--out", type=Path, default=HERE / "lidc_curve.png")
+    parser.add_argument("--out", type=Path, default=BENCHMARKS / "lidc_curve.png")
     args = parser.parse_args()
     runs = [r for r in args.runs if (r / "metrics.jsonl").is_file()]
     if not runs:

@@ -11,26 +11,32 @@ Two parts:
   on 512 fixed validation slices with 16 samples: GED^2(16) with its standard error over slices,
   diversity, HM-IoU(16), Dice, and the share of empty samples on slices all four readers marked.
 
-    python benchmarks/lidc_options.py throughput --threads 1
-    python benchmarks/lidc_options.py quality --runs runs/pilot/whole runs/pilot/crop96 runs/pilot/crop64
+    python -m benchmarks.lidc_options throughput --threads 1
+    python -m benchmarks.lidc_options quality --runs runs/pilot/whole runs/pilot/crop96 runs/pilot/crop64
 
 Results go to ``benchmarks/results/lidc_options.json`` (each part keeps the other's figures).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from _common import medians, paired_ratio, time_interleaved, write  # noqa: E402
+from benchmarks._common import (
+    RESULTS,
+    add_lidc_dir,
+    benchmark_parser,
+    lidc_files,
+    medians,
+    paired_ratio,
+    recorded_command,
+    time_interleaved,
+    write,
+)
 
 OPTIONS = {  # name: (side, norm, batch, channels_last, features, compiled)
     "whole 128x128, batch 8 (baseline)": (128, "instance", 8, False, (16, 32, 64, 128), False),
@@ -83,8 +89,9 @@ def quality(runs: list[Path], data_dir: Path) -> dict:
     from ssn.engine import load_run
     from ssn.inference import predict_batches
 
-    data = load_arrays(data_dir / "lidc_slices_128.npz")
-    val = select_split(data, "val", data_dir / "split.json")
+    data_file, split_file = lidc_files(data_dir)
+    data = load_arrays(data_file)
+    val = select_split(data, "val", split_file)
     chosen = np.sort(np.random.default_rng(1).choice(val, size=min(512, val.size), replace=False))
     out = {}
     for run in runs:
@@ -122,16 +129,15 @@ def quality(runs: list[Path], data_dir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser("lidc_options", __doc__)
     parser.add_argument("part", choices=("throughput", "quality"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--runs", type=Path, nargs="+", default=[])
-    default_dir = Path(os.environ.get("SSN_LIDC_DIR", HERE.parent.parent / "shared" / "data" / "lidc"))
-    parser.add_argument("--data-dir", type=Path, default=default_dir)
+    add_lidc_dir(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    path = HERE / "results" / "lidc_options.json"
+    path = RESULTS / "lidc_options.json"
     content = json.loads(path.read_text()) if path.is_file() else {}
     if args.part == "throughput":
         content["throughput"] = {**throughput(args.rounds), "threads": args.threads}
@@ -140,7 +146,7 @@ def main() -> None:
             raise SystemExit("quality needs --runs: run directories trained alike")
         content["quality"] = quality(args.runs, args.data_dir)
     content.pop("machine", None)
-    content["command_" + args.part] = "python benchmarks/lidc_options.py " + " ".join(sys.argv[1:])
+    content["command_" + args.part] = recorded_command("lidc_options", *sys.argv[1:])
     write("lidc_options", content)
 
 

@@ -3,20 +3,15 @@
 The baseline is the textbook loop: d(a, b) = 1 - IoU computed pair by pair with numpy, as many
 evaluation scripts do. Both run interleaved in one process; medians are reported.
 
-    python benchmarks/metrics.py             # writes benchmarks/results/metrics.json
+    python -m benchmarks.metrics           # writes benchmarks/results/metrics.json
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import medians, paired_ratio, time_interleaved, write  # noqa: E402
-
-from ssn import metrics  # noqa: E402
+from benchmarks._common import benchmark_parser, medians, paired_ratio, time_interleaved, write
+from ssn import metrics
 
 
 def loop_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -32,6 +27,7 @@ def loop_ged(samples: np.ndarray, annotations: np.ndarray) -> float:
 
 
 def main() -> None:
+    benchmark_parser("metrics", __doc__).parse_args()
     rng = np.random.default_rng(0)
     # Blob-like maps (not noise): thresholded smooth fields, like real nodule masks.
     yy, xx = np.mgrid[:128, :128]

@@ -6,17 +6,21 @@
 - ``results/brats.json``     (``benchmarks/brats.py``): the BraTS demonstration;
 - ``results/scaling.json``   (``benchmarks/scaling.py``): kill and resume, workers, processes.
 
-Each benchmark calls :func:`write` at its end; ``python benchmarks/report.py`` rewrites it alone.
+Each benchmark calls :func:`write` at its end; ``python -m benchmarks.report`` rewrites it alone.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-MODELS = ("deterministic", "diagonal", "low-rank", "prob-unet")
+from benchmarks._common import BENCHMARKS, RESULTS, benchmark_parser
+from benchmarks._training import MODEL_FLAGS
+from ssn.files import write_atomically
+
+HERE = BENCHMARKS
+MODELS = tuple(MODEL_FLAGS)
 PAPER = {  # Monteiro et al. 2020, Table 1 (LIDC, GED^2 with 100 samples, their own split)
     "deterministic": "0.607",
     "diagonal": "0.622",
@@ -66,6 +70,18 @@ HM_IOU_NOTE = (
     "(`--classes present|all`) agree, so GED² and diversity compare with PHiSeg's, the official SSN's, "
     "CCDM's, MoSE's and Flow-SSN's code as they are."
 )
+
+
+_SCRIPT_FORM = re.compile(r"^(?:python )?benchmarks/([a-z_]+)\.py(?=\s|$)")
+
+
+def _runnable(command: str) -> str:
+    """A recorded command line as it runs now (``python -m benchmarks.NAME ...``).
+
+    Runs recorded before the benchmarks became a package name the script file
+    (``python benchmarks/NAME.py ...``); the result files keep that, the page shows the form that works.
+    """
+    return _SCRIPT_FORM.sub(r"python -m benchmarks.\1", command)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -171,7 +187,7 @@ def lidc_section() -> list[str]:
                     "1",
                     *_figures(r),
                     f"{r['training'].get('step', 0)} steps, {r['training'].get('minutes', 0):.0f} min",
-                    f"`{r['command']}`",
+                    f"`{_runnable(r['command'])}`",
                 ]
                 for r in runs
             ],
@@ -192,7 +208,7 @@ def options_section() -> list[str]:
             [name, f"{r['images_per_second']:.1f}", f"{r['relative']:.2f}"] for name, r in throughput["options"].items()
         ]
         lines += [
-            f"Throughput (`{content['command_throughput']}`, {throughput['threads']} thread, measured "
+            f"Throughput (`{_runnable(content['command_throughput'])}`, {throughput['threads']} thread, measured "
             f"{content['machine']['date']}): one SSN step (rank 10, 20 samples) per option, all alternating in one "
             f"process ({throughput['rounds']} rounds), random inputs; *relative* is the median over rounds of the "
             "paired ratio to whole slices at batch 8 (images per second), *images/s* the median time's.",
@@ -216,7 +232,7 @@ def options_section() -> list[str]:
             for name, r in quality["runs"].items()
         ]
         lines += [
-            f"Quality for the same CPU time (`{content['command_quality']}`): low-rank SSNs (U-Net 16-128, rank 10, "
+            f"Quality for the same CPU time (`{_runnable(content['command_quality'])}`): low-rank SSNs (U-Net 16-128, rank 10, "
             "batch 8, lr 2e-3, the library's defaults) trained side by side for 15 wall minutes each, three "
             "processes of one thread on the 2 cores (so about 10 CPU-minutes each), then scored on "
             f"{quality['validation_slices']} fixed validation slices (whole 128x128 slices) with {quality['samples']} "
@@ -259,7 +275,7 @@ def curve_section() -> list[str]:
         "",
         "Written by `benchmarks/lidc_curve.py` from each run's `metrics.jsonl`: validation GED² (16 samples, the "
         "run's fixed 128 validation slices) against the CPU time of the training process, summed over the "
-        "parts of the run (`benchmarks/lidc.py --part-minutes`). *40 min* and *2 h* are the last validation at or "
+        "parts of the run (`python -m benchmarks.lidc --part-minutes`). *40 min* and *2 h* are the last validation at or "
         "before that much CPU time.",
         "",
         *_table(["run", "method", "seed", "budget (steps)", "40 CPU-min", "2 CPU-h", "latest", "CPU-h so far"], rows),
@@ -295,7 +311,7 @@ def ablation_section() -> list[str]:
         "",
         *_table(["options", "flags", "val GED²(16)", "diversity", "HM-IoU(16)", "training", "seed"], rows),
         "",
-        'Commands: one `python benchmarks/ablation.py --steps N --variant "NAME=FLAGS"` per row (in '
+        'Commands: one `python -m benchmarks.ablation --steps N --variant "NAME=FLAGS"` per row (in '
         "`benchmarks/results/ablation.json`). *training* minutes depend on what ran beside each run; "
         "the budget is the steps. The ± is the spread over the validation slices of one trained model per row; training noise is larger: in the 5,042-step LIDC run of the low-rank SSN the validation GED²(16) on 128 slices moved between 0.29 and 0.38 from one checkpoint (every 500 steps) to the next, so differences below about 0.04 here are not evidence either way.",
         "",
@@ -367,7 +383,7 @@ def agreeing_section() -> list[str]:
             rows,
         ),
         "",
-        "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in runs})),
+        "Commands: " + "; ".join(sorted({f"`{_runnable(r['command'])}`" for r in runs})),
         "",
     ]
 
@@ -380,7 +396,7 @@ def brats_section() -> list[str]:
     lines = [
         "## BraTS (3D), a demonstration on six real cases",
         "",
-        f"Measured {content['measured']}: `{content['command']}`. The deterministic 3D U-Net, the diagonal and "
+        f"Measured {content['measured']}: `{_runnable(content['command'])}`. The deterministic 3D U-Net, the diagonal and "
         f"the low-rank SSN (rank 10, 20 samples), U-Net features {content['features']}, patches of "
         f"{'x'.join(map(str, content['patch_size']))} (half centred on the tumour), batch 2, Adam 1e-3, "
         f"{content['steps']} optimiser steps each ({content['models_at_once']} models at once, "
@@ -441,7 +457,7 @@ def scaling_section() -> list[str]:
             f"{k['after_seconds']} s after a start (last checkpoint: step {k['saved_step']})" for k in resume["kills"]
         )
         lines += [
-            f"- **Kill and resume** (`{resume['command']}`): {resume['steps']} steps; SIGKILL {kills}; resumed each time with "
+            f"- **Kill and resume** (`{_runnable(resume['command'])}`): {resume['steps']} steps; SIGKILL {kills}; resumed each time with "
             f"`--resume`. Weights bitwise equal to the uninterrupted run's: {resume['weights_bitwise_equal']}; "
             f"optimiser state: {resume['optimiser_bitwise_equal']}; `metrics.jsonl` lines (steps, losses, "
             f"validation GED²): {resume['metrics_lines_equal']}."
@@ -450,7 +466,7 @@ def scaling_section() -> list[str]:
     if workers:
         speed = {k: sum(v) / len(v) for k, v in workers["images_per_second"].items()}
         lines += [
-            f"- **DataLoader workers** (`{workers['command']}`; {workers['steps']} steps, 2 threads, runs in the order 0, 1, 1, 0): "
+            f"- **DataLoader workers** (`{_runnable(workers['command'])}`; {workers['steps']} steps, 2 threads, runs in the order 0, 1, 1, 0): "
             f"{speed['0']:.1f} images/s with none, {speed['1']:.1f} with one (ratio {workers['ratio_1_to_0']:.2f}; "
             f"on 2 cores a worker competes with the step). Weights bitwise equal: {workers['weights_bitwise_equal']}."
         ]
@@ -459,7 +475,7 @@ def scaling_section() -> list[str]:
         speed = {k: sum(v) / len(v) for k, v in processes["images_per_second"].items()}
         ged = lambda values: ", ".join(f"{v:.4f}" for v in values)  # noqa: E731
         lines += [
-            f"- **Two processes under torchrun** (`{processes['command']}`; gloo, 1 thread each) against one "
+            f"- **Two processes under torchrun** (`{_runnable(processes['command'])}`; gloo, 1 thread each) against one "
             f"process with 2 threads, same global batch, {processes['steps']} steps: {speed['2']:.1f} against "
             f"{speed['1']:.1f} images/s (ratio {processes['ratio_2_to_1']:.2f}). After one step the gradients agree "
             f"to {processes['first_step_largest_relative_gradient_difference']:.1e} of each tensor's largest value "
@@ -488,9 +504,10 @@ def write() -> Path:
     lines += brats_section() + scaling_section()
     lines += [CITATION, ""]
     path = HERE / "RESULTS.md"
-    path.write_text("\n".join(lines))
+    write_atomically(path, lambda temporary: temporary.write_text("\n".join(lines)))
     return path
 
 
 if __name__ == "__main__":
+    benchmark_parser("report", __doc__).parse_args()
     print(write().read_text())

@@ -5,7 +5,7 @@ one process. Peak memory: each draw runs in a fresh subprocess; its peak residen
 reset just before the draw (Linux: /proc/self/clear_refs) and the growth of the peak (VmHWM) over
 the resident size before the draw is reported, output included.
 
-    python benchmarks/sampling.py            # writes benchmarks/results/sampling.json
+    python -m benchmarks.sampling          # writes benchmarks/results/sampling.json
 """
 
 from __future__ import annotations
@@ -14,15 +14,12 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 from torch.distributions import LowRankMultivariateNormal
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import medians, paired_ratio, time_interleaved, write  # noqa: E402
-
-from ssn import LowRankLogitDistribution  # noqa: E402
+from benchmarks._common import ROOT, benchmark_parser, medians, paired_ratio, time_interleaved, write
+from ssn import LowRankLogitDistribution
 
 CASES = {
     "2d": {"shape": (4, 2, 128, 128), "rank": 10, "samples": 20, "repeats": 15},
@@ -80,7 +77,8 @@ def worker(case: str, method: str, samples: int) -> None:
 
 def peak_memory(case: str, method: str, samples: int) -> dict:
     result = subprocess.run(
-        [sys.executable, __file__, "--worker", case, method, str(samples)],
+        [sys.executable, "-m", "benchmarks.sampling", "--worker", case, method, str(samples)],
+        cwd=ROOT,  # where the benchmarks package is
         capture_output=True,
         text=True,
         check=True,
@@ -127,7 +125,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser("sampling", __doc__)
     parser.add_argument("--worker", nargs=3, metavar=("CASE", "METHOD", "SAMPLES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

@@ -13,16 +13,14 @@ lr 1e-3) on the patient-level train split for a few dozen steps:
   thread each (gloo), at the same global batch; images per second, the largest parameter
   difference at the end, and after one step the gradients' and the parameters' differences.
 
-    python benchmarks/scaling.py [--steps 120]     # writes benchmarks/results/scaling.json
+    python -m benchmarks.scaling [--steps 120]     # writes benchmarks/results/scaling.json
 
 Needs the machine to itself for its timings. Set SSN_LIDC_DIR or --data-dir for the data.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
 import shutil
 import signal
@@ -33,10 +31,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import write  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks._common import RESULTS, ROOT, add_lidc_dir, benchmark_parser, lidc_files, recorded_command, write
+from benchmarks._training import ssn_command, thread_env
 
 
 def train_args(data_dir: Path, out: Path, steps: int, extra=()) -> list[str]:
@@ -72,9 +68,9 @@ def train_args(data_dir: Path, out: Path, steps: int, extra=()) -> list[str]:
 
 
 def run(args: list[str], threads: int, processes: int = 1, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env = thread_env(threads)
     if processes == 1:
-        command = [sys.executable, "-m", "ssn", *args]
+        command = ssn_command(*args)
     else:
         command = [
             sys.executable,
@@ -110,9 +106,9 @@ def resume_part(data_dir: Path, work: Path, steps: int, seed: int) -> dict:
     run(train_args(data_dir, whole, steps, ["--overwrite"]), threads=2)
     rng = random.Random(seed)
     kills = []
-    env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
-    first = [sys.executable, "-m", "ssn", *train_args(data_dir, broken, steps, ["--overwrite"])]
-    again = [sys.executable, "-m", "ssn", *train_args(data_dir, broken, steps, ["--resume"])]
+    env = thread_env(2)
+    first = ssn_command(*train_args(data_dir, broken, steps, ["--overwrite"]))
+    again = ssn_command(*train_args(data_dir, broken, steps, ["--resume"]))
     for attempt in range(2):
         process = subprocess.Popen(
             first if attempt == 0 else again, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -228,27 +224,24 @@ def processes_part(data_dir: Path, work: Path, steps: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("SSN_LIDC_DIR", ROOT.parent / "shared" / "data" / "lidc"))
-    )
+    parser = benchmark_parser("scaling", __doc__)
+    add_lidc_dir(parser)
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--parts", nargs="+", default=["resume", "workers", "processes"])
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "scaling")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if not (args.data_dir / "lidc_slices_128.npz").is_file():
-        raise SystemExit(f"LIDC data not found in {args.data_dir}; set SSN_LIDC_DIR or --data-dir")
+    lidc_files(args.data_dir)  # before any work: the data is there
     args.work.mkdir(parents=True, exist_ok=True)
     results = {}
-    command = " ".join(["benchmarks/scaling.py", *sys.argv[1:]])
+    command = recorded_command("scaling", *sys.argv[1:])
     if "resume" in args.parts:
         results["resume"] = {"command": command, **resume_part(args.data_dir, args.work, args.steps * 2, args.seed)}
     if "workers" in args.parts:
         results["workers"] = {"command": command, **workers_part(args.data_dir, args.work, args.steps)}
     if "processes" in args.parts:
         results["processes"] = {"command": command, **processes_part(args.data_dir, args.work, args.steps)}
-    previous = Path(__file__).parent / "results" / "scaling.json"
+    previous = RESULTS / "scaling.json"
     kept = json.loads(previous.read_text()) if previous.is_file() else {}
     kept = {k: v for k, v in kept.items() if k in ("resume", "workers", "processes") and k not in results}
     write("scaling", {"command": command, **kept, **results})

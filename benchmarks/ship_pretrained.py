@@ -1,6 +1,6 @@
 """Copy a trained LIDC run into the package as a pretrained model, with its model card.
 
-    python benchmarks/ship_pretrained.py runs/lidc-v3/low-rank --name lidc-2d
+    python -m benchmarks.ship_pretrained runs/lidc-v3/low-rank --name lidc-2d
 
 Writes ``src/ssn/weights/NAME/``: ``best.safetensors`` (the weights), ``config.json`` (the
 settings and architecture, with machine-specific paths removed), ``calibration.json`` (the
@@ -11,12 +11,12 @@ t = 1 and calibrated, licence and attribution). The figures come from the run's
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks._common import ROOT, benchmark_parser, save_json
+from ssn.files import write_atomically
 
 
 def _figures(result: dict) -> str:
@@ -28,7 +28,7 @@ def _figures(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser("ship_pretrained", __doc__)
     parser.add_argument("run", type=Path)
     parser.add_argument("--name", default="lidc-2d")
     args = parser.parse_args()
@@ -43,9 +43,9 @@ def main() -> None:
     for key in ("data", "out", "split_file"):
         config[key] = Path(config[key]).name if config.get(key) else config.get(key)
     config["resume"] = False
-    (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_json(target / "config.json", config)
     calibration = {k: v for k, v in calibration.items() if k != "data"}
-    (target / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
+    save_json(target / "calibration.json", calibration)
     arch = config["architecture"]
     card = f"""# Model card: `{args.name}`
 
@@ -94,7 +94,7 @@ The 128x128 crops are the set prepared for the Probabilistic U-Net (Kohl et al. 
 method: Monteiro, M., et al. (2020). Stochastic Segmentation Networks: modelling spatially
 correlated aleatoric uncertainty. NeurIPS 2020.
 """
-    (target / "MODEL_CARD.md").write_text(card)
+    write_atomically(target / "MODEL_CARD.md", lambda temporary: temporary.write_text(card))
     print(f"wrote {target}: " + ", ".join(sorted(p.name for p in target.iterdir())))
 
 

@@ -6,30 +6,24 @@ U-Net (32, 64, 128, 256), 128x128 images, two classes, the SSN with rank 10 and 
 The four candidates alternate in one process (medians of paired rounds), so the ratios hold
 even when the machine's speed drifts.
 
-    python benchmarks/throughput.py --device cuda [--batch-size 32] [--compile]
-    python benchmarks/throughput.py                # the CPU, batch 8
+    python -m benchmarks.throughput --device cuda [--batch-size 32] [--compile]
+    python -m benchmarks.throughput                # the CPU, batch 8
 
 Writes ``benchmarks/results/throughput.json`` (``throughput-compiled.json`` with --compile).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import medians, time_interleaved, write  # noqa: E402
-
-import ssn  # noqa: E402
+import ssn
+from benchmarks._common import benchmark_parser, medians, time_interleaved, write
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser("throughput", __doc__)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 32 on CUDA, 8 on the CPU")
     parser.add_argument("--repeats", type=int, default=10)

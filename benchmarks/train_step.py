@@ -5,25 +5,19 @@ samples, its Monte Carlo loss. Deterministic: one 1x1 convolution and cross-entr
 pixels. Both through ``model.loss``. A step is forward,
 loss, backward and an Adam update. Steps of the two models alternate in one process; medians.
 
-    python benchmarks/train_step.py          # writes benchmarks/results/train_step.json
+    python -m benchmarks.train_step        # writes benchmarks/results/train_step.json
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import medians, paired_ratio, time_interleaved, write  # noqa: E402
-
-import ssn  # noqa: E402
+import ssn
+from benchmarks._common import benchmark_parser, medians, paired_ratio, time_interleaved, write
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser("train_step", __doc__)
     parser.add_argument("--repeats", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)

@@ -18,8 +18,8 @@ Each measurement runs in a fresh process and reports that process's peak residen
 - ``step-ratio``: the same two steps alternating in one process (ABBA, 6 rounds after one of
   each): the median of the paired SSN / deterministic time ratios.
 
-    python benchmarks/volumes.py            # all parts; writes benchmarks/results/volumes.json
-    python benchmarks/volumes.py --parts step-ssn step-deterministic step-ratio
+    python -m benchmarks.volumes            # all parts; writes benchmarks/results/volumes.json
+    python -m benchmarks.volumes --parts step-ssn step-deterministic step-ratio
 """
 
 from __future__ import annotations
@@ -33,8 +33,17 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from benchmarks._common import (
+    RESULTS,
+    ROOT,
+    benchmark_parser,
+    medians,
+    paired_ratio,
+    recorded_command,
+    time_interleaved,
+    write,
+)
+
 PARTS = ("stream", "stream-half", "naive-half", "volume", "step-ssn", "step-deterministic", "step-ratio")
 FULL, HALF = (240, 240, 155), (120, 120, 78)
 
@@ -154,7 +163,6 @@ def _step_ratio(rounds: int = 6) -> dict:
     """The SSN's 3D step against the deterministic one in one process, alternating (ABBA):
     the median over rounds of the paired time ratio, so drift of the machine cancels."""
     import torch
-    from _common import medians, paired_ratio, time_interleaved
 
     from ssn.models import ModelSpec, build
 
@@ -193,7 +201,7 @@ def _step_ratio(rounds: int = 6) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser("volumes", __doc__)
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -201,12 +209,13 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.child, args.samples)))
         return
-    from _common import write
-
     results = {}
     for part in args.parts:
         output = subprocess.run(
-            [sys.executable, __file__, "--child", part, "--samples", str(args.samples)], capture_output=True, text=True
+            [sys.executable, "-m", "benchmarks.volumes", "--child", part, "--samples", str(args.samples)],
+            cwd=ROOT,  # where the benchmarks package is
+            capture_output=True,
+            text=True,
         )
         if output.returncode != 0:
             raise SystemExit(f"{part} failed:\n{output.stderr}")
@@ -219,7 +228,7 @@ def main() -> None:
             f"{part}: peak {r['peak_mb']:.0f} MB (resting {r['resting_mb']:.0f} MB), {r['seconds']:.2f} s{ratio}",
             flush=True,
         )
-    path = HERE / "results" / "volumes.json"
+    path = RESULTS / "volumes.json"
     previous = json.loads(path.read_text()).get("parts", {}) if path.is_file() else {}
     write(
         "volumes",
@@ -228,7 +237,7 @@ def main() -> None:
             "full": FULL,
             "half": HALF,
             "parts": {**previous, **results},
-            "command": "python benchmarks/volumes.py " + " ".join(sys.argv[1:]),
+            "command": recorded_command("volumes", *sys.argv[1:]),
         },
     )
 
