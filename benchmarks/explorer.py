@@ -28,7 +28,7 @@ from benchmarks._common import benchmark_parser, lidc_dir, lidc_files, write
 
 def main() -> None:
     benchmark_parser("explorer", __doc__).parse_args()
-    from ssn.apps.explore import _state_view
+    from ssn.apps.explore import views_of
     from ssn.apps.explorer_core import Exploration
     from ssn.engine.checkpoints import load_run
 
@@ -41,7 +41,7 @@ def main() -> None:
         start = time.perf_counter()
         exploration.temperature = 0.5 + (k % 10) / 10
         exploration.class_scales = np.array([1.0, 1.0 + (k % 5) / 5])
-        _state_view(exploration, with_marking=False)  # what the page's slider handler computes
+        views_of(exploration, with_marking=False)  # what the page's slider handler computes
         times.append(time.perf_counter() - start)
     render = statistics.median(times)
     print(f"render: {render * 1000:.1f} ms median of 50 moves (16 samples of 128x128)")

@@ -236,3 +236,33 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def test_the_page_handlers_show_a_volume_slice_by_slice_and_refuse_a_bad_upload(tmp_path):
+    gr = pytest.importorskip("gradio", reason="the explorer needs gradio: pip install 'ssn[explorer]'")
+    from ssn.apps.explore import _Page
+    from ssn.data import load_volume_list
+    from ssn.data.synthetic import make_synthetic_volumes
+
+    lists = make_synthetic_volumes(tmp_path / "data", num_cases=3, shape=(20, 20, 10), splits=(1, 1))
+    run = tmp_path / "run3d"
+    train = ["train", "--data", str(lists), "--out", str(run), "--patch-size", "16", "16", "8"]
+    assert main([*train, "--features", "4", "8", "--max-steps", "2", "--batch-size", "2", "--val-images", "1"]) == 0
+    model, config = load_run(run)
+    page = _Page(gr, model, load_volume_list(lists), num_samples=4, window=config["patch_size"])
+    page.build()
+    shown = page.from_dataset(0)
+    volume = shown[page.state]
+    assert shown[page.grid].ndim == 3 and shown[page.grid].shape[-1] == 3  # an RGB picture
+    assert shown[page.slice]["visible"] is True and shown[page.slice]["value"] == volume.slice
+    assert shown[page.status].startswith("4 samples at temperature 1")
+    other = page.to_slice(volume, volume.slice - 1)
+    assert volume.slice == shown[page.slice]["value"] - 1 and page.state not in other  # the state is kept
+    classes, rank = model.num_classes, min(model.rank, 3)
+    rendered = page.render(volume, 0.0, *[1.0] * classes, *[0.0] * rank)
+    assert "temperature 0;" in rendered[page.status] and page.marking not in rendered
+    assert page.render(None, 1.0, *[1.0] * classes, *[0.0] * rank) == {page.status: "pick or upload an image first"}
+    bad = tmp_path / "flat.npy"
+    np.save(bad, np.zeros((2, 20, 20), np.float32))  # 2D, for a 3D model
+    refused = page.from_upload(str(bad))
+    assert list(refused) == [page.status] and refused[page.status].startswith("upload refused")

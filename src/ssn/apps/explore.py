@@ -14,25 +14,40 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..data.arrays import float_images
-from ..data.nifti import normalise_volume
+from ..data.nifti import normalise_volume, read_case
 from ..errors import ConfigError, UserError
 from .explorer_core import Exploration, VolumeExploration, read_upload
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 __all__ = ["build_app", "explore"]
 
 MARK_SCALE = 4  # the marking image is shown 4x enlarged
 
 
-def _state_view(exploration: Exploration, with_marking: bool = True) -> tuple:
-    """(sample grid, P(foreground), entropy, marking image or None, status line)."""
+@dataclass
+class Views:
+    """What the page shows of an exploration: the pictures, (H, W, 3) uint8, and the status line."""
+
+    grid: np.ndarray
+    mean: np.ndarray
+    entropy: np.ndarray
+    marking: np.ndarray | None
+    status: str
+
+
+def views_of(exploration: Exploration, with_marking: bool = True) -> Views:
+    """The sample grid, P(foreground), the entropy, the marking image (optional) and the status."""
     labels = exploration.samples()
     scale = 1 if exploration.image.shape[1] >= 128 else 2  # pictures of ~256-512 px a side encode fast
-    grid = exploration.grid(labels, scale=scale)
     mean, entropy = exploration.mean_and_entropy(labels, scale=scale)
     status = f"{exploration.num_samples} samples at temperature {exploration.temperature:g}"
     if exploration.last_marks:
@@ -41,10 +56,14 @@ def _state_view(exploration: Exploration, with_marking: bool = True) -> tuple:
             f"; marks: {int((exploration.marks >= 0).sum())} pixels, method {m['method']}, "
             f"agreement {m['agreement']:.2f}, free draws meeting them {m['acceptance']:.3f}"
         )
-    marking = None
-    if with_marking:
-        marking = np.kron(exploration.overlay(np.zeros_like(labels[0])), np.ones((MARK_SCALE, MARK_SCALE, 1), np.uint8))
-    return grid, mean, entropy, marking, status
+    marking = _marking_picture(exploration) if with_marking else None
+    return Views(exploration.grid(labels, scale=scale), mean, entropy, marking, status)
+
+
+def _marking_picture(exploration: Exploration) -> np.ndarray:
+    """The image with the marks on it, enlarged MARK_SCALE times, for clicking on."""
+    blank = np.zeros(exploration.marks.shape, np.uint8)
+    return np.kron(exploration.overlay(blank), np.ones((MARK_SCALE, MARK_SCALE, 1), np.uint8))
 
 
 def _current(state) -> Exploration | None:
@@ -52,119 +71,179 @@ def _current(state) -> Exploration | None:
     return state.current if isinstance(state, VolumeExploration) else state
 
 
-def build_app(model, data=None, num_samples: int = 16, window=None):
-    """The Gradio app for ``model`` (an SSN), with the images of ``data`` (optional): a dataset
-    (2D models) or a volume list (3D models, with the sliding ``window`` of whole volumes)."""
-    try:
-        import gradio as gr
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ConfigError("the explorer needs Gradio: pip install 'ssn[explorer]'") from None
+class _Page:
+    """The explorer page: the model and data it shows, its components, and one handler per control.
 
-    classes = model.num_classes
-    in_channels, spatial_dims = model.spec.in_channels, model.spec.spatial_dims
-    volumes = spatial_dims == 3
-    if spatial_dims not in (2, 3):
-        raise ConfigError("the explorer shows 2D images and volumes")
-    if volumes and not window:
-        raise ConfigError("a 3D run needs the sliding window (its training patch size) to explore volumes")
-    cases = data.all_cases() if volumes and data is not None else []
-    count = 0 if data is None else len(cases) if volumes else len(data)
-    rank_shown = min(model.rank, 3)
+    Handlers return ``{component: value}`` for what they change; the components they leave out
+    keep their value.
+    """
 
-    def start(image: np.ndarray):
-        if volumes:
-            return VolumeExploration(model, image, window, num_samples=num_samples)
-        return Exploration(model, image, num_samples=num_samples)
+    def __init__(self, gr, model, data=None, num_samples: int = 16, window=None) -> None:
+        self.gr, self.model, self.data, self.num_samples, self.window = gr, model, data, num_samples, window
+        self.classes = model.num_classes
+        self.volumes = model.spec.spatial_dims == 3
+        if model.spec.spatial_dims not in (2, 3):
+            raise ConfigError("the explorer shows 2D images and volumes")
+        if self.volumes and not window:
+            raise ConfigError("a 3D run needs the sliding window (its training patch size) to explore volumes")
+        self.cases = data.all_cases() if self.volumes and data is not None else []
+        self.count = 0 if data is None else len(self.cases) if self.volumes else len(data)
 
-    def with_slider(state, views):
-        if isinstance(state, VolumeExploration):
-            return (
-                state,
-                *views,
-                gr.update(minimum=state.slices.start, maximum=state.slices.stop - 1, value=state.slice, visible=True),
+    # ------------------------------------------------------------------ the layout
+    def build(self):
+        gr, classes, volumes = self.gr, self.classes, self.volumes
+        with gr.Blocks(title="ssn explorer") as app:
+            gr.Markdown(f"## ssn explorer: {classes} classes, rank {self.model.rank}")
+            self.state = gr.State(None)
+            with gr.Row():
+                with gr.Column(scale=1):
+                    self.index = gr.Number(
+                        value=0,
+                        precision=0,
+                        label=f"dataset {'case' if volumes else 'image'} (0-{max(self.count - 1, 0)})",
+                        interactive=self.data is not None,
+                        elem_id="index",
+                    )
+                    self.upload = gr.File(label="or upload an image (.png, .npy, .nii, .nii.gz)", elem_id="upload")
+                    self.slice = gr.Slider(0, 1, value=0, step=1, label="axial slice", visible=False, elem_id="slice")
+                    self.marking = gr.Image(label="click to mark (the brush)", interactive=False, elem_id="marking")
+                    with gr.Row():
+                        self.mark_class = gr.Radio(
+                            list(range(classes)), value=min(1, classes - 1), label="mark as class"
+                        )
+                        self.radius = gr.Slider(0, 10, value=2, step=1, label="brush radius (pixels)")
+                    with gr.Row():
+                        self.resample = gr.Button("sample under marks", elem_id="resample")
+                        self.clear_button = gr.Button("clear marks")
+                with gr.Column(scale=2):
+                    self.grid = gr.Image(label="samples", elem_id="samples", interactive=False)
+                    with gr.Row():
+                        self.mean = gr.Image(label="P(foreground)", interactive=False)
+                        self.entropy = gr.Image(label="entropy", interactive=False)
+                    self.status = gr.Markdown(elem_id="status")
+            with gr.Row():
+                self.temperature = gr.Slider(0, 2, value=1, step=0.05, label="temperature", elem_id="temperature")
+                self.scales = [
+                    gr.Slider(-3, 3, value=1, step=0.1, label=f"class {c} scale", elem_id=f"scale{c}")
+                    for c in range(classes)
+                ]
+                self.shifts = [
+                    gr.Slider(-3, 3, value=0, step=0.1, label=f"latent {k + 1}", elem_id=f"latent{k + 1}")
+                    for k in range(min(self.model.rank, 3))
+                ]
+            with gr.Row():
+                self.npz_button = gr.DownloadButton("download samples (.npz)")
+                self.png_button = gr.DownloadButton("download grid (.png)")
+            self._wire(app)
+        return app
+
+    def _wire(self, app) -> None:
+        shown = [self.state, self.grid, self.mean, self.entropy, self.marking, self.status, self.slice]
+        controls = [self.state, self.temperature, *self.scales, *self.shifts]
+        self.index.change(self.from_dataset, self.index, shown)
+        self.upload.upload(self.from_upload, self.upload, shown)
+        self.slice.change(self.to_slice, [self.state, self.slice], shown)
+        for control in controls[1:]:
+            control.change(self.render, controls, shown)
+        _Page.stamp.__annotations__["event"] = self.gr.SelectData  # the module's annotations are strings
+        self.marking.select(self.stamp, [self.state, self.mark_class, self.radius], [self.marking, self.status])
+        self.resample.click(self.under_marks, self.state, shown)
+        self.clear_button.click(self.clear, self.state, shown)
+        self.npz_button.click(lambda s: self.download(s, "npz"), self.state, self.npz_button)
+        self.png_button.click(lambda s: self.download(s, "png"), self.state, self.png_button)
+        app.load(self.from_dataset, self.index, shown)
+
+    # ------------------------------------------------------------------ what handlers show
+    def _show(self, exploration: Exploration, with_marking: bool = True, note: str = "") -> dict:
+        views = views_of(exploration, with_marking)
+        out: dict[Any, Any] = {self.grid: views.grid, self.mean: views.mean, self.entropy: views.entropy}
+        if views.marking is not None:
+            out[self.marking] = views.marking
+        out[self.status] = views.status + note
+        return out
+
+    def _started(self, image: np.ndarray) -> dict:
+        """A new exploration of ``image`` (a 2D image or a volume), shown."""
+        if self.volumes:
+            volume = VolumeExploration(self.model, image, self.window, num_samples=self.num_samples)
+            slider = self.gr.update(
+                minimum=volume.slices.start, maximum=volume.slices.stop - 1, value=volume.slice, visible=True
             )
-        return (state, *views, gr.update(visible=False))
+            return {self.state: volume, **self._show(volume.show(volume.slice)), self.slice: slider}
+        exploration = Exploration(self.model, image, num_samples=self.num_samples)
+        return {self.state: exploration, **self._show(exploration), self.slice: self.gr.update(visible=False)}
 
-    def from_dataset(index):
-        if data is None:
-            return None, *([None] * 4), "no --data given: upload an image", gr.skip()
-        index = int(np.clip(int(index), 0, count - 1))
-        if volumes:
-            from ..data.nifti import read_case
+    def _nothing_shown(self) -> dict:
+        return {self.status: "pick or upload an image first"}
 
-            image = np.asarray(read_case(cases[index], data.label_map).image)
+    # ------------------------------------------------------------------ the handlers
+    def from_dataset(self, index) -> dict:
+        if self.data is None:
+            return {self.state: None, self.status: "no --data given: upload an image"}
+        index = int(np.clip(int(index), 0, self.count - 1))
+        if self.volumes:
+            image = np.asarray(read_case(self.cases[index], self.data.label_map).image)
         else:
-            image = np.asarray(data.images[index])
-            image = float_images(image)
-        exploration = start(image)
-        return with_slider(exploration, _state_view(_current(exploration)))
+            image = float_images(self.data.images[index])
+        return self._started(image)
 
-    def to_slice(state, k):
-        if not isinstance(state, VolumeExploration):
-            return *([gr.skip()] * 4), gr.skip()
-        state.show(int(k))
-        return _state_view(state.current)
-
-    def from_upload(file):
+    def from_upload(self, file) -> dict:
         if file is None:
-            return gr.skip(), *([gr.skip()] * 6)
+            return {}
         try:
-            image = read_upload(file, in_channels, spatial_dims)
-            if volumes:  # raw intensities: z-scored inside the non-zero voxels, as volume lists are
+            image = read_upload(file, self.model.spec.in_channels, self.model.spec.spatial_dims)
+            if self.volumes:  # raw intensities: z-scored inside the non-zero voxels, as volume lists are
                 image = normalise_volume(image)
-            exploration = start(image)
+            return self._started(image)
         except UserError as error:
-            return gr.skip(), *([gr.skip()] * 4), f"upload refused: {error}", gr.skip()
-        return with_slider(exploration, _state_view(_current(exploration)))
+            return {self.status: f"upload refused: {error}"}
 
-    def render(state, temperature, *values):
+    def to_slice(self, state, k) -> dict:
+        if not isinstance(state, VolumeExploration):
+            return {}
+        return self._show(state.show(int(k)))
+
+    def render(self, state, temperature, *values) -> dict:
         exploration = _current(state)
         if exploration is None:
-            return *([gr.skip()] * 4), "pick or upload an image first"
-        start_time = time.perf_counter()
+            return self._nothing_shown()
+        start = time.perf_counter()
         exploration.temperature = float(temperature)
-        exploration.class_scales = np.array(values[:classes], dtype=float)
-        exploration.latent_shift = np.array(values[classes:], dtype=float)
-        grid, mean, entropy, _, status = _state_view(exploration, with_marking=False)
-        return (
-            grid,
-            mean,
-            entropy,
-            gr.skip(),
-            status + f"; rendered in {(time.perf_counter() - start_time) * 1000:.0f} ms",
-        )
+        exploration.class_scales = np.array(values[: self.classes], dtype=float)
+        exploration.latent_shift = np.array(values[self.classes :], dtype=float)
+        shown = self._show(exploration, with_marking=False)
+        shown[self.status] += f"; rendered in {(time.perf_counter() - start) * 1000:.0f} ms"
+        return shown
 
-    def stamp(state, mark_class, radius, event: gr.SelectData):
+    def stamp(self, state, mark_class, radius, event: gr.SelectData) -> dict:
         exploration = _current(state)
         if exploration is None:
-            return gr.skip(), "pick or upload an image first"
+            return self._nothing_shown()
         x, y = (int(v) // MARK_SCALE for v in event.index)
         yy, xx = np.mgrid[: exploration.marks.shape[0], : exploration.marks.shape[1]]
         exploration.marks[(yy - y) ** 2 + (xx - x) ** 2 <= int(radius) ** 2] = int(mark_class)
-        marking = np.kron(
-            exploration.overlay(np.zeros(exploration.marks.shape, np.uint8)),
-            np.ones((MARK_SCALE, MARK_SCALE, 1), np.uint8),
-        )
-        return marking, f"{int((exploration.marks >= 0).sum())} pixels marked; press 'sample under marks'"
+        pixels = int((exploration.marks >= 0).sum())
+        return {
+            self.marking: _marking_picture(exploration),
+            self.status: f"{pixels} pixels marked; press 'sample under marks'",
+        }
 
-    stamp.__annotations__["event"] = gr.SelectData  # resolved here: the module's annotations are strings
-
-    def under_marks(state):
+    def under_marks(self, state) -> dict:
         exploration = _current(state)
         if exploration is None:
-            return *([gr.skip()] * 4), "pick or upload an image first"
+            return self._nothing_shown()
         exploration.apply_marks(exploration.marks)
-        return _state_view(exploration)
+        return self._show(exploration)
 
-    def clear(state):
+    def clear(self, state) -> dict:
         exploration = _current(state)
         if exploration is None:
-            return *([gr.skip()] * 4), "pick or upload an image first"
+            return self._nothing_shown()
         exploration.apply_marks(np.full(exploration.marks.shape, -1))
         exploration.last_marks = {}
-        return _state_view(exploration)
+        return self._show(exploration)
 
-    def download(state, kind):
+    def download(self, state, kind: str) -> str | None:
         exploration = _current(state)
         if exploration is None:
             return None
@@ -182,59 +261,15 @@ def build_app(model, data=None, num_samples: int = 16, window=None):
             Image.fromarray(exploration.grid()).save(path)
         return str(path)
 
-    with gr.Blocks(title="ssn explorer") as app:
-        gr.Markdown(f"## ssn explorer: {classes} classes, rank {model.rank}")
-        state = gr.State(None)
-        with gr.Row():
-            with gr.Column(scale=1):
-                index = gr.Number(
-                    value=0,
-                    precision=0,
-                    label=f"dataset {'case' if volumes else 'image'} (0-{max(count - 1, 0)})",
-                    interactive=data is not None,
-                    elem_id="index",
-                )
-                upload = gr.File(label="or upload an image (.png, .npy, .nii, .nii.gz)", elem_id="upload")
-                slice_slider = gr.Slider(0, 1, value=0, step=1, label="axial slice", visible=False, elem_id="slice")
-                marking = gr.Image(label="click to mark (the brush)", interactive=False, elem_id="marking")
-                with gr.Row():
-                    mark_class = gr.Radio(list(range(classes)), value=min(1, classes - 1), label="mark as class")
-                    radius = gr.Slider(0, 10, value=2, step=1, label="brush radius (pixels)")
-                with gr.Row():
-                    resample = gr.Button("sample under marks", elem_id="resample")
-                    clear_button = gr.Button("clear marks")
-            with gr.Column(scale=2):
-                grid = gr.Image(label="samples", elem_id="samples", interactive=False)
-                with gr.Row():
-                    mean = gr.Image(label="P(foreground)", interactive=False)
-                    entropy = gr.Image(label="entropy", interactive=False)
-                status = gr.Markdown(elem_id="status")
-        with gr.Row():
-            temperature = gr.Slider(0, 2, value=1, step=0.05, label="temperature", elem_id="temperature")
-            scales = [
-                gr.Slider(-3, 3, value=1, step=0.1, label=f"class {c} scale", elem_id=f"scale{c}")
-                for c in range(classes)
-            ]
-            shifts = [
-                gr.Slider(-3, 3, value=0, step=0.1, label=f"latent {k + 1}", elem_id=f"latent{k + 1}")
-                for k in range(rank_shown)
-            ]
-        with gr.Row():
-            npz_button = gr.DownloadButton("download samples (.npz)")
-            png_button = gr.DownloadButton("download grid (.png)")
-        views = [grid, mean, entropy, marking, status]
-        index.change(from_dataset, index, [state, *views, slice_slider])
-        upload.upload(from_upload, upload, [state, *views, slice_slider])
-        slice_slider.change(to_slice, [state, slice_slider], views)
-        for control in (temperature, *scales, *shifts):
-            control.change(render, [state, temperature, *scales, *shifts], views)
-        marking.select(stamp, [state, mark_class, radius], [marking, status])
-        resample.click(under_marks, state, views)
-        clear_button.click(clear, state, views)
-        npz_button.click(lambda s: download(s, "npz"), state, npz_button)
-        png_button.click(lambda s: download(s, "png"), state, png_button)
-        app.load(from_dataset, index, [state, *views, slice_slider])
-    return app
+
+def build_app(model, data=None, num_samples: int = 16, window=None):
+    """The Gradio app for ``model`` (an SSN), with the images of ``data`` (optional): a dataset
+    (2D models) or a volume list (3D models, with the sliding ``window`` of whole volumes)."""
+    try:
+        import gradio as gr
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ConfigError("the explorer needs Gradio: pip install 'ssn[explorer]'") from None
+    return _Page(gr, model, data, num_samples, window).build()
 
 
 def explore(
