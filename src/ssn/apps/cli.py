@@ -12,6 +12,7 @@ import dataclasses
 import platform
 import sys
 import typing
+from collections.abc import Callable
 
 from .._version import __version__
 from ..errors import ConfigError, UserError
@@ -78,17 +79,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ssn {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        return commands.add_parser(
+    for name, (help_text, add_flags, handler) in _COMMANDS.items():
+        command = commands.add_parser(
             name,
             help=help_text,
             description=help_text,
             epilog=EXAMPLES.get(name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        add_flags(command)
+        command.set_defaults(handler=handler)
+    return parser
 
-    t = command("train", "train an SSN (or a baseline) on a dataset .npz")
+
+_RUN_HELP = "run directory written by ssn train (--run-dir under torchrun, whose own --run-path takes --run)"
+_TEMPERATURE_HELP = "sampling temperature (default: the run's calibrated one, else 1)"
+
+
+def _add_run_flag(parser: argparse.ArgumentParser, help_text: str = _RUN_HELP) -> None:
+    parser.add_argument("--run", "--run-dir", dest="run", required=True, help=help_text)
+
+
+def _add_draw_flags(parser: argparse.ArgumentParser, samples: int, temperature: bool = True) -> None:
+    """--samples, --device, --seed and (optionally) --temperature: how the samples are drawn."""
+    parser.add_argument("--samples", type=int, default=samples, help=f"samples per image (default {samples})")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    if temperature:
+        parser.add_argument("--temperature", type=float, help=_TEMPERATURE_HELP)
+
+
+def _train_flags(t: argparse.ArgumentParser) -> None:
     _add_train_flags(t)
     t.add_argument(
         "--deterministic",
@@ -98,25 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the same as --method deterministic",
     )
     t.add_argument("--config", help="YAML file of the same settings (flags override it)")
-    t.set_defaults(handler=_train)
 
-    e = command("evaluate", "evaluate a run: GED^2, diversity, HM-IoU, Dice, ECE")
-    e.add_argument(
-        "--run",
-        "--run-dir",
-        dest="run",
-        required=True,
-        help="run directory written by ssn train (--run-dir under torchrun, whose own --run-path takes --run)",
-    )
+
+def _evaluate_flags(e: argparse.ArgumentParser) -> None:
+    _add_run_flag(e)
     e.add_argument("--data", required=True, help="dataset .npz, or a volume list .json")
     e.add_argument("--split", help="split name (with --split-file, or of a volume list; default test)")
     e.add_argument("--split-file", help="JSON split file; without it every image is used")
-    e.add_argument("--samples", type=int, default=100, help="samples per image (default 100)")
     e.add_argument("--out", help="metrics JSON to write (a per-image CSV goes beside it)")
     e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--temperature", type=float, help="sampling temperature (default: the run's calibrated one, else 1)")
+    _add_draw_flags(e, samples=100)
     e.add_argument(
         "--classes",
         choices=("present", "all"),
@@ -132,37 +144,23 @@ def build_parser() -> argparse.ArgumentParser:
         "N x A matrix as it is (Flow-SSN); the summary holds both, this one as hm_iou",
     )
     _add_window_flags(e)
-    e.set_defaults(handler=_evaluate)
 
-    k = command("calibrate", "choose the sampling temperature of a run on validation data")
-    k.add_argument(
-        "--run",
-        "--run-dir",
-        dest="run",
-        required=True,
-        help="run directory written by ssn train (--run-dir under torchrun, whose own --run-path takes --run)",
-    )
+
+def _calibrate_flags(k: argparse.ArgumentParser) -> None:
+    _add_run_flag(k)
     k.add_argument("--data", required=True, help="dataset .npz")
     k.add_argument("--split", help="split name (with --split-file; default val)")
     k.add_argument("--split-file", help="JSON split file; without it every image is used")
-    k.add_argument("--samples", type=int, default=16, help="samples per image (default 16)")
     k.add_argument(
         "--max-images", type=int, default=512, help="at most this many images, drawn with --seed (default 512)"
     )
     k.add_argument("--temperatures", type=float, nargs="+", help="the grid to try (default 0.1 ... 2)")
     k.add_argument("--batch-size", type=int, default=16)
-    k.add_argument("--device", default="cpu")
-    k.add_argument("--seed", type=int, default=0)
-    k.set_defaults(handler=_calibrate)
+    _add_draw_flags(k, samples=16, temperature=False)
 
-    s = command("sample", "draw samples for new images and plot them")
-    s.add_argument(
-        "--run",
-        "--run-dir",
-        dest="run",
-        required=True,
-        help="run directory written by ssn train (--run-dir under torchrun, whose own --run-path takes --run)",
-    )
+
+def _sample_flags(s: argparse.ArgumentParser) -> None:
+    _add_run_flag(s)
     s.add_argument(
         "--input",
         required=True,
@@ -170,18 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="image (.png, .npy), dataset .npz; or volumes: a list .json, a case folder, or NIfTI files (one per channel)",
     )
     s.add_argument("--split", help="volume lists: the split to sample (default: every case)")
-    s.add_argument("--samples", type=int, default=16, help="samples per image (default 16)")
     s.add_argument("--out", default="samples", help="output folder (default ./samples)")
     s.add_argument("--figures", type=int, default=16, help="figures for the first N images (default 16)")
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--temperature", type=float, help="sampling temperature (default: the run's calibrated one, else 1)")
+    _add_draw_flags(s, samples=16)
     _add_window_flags(s)
-    s.set_defaults(handler=_sample)
 
-    c = command(
-        "convert", "convert LIDC distributions into a dataset .npz, or index a BraTS folder tree as a volume list"
-    )
+
+def _convert_flags(c: argparse.ArgumentParser) -> None:
     c.add_argument("kind", choices=["png-tree", "pickle", "phiseg-hdf5", "brats"], help="input format")
     c.add_argument("source", help="input folder (png-tree, brats) or file")
     c.add_argument("--out", required=True, help="dataset .npz to write (brats: the volume list .json)")
@@ -196,9 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="test",
         help="brats only: the split of cases outside train/validation/test folders (default test)",
     )
-    c.set_defaults(handler=_convert)
 
-    d = command("demo", "train on synthetic data with a known answer and compare with baselines")
+
+def _demo_flags(d: argparse.ArgumentParser) -> None:
     d.add_argument("--out", default="ssn_demo", help="output folder (default ./ssn_demo)")
     d.add_argument("--minutes", type=float, default=0.8, help="training minutes per model (default 0.8)")
     d.add_argument("--seed", type=int, default=0)
@@ -208,25 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the volume path instead: synthetic NIfTI volumes, patch training, sliding windows, NIfTI outputs",
     )
-    d.set_defaults(handler=_demo)
 
-    x = command("explore", "a local web page to steer a run's samples (pip install 'ssn[explorer]')")
-    x.add_argument(
-        "--run",
-        "--run-dir",
-        dest="run",
-        required=True,
-        help="run directory written by ssn train (an SSN), or pretrained:NAME",
-    )
+
+def _explore_flags(x: argparse.ArgumentParser) -> None:
+    _add_run_flag(x, "run directory written by ssn train (an SSN), or pretrained:NAME")
     x.add_argument("--data", help="dataset .npz whose images can be picked")
     x.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     x.add_argument("--port", type=int, default=7860)
     x.add_argument("--device", default="cpu")
-    x.set_defaults(handler=_explore)
-
-    i = command("info", "print versions, threads, the methods and the available backbones")
-    i.set_defaults(handler=_info)
-    return parser
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
@@ -528,3 +510,20 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+#: name -> (help, the function adding its flags, its handler), in the order ``ssn --help`` lists them.
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {
+    "train": ("train an SSN (or a baseline) on a dataset .npz", _train_flags, _train),
+    "evaluate": ("evaluate a run: GED^2, diversity, HM-IoU, Dice, ECE", _evaluate_flags, _evaluate),
+    "calibrate": ("choose the sampling temperature of a run on validation data", _calibrate_flags, _calibrate),
+    "sample": ("draw samples for new images and plot them", _sample_flags, _sample),
+    "convert": (
+        "convert LIDC distributions into a dataset .npz, or index a BraTS folder tree as a volume list",
+        _convert_flags,
+        _convert,
+    ),
+    "demo": ("train on synthetic data with a known answer and compare with baselines", _demo_flags, _demo),
+    "explore": ("a local web page to steer a run's samples (pip install 'ssn[explorer]')", _explore_flags, _explore),
+    "info": ("print versions, threads, the methods and the available backbones", lambda parser: None, _info),
+}
