@@ -202,38 +202,11 @@ def evaluate_volumes(
     listing = load_volume_list(data_path)
     cases = listing.split(split)
     structures = structures_for(listing.label_map, model.num_classes)
+    sampling = dict(num_samples=num_samples, window=window, overlap=overlap, seed=seed, device=device)
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     for case in world.shard(cases):  # under torchrun, each process its share
-        volume = read_case(case, listing.label_map)
-        _check_channels(volume, config)
-        if volume.labels is None:
-            raise DataError(f"case {case.id!r} has no label map to evaluate against")
-        box = roi_box(np.asarray(volume.mask) | np.asarray(volume.labels).any(0))
-        generator = torch.Generator().manual_seed(seed)
-        _, stream = predict_volume(
-            model,
-            volume.image,
-            volume.mask,
-            num_samples,
-            window,
-            overlap,
-            model.temperature,
-            generator,
-            device,
-            box=box,
-        )
-        samples = torch.stack(list(stream))
-        annotations = torch.from_numpy(np.array(volume.labels[(slice(None), *box)]))
-        mine: list[dict[str, Any]] = [
-            {"case": case.id, "structure": name, **values}
-            for name, values in structure_metrics(samples, annotations, structures, matched, matching).items()
-        ]
-        for convention in conventions:
-            values = metrics.image_metrics(
-                samples, annotations, model.num_classes, matched, classes=convention, matching=matching
-            )
-            mine.append({"case": case.id, "structure": f"multi-class ({convention})", **values})
+        mine = _case_rows(model, config, case, listing.label_map, structures, conventions, matched, matching, sampling)
         log(f"{case.id}: " + ", ".join(f"{r['structure']} Dice {r['dice']:.3f} GED^2 {r['ged']:.3f}" for r in mine))
         rows += mine
     order = {case.id: k for k, case in enumerate(cases)}
@@ -255,6 +228,41 @@ def evaluate_volumes(
     if world.main:
         write_results(summary, rows, out)
     return summary
+
+
+def _case_rows(model, config, case, label_map, structures, conventions, matched, matching, sampling) -> list[dict]:
+    """One row per structure (and per class convention of the whole map) for one case: its
+    samples drawn through sliding windows over the box around the mask and the labels."""
+    volume = read_case(case, label_map)
+    _check_channels(volume, config)
+    if volume.labels is None:
+        raise DataError(f"case {case.id!r} has no label map to evaluate against")
+    box = roi_box(np.asarray(volume.mask) | np.asarray(volume.labels).any(0))
+    generator = torch.Generator().manual_seed(sampling["seed"])
+    _, stream = predict_volume(
+        model,
+        volume.image,
+        volume.mask,
+        sampling["num_samples"],
+        sampling["window"],
+        sampling["overlap"],
+        model.temperature,
+        generator,
+        sampling["device"],
+        box=box,
+    )
+    samples = torch.stack(list(stream))
+    annotations = torch.from_numpy(np.array(volume.labels[(slice(None), *box)]))
+    rows: list[dict[str, Any]] = [
+        {"case": case.id, "structure": name, **values}
+        for name, values in structure_metrics(samples, annotations, structures, matched, matching).items()
+    ]
+    for convention in conventions:
+        values = metrics.image_metrics(
+            samples, annotations, model.num_classes, matched, classes=convention, matching=matching
+        )
+        rows.append({"case": case.id, "structure": f"multi-class ({convention})", **values})
+    return rows
 
 
 def _per_structure(rows: list[dict], names: list[str]) -> dict:
