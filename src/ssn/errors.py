@@ -10,7 +10,7 @@ versions that caught ``ValueError`` still catches them.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "DataError", "ConfigError", "RunError"]
+__all__ = ["UserError", "DataError", "ConfigError", "RunError", "OutputError"]
 
 
 class UserError(Exception):
@@ -27,3 +27,8 @@ class ConfigError(UserError, ValueError):
 
 class RunError(UserError):
     """A run directory that is missing, incomplete or does not match what was asked of it."""
+
+
+class OutputError(RunError):
+    """An output that cannot be written: a device or folder where a file should go, a full disk,
+    no permission. (A :class:`RunError`, as unwritable outputs were before.)"""

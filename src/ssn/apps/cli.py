@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import platform
 import sys
 import typing
@@ -495,6 +496,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"ssn: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        print(f"ssn: error: no space left on the device{where}; free some space or write elsewhere", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         hint = ""
         if getattr(args, "command", None) == "train" and getattr(args, "out", None):
@@ -506,10 +513,6 @@ def main(argv: list[str] | None = None) -> int:
 
         if launched_by_torchrun():
             leave()  # the process group this command joined (a caller's own group is left to the caller)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 #: name -> (help, the function adding its flags, its handler), in the order ``ssn --help`` lists them.
@@ -527,3 +530,7 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Calla
     "explore": ("a local web page to steer a run's samples (pip install 'ssn[explorer]')", _explore_flags, _explore),
     "info": ("print versions, threads, the methods and the available backbones", lambda parser: None, _info),
 }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
