@@ -24,7 +24,7 @@ from ..inference import predict_batches
 from ..progress import progress
 from .plotting import plot_samples
 
-__all__ = ["read_images", "sample_run"]
+__all__ = ["read_images", "read_png", "sample_run"]
 
 
 def read_images(path: str | os.PathLike, in_channels: int, spatial_dims: int) -> np.ndarray:
@@ -42,14 +42,7 @@ def read_images(path: str | os.PathLike, in_channels: int, spatial_dims: int) ->
             )
         return np.asarray(images)
     if name.endswith(".png"):
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as image:
-                array = np.asarray(image.convert("L" if in_channels == 1 else "RGB"))
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise DataError(f"{path} is not a readable PNG image ({type(error).__name__}); check the file") from None
-        array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+        array = read_png(path, in_channels)
     elif name.endswith(".npy"):
         try:
             array = np.load(path, allow_pickle=False)  # never unpickles: an object array is refused
@@ -72,6 +65,53 @@ def read_images(path: str | os.PathLike, in_channels: int, spatial_dims: int) ->
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise DataError(f"{path} contains NaN or infinite values")
     return array[None]
+
+
+def read_png(path: Path, in_channels: int) -> np.ndarray:
+    """A PNG as (channels, H, W) in the models' scale: 8-bit values stay uint8 (the models divide
+    by 255), 16-bit ones become float32 value / 65535, so [0, 1] either way.
+
+    A grey PNG feeds a 1-channel model, a colour one a 3-channel model. A colour PNG whose
+    channels are equal (a grey image saved as RGB) is taken as grey; a transparent one, or a
+    colour one for a 1-channel model, is refused rather than silently blended into grey.
+
+    Raises:
+        DataError: an unreadable file, colour for a grey model, transparency.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            image: Image.Image = opened
+            if image.mode == "P":  # a palette: its colours
+                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+            elif image.mode == "1":  # one bit per pixel: 0 and 255
+                image = image.convert("L")
+            mode = image.mode
+            array = np.asarray(image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise DataError(f"{path} is not a readable PNG image ({type(error).__name__}); check the file") from None
+    if mode.startswith("I"):  # 16-bit grey ("I;16", or "I" as Pillow may open it): the PNG's bit depth
+        array = array.astype(np.float32) / np.float32(65535)
+    if array.ndim == 3 and array.shape[-1] in (2, 4):  # grey or colour with alpha
+        if np.any(array[..., -1] != array[..., -1].max()) or array[..., -1].max() < 255:
+            raise DataError(f"{path.name} is transparent in places; flatten it onto a background first")
+        array = array[..., :-1]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    grey = array.ndim == 2 or bool(np.all(array == array[..., :1]))
+    if in_channels == 1:
+        if not grey:
+            raise DataError(
+                f"{path.name} is a colour image but the model takes 1 channel; convert it to greyscale "
+                "first (its colours are not all grey, so ssn will not guess how to mix them)"
+            )
+        return array[None] if array.ndim == 2 else array[None, ..., 0]
+    if array.ndim == 2:
+        if in_channels != 3:
+            raise DataError(f"{path.name} is a grey image but the model takes {in_channels} channels")
+        return np.repeat(array[None], 3, axis=0)  # grey as RGB, for a 3-channel model
+    return np.moveaxis(array, -1, 0)
 
 
 def sample_run(

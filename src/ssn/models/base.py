@@ -11,6 +11,7 @@ or (B, 1, *S), bool or {0, 1}, a region of interest (optional).
 from __future__ import annotations
 
 import abc
+import warnings
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -72,9 +73,51 @@ class SegmentationModel(nn.Module, abc.ABC):
         self.spatial_dims = spatial_dims
         self.spec: ModelSpec | None = None
         self.temperature = 1.0
+        self._warned_range = False
+
+    def checked_images(self, images: Tensor) -> Tensor:
+        """Images (B, in_channels, *S) as the network takes them: checked, uint8 scaled to [0, 1].
+
+        uint8 images are divided by 255, as the command line reads 8-bit files; floats are taken
+        as they are. In eval mode, float images that look like 0-255 values (a forgotten / 255)
+        get a warning, once.
+
+        Raises:
+            ConfigError: not a tensor, the wrong number of dimensions or of channels, or an
+                integer type other than uint8.
+        """
+        if not isinstance(images, Tensor):
+            raise ConfigError(f"images must be a torch.Tensor (B, channels, *S); got {type(images).__name__}")
+        if images.dim() != self.spatial_dims + 2:
+            raise ConfigError(
+                f"images must be (B, channels, {', '.join('HWD'[: self.spatial_dims])}) for this "
+                f"{self.spatial_dims}D model; got shape {tuple(images.shape)} (add a batch axis with images[None])"
+            )
+        expected = self.spec.in_channels if self.spec is not None else None
+        if expected is not None and images.shape[1] != expected:
+            raise ConfigError(
+                f"the model takes {expected} channel(s) but the images have {images.shape[1]} "
+                f"(shape {tuple(images.shape)}); give (B, {expected}, *S)"
+            )
+        if images.dtype == torch.uint8:
+            return images.float() / 255
+        if not images.is_floating_point():
+            raise ConfigError(f"images must be float (or uint8, scaled by 1/255); got {images.dtype}")
+        if not self.training and not self._warned_range and images.numel():
+            values = images.detach()
+            largest = float(values.amax())
+            if 2 < largest <= 255 and float(values.amin()) >= 0 and bool((values == values.round()).all()):
+                self._warned_range = True
+                warnings.warn(
+                    f"the images hold whole numbers up to {largest:g}: 0-255 values? The model takes "
+                    "uint8 images, or floats in its training scale (8-bit images divided by 255)",
+                    stacklevel=3,
+                )
+        return images
 
     def features(self, images: Tensor) -> Tensor:
-        """Backbone features (B, F, *S), checked to keep the image's spatial size."""
+        """Backbone features (B, F, *S) of :meth:`checked_images`, checked to keep the image's spatial size."""
+        images = self.checked_images(images)
         features = self.backbone(images)
         if features.shape[2:] != images.shape[2:]:
             raise ConfigError(

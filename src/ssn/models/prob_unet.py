@@ -108,10 +108,12 @@ class ProbabilisticUNet(SegmentationModel):
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
         """Logits (B, C, *S) at the prior's mean latent."""
+        images = self.checked_images(images)
         return self.logits(self.features(images), self.prior(images).mean)
 
     def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None, generator: Generators = None) -> Tensor:
         """CE(y | x, z ~ q(z | x, y)) summed over pixels + beta KL(q || p), averaged over the batch."""
+        images = self.checked_images(images)
         features = self.features(images)
         with float32(features):  # the latent nets, the KL and the cross-entropy in float32
             return self._loss(images.float(), features.float(), target, mask, generator)
@@ -134,6 +136,7 @@ class ProbabilisticUNet(SegmentationModel):
 
         The first 1x1 convolution of [features, z] splits as W_f features + W_z z: the
         features' part is computed once, and each latent only adds a per-channel offset."""
+        images = self.checked_images(images)
         features = self.features(images)
         prior = self.prior(images).base_dist
         first = self.combine[0]
