@@ -48,8 +48,8 @@ def calibrate(
     with the whole curve: ``{"temperature", "curve": [{"temperature", "ged", "stderr"}], ...}``.
     """
     temperatures = sorted({float(t) for t in temperatures})
-    if not temperatures or temperatures[0] <= 0:
-        raise ConfigError(f"temperatures must be positive numbers; got {temperatures}")
+    if not temperatures or temperatures[0] < 0:
+        raise ConfigError(f"temperatures must be numbers >= 0 (0: every sample is the mean's); got {temperatures}")
     if num_samples < 2:
         raise ConfigError(f"need --samples >= 2 to measure the spread; got {num_samples}")
     world, device = join(device)

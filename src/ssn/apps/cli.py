@@ -93,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_RUN_HELP = "run directory written by ssn train (--run-dir under torchrun, whose own --run-path takes --run)"
+_RUN_HELP = (
+    "run directory written by ssn train, or pretrained:NAME (a shipped model; `ssn info` lists them); "
+    "--run-dir under torchrun, whose own --run-path takes --run"
+)
 _TEMPERATURE_HELP = "sampling temperature (default: the run's calibrated one, else 1)"
 
 
@@ -112,13 +115,7 @@ def _add_draw_flags(parser: argparse.ArgumentParser, samples: int, temperature: 
 
 def _train_flags(t: argparse.ArgumentParser) -> None:
     _add_train_flags(t)
-    t.add_argument(
-        "--deterministic",
-        dest="method",
-        action="store_const",
-        const="deterministic",
-        help="the same as --method deterministic",
-    )
+    t.add_argument("--deterministic", action="store_true", default=None, help="the same as --method deterministic")
     t.add_argument("--config", help="YAML file of the same settings (flags override it)")
 
 
@@ -266,9 +263,15 @@ def _train(args: argparse.Namespace) -> int:
     from ..engine import TrainConfig, train
     from ..engine.config import read_yaml
 
-    settings = read_yaml(args.config) if args.config else {}
+    from_file = read_yaml(args.config) if args.config else {}
+    settings = dict(from_file)
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config") and v is not None}
+    if flags.pop("deterministic", None):
+        if flags.get("method", "deterministic") != "deterministic":
+            raise ConfigError(f"--deterministic and --method {flags['method']} contradict each other: give one")
+        flags["method"] = "deterministic"
     settings.update(flags)
+    _check_method_settings(settings, given=set(flags) | set(from_file))
     if settings.get("resume"):
         from ..engine.rundir import RunDir
 
@@ -277,6 +280,24 @@ def _train(args: argparse.Namespace) -> int:
         settings = RunDir(settings["out"]).resumed_settings(settings)
     train(TrainConfig(**settings))
     return 0
+
+
+def _check_method_settings(settings: dict, given: set[str]) -> None:
+    """Refuse a setting given for a method that does not take it (``--rank`` for the deterministic
+    U-Net), rather than recording a value that means nothing."""
+    from ..models.registry import available_methods, method_class
+
+    method = settings.get("method", "ssn")
+    if method not in available_methods():
+        return  # TrainConfig names the choices
+    own = set(method_class(method).settings)
+    for other in available_methods():
+        foreign = sorted((set(method_class(other).settings) - own) & given)
+        if foreign:
+            names = ", ".join(f"--{name.replace('_', '-')}" for name in foreign)
+            raise ConfigError(
+                f"{names}: a setting of the {other} method, which --method {method} does not take; drop it"
+            )
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -303,6 +324,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             matching=args.matching,
         )
         return 0
+    _refuse_window_for_images(args)
     evaluate(
         args.run,
         args.data,
@@ -360,6 +382,7 @@ def _sample(args: argparse.Namespace) -> int:
         return 0
     if len(args.input) > 1 or args.split:
         raise ConfigError("several --input files, and --split, are for volumes (NIfTI files or a volume list .json)")
+    _refuse_window_for_images(args)
     sample_run(
         args.run,
         args.input[0],
@@ -371,6 +394,11 @@ def _sample(args: argparse.Namespace) -> int:
         temperature=args.temperature,
     )
     return 0
+
+
+def _refuse_window_for_images(args: argparse.Namespace) -> None:
+    if args.window is not None or args.overlap != 0.5:
+        raise ConfigError("--window and --overlap set the sliding windows over volumes; 2D images are predicted whole")
 
 
 def _spatial_dims(run: str) -> int:

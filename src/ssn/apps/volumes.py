@@ -93,6 +93,10 @@ def _window(config: dict, window: list[int] | None) -> list[int]:
     window = window or config.get("patch_size")
     if not window:
         raise ConfigError("the run was not trained on patches; give the sliding window with --window X Y Z")
+    if len(window) != 3 or min(window) < 1:
+        raise ConfigError(
+            f"--window needs three sides of at least 1 voxel, e.g. 64 64 64; got {' '.join(map(str, window))}"
+        )
     return list(window)
 
 

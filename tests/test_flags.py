@@ -1,0 +1,76 @@
+"""Flags that contradict each other or make no sense for the run are refused in one line."""
+
+import json
+
+import pytest
+
+from ssn.apps.cli import build_parser, main
+from ssn.data.arrays import save_arrays
+from ssn.data.synthetic import make_synthetic, make_synthetic_volumes
+
+TINY = ["--features", "4", "8", "--max-steps", "1", "--batch-size", "2", "--val-images", "2"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("flags")
+    data = folder / "synthetic.npz"
+    save_arrays(data, make_synthetic(8, size=32, seed=0))
+    assert main(["train", "--data", str(data), "--out", str(folder / "run2d"), *TINY]) == 0
+    lists = make_synthetic_volumes(folder / "volumes", num_cases=3, shape=(16, 16, 8), splits=(1, 1))
+    assert (
+        main(["train", "--data", str(lists), "--out", str(folder / "run3d"), "--patch-size", "8", "8", "8", *TINY]) == 0
+    )
+    return {"data": data, "lists": lists, "2d": folder / "run2d", "3d": folder / "run3d"}
+
+
+def _error(capsys, argv) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ssn: error: ") and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("window", [["0", "8", "8"], ["-4", "8", "8"]])
+def test_a_window_side_below_one_voxel_is_refused(runs, tmp_path, capsys, window):
+    evaluate = ["evaluate", "--run", str(runs["3d"]), "--data", str(runs["lists"]), "--samples", "2"]
+    assert "three sides of at least 1 voxel" in _error(capsys, [*evaluate, "--window", *window])
+    sample = ["sample", "--run", str(runs["3d"]), "--input", str(runs["lists"]), "--out", str(tmp_path / "s")]
+    assert "three sides of at least 1 voxel" in _error(capsys, [*sample, "--window", *window])
+
+
+def test_window_on_a_2d_run_is_refused_not_ignored(runs, tmp_path, capsys):
+    evaluate = ["evaluate", "--run", str(runs["2d"]), "--data", str(runs["data"]), "--samples", "2"]
+    assert "2D images are predicted whole" in _error(capsys, [*evaluate, "--window", "8", "8", "8"])
+    assert "2D images are predicted whole" in _error(capsys, [*evaluate, "--overlap", "0.25"])
+    sample = ["sample", "--run", str(runs["2d"]), "--input", str(runs["data"]), "--out", str(tmp_path / "s")]
+    assert "2D images are predicted whole" in _error(capsys, [*sample, "--window", "8", "8", "8"])
+
+
+def test_contradicting_method_flags_are_refused(runs, tmp_path, capsys):
+    train = ["train", "--data", str(runs["data"]), "--out", str(tmp_path / "run"), *TINY]
+    assert "--deterministic and --method prob-unet contradict" in _error(
+        capsys, [*train, "--deterministic", "--method", "prob-unet"]
+    )
+    err = _error(capsys, [*train, "--method", "deterministic", "--rank", "5"])
+    assert "--rank: a setting of the ssn method, which --method deterministic does not take" in err
+    assert "--latent-dim" in _error(capsys, [*train, "--latent-dim", "4"])  # the default method, ssn
+    assert not (tmp_path / "run").exists()
+    assert main([*train, "--deterministic"]) == 0  # the alias alone still works
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["method"] == "deterministic"
+
+
+def test_a_temperature_of_zero_is_allowed_wherever_temperatures_are_given(runs, capsys):
+    calibrate = ["calibrate", "--run", str(runs["2d"]), "--data", str(runs["data"]), "--samples", "2"]
+    assert main([*calibrate, "--temperatures", "0", "1", "--max-images", "4"]) == 0
+    evaluate = ["evaluate", "--run", str(runs["2d"]), "--data", str(runs["data"]), "--samples", "2"]
+    assert main([*evaluate, "--temperature", "0"]) == 0
+    assert "temperatures must be numbers >= 0" in _error(capsys, [*calibrate, "--temperatures", "-1", "1"])
+
+
+def test_every_run_flag_says_that_a_pretrained_model_works_there():
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name in ("evaluate", "calibrate", "sample", "explore"):
+        run = next(a for a in commands[name]._actions if a.dest == "run")
+        assert "pretrained:NAME" in run.help, name
