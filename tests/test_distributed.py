@@ -173,6 +173,27 @@ def _metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def _assert_same_weights(a: dict, b: dict, lr: float, steps: int) -> None:
+    """Two runs' weights agree up to the rounding of the order of sums, at any thread count.
+
+    Two processes sum each half batch's gradient and then add the halves; one process sums the
+    whole batch at once, and the thread count changes the order again. The first convolution's
+    weight gradient is a sum over every pixel of the batch that nearly cancels, so float32
+    rounding changes its last three or four digits, and Adam, dividing by the running RMS, turns
+    a relative error of the gradient into an error of the update of up to lr times it. The
+    tolerance, 1% of the most Adam can move a weight (lr per step), allows that (measured: up to
+    1e-5 with OMP_NUM_THREADS=1, 1e-7 elsewhere) and is 100 times below what a real fault
+    gives: a process training on its own gradients alone moves weights by about lr per step.
+    """
+    assert a.keys() == b.keys()
+    tolerance = 0.01 * lr * steps
+    for key in a:
+        difference = float((a[key] - b[key]).abs().max())
+        assert difference <= tolerance, (
+            f"{key}: the weights differ by up to {difference:.3g} (tolerance {tolerance:.3g})"
+        )
+
+
 @pytest.mark.parametrize("method", ["ssn", "deterministic", "prob-unet"])
 def test_two_processes_train_the_model_one_process_trains(data, tmp_path, method):
     one, two = tmp_path / "one", tmp_path / "two"
@@ -182,14 +203,16 @@ def test_two_processes_train_the_model_one_process_trains(data, tmp_path, method
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = load_file(str(one / "last.safetensors")), load_file(str(two / "last.safetensors"))
     assert a.keys() == b.keys()
-    for key in a:
-        # float tolerance: only the order of the sums differs (Adam at lr 1e-3 keeps it near 1e-7)
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    _assert_same_weights(a, b, lr=1e-3, steps=8)
     first, second = _metrics(one), _metrics(two)
     assert [m["step"] for m in first] == [m["step"] for m in second] == [4, 8]
     for m1, m2 in zip(first, second):  # the losses and the validation shared between processes
         assert m1["train_loss"] == pytest.approx(m2["train_loss"], rel=1e-6)
-        assert m1["val_ged"] == pytest.approx(m2["val_ged"], abs=1e-6)
+        # GED^2 of argmax samples is a step function of the weights: rounding-level differences
+        # (above) flip a few pixels of a few samples: 1e-4 of GED^2 on these 8 images, measured
+        # with OMP_NUM_THREADS=1. A fault scores other images (one process's share alone, or
+        # another subset), a change of the order of the spread between images.
+        assert m1["val_ged"] == pytest.approx(m2["val_ged"], abs=2e-3), (m1["val_ged"], m2["val_ged"])
     assert json.loads((two / "config.json").read_text())["world_size"] == 2
     assert json.loads((one / "config.json").read_text())["world_size"] == 1
 
@@ -372,5 +395,4 @@ def test_a_process_group_set_up_by_the_caller_is_joined(data, tmp_path):
     )
     assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
     a, b = (load_file(str(tmp_path / n / "last.safetensors")) for n in ("one", "two"))
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    _assert_same_weights(a, b, lr=1e-3, steps=4)
