@@ -20,7 +20,10 @@ import torch
 from .. import metrics
 from ..distributed import join
 from ..engine.checkpoints import CALIBRATION_FILE, load_run, write_json
+from ..engine.pretrained import PREFIX, resolve_run_dir
+from ..engine.rundir import RunDir
 from ..errors import ConfigError
+from ..files import check_writable
 from ..inference import images_to_predict, predict_batches
 
 __all__ = ["calibrate", "DEFAULT_TEMPERATURES"]
@@ -40,24 +43,33 @@ def calibrate(
     device: str = "cpu",
     seed: int = 0,
     write: bool = True,
+    out: str | os.PathLike | None = None,
     log=print,
 ) -> dict:
     """GED^2(``num_samples``) at each temperature on (up to ``max_images`` of) the chosen images.
 
-    Returns (and, with ``write``, stores in ``run_dir/calibration.json``) the chosen temperature
-    with the whole curve: ``{"temperature", "curve": [{"temperature", "ged", "stderr"}], ...}``.
+    Returns (and, with ``write``, stores) the chosen temperature with the whole curve:
+    ``{"temperature", "curve": [{"temperature", "ged", "stderr"}], ...}``. It is stored in
+    ``out`` when given, else in ``run_dir/calibration.json``, where ``evaluate`` and ``sample``
+    find it. A shipped model (``pretrained:NAME``) lives inside the installed package, so its
+    calibration needs ``out`` (and is then used with ``--temperature``).
     """
     temperatures = sorted({float(t) for t in temperatures})
     if not temperatures or temperatures[0] < 0:
         raise ConfigError(f"temperatures must be numbers >= 0 (0: every sample is the mean's); got {temperatures}")
     if num_samples < 2:
         raise ConfigError(f"need --samples >= 2 to measure the spread; got {num_samples}")
+    target = _calibration_target(run_dir, out) if write else None
     world, device = join(device)
+    if target is not None and world.main:
+        check_writable(target)  # before the sweep, not after
     model, config = load_run(run_dir, temperature=1.0)
     if not model.has_spread:
         raise ConfigError("a deterministic model has no spread to calibrate; calibrate an ssn or prob-unet run")
     model.to(device)
-    data, indices = images_to_predict(model, data_path, split, split_file, default_split="val")
+    data, indices = images_to_predict(
+        model, data_path, split, split_file, default_split="val", run_split=RunDir(resolve_run_dir(run_dir)).split_path
+    )
     if max_images is not None and indices.size > max_images:
         indices = np.sort(np.random.default_rng(seed).choice(indices, size=max_images, replace=False))
     start = time.perf_counter()
@@ -82,19 +94,32 @@ def calibrate(
         "num_samples": num_samples,
         "num_images": int(indices.size),
         "data": str(data_path),
-        "split": split if split_file else "all",
+        "split": (split or "val") if split_file or split else "all",
         "seed": seed,
         "seconds": time.perf_counter() - start,
         "curve": curve,
     }
-    if write and world.main:
-        write_json(result, Path(run_dir) / CALIBRATION_FILE)
+    if target is not None and world.main:
+        write_json(result, target)
     (log if world.main else (lambda *_: None))(
         f"temperature {best['temperature']:g}: validation GED^2({num_samples}) {best['ged']:.4f} "
         f"(at t = 1: {_describe(_at(curve, 1.0))}) on {indices.size} images"
-        + (f"; stored in {Path(run_dir) / CALIBRATION_FILE}" if write else "")
+        + (f"; stored in {target}" if target is not None else "")
+        + (f" (use it with --temperature {best['temperature']:g})" if out is not None else "")
     )
     return result
+
+
+def _calibration_target(run_dir, out) -> Path:
+    """Where the calibration goes: ``out``, else the run's ``calibration.json`` (not a shipped model's)."""
+    if out is not None:
+        return Path(out)
+    if str(run_dir).startswith(PREFIX):
+        raise ConfigError(
+            f"{run_dir} is a shipped model inside the installed package; give --out FILE to store its "
+            "calibration, and sample or evaluate with --temperature T"
+        )
+    return Path(run_dir) / CALIBRATION_FILE
 
 
 def _at(curve: list[dict], t: float) -> float | None:

@@ -154,6 +154,9 @@ def _calibrate_flags(k: argparse.ArgumentParser) -> None:
     )
     k.add_argument("--temperatures", type=float, nargs="+", help="the grid to try (default 0.1 ... 2)")
     k.add_argument("--batch-size", type=int, default=16)
+    k.add_argument(
+        "--out", help="calibration JSON to write (default: the run's calibration.json; needed for pretrained:NAME)"
+    )
     _add_draw_flags(k, samples=16, temperature=False)
 
 
@@ -356,6 +359,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         args.batch_size,
         args.device,
         args.seed,
+        out=args.out,
     )
     return 0
 

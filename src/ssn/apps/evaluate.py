@@ -24,6 +24,8 @@ import torch
 from .. import metrics
 from ..distributed import World, join
 from ..engine.checkpoints import load_run, write_json
+from ..engine.pretrained import resolve_run_dir
+from ..engine.rundir import RunDir
 from ..errors import ConfigError
 from ..files import check_writable, write_csv
 from ..inference import images_to_predict, predict_batches
@@ -60,7 +62,9 @@ def evaluate(
     world, device, matched = prepare_evaluation(num_samples, classes, matching, out, device)
     model, config = load_run(run_dir, temperature=temperature)
     model.to(device)
-    data, indices = images_to_predict(model, data_path, split, split_file, default_split="test")
+    data, indices = images_to_predict(
+        model, data_path, split, split_file, default_split="test", run_split=RunDir(resolve_run_dir(run_dir)).split_path
+    )
     num_classes = model.num_classes
     per_image = metrics.ImageMetrics(num_classes, matched, classes=classes, matching=matching)
     other = "rectangular" if matching == "repeat" else "repeat"
@@ -98,7 +102,7 @@ def evaluate(
         num_images=figures["ged"].num_images,
         run=str(run_dir),
         data=str(data_path),
-        split=split if split_file else "all",
+        split=(split or "test") if split_file or split else "all",
         seconds=seconds,
         temperature=model.temperature,
         model=config["architecture"],

@@ -10,7 +10,7 @@ import numpy as np
 
 from .arrays import DataError, SegmentationArrays
 
-__all__ = ["select_split", "holdout_split", "read_split_file"]
+__all__ = ["select_split", "holdout_split", "read_split_file", "split_record", "select_recorded_split"]
 
 
 def read_split_file(path: str | os.PathLike) -> dict[str, list[str]]:
@@ -53,3 +53,28 @@ def holdout_split(data: SegmentationArrays, fraction: float = 0.1, seed: int = 0
     held = rng.choice(unique, size=max(1, round(fraction * unique.size)), replace=False)
     is_held = np.isin(groups, held)
     return np.flatnonzero(~is_held), np.flatnonzero(is_held)
+
+
+def split_record(data: SegmentationArrays, splits: dict[str, np.ndarray]) -> dict:
+    """A split of ``data`` (name -> image indices) as JSON: a split file of patient ids when the
+    data has them (``{"splits": {...}}``, as ``--split-file`` takes), else the image indices
+    (``{"images": {...}}``)."""
+    if data.patient is not None:
+        return {"splits": {name: sorted({str(p) for p in data.patient[idx]}) for name, idx in splits.items()}}
+    return {"images": {name: [int(i) for i in np.sort(idx)] for name, idx in splits.items()}}
+
+
+def select_recorded_split(data: SegmentationArrays, name: str, path: str | os.PathLike) -> np.ndarray:
+    """The images of split ``name`` of a run's ``split.json`` (see :func:`split_record`)."""
+    content = json.loads(Path(path).read_text())
+    if "splits" in content:
+        return select_split(data, name, path)
+    images = content.get("images", {})
+    if name not in images:
+        raise DataError(f"split {name!r} is not in {path}; it has: {', '.join(images)}")
+    indices = np.asarray(images[name], dtype=np.int64)
+    if indices.size and indices.max() >= len(data):
+        raise DataError(
+            f"{path} names image {int(indices.max())}, but the data holds {len(data)}: is it the run's data?"
+        )
+    return indices

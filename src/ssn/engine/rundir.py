@@ -46,8 +46,9 @@ class RunDir:
 
     CONFIG, METRICS, STATE = "config.json", "metrics.jsonl", "state.pt"
     LAST, BEST, CALIBRATION, TENSORBOARD = "last.safetensors", "best.safetensors", "calibration.json", "tensorboard"
+    SPLIT = "split.json"
     #: what a run writes; ``overwrite`` removes these before starting over
-    FILES = (CONFIG, METRICS, STATE, LAST, BEST, CALIBRATION)
+    FILES = (CONFIG, METRICS, STATE, LAST, BEST, CALIBRATION, SPLIT)
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -74,6 +75,11 @@ class RunDir:
     @property
     def calibration_path(self) -> Path:
         return self.path / self.CALIBRATION
+
+    @property
+    def split_path(self) -> Path:
+        """The training/validation split a run held out itself (no split file given)."""
+        return self.path / self.SPLIT
 
     @property
     def tensorboard_dir(self) -> Path:

@@ -23,7 +23,7 @@ import torch
 from ..data.arrays import SegmentationArrays, load_arrays
 from ..data.nifti import read_case
 from ..data.patches import PatchSampler
-from ..data.splits import holdout_split, select_split
+from ..data.splits import holdout_split, select_split, split_record
 from ..data.volume_list import VolumeList, is_volume_list, load_volume_list
 from ..errors import ConfigError
 from ..inference import image_tensor
@@ -52,6 +52,7 @@ class Source(Protocol):
     spatial_dims: int
     label_map: dict[int, int] | None  # volumes: file label value -> class; None for an .npz
     sequences: list[str] | None  # volumes: the MR sequences in channel order; None for an .npz
+    held_out: dict | None  # a split the source chose itself (no split file), to record in the run
 
     def num_classes(self) -> int: ...
 
@@ -95,8 +96,10 @@ class ArraySource:
         if config.split_file:
             self.train_items = select_split(data, config.train_split, config.split_file)
             self.val_items = select_split(data, config.val_split, config.split_file)
+            self.held_out: dict | None = None
         else:
             self.train_items, self.val_items = holdout_split(data, 0.1, config.seed)
+            self.held_out = split_record(data, {"train": self.train_items, "val": self.val_items})
         self.in_channels, self.spatial_dims = data.in_channels, len(data.spatial_shape)
 
     def num_classes(self) -> int:
@@ -145,6 +148,7 @@ class PatchSource:
         if config.patch_size is None:
             raise ConfigError("training on volumes needs patch_size, e.g. --patch-size 64 64 64")
         self.listing = listing
+        self.held_out: dict | None = None  # the list names its splits
         train_cases = listing.split(config.train_split)
         val_cases = listing.split(config.val_split)  # a missing split is refused there, naming those it has
         self.label_map, self.sequences = listing.label_map, listing.sequences

@@ -32,6 +32,7 @@ from .._version import __version__
 from ..distributed import World, join, leave
 from ..distributions import NonFiniteError
 from ..errors import ConfigError, DataError, RunError
+from ..files import write_json
 from ..inference import predict_batches
 from ..models import SegmentationModel, build
 from ..randomness import derive_seed
@@ -218,6 +219,8 @@ class _Trainer:
         writer = None
         if world.main:
             self.run_dir.write_config(record)
+            if source.held_out is not None:  # evaluate and calibrate find the held-out images by it
+                write_json(source.held_out, self.run_dir.split_path)
             from torch.utils.tensorboard import SummaryWriter  # imported here: slow, and only training needs it
 
             writer = SummaryWriter(str(self.run_dir.tensorboard_dir))

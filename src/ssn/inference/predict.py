@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,10 +21,15 @@ def image_tensor(images: np.ndarray, device: str | torch.device = "cpu") -> torc
     return torch.from_numpy(float_images(images)).to(device)  # a copy: memory-mapped data is read-only
 
 
-def images_to_predict(model: SegmentationModel, data_path, split: str | None, split_file, default_split: str):
+def images_to_predict(
+    model: SegmentationModel, data_path, split: str | None, split_file, default_split: str, run_split=None
+):
     """(the dataset, the indices of its images to use): one split of a split file, or all images.
 
-    Raises a :class:`~ssn.errors.ConfigError` for ``split`` without ``split_file``, and a
+    ``run_split``: the run's own ``split.json`` (the images it held out when trained without a
+    split file); ``split`` without ``split_file`` uses it.
+
+    Raises a :class:`~ssn.errors.ConfigError` for ``split`` without a split file, and a
     :class:`~ssn.errors.DataError` for labels beyond the model's classes.
     """
     from ..data.arrays import load_arrays
@@ -38,8 +44,15 @@ def images_to_predict(model: SegmentationModel, data_path, split: str | None, sp
     data = load_arrays(data_path)
     if split_file is not None:
         indices = select_split(data, split or default_split, split_file)
+    elif split is not None and run_split is not None and Path(run_split).is_file():
+        from ..data.splits import select_recorded_split
+
+        indices = select_recorded_split(data, split, run_split)
     elif split is not None:
-        raise ConfigError("--split needs --split-file (the JSON listing each split's patients)")
+        raise ConfigError(
+            "--split needs --split-file (the JSON listing each split's patients); this run recorded "
+            "no split of its own (it was trained with a split file, or before ssn 0.7)"
+        )
     else:
         indices = np.arange(len(data))
     spec = model.spec
