@@ -6,6 +6,10 @@ reset just before the draw (Linux: /proc/self/clear_refs) and the growth of the 
 the resident size before the draw is reported, output included.
 
     python -m benchmarks.sampling          # writes benchmarks/results/sampling.json
+    python -m benchmarks.sampling --volume-only   # only the whole-volume sample_labels memory
+
+The whole-volume case: 100 label maps of a 240x240x155 map of 4 classes at rank 10 (a BraTS
+volume), with sample_labels' default chunk (chosen from its memory budget) and with a chunk of 16.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from ssn import LowRankLogitDistribution
 CASES = {
     "2d": {"shape": (4, 2, 128, 128), "rank": 10, "samples": 20, "repeats": 15},
     "3d": {"shape": (1, 4, 64, 64, 64), "rank": 10, "samples": 20, "repeats": 5},
+    "volume": {"shape": (1, 4, 240, 240, 155), "rank": 10, "samples": 100, "repeats": 0},  # memory only
 }
 
 
@@ -50,6 +55,8 @@ def draw(method, ours, theirs, samples):
             return theirs.rsample((samples,))
         if method == "ssn_labels":
             return ours.sample_labels(samples, chunk_size=16)
+        if method == "ssn_labels_default":  # the chunk chosen from the memory budget
+            return ours.sample_labels(samples)
         if method == "argmax_all":  # the naive way to get labels: all logit maps at once
             return ours.rsample((samples,)).argmax(2).to(torch.uint8)
     raise ValueError(method)
@@ -86,10 +93,35 @@ def peak_memory(case: str, method: str, samples: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def volume_memory() -> dict:
+    """Peak extra memory of 100 whole-volume label maps, default chunk vs a chunk of 16."""
+    spec = CASES["volume"]
+    measured = {m: peak_memory("volume", m, spec["samples"]) for m in ("ssn_labels_default", "ssn_labels")}
+    figures = {m: v["peak_extra_bytes"] / 2**30 for m, v in measured.items()}
+    print(
+        f"volume {spec['shape']} rank {spec['rank']}, {spec['samples']} label maps: peak extra memory "
+        f"default chunk {figures['ssn_labels_default']:.2f} GiB, chunk 16 {figures['ssn_labels']:.2f} GiB "
+        f"(output {measured['ssn_labels']['output_bytes'] / 2**30:.2f} GiB)"
+    )
+    return {
+        "shape": spec["shape"],
+        "rank": spec["rank"],
+        "samples": spec["samples"],
+        "labels_peak_extra_GiB": figures,
+        "output_GiB": measured["ssn_labels"]["output_bytes"] / 2**30,
+    }
+
+
+def main(volume_only: bool = False) -> None:
     torch.manual_seed(0)
     report = {}
+    if volume_only:
+        write("sampling_volume", {"volume": volume_memory()})
+        return
     for case, spec in CASES.items():
+        if case == "volume":
+            report[case] = volume_memory()
+            continue
         ours, theirs = build(spec["shape"], spec["rank"])
         n = spec["samples"]
         rounds = time_interleaved(
@@ -127,8 +159,9 @@ def main() -> None:
 if __name__ == "__main__":
     parser = benchmark_parser("sampling", __doc__)
     parser.add_argument("--worker", nargs=3, metavar=("CASE", "METHOD", "SAMPLES"), help=argparse.SUPPRESS)
+    parser.add_argument("--volume-only", action="store_true", help="only the whole-volume memory case")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker[0], args.worker[1], int(args.worker[2]))
     else:
-        main()
+        main(args.volume_only)

@@ -279,3 +279,22 @@ def test_marginal_is_the_law_of_a_region_and_shares_the_draws():
     torch.testing.assert_close(mine, whole[:, :, :, 1:3, :, 4])
     with pytest.raises(IndexError, match="4 indices for a map with 3 spatial axes"):
         dist.marginal(0, 0, 0, 0)
+
+
+def test_the_default_chunk_fits_the_memory_budget():
+    from ssn.distributions import SAMPLE_MEMORY_BYTES
+
+    def expanded(shape, rank):  # a distribution of that shape without allocating it (stride-0 views)
+        zero = torch.zeros(1)
+        return LowRankLogitDistribution(
+            zero.expand(*shape), zero.expand(shape[0], rank, *shape[1:]), zero.expand(*shape) + 1, validate_args=False
+        )
+
+    volume = expanded((1, 4, 240, 240, 155), rank=10)
+    chunk = volume.default_chunk_size()
+    assert chunk == 2 and 3 * chunk * volume.event_size * 4 <= SAMPLE_MEMORY_BYTES
+    assert expanded((16, 2, 128, 128), rank=10).default_chunk_size() == 16  # small maps keep 16
+    assert volume.default_chunk_size(budget=1) == 1
+    small = make(classes=3, spatial=(6, 5), rank=2, dtype=torch.float32)
+    drawn = small.sample_labels(20, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(drawn, small.sample_labels(20, chunk_size=16, generator=torch.Generator().manual_seed(3)))

@@ -34,6 +34,10 @@ __all__ = ["LowRankLogitDistribution", "LogitNoise", "labels_from_logits", "NonF
 
 _LOG_2PI = math.log(2 * math.pi)
 
+#: The memory :meth:`LowRankLogitDistribution.sample_labels` lets one chunk of draws take by
+#: default, in bytes (1 GiB): a 240x240x155 volume of 4 classes then stays under 4 GiB in all.
+SAMPLE_MEMORY_BYTES = 1 << 30
+
 
 def _as_size(sample_shape: int | Sequence[int] | torch.Size) -> torch.Size:
     if isinstance(sample_shape, int):
@@ -271,7 +275,7 @@ class LowRankLogitDistribution(Distribution):
     def sample_labels(
         self,
         num_samples: int,
-        chunk_size: int = 16,
+        chunk_size: int | None = None,
         antithetic: bool = False,
         generator: Generators = None,
     ) -> Tensor:
@@ -279,11 +283,15 @@ class LowRankLogitDistribution(Distribution):
 
         Logit samples are drawn ``chunk_size`` at a time and reduced to labels at once, so
         memory is bounded by one chunk of logit maps plus the output, whatever
-        ``num_samples`` is.
+        ``num_samples`` is. By default the chunk is 16 samples, fewer where 16 would take more
+        than :data:`SAMPLE_MEMORY_BYTES` (:meth:`default_chunk_size`): 2 for a 240x240x155 map
+        of 4 classes. The draws depend on the chunk size, so give it to reproduce a draw exactly.
 
         Returns:
             (num_samples, B, *S), ``uint8`` when C <= 256, otherwise ``int64``.
         """
+        if chunk_size is None:
+            chunk_size = self.default_chunk_size()
         if num_samples < 0 or chunk_size < 1:
             raise ValueError(f"need num_samples >= 0 and chunk_size >= 1; got {num_samples} and {chunk_size}")
         if antithetic and chunk_size % 2:
@@ -303,6 +311,19 @@ class LowRankLogitDistribution(Distribution):
                     logits = self.rsample((count,), antithetic=pairs, generator=generator)
                     out[start : start + count] = _class_argmax(logits, dtype)
         return out
+
+    def default_chunk_size(self, budget: int | None = None) -> int:
+        """The samples per chunk of :meth:`sample_labels`: 16, or as many as fit ``budget`` bytes
+        (default :data:`SAMPLE_MEMORY_BYTES`), at least 1.
+
+        A chunk of n samples holds about three float buffers of n x B x N values at once (the
+        noise, the deviation and the logits, or the class contrast's for two classes, which has
+        N / C values per map).
+        """
+        budget = SAMPLE_MEMORY_BYTES if budget is None else budget
+        per_map = self.event_size // self.num_classes if self.num_classes == 2 else self.event_size
+        per_sample = 3 * self.batch_shape.numel() * per_map * self.loc.element_size()
+        return int(max(1, min(16, budget // max(per_sample, 1))))
 
     # --------------------------------------------------------------- steering the draws
     def draw_noise(self, num_samples: int, generator: Generators = None) -> LogitNoise:
