@@ -266,3 +266,28 @@ def test_the_page_handlers_show_a_volume_slice_by_slice_and_refuse_a_bad_upload(
     np.save(bad, np.zeros((2, 20, 20), np.float32))  # 2D, for a 3D model
     refused = page.from_upload(str(bad))
     assert list(refused) == [page.status] and refused[page.status].startswith("upload refused")
+
+
+def test_a_calibrated_run_is_explored_at_its_temperature_and_the_address_is_printed(demo_run, tmp_path):
+    gr = pytest.importorskip("gradio", reason="the explorer needs gradio: pip install 'ssn[explorer]'")
+    import json as json_module
+
+    from ssn.apps.explore import _Page, explore
+    from ssn.data.arrays import load_arrays
+
+    run = tmp_path / "calibrated"
+    shutil.copytree(demo_run[0], run)
+    (run / "calibration.json").write_text(json_module.dumps({"temperature": 0.7}))
+    model, _ = load_run(run)
+    page = _Page(gr, model, load_arrays(demo_run[1]), num_samples=4)
+    page.build()
+    shown = page.from_dataset(0)
+    assert shown[page.status].startswith("4 samples at temperature 0.7")  # as sample and evaluate use
+    assert page.temperature.value == 0.7
+    lines = []
+    port = _free_port()
+    app = explore(str(run), port=port, prevent_thread_lock=True, log=lines.append)
+    try:
+        assert lines == [f"ssn explore: {run} at temperature 0.7 on http://localhost:{port}"]
+    finally:
+        app.close()

@@ -122,7 +122,9 @@ class _Page:
                         self.entropy = gr.Image(label="entropy", interactive=False)
                     self.status = gr.Markdown(elem_id="status")
             with gr.Row():
-                self.temperature = gr.Slider(0, 2, value=1, step=0.05, label="temperature", elem_id="temperature")
+                self.temperature = gr.Slider(
+                    0, 2, value=self.model.temperature, step=0.05, label="temperature", elem_id="temperature"
+                )
                 self.scales = [
                     gr.Slider(-3, 3, value=1, step=0.1, label=f"class {c} scale", elem_id=f"scale{c}")
                     for c in range(classes)
@@ -279,6 +281,7 @@ def explore(
     port: int = 7860,
     device: str = "cpu",
     prevent_thread_lock: bool = False,
+    log=print,
 ):
     """Load a run and serve the explorer on ``host:port`` (see the module)."""
     from ..data.arrays import load_arrays
@@ -296,5 +299,12 @@ def explore(
     if data_path:
         data = load_volume_list(data_path) if is_volume_list(data_path) else load_arrays(data_path)
     app = build_app(model, data, window=config.get("patch_size"))
-    app.launch(server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock, quiet=True)
+    app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True)
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+    log(
+        f"ssn explore: {run_dir} at temperature {model.temperature:g} on http://{shown}:{port}"
+        + ("" if prevent_thread_lock else " (Ctrl-C to stop)")
+    )
+    if not prevent_thread_lock:
+        app.block_thread()
     return app

@@ -83,7 +83,7 @@ class Exploration:
         num_samples: int = 16,
         seed: int = 0,
         class_scales: np.ndarray | None = None,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         latent_shift: np.ndarray | None = None,
         marks: np.ndarray | None = None,
         last_marks: dict | None = None,
@@ -98,7 +98,8 @@ class Exploration:
         if image.ndim != 3:
             raise DataError(f"the explorer shows 2D images (channels, H, W); got shape {image.shape}")
         self.model, self.image, self.num_samples, self.seed = model, image, num_samples, seed
-        self.temperature, self.last_marks = temperature, dict(last_marks or {})
+        self.temperature = model.temperature if temperature is None else temperature  # the run's calibrated one
+        self.last_marks = dict(last_marks or {})
         if dist is None:
             model.eval()
             with torch.no_grad():
@@ -281,7 +282,7 @@ class VolumeExploration:
             dist=view,
             noise=LogitNoise(self.z, self._eps(k)),
             marks=self.marks_of_slice.get(k),
-            temperature=previous.temperature if previous else 1.0,
+            temperature=previous.temperature if previous else None,
             class_scales=previous.class_scales if previous else None,
             latent_shift=previous.latent_shift if previous else None,
         )
