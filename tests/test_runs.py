@@ -66,3 +66,23 @@ def test_a_shipped_model_is_calibrated_into_out_never_into_the_package(trained, 
     assert main([*calibrate, "--temperatures", "0.5", "1", "--max-images", "4", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["temperature"] in (0.5, 1.0) and "--temperature" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in shipped.iterdir()} == before
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_do(trained, capsys):
+    run, data = trained
+    before = (run / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["train", "--data", str(data), "--out", str(run), "--resume", "--max-steps", "1"]) == 0
+    out = capsys.readouterr()
+    assert "nothing to train" in out.out + out.err and "resume with a larger" in out.out + out.err
+    assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_the_epoch_of_a_validation_inside_an_epoch_is_the_one_the_progress_shows(tmp_path):
+    data = tmp_path / "synthetic.npz"
+    save_arrays(data, make_synthetic(40, size=32, seed=0))  # 36 training images: 9 steps of 4 an epoch
+    run = tmp_path / "run"
+    flags = ["--features", "4", "8", "--batch-size", "4", "--val-images", "2", "--val-every", "4", "--max-steps", "12"]
+    assert main(["train", "--data", str(data), "--out", str(run), *flags]) == 0
+    entries = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["epoch"]) for e in entries] == [(4, 1), (8, 1), (12, 2)]

@@ -369,7 +369,7 @@ class _Trainer:
             self.log(f"step {state.step}: validation impossible, the model's outputs are not finite ({error})")
             val = {"ged": math.nan, "diversity": math.nan}
         entry = {
-            "epoch": state.epoch,
+            "epoch": state.epoch + (1 if position else 0),  # the epoch (from 1) this step is in, as the progress says
             "step": state.step,
             "minutes": state.seconds / 60,
             "cpu_minutes": self.cpu_seconds() / 60,
@@ -405,7 +405,14 @@ class _Trainer:
         config, state = self.config, self.state
         last_epoch = math.inf if config.epochs is None else config.epochs
         last_step = math.inf if config.max_steps is None else config.max_steps
-        stop = part_over = False
+        part_over = False
+        stop = state.step > 0 and self.budget_spent() >= 1
+        if stop:
+            self.log(
+                f"nothing to train: the run in {self.run_dir.path} has spent its budget ({state.step} steps, "
+                f"{state.epoch} epochs, {state.seconds / 60:.1f} min); to train on, resume with a larger "
+                "--max-steps, --epochs or --max-minutes"
+            )
         while state.epoch < last_epoch and state.step < last_step and not stop:
             self.model.train()
             done = int(state.position)  # resuming inside an epoch: the batches not yet done
