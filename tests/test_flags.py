@@ -74,3 +74,16 @@ def test_every_run_flag_says_that_a_pretrained_model_works_there():
     for name in ("evaluate", "calibrate", "sample", "explore"):
         run = next(a for a in commands[name]._actions if a.dest == "run")
         assert "pretrained:NAME" in run.help, name
+
+
+def test_threads_sets_torchs_threads_over_the_environment(runs, capsys, monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    try:
+        evaluate = ["evaluate", "--run", str(runs["2d"]), "--data", str(runs["data"]), "--samples", "2"]
+        assert main([*evaluate, "--threads", "1"]) == 0 and torch.get_num_threads() == 1
+        assert "--threads needs at least 1" in _error(capsys, [*evaluate, "--threads", "0"])
+    finally:
+        torch.set_num_threads(before)

@@ -86,3 +86,20 @@ def test_the_epoch_of_a_validation_inside_an_epoch_is_the_one_the_progress_shows
     assert main(["train", "--data", str(data), "--out", str(run), *flags]) == 0
     entries = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(e["step"], e["epoch"]) for e in entries] == [(4, 1), (8, 1), (12, 2)]
+
+
+def test_a_finished_run_ends_with_its_best_validation_its_weights_and_the_next_commands(tmp_path, capsys):
+    data = tmp_path / "synthetic.npz"
+    save_arrays(data, make_synthetic(20, size=32, seed=0))
+    run = tmp_path / "run"
+    flags = ["--features", "4", "8", "--batch-size", "4", "--val-images", "2", "--val-every", "2", "--max-steps", "4"]
+    capsys.readouterr()
+    assert main(["train", "--data", str(data), "--out", str(run), *flags]) == 0
+    out = capsys.readouterr().out
+    entries = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best = min(entries, key=lambda e: e["val_ged"])
+    assert "done: 4 steps" in out
+    assert f"best validation GED^2(16) {best['val_ged']:.4f} at step {best['step']}" in out
+    assert f"weights: {run / 'best.safetensors'}" in out
+    assert f"ssn calibrate --run {run} --data {data} --split val" in out
+    assert f"ssn evaluate --run {run} --data TEST_DATA" in out and f"ssn sample --run {run}" in out

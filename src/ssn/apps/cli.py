@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         add_flags(command)
+        if name != "info":
+            command.add_argument(
+                "--threads",
+                type=int,
+                help="CPU threads for torch (default: OMP_NUM_THREADS if set, else torch's choice); this flag wins",
+            )
         command.set_defaults(handler=handler)
     return parser
 
@@ -268,7 +274,9 @@ def _train(args: argparse.Namespace) -> int:
 
     from_file = read_yaml(args.config) if args.config else {}
     settings = dict(from_file)
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config") and v is not None}
+    flags = {
+        k: v for k, v in vars(args).items() if k not in ("command", "handler", "config", "threads") and v is not None
+    }
     if flags.pop("deterministic", None):
         if flags.get("method", "deterministic") != "deterministic":
             raise ConfigError(f"--deterministic and --method {flags['method']} contradict each other: give one")
@@ -517,6 +525,17 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_threads(threads: int | None) -> None:
+    """``--threads N``: torch's intra-op threads, whatever OMP_NUM_THREADS says."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads needs at least 1; got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -524,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _set_threads(getattr(args, "threads", None))
         return args.handler(args)
     except UserError as error:
         print(f"ssn: error: {error}", file=sys.stderr)

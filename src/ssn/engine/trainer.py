@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from .. import metrics
 from .._version import __version__
+from ..data.volume_list import is_volume_list
 from ..distributed import World, join, leave
 from ..distributions import NonFiniteError
 from ..errors import ConfigError, DataError, RunError
@@ -89,11 +90,12 @@ class TrainState:
     seconds: float = 0.0  # the main process's training time, agreed on by all processes at each step
     cpu_seconds: float = 0.0  # the main process's CPU time, all its threads, over all parts
     best_ged: float = math.inf
+    best_step: int = 0  # the step of best_ged (0: none yet, or a run saved before ssn 0.7)
     bad_steps: int = 0
     bad_in_a_row: int = 0
     losses: list[float] = field(default_factory=list)  # since the last validation
 
-    _PROGRESS = ("epoch", "step", "seconds", "cpu_seconds", "best_ged", "position", "bad_steps")
+    _PROGRESS = ("epoch", "step", "seconds", "cpu_seconds", "best_ged", "best_step", "position", "bad_steps")
 
     def state_dict(self) -> dict:
         """The state.pt entries ``progress``, ``losses`` and ``bad_in_a_row``."""
@@ -382,7 +384,7 @@ class _Trainer:
         }
         state.losses.clear()
         if val["ged"] < state.best_ged:
-            state.best_ged = val["ged"]
+            state.best_ged, state.best_step = val["ged"], state.step
             if world.main:
                 save_weights(self.evaluated, self.run_dir.weights("best"))
         if self.writer is not None:
@@ -397,6 +399,38 @@ class _Trainer:
             f"val GED^2({config.val_samples}) {val['ged']:.4f}, diversity {val['diversity']:.3f}, {entry['minutes']:.1f} min"
         )
         self.model.train()
+
+    def _closing_summary(self) -> str:
+        """What a finished run reached, where its weights are, and the commands that come next."""
+        config, state, run = self.config, self.state, self.run_dir.path
+        best = (
+            f"best validation GED^2({config.val_samples}) {state.best_ged:.4f} at step {state.best_step}"
+            if math.isfinite(state.best_ged)
+            else "no finite validation GED^2"
+        )
+        if config.split_file:
+            choose, test = (
+                f"--split-file {config.split_file} --split {config.val_split}",
+                f"--split-file {config.split_file} --split test",
+            )
+        elif is_volume_list(config.data):
+            choose, test = f"--split {config.val_split}", "--split test"
+        else:  # its own hold-out, recorded in split.json; test images come from elsewhere
+            choose, test = "--split val", ""
+        calibrate = (
+            f"  ssn calibrate --run {run} --data {config.data} {choose}\n"
+            if self.model.has_spread and not is_volume_list(config.data)
+            else ""
+        )
+        return (
+            f"done: {state.step} steps ({state.epoch} epochs) in {state.seconds / 60:.1f} min "
+            f"({self.cpu_seconds() / 60:.1f} CPU-min); {best}\n"
+            f"  weights: {self.run_dir.weights('best')} (the best validation), {self.run_dir.weights('last')}\n"
+            f"next:\n{calibrate}"
+            f"  ssn evaluate --run {run} --data {config.data if test else 'TEST_DATA'} {test}".rstrip()
+            + "\n"
+            f"  ssn sample --run {run} --input IMAGE_OR_LIST"
+        )
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
@@ -464,6 +498,8 @@ class _Trainer:
                 self.save(0)  # an epoch's end: the next one starts at its first batch
         if self.writer is not None:
             self.writer.close()
+        if not (stop or part_over) or self.budget_spent() >= 1:
+            self.log(self._closing_summary())
         self.world.barrier()
         return {
             "epochs": state.epoch,
