@@ -87,3 +87,25 @@ def test_threads_sets_torchs_threads_over_the_environment(runs, capsys, monkeypa
         assert "--threads needs at least 1" in _error(capsys, [*evaluate, "--threads", "0"])
     finally:
         torch.set_num_threads(before)
+
+
+def test_volume_means_name_their_channels_and_the_evaluate_csv_has_ece(runs, tmp_path):
+    import csv
+
+    import nibabel
+
+    out = tmp_path / "samples"
+    sample = ["sample", "--run", str(runs["3d"]), "--input", str(runs["lists"]), "--split", "test", "--samples", "2"]
+    assert main([*sample, "--out", str(out)]) == 0
+    case = next(p for p in out.iterdir() if p.is_dir())
+    described = json.loads((case / "mean.json").read_text())
+    channels = nibabel.load(str(case / "mean.nii.gz")).shape[-1]
+    assert [c["channel"] for c in described["channels"]] == list(range(channels))
+    assert all({"class", "file_value"} <= set(c) for c in described["channels"])
+    header = nibabel.load(str(case / "mean.nii.gz")).header["descrip"].tobytes().decode().strip("\x00")
+    assert "mean.json" in header
+    metrics_out = tmp_path / "m.json"
+    evaluate = ["evaluate", "--run", str(runs["2d"]), "--data", str(runs["data"]), "--samples", "2"]
+    assert main([*evaluate, "--out", str(metrics_out)]) == 0
+    rows = list(csv.DictReader(metrics_out.with_suffix(".csv").open()))
+    assert rows and all(0 <= float(r["ece"]) <= 1 for r in rows)

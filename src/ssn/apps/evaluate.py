@@ -80,9 +80,11 @@ def evaluate(
         for n, accumulated in other_matched.items():
             accumulated.update(labels[:, :n], annotations)
         truths = [data.truth(i) for i in chunk] if data.truth_maps is not None else None
-        for index, values in zip(chunk, per_image.update(labels, annotations, truths)):
+        for k, (index, values) in enumerate(zip(chunk, per_image.update(labels, annotations, truths))):
             patient = {"patient": str(data.patient[index])} if data.patient is not None else {}
-            rows.append({"index": int(index), **patient, **values})
+            frequencies = metrics.class_frequencies(labels[k], num_classes)
+            ece_here = metrics.expected_calibration_error(frequencies, annotations[k], num_classes)
+            rows.append({"index": int(index), **patient, **values, "ece": ece_here})
     seconds = time.perf_counter() - start
     rows = sorted((row for part in world.gather_to_main(rows) or [] for row in part), key=lambda row: row["index"])
     figures = per_image.compute()  # summed over the processes

@@ -3,7 +3,8 @@
 ``ssn sample --run RUN --input LIST.json [--split test] --samples N --out DIR`` writes, per case,
 
 - ``DIR/<id>/sample_000.nii.gz`` ... : uint8 label maps in the files' own label values;
-- ``DIR/<id>/mean.nii.gz``: the per-class frequencies of the samples, (*S, C) float32;
+- ``DIR/<id>/mean.nii.gz``: the per-class frequencies of the samples, (*S, C) float32, channel c for
+  class c; ``mean.json`` beside it names each channel's class and the file's label value for it;
 - ``DIR/<id>/entropy.nii.gz``: the entropy of those frequencies, in nats;
 
 all with the input's affine and shape, so that they overlay the input in any viewer. The input
@@ -31,6 +32,7 @@ from ..data.volume_list import VolumeCase, class_file_values, is_volume_list, lo
 from ..distributed import join
 from ..engine.checkpoints import load_run
 from ..errors import ConfigError, DataError
+from ..files import write_json
 from ..inference.sliding import predict_volume, roi_box
 from ..metrics.aggregation import Estimate
 from ..metrics.regions import class_structures, structure_metrics
@@ -143,7 +145,12 @@ def sample_volumes(
         frequencies = np.zeros((*volume.shape, model.num_classes), dtype=np.float32)
         frequencies[..., 0] = 1.0  # outside the box: background
         frequencies[box] = (counts.float() / num_samples).movedim(0, -1).numpy()
-        write_nifti(folder / "mean.nii.gz", frequencies, volume.affine)
+        write_nifti(folder / "mean.nii.gz", frequencies, volume.affine, description="P(class) per channel: mean.json")
+        channels = [{"channel": c, "class": c, "file_value": int(values[c])} for c in range(model.num_classes)]
+        write_json(
+            {"mean.nii.gz": "the samples' frequency of each class, one channel per class", "channels": channels},
+            folder / "mean.json",
+        )
         entropy = metrics.frequency_entropy(torch.from_numpy(frequencies), dim=-1).numpy()
         write_nifti(folder / "entropy.nii.gz", entropy, volume.affine)
         log(

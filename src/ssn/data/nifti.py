@@ -62,12 +62,15 @@ def nifti_stem(name: str | Path) -> str:
     return name
 
 
-def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
-    """Write ``array`` (*S) or (*S, C) with ``affine``, atomically."""
+def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, description: str = "") -> None:
+    """Write ``array`` (*S) or (*S, C) with ``affine``, atomically; ``description`` goes in the
+    header's ``descrip`` (at most 79 characters)."""
     import nibabel
 
     image = nibabel.Nifti1Image(array, affine)
     image.header.set_data_dtype(array.dtype)
+    if description:
+        image.header["descrip"] = description[:79].encode()
     write_atomically(path, lambda temporary: nibabel.save(image, str(temporary)))
 
 
