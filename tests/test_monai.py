@@ -187,3 +187,15 @@ def test_train_evaluate_and_sample_a_3d_segresnet(tmp_path):
         == 0
     )
     assert np.load(tmp_path / "s" / "samples.npz")["samples"].shape == (1, 3, 12, 16, 16)
+
+
+def test_info_lists_segmentation_networks_and_a_classifier_is_refused_in_one_line():
+    from ssn.networks import monai_nets
+
+    listed = monai_nets.available()
+    assert {"monai:BasicUNet", "monai:UNet", "monai:SegResNet", "monai:DynUNet"} <= set(listed)
+    assert not {"monai:DenseNet121", "monai:PatchDiscriminator", "monai:VQVAE"} & set(listed)
+    for spatial_dims in (2, 3):
+        model = ssn.models.create("monai:DenseNet121", num_classes=2, rank=2, spatial_dims=spatial_dims, in_channels=1)
+        with pytest.raises(ConfigError, match="not a feature map|features of the image.s spatial size"):
+            model.eval().sample_labels(torch.rand(1, 1, *([32] * spatial_dims)), 2)

@@ -518,7 +518,7 @@ def _info(args: argparse.Namespace) -> int:
     if monai:
         import monai as monai_package
 
-        print(f"MONAI {monai_package.__version__} networks (those whose output keeps the input size work):")
+        print(f"MONAI {monai_package.__version__} segmentation networks (backbones; see ssn.networks.monai_nets):")
         print("  " + ", ".join(monai))
     else:
         print("MONAI networks: not installed (pip install 'ssn[monai]')")

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from .arguments import check_keywords
 from .layers import crop_to, pad_to_multiple
 
-__all__ = ["PaddedBackbone", "build", "available", "DEFAULTS"]
+__all__ = ["PaddedBackbone", "build", "available", "DEFAULTS", "SEGMENTATION_NETWORKS"]
 
 DEFAULT_FEATURES = 32
 
@@ -44,7 +44,14 @@ class PaddedBackbone(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         """(B, in_channels, *S) -> (B, out_channels, *S)."""
-        return crop_to(self.network(pad_to_multiple(image, self.divisor)), tuple(image.shape[2:]))
+        out = self.network(pad_to_multiple(image, self.divisor))
+        if not isinstance(out, Tensor) or out.dim() != image.dim():
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ConfigError(
+                f"{type(self.network).__name__} returns {shape}, not a feature map (B, F, *S) of the image; a "
+                "backbone must be a segmentation network (`ssn info` lists those that work)"
+            )
+        return crop_to(out, tuple(image.shape[2:]))
 
     def extra_repr(self) -> str:
         return f"divisor={self.divisor}, out_channels={self.out_channels}"
@@ -58,21 +65,40 @@ def _import_nets():
     return nets
 
 
+#: MONAI's segmentation networks that serve as backbones: each gives a feature map of the
+#: image's size. Measured with MONAI 1.6.1 (2D and 3D, 32-pixel sides): the first eight with
+#: their defaults; AttentionUnet (``channels``, ``strides``) and UNETR (``img_size``) need their
+#: arguments, SwinUNETR needs ``einops`` too. Classification, generative and registration
+#: networks (DenseNet121, PatchDiscriminator, VQVAE, LocalNet, ...) are not backbones.
+SEGMENTATION_NETWORKS = (
+    "BasicUNet",
+    "UNet",
+    "DynUNet",
+    "SegResNet",
+    "SegResNetDS",
+    "VNet",
+    "HighResNet",
+    "MedNeXt",
+    "AttentionUnet",
+    "UNETR",
+    "SwinUNETR",
+)
+
+
 def available() -> list[str]:
-    """``monai:NAME`` for the networks of the installed MONAI that take ``spatial_dims`` and
-    ``out_channels`` (empty without MONAI). Those whose output keeps the input's size work as
-    backbones; the others are reported when the model is first run."""
+    """``monai:NAME`` for the segmentation networks of :data:`SEGMENTATION_NETWORKS` that the
+    installed MONAI has (empty without MONAI). Other MONAI networks can still be named; one
+    that does not give a feature map of the image's size is refused when first run."""
     try:
         nets = _import_nets()
     except ConfigError:
         return []
     names = []
-    for name, obj in vars(nets).items():
-        if inspect.isclass(obj) and issubclass(obj, nn.Module) and obj.__name__ == name:  # no aliases
-            parameters = inspect.signature(obj).parameters
-            if "spatial_dims" in parameters and "out_channels" in parameters:
-                names.append(f"monai:{name}")
-    return sorted(names)
+    for name in SEGMENTATION_NETWORKS:
+        obj = getattr(nets, name, None)
+        if inspect.isclass(obj) and issubclass(obj, nn.Module):
+            names.append(f"monai:{name}")
+    return names
 
 
 def _divisor(name: str, kwargs: dict) -> int:
