@@ -161,12 +161,12 @@ class _Trainer:
         if config.resume:
             self._resume(_agree(world, self.run_dir.read_state))
         self.writer = self._write_config()
-        # the step, as one module
-        self.objective = self._objective()
         self.autocast = torch.autocast(
             self.device.type, dtype=_PRECISIONS[config.precision], enabled=config.precision != "fp32"
         )
         self.steps_per_epoch = len(self._epoch_batches(0, 0))
+        # the step, as one module (after the sizes: whether the warm-up is on depends on the budget spent)
+        self.objective = self._objective(find_unused=self._in_warm_up())
         self.clock = time.perf_counter() - self.state.seconds
         self.part_start = self.state.seconds  # this invocation's first second (stop_after_minutes counts from here)
         self.cpu_clock = time.process_time() - self.state.cpu_seconds
@@ -235,15 +235,17 @@ class _Trainer:
         )
         return writer
 
-    def _objective(self) -> torch.nn.Module:
+    def _objective(self, find_unused: bool) -> torch.nn.Module:
+        """The loss as a module, wrapped for several processes (``find_unused``: parameters may
+        get no gradient, as the covariance head during the mean's warm-up) and compiled."""
         objective: torch.nn.Module = _Objective(self.model)
+        self.finding_unused = find_unused and self.world.distributed
         if self.world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             if self.device.type == "cuda":  # batch norm over the global batch (SyncBatchNorm runs on GPUs only)
                 objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(objective)
-            warm_up = self._has_warm_up()  # the covariance head idles meanwhile
-            objective = DistributedDataParallel(objective, find_unused_parameters=warm_up)
+            objective = DistributedDataParallel(objective, find_unused_parameters=find_unused)
         if self.config.compile:
             import logging
 
@@ -251,6 +253,9 @@ class _Trainer:
             logging.getLogger("torch._dynamo.variables.tensor").setLevel(logging.ERROR)
             objective = cast(torch.nn.Module, torch.compile(objective))
         return objective
+
+    def _in_warm_up(self) -> bool:
+        return bool(self._has_warm_up() and self.budget_spent() < self.config.mean_warmup)
 
     def _has_warm_up(self) -> bool:
         return self.model.has_warm_up and self.config.mean_warmup > 0  # the SSN's covariance head idles meanwhile
@@ -290,6 +295,8 @@ class _Trainer:
         try:
             with self.autocast:
                 mean_only = bool(self._has_warm_up() and spent < config.mean_warmup)
+                if self.finding_unused and not mean_only:  # the warm-up is over: every parameter has a gradient now
+                    self.objective = self._objective(find_unused=False)
                 loss = self.objective(images, target, roi, noise, mean_only)
             finite = bool(torch.isfinite(loss))
         except NonFiniteError:  # the distribution's parameters overflowed for this batch
