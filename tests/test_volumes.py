@@ -524,3 +524,19 @@ def test_a_volume_without_a_mask_is_z_scored_inside_its_non_zero_voxels():
     assert np.all(out[1][inside] == 0) and np.all(out[:, ~inside] == 0)  # a constant channel: 0, not NaN
     with pytest.raises(DataError, match="all zero"):
         normalise_volume(np.zeros((1, 4, 4, 4), np.float32))
+
+
+def test_convert_brats_through_a_link_keeps_the_link_in_the_paths(tmp_path):
+    real = tmp_path / "storage" / "brats"
+    _case(real / "test" / "pat1", 1)
+    link = tmp_path / "data"
+    link.symlink_to(real, target_is_directory=True)
+    inside = link / "list.json"  # the list inside the tree it indexes, reached through the link
+    assert main(["convert", "brats", str(link), "--out", str(inside)]) == 0
+    case = json.loads(inside.read_text())["test"][0]
+    assert case["image"][0] == "test/pat1/flair.nii.gz"  # moves with the tree; no ../ through the link
+    beside = tmp_path / "lists" / "list.json"
+    assert main(["convert", "brats", str(link), "--out", str(beside)]) == 0
+    case = json.loads(beside.read_text())["test"][0]
+    assert case["image"][0] == "../data/test/pat1/flair.nii.gz"  # by the link's name, as the user gave it
+    assert load_volume_list(beside).split("test")[0].images[0] == (real / "test" / "pat1" / "flair.nii.gz").resolve()

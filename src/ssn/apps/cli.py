@@ -460,7 +460,13 @@ def _convert_brats(args: argparse.Namespace) -> int:
     out, root = Path(args.out), Path(args.source)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    def relative(path: str) -> str:  # paths in the list are relative to the list itself
+    def relative(path: str) -> str:
+        """The file as the list names it, relative to the list: as the user spelled the folders (a
+        root reached through a link stays behind the link), unless that spelling climbs out of a
+        link and lands elsewhere; then the physical path."""
+        spelled = os.path.relpath(os.path.abspath(root / path), os.path.abspath(out.parent))
+        if (out.parent / spelled).resolve() == (root / path).resolve():
+            return spelled
         return os.path.relpath((root / path).resolve(), out.parent.resolve())
 
     for key, cases in listing.items():
