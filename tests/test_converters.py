@@ -122,3 +122,39 @@ def test_phiseg_hdf5_refuses_negative_labels_instead_of_wrapping_them(tmp_path):
         f.create_dataset("train/labels", data=labels)
     with pytest.raises(DataError, match=r"integers in \[0, 255\]; found values from -1"):
         converters.phiseg_hdf5(tmp_path / "neg.hdf5")
+
+
+def test_png_tree_takes_any_number_of_annotators(tmp_path):
+    write_png_tree(tmp_path / "tree", patients=1, nodules=1, slices=2)
+    for k in (2, 3):  # keep two readers
+        for png in (tmp_path / "tree" / "LIDC-IDRI-0001" / "nodule-0" / f"mask-{k}").iterdir():
+            png.unlink()
+        (tmp_path / "tree" / "LIDC-IDRI-0001" / "nodule-0" / f"mask-{k}").rmdir()
+    data = converters.png_tree(tmp_path / "tree")
+    assert data.masks.shape == (2, 2, 16, 16)
+    with pytest.raises(DataError, match="2 annotator\\(s\\) per image, not 4"):
+        converters.png_tree(tmp_path / "tree", num_annotators=4)
+
+
+def test_png_tree_reads_the_flat_layout_of_images_and_one_folder_per_rater(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "flat"
+    names = ["LIDC-IDRI-0007_a.png", "LIDC-IDRI-0003_b.png", "case9.png"]
+    masks = {}
+    for name in names:
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / "images" / name)
+        masks[name] = (rng.random((3, 16, 16)) > 0.6).astype(np.uint8)
+        for k, rater in enumerate(("alice", "bob", "carol")):
+            (root / rater).mkdir(exist_ok=True)
+            Image.fromarray(masks[name][k] * 255).save(root / rater / name)
+    assert main(["convert", "png-tree", str(root), "--out", str(tmp_path / "flat.npz")]) == 0
+    data = load_arrays(tmp_path / "flat.npz")
+    order = sorted(names)
+    assert data.masks.shape == (3, 3, 16, 16)
+    assert list(data.patient) == ["LIDC-IDRI-0003", "LIDC-IDRI-0007", "case9"]
+    for i, name in enumerate(order):
+        np.testing.assert_array_equal(data.masks[i], masks[name])  # raters in name order: alice, bob, carol
+    (root / "carol" / "case9.png").unlink()
+    with pytest.raises(DataError, match="lacks its masks"):
+        converters.png_tree(root)

@@ -1,6 +1,7 @@
 """Converters from the common LIDC distributions into the dataset format, and the BraTS tree index.
 
-- ``png_tree``: ``ROOT/LIDC-IDRI-XXXX/nodule-Y/{images,mask-0,...,mask-3}/slice-N.png``;
+- ``png_tree``: ``ROOT/LIDC-IDRI-XXXX/nodule-Y/{images,mask-0,...}/slice-N.png``, or flat
+  ``ROOT/images/NAME.png`` with one folder per annotator; any number of annotators;
 - ``probabilistic_unet_pickle``: the PyTorch Probabilistic U-Net port's ``data_lidc.pickle``, a
   dict of ``{key: {"image": (H, W), "masks": [A x (H, W)], "series_uid": str}}``. It is read with
   a restricted unpickler that admits numpy arrays and plain containers only: a pickle that asks
@@ -58,34 +59,82 @@ def _read_png(path: Path) -> np.ndarray:
         raise DataError(f"{path} is not a readable PNG: {error}") from None
 
 
-def png_tree(root: str | os.PathLike, num_annotators: int = 4) -> SegmentationArrays:
-    """Read ``ROOT/<patient>/<nodule>/{images,mask-0..}/slice-N.png`` (masks: nonzero = 1)."""
+def png_tree(root: str | os.PathLike, num_annotators: int | None = None) -> SegmentationArrays:
+    """Read a folder of PNG slices with one mask folder per annotator (masks: nonzero = 1).
+
+    Two layouts:
+
+    - the LIDC tree, ``ROOT/<patient>/<nodule>/{images,mask-0,mask-1,...}/slice-N.png``;
+    - flat, ``ROOT/images/NAME.png`` with one folder per annotator, ``ROOT/<rater>/NAME.png``
+      (raters in name order; the patient is the ``LIDC-IDRI-XXXX`` in NAME, else NAME itself).
+
+    Any number of annotators, the same for every image; ``num_annotators`` requires that many.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"no such folder: {root}")
-    images, masks, patients = [], [], []
+    if (root / "images").is_dir():
+        found = _flat_png_layout(root)
+    else:
+        found = _lidc_png_tree(root)
+    if not found:
+        raise DataError(
+            f"{root} holds no PNG slices: expected <patient>/<nodule>/images/slice-N.png with mask-0, mask-1, ... "
+            "beside images/, or images/NAME.png with one folder per annotator"
+        )
+    counts = sorted({len(masks) for _, masks, _ in found})
+    if len(counts) > 1:
+        raise DataError(f"the images under {root} have different numbers of annotators ({counts}); give each the same")
+    if num_annotators is not None and counts != [num_annotators]:
+        raise DataError(f"{root} has {counts[0]} annotator(s) per image, not {num_annotators}")
+    images = [_read_png(image) for image, _, _ in found]
+    masks = [np.stack([(_read_png(m) > 0).astype(np.uint8) for m in mask_paths]) for _, mask_paths, _ in found]
+    shapes = {i.shape for i in images} | {m.shape[1:] for m in masks}
+    if len(shapes) > 1:
+        raise DataError(f"the PNGs under {root} have different sizes: {sorted(shapes)}")
+    data = SegmentationArrays(np.stack(images), np.stack(masks), np.array([patient for _, _, patient in found]))
+    validate_values(data)
+    return data
+
+
+def _mask_number(folder: Path) -> int:
+    return int(folder.name.split("-", 1)[1]) if folder.name.split("-", 1)[1].isdigit() else -1
+
+
+def _lidc_png_tree(root: Path) -> list[tuple[Path, list[Path], str]]:
+    """(image, its masks, patient) for ``ROOT/<patient>/<nodule>/{images,mask-K}/slice-N.png``."""
+    found = []
     for patient in sorted(p for p in root.iterdir() if p.is_dir()):
         for nodule in sorted(n for n in patient.iterdir() if n.is_dir()):
             image_dir = nodule / "images"
             if not image_dir.is_dir():
                 raise DataError(f"{nodule} has no images/ folder")
-            slices = sorted(image_dir.glob("slice-*.png"), key=_slice_number)
-            for image_path in slices:
-                mask_paths = [nodule / f"mask-{k}" / image_path.name for k in range(num_annotators)]
-                missing = [str(p) for p in mask_paths if not p.is_file()]
-                if missing:
-                    raise DataError(f"{image_path} lacks its masks: {', '.join(missing)}")
-                images.append(_read_png(image_path))
-                masks.append(np.stack([(_read_png(p) > 0).astype(np.uint8) for p in mask_paths]))
-                patients.append(patient.name)
-    if not images:
-        raise DataError(f"{root} holds no <patient>/<nodule>/images/slice-N.png files")
-    shapes = {i.shape for i in images}
-    if len(shapes) > 1:
-        raise DataError(f"the PNGs under {root} have different sizes: {sorted(shapes)}")
-    data = SegmentationArrays(np.stack(images), np.stack(masks), np.array(patients))
-    validate_values(data)
-    return data
+            raters = sorted((d for d in nodule.glob("mask-*") if d.is_dir()), key=_mask_number)
+            if not raters:
+                raise DataError(f"{nodule} has no mask-0, mask-1, ... folders beside images/")
+            for image_path in sorted(image_dir.glob("slice-*.png"), key=_slice_number):
+                found.append((image_path, _masks_of(image_path, raters), patient.name))
+    return found
+
+
+def _flat_png_layout(root: Path) -> list[tuple[Path, list[Path], str]]:
+    """(image, its masks, patient) for ``ROOT/images/NAME.png`` and ``ROOT/<rater>/NAME.png``."""
+    raters = sorted(d for d in root.iterdir() if d.is_dir() and d.name != "images")
+    if not raters:
+        raise DataError(f"{root} has images/ but no annotator folders beside it (one folder of masks per rater)")
+    found = []
+    for image_path in sorted((root / "images").glob("*.png"), key=lambda p: (_slice_number(p), p.name)):
+        match = _PATIENT.search(image_path.stem)
+        found.append((image_path, _masks_of(image_path, raters), match.group(0) if match else image_path.stem))
+    return found
+
+
+def _masks_of(image_path: Path, raters: list[Path]) -> list[Path]:
+    masks = [rater / image_path.name for rater in raters]
+    missing = [str(m) for m in masks if not m.is_file()]
+    if missing:
+        raise DataError(f"{image_path} lacks its masks: {', '.join(missing)}")
+    return masks
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
