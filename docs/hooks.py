@@ -10,6 +10,7 @@ from mkdocs.structure.files import File
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = [
     "docs/explorer.png",
+    "docs/sample_figure.png",
     "benchmarks/brats_samples.png",
     "benchmarks/lidc_samples.png",
     "benchmarks/lidc_curve.png",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import os
 import platform
 import sys
 import typing
@@ -376,6 +377,16 @@ def _sample(args: argparse.Namespace) -> int:
     from .sample import sample_run
     from .volumes import is_volume_input, sample_volumes
 
+    if len(args.input) == 1 and os.path.isdir(args.input[0]) and _spatial_dims(args.run) != 3:
+        from .sample import sample_folder
+
+        if args.split:
+            raise ConfigError("--split is for volume lists; a folder of images is sampled whole")
+        _refuse_window_for_images(args)
+        sample_folder(
+            args.run, args.input[0], args.samples, args.out, args.device, args.seed, args.figures, args.temperature
+        )
+        return 0
     if is_volume_input(args.input) and (
         len(args.input) > 1 or _spatial_dims(args.run) == 3 or not args.input[0].lower().endswith((".nii", ".nii.gz"))
     ):

@@ -8,6 +8,7 @@ figure per image (image, mean prediction, entropy, a grid of samples; the middle
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,10 @@ from ..errors import ConfigError, DataError
 from ..files import check_writable, write_atomically
 from ..inference import predict_batches
 from ..progress import progress
+from ..randomness import derive_seed
 from .plotting import plot_samples
 
-__all__ = ["read_images", "read_png", "sample_run"]
+__all__ = ["read_images", "read_png", "sample_run", "sample_folder"]
 
 
 def read_images(path: str | os.PathLike, in_channels: int, spatial_dims: int) -> np.ndarray:
@@ -164,10 +166,82 @@ def sample_run(
     figures = min(max_figures, len(images))
     for stale in out.glob("image_*.png"):  # an earlier call's figures would pass for this one's
         stale.unlink()
-    for i in range(figures):
-        plot_samples(images[i], labels[i], mean[i], entropy[i], out / f"image_{i:04d}.png")
+    dataset = str(input_path).lower().endswith(".npz")
+    names = [f"image_{i:04d}.png" for i in range(figures)] if dataset else [f"{_stem(input_path)}.png"]
+    for i, name in zip(range(figures), names):
+        plot_samples(images[i], labels[i], mean[i], entropy[i], out / name, title=name[: -len(".png")])
     log(
         f"wrote {out / 'samples.npz'}: samples {labels.shape} at temperature {model.temperature:g}, "
-        f"and {figures} figures (image_NNNN.png)"
+        f"and {figures} figure(s) ({'image_NNNN.png' if dataset else names[0]})"
     )
     return out / "samples.npz"
+
+
+IMAGE_SUFFIXES = (".png", ".npy", ".nii", ".nii.gz")
+
+
+def _save_samples(path: Path, labels: np.ndarray, mean: np.ndarray, entropy: np.ndarray) -> None:
+    np.savez_compressed(path, samples=labels, mean=mean, entropy=entropy)
+
+
+def _stem(path: str | os.PathLike) -> str:
+    name = Path(path).name
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def sample_folder(
+    run_dir: str | os.PathLike,
+    folder: str | os.PathLike,
+    num_samples: int = 16,
+    out: str | os.PathLike = "samples",
+    device: str = "cpu",
+    seed: int = 0,
+    max_figures: int = 16,
+    temperature: float | None = None,
+    log=print,
+) -> list[Path]:
+    """Every image file of ``folder`` (PNG, NPY, NIfTI; sizes may differ): ``out/<name>.npz``
+    (``samples``, ``mean``, ``entropy`` as in ``samples.npz``) and a figure ``out/<name>.png``
+    for the first ``max_figures``, each named after its input. File k draws from (seed, k) in
+    name order; under torchrun each process takes its share of the files."""
+    if num_samples < 1:
+        raise ConfigError(f"need --samples >= 1; got {num_samples}")
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    if not files:
+        raise DataError(f"{folder} holds no .png, .npy, .nii or .nii.gz image to sample")
+    stems = [_stem(p) for p in files]
+    repeated = sorted({s for s in stems if stems.count(s) > 1})
+    if repeated:
+        raise DataError(f"{folder}: several files are named {repeated[0]} (with different endings); rename one")
+    world, device = join(device)
+    out = Path(out)
+    if world.main:
+        check_writable(out / f"{stems[0]}.npz")
+    model, config = load_run(run_dir, temperature=temperature)
+    model.to(device)
+    spec = config["architecture"]
+    written = []
+    for k in world.shard(np.arange(len(files))):
+        path, stem = files[int(k)], stems[int(k)]
+        images = read_images(path, spec["in_channels"], spec["spatial_dims"])
+        ((_, drawn),) = predict_batches(
+            model, images, np.arange(1), num_samples, 1, device, seed=derive_seed(seed, int(k))
+        )
+        labels = drawn.numpy()[0]
+        mean = metrics.class_frequencies(labels, model.num_classes).numpy()
+        entropy = metrics.entropy_map(labels, model.num_classes).numpy()
+        write_atomically(
+            out / f"{stem}.npz", functools.partial(_save_samples, labels=labels, mean=mean, entropy=entropy)
+        )
+        if k < max_figures:
+            plot_samples(images[0], labels, mean, entropy, out / f"{stem}.png", title=stem)
+        written.append(out / f"{stem}.npz")
+    if world.main:
+        log(
+            f"wrote {len(files)} inputs' samples to {out} as NAME.npz, with figures NAME.png, at temperature {model.temperature:g}"
+        )
+    return written
