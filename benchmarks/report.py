@@ -131,6 +131,13 @@ def lidc_section() -> list[str]:
         )
     rows.append(["PHiSeg (paper)", "", "", "", "", "", "", "", "", "", "0.224"])
     settings = current[-1]["settings"] if current else []
+    budgets = sorted({run["training"].get("step", 0) for run in current})
+    mixed = (
+        f"The rows were trained on different budgets ({', '.join(f'{b:,}' for b in budgets)} steps; the budget "
+        "column says which): a row compares alike only with rows of its own budget."
+        if len(budgets) > 1
+        else ""
+    )
     lines = [
         "## LIDC-IDRI test split",
         "",
@@ -146,6 +153,7 @@ def lidc_section() -> list[str]:
         "",
         *_table(header, rows),
         "",
+        *([mixed, ""] if mixed else []),
         HM_IOU_NOTE,
         "",
         (

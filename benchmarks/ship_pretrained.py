@@ -37,7 +37,9 @@ def main() -> None:
     calibration = json.loads((run / "calibration.json").read_text())
     test = json.loads((run / "test_metrics.json").read_text())
     calibrated = json.loads((run / "test_metrics_calibrated.json").read_text())
-    training = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    training, best = curve[-1], min(curve, key=lambda entry: entry["val_ged"])
+    cpu = f", {training['cpu_minutes'] / 60:.2f} CPU-hours" if "cpu_minutes" in training else ""
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "best.safetensors", target / "best.safetensors")
     for key in ("data", "out", "split_file"):
@@ -67,11 +69,13 @@ or from the command line: `ssn sample --run pretrained:{args.name} --input slice
 - **Data**: LIDC-IDRI, 128x128 crops around nodules, four readers per slice; the patient-level
   split of `split.json` (train 9,414 / val 3,039 / test 3,095 slices). Trained on the train
   split, one reader drawn per slice per step; checkpoint and temperature chosen on the val split.
-- **Budget**: {training["step"]} optimiser steps, batch {config["batch_size"]}, {training["minutes"]:.0f} minutes of wall time on a
-  2-core CPU (no GPU), one thread, with another model training beside it. Settings: Adam lr
+- **Budget**: {training["step"]} optimiser steps, batch {config["batch_size"]}, {training["minutes"]:.0f} minutes of training time{cpu} on a
+  2-core CPU (no GPU), one thread, sharing the machine with other work. Settings: Adam lr
   {config["lr"]:g} ({config["lr_schedule"]} schedule), the mean alone for the first {config["mean_warmup"]:.0%} of the steps,
   variance init {config["variance_init"]}, EMA decay {config["ema_decay"]:g}, {config["mc_samples"]} antithetic MC samples; validation
-  every {config["val_every"]} steps on 128 val slices (16 samples), best checkpoint kept.
+  every {config["val_every"]} steps on 128 val slices (16 samples); the weights are the best
+  of those checkpoints, step {best["step"]} (validation GED²(16) {best["val_ged"]:.3f}). The whole validation
+  curve is in `metrics.jsonl` of the run and drawn in `benchmarks/lidc_curve.png` of the repository.
 - **Test split figures** (3,095 slices, 100 samples each; ± standard error over slices):
   - at t = 1: {_figures(test)};
   - at the calibrated t = {calibration["temperature"]:g}: {_figures(calibrated)}.
