@@ -45,6 +45,7 @@ def main() -> None:
     for key in ("data", "out", "split_file"):
         config[key] = Path(config[key]).name if config.get(key) else config.get(key)
     config["resume"] = False
+    config.setdefault("input_shape", [128, 128])  # the LIDC crops (runs before ssn 0.7 did not record it)
     save_json(target / "config.json", config)
     calibration = {k: v for k, v in calibration.items() if k != "data"}
     save_json(target / "calibration.json", calibration)

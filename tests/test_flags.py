@@ -109,3 +109,37 @@ def test_volume_means_name_their_channels_and_the_evaluate_csv_has_ece(runs, tmp
     assert main([*evaluate, "--out", str(metrics_out)]) == 0
     rows = list(csv.DictReader(metrics_out.with_suffix(".csv").open()))
     assert rows and all(0 <= float(r["ece"]) <= 1 for r in rows)
+
+
+@pytest.mark.parametrize("shape, warned", [((1, 1), True), ((12, 30), True), ((200, 200), True), ((48, 24), False)])
+def test_an_image_far_from_the_training_size_is_warned_about(runs, tmp_path, capsys, shape, warned):
+    import numpy as np
+
+    config = json.loads((runs["2d"] / "config.json").read_text())
+    assert config["input_shape"] == [32, 32]
+    image = tmp_path / "image.npy"
+    np.save(image, np.random.default_rng(0).random(shape, dtype=np.float32))
+    capsys.readouterr()
+    argv = ["sample", "--run", str(runs["2d"]), "--input", str(image), "--samples", "2", "--out", str(tmp_path / "s")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert ("ssn: warning: " in err and "trained on 32x32 inputs" in err) == warned, err
+
+
+def test_a_window_larger_than_the_volume_is_warned_about(runs, tmp_path, capsys):
+    sample = ["sample", "--run", str(runs["3d"]), "--input", str(runs["lists"]), "--split", "test", "--samples", "2"]
+    capsys.readouterr()
+    assert main([*sample, "--out", str(tmp_path / "s"), "--window", "8", "8", "12"]) == 0
+    assert "is larger than the volume 16x16x8 along axis 2" in capsys.readouterr().err
+    assert main([*sample, "--out", str(tmp_path / "t")]) == 0
+    assert "larger than the volume" not in capsys.readouterr().err
+
+
+def test_the_shipped_model_warns_on_the_sizes_users_tried():
+    from ssn.engine.checkpoints import read_config
+    from ssn.engine.pretrained import pretrained_dir
+    from ssn.inference.predict import size_warning
+
+    config = read_config(pretrained_dir("lidc-2d"))
+    assert all(size_warning(config, shape) for shape in ((1, 1), (2000, 2000), (37, 101)))
+    assert size_warning(config, (128, 128)) is None and size_warning(config, (96, 160)) is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from ..engine.checkpoints import load_run
 from ..errors import ConfigError, DataError
 from ..files import check_writable, write_atomically
 from ..inference import predict_batches
+from ..inference.predict import size_warning
 from ..progress import progress
 from ..randomness import derive_seed
 from .plotting import plot_samples
@@ -145,6 +147,9 @@ def sample_run(
     model.to(device)
     spec = config["architecture"]
     images = read_images(input_path, spec["in_channels"], spec["spatial_dims"])
+    warning = size_warning(config, images.shape[2:])
+    if warning and world.main:
+        print(f"ssn: warning: {input_path}: {warning}", file=sys.stderr)
     mine = world.shard(np.arange(len(images)))
     batches = predict_batches(model, images, mine, num_samples, batch_size, device, seed=seed)
     parts = world.gather_to_main(
@@ -228,6 +233,9 @@ def sample_folder(
     for k in world.shard(np.arange(len(files))):
         path, stem = files[int(k)], stems[int(k)]
         images = read_images(path, spec["in_channels"], spec["spatial_dims"])
+        warning = size_warning(config, images.shape[2:])
+        if warning:
+            print(f"ssn: warning: {path.name}: {warning}", file=sys.stderr)
         ((_, drawn),) = predict_batches(
             model, images, np.arange(1), num_samples, 1, device, seed=derive_seed(seed, int(k))
         )

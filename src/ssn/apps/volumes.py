@@ -18,6 +18,7 @@ sample diversity, Hungarian-matched IoU and the Dice of the mean prediction.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,7 @@ def sample_volumes(
         case = VolumeCase(case.id, case.images, [], case.mask)  # sampling needs no label map
         volume = read_case(case, label_map, cache=False)
         _check_channels(volume, config)
+        _warn_window(case.id, window, volume.shape)
         generator = torch.Generator().manual_seed(seed)
         box, stream = predict_volume(
             model, volume.image, volume.mask, num_samples, window, overlap, model.temperature, generator, device
@@ -163,6 +165,19 @@ def sample_volumes(
 
 def _box_shape(box: tuple[slice, ...]) -> tuple[int, ...]:
     return tuple(s.stop - s.start for s in box)
+
+
+def _warn_window(case_id: str, window, shape) -> None:
+    """One line on stderr when the sliding window is larger than the volume along an axis (the
+    volume is then padded: the model sees more padding than it trained with)."""
+    larger = [k for k, (w, s) in enumerate(zip(window, shape)) if w > s]
+    if larger:
+        print(
+            f"ssn: warning: case {case_id!r}: the window {'x'.join(map(str, window))} is larger than the volume "
+            f"{'x'.join(map(str, shape))} along axis {', '.join(map(str, larger))}; it is padded there, which the "
+            "model did not see in training (give a smaller --window)",
+            file=sys.stderr,
+        )
 
 
 def _check_channels(volume, config: dict) -> None:
@@ -246,6 +261,7 @@ def _case_rows(model, config, case, label_map, structures, conventions, matched,
     samples drawn through sliding windows over the box around the mask and the labels."""
     volume = read_case(case, label_map)
     _check_channels(volume, config)
+    _warn_window(case.id, sampling["window"], volume.shape)
     if volume.labels is None:
         raise DataError(f"case {case.id!r} has no label map to evaluate against")
     box = roi_box(np.asarray(volume.mask) | np.asarray(volume.labels).any(0))

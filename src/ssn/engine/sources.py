@@ -53,6 +53,7 @@ class Source(Protocol):
     label_map: dict[int, int] | None  # volumes: file label value -> class; None for an .npz
     sequences: list[str] | None  # volumes: the MR sequences in channel order; None for an .npz
     held_out: dict | None  # a split the source chose itself (no split file), to record in the run
+    input_shape: list[int] | None  # the training images' spatial shape (all alike), to warn on far other inputs
 
     def num_classes(self) -> int: ...
 
@@ -101,6 +102,7 @@ class ArraySource:
             self.train_items, self.val_items = holdout_split(data, 0.1, config.seed)
             self.held_out = split_record(data, {"train": self.train_items, "val": self.val_items})
         self.in_channels, self.spatial_dims = data.in_channels, len(data.spatial_shape)
+        self.input_shape: list[int] | None = [int(s) for s in data.spatial_shape]  # what inference should resemble
 
     def num_classes(self) -> int:
         return self.data.num_classes()
@@ -149,6 +151,7 @@ class PatchSource:
             raise ConfigError("training on volumes needs patch_size, e.g. --patch-size 64 64 64")
         self.listing = listing
         self.held_out: dict | None = None  # the list names its splits
+        self.input_shape: list[int] | None = None  # volumes differ in size; the patch size is recorded
         train_cases = listing.split(config.train_split)
         val_cases = listing.split(config.val_split)  # a missing split is refused there, naming those it has
         self.label_map, self.sequences = listing.label_map, listing.sequences

@@ -218,6 +218,8 @@ class _Trainer:
             record["label_map"] = {str(k): v for k, v in source.label_map.items()}
         if source.sequences:
             record["sequences"] = source.sequences
+        if source.input_shape:
+            record["input_shape"] = source.input_shape
         writer = None
         if world.main:
             self.run_dir.write_config(record)

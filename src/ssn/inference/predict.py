@@ -13,7 +13,7 @@ from ..errors import ConfigError, DataError
 from ..models import SegmentationModel
 from ..randomness import generators_for
 
-__all__ = ["image_tensor", "predict_batches", "images_to_predict"]
+__all__ = ["image_tensor", "predict_batches", "images_to_predict", "size_warning"]
 
 
 def image_tensor(images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -102,3 +102,20 @@ def predict_batches(
         if mask is not None:
             labels = labels * mask.unsqueeze(0).to(labels.dtype)
         yield chunk, labels.movedim(0, 1).cpu()
+
+
+def size_warning(config: dict, shape) -> str | None:
+    """A warning when an input's spatial ``shape`` is far from what the run was trained on: a
+    side under half, or over four times, the training images' (``input_shape``) or the
+    training patches' side; ``None`` when it is near, or the run recorded neither."""
+    trained = config.get("input_shape") or config.get("patch_size")
+    if not trained or len(trained) != len(shape):
+        return None
+    far = [(int(s), int(t)) for s, t in zip(shape, trained) if s < t / 2 or s > 4 * t]
+    if not far:
+        return None
+    trained_text, given_text = "x".join(map(str, trained)), "x".join(str(int(s)) for s in shape)
+    return (
+        f"the model was trained on {trained_text} inputs and this one is {given_text}: far outside that "
+        "size its samples are not to be trusted (resample or crop the input to a similar size)"
+    )
