@@ -347,3 +347,24 @@ def test_deepmedic_refuses_bad_arguments():
         DeepMedic(subsample=1)
     with pytest.raises(ConfigError, match="2 or 3"):
         DeepMedic(spatial_dims=1)
+
+
+def test_the_unet_can_upsample_by_interpolation_without_the_transposed_lattice():
+    from torch import nn
+
+    from ssn.networks.unet import UNet
+
+    for spatial_dims, shape in ((2, (1, 1, 37, 50)), (3, (1, 1, 12, 16, 9))):
+        net = UNet(spatial_dims, 1, (4, 8, 16), upsample="linear")
+        assert not any(isinstance(m, nn.modules.conv._ConvTransposeNd) for m in net.modules())
+        assert net(torch.randn(shape)).shape == (1, 4, *shape[2:])
+    # a constant image: interpolation gives constant features inside (no period-2 stamp); transposed does not
+    flat = torch.ones(1, 1, 32, 32)
+    torch.manual_seed(0)
+    linear = UNet(2, 1, (4, 8, 16), norm=None, upsample="linear")(flat)[0, :, 8:24, 8:24]
+    torch.manual_seed(0)
+    transposed = UNet(2, 1, (4, 8, 16), norm=None)(flat)[0, :, 8:24, 8:24]
+    checker = lambda x: float((x[:, ::2, ::2] - x[:, 1::2, ::2]).abs().mean())  # noqa: E731
+    assert 100 * checker(linear) < checker(transposed)  # (the borders reach in a little: not exactly 0)
+    with pytest.raises(ConfigError, match="upsample must be"):
+        UNet(2, 1, (4, 8), upsample="nearest")

@@ -47,6 +47,11 @@ class UNet(nn.Module):
         dropout: dropout probability at the bottleneck.
         convs_per_level: 3x3 convolutions in each encoder and decoder block (2 in the original
             U-Net, 3 in PHiSeg's).
+        upsample: ``"transposed"`` (default; 2x2 transposed convolutions of stride 2, as the
+            original U-Net) or ``"linear"`` ((bi/tri)linear interpolation, then a 1x1
+            convolution). A transposed convolution of stride 2 applies a different weight to each
+            of the 2x2 positions it fills, which stamps a pattern of period 2 on the features,
+            and of period 4 after two levels; interpolation has one rule for every position.
 
     Attributes:
         out_channels: the number of feature channels returned (``features[0]``).
@@ -60,6 +65,7 @@ class UNet(nn.Module):
         norm: str | None = "instance",
         dropout: float = 0.0,
         convs_per_level: int = 2,
+        upsample: str = "transposed",
     ) -> None:
         super().__init__()
         features = list(features)
@@ -74,6 +80,8 @@ class UNet(nn.Module):
             raise ConfigError(f"dropout must be in [0, 1); got {dropout}")
         if not isinstance(convs_per_level, int) or isinstance(convs_per_level, bool) or convs_per_level < 1:
             raise ConfigError(f"convs_per_level must be a positive integer; got {convs_per_level!r}")
+        if upsample not in ("transposed", "linear"):
+            raise ConfigError(f"upsample must be 'transposed' or 'linear'; got {upsample!r}")
         self.spatial_dims = spatial_dims
         self.out_channels = features[0]
         self.divisor = 2 ** (len(features) - 1)
@@ -87,7 +95,16 @@ class UNet(nn.Module):
         self.upsamplers = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for coarse, fine in zip(features[:0:-1], features[-2::-1]):
-            self.upsamplers.append(transposed_conv_layer(spatial_dims)(coarse, fine, 2, stride=2))
+            if upsample == "transposed":
+                self.upsamplers.append(transposed_conv_layer(spatial_dims)(coarse, fine, 2, stride=2))
+            else:
+                mode = ("linear", "bilinear", "trilinear")[spatial_dims - 1]
+                self.upsamplers.append(
+                    nn.Sequential(
+                        nn.Upsample(scale_factor=2, mode=mode, align_corners=False),
+                        conv_layer(spatial_dims)(coarse, fine, 1),
+                    )
+                )
             self.decoders.append(_ConvBlock(spatial_dims, 2 * fine, fine, norm, convs_per_level))
 
     def forward(self, image: Tensor) -> Tensor:
