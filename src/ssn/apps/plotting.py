@@ -97,7 +97,6 @@ def plot_samples(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
 
     spatial_dims = np.asarray(samples).ndim - 1
     picture = middle_slice(np.asarray(image[0], dtype=np.float32), spatial_dims)
@@ -114,8 +113,41 @@ def plot_samples(
     figure, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.5 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
-    top = axes[0]
+    _draw_overview(
+        figure,
+        axes[0],
+        picture,
+        foreground,
+        middle_slice(np.asarray(entropy), spatial_dims),
+        crop,
+        names,
+        classes,
+        described,
+    )
+    described.panels = ["image", "image, zoomed", "P(foreground)", "entropy (nats)"]
+    for k, index in enumerate(chosen):
+        axis = axes[1 + k // columns][k % columns]
+        axis.imshow(picture[crop], cmap="gray")
+        sample = views[index][crop]
+        for c in range(1, classes):
+            if (sample == c).any():
+                axis.contour(sample == c, levels=[0.5], colors=[OUTLINES[(c - 1) % len(OUTLINES)]], linewidths=1.2)
+        area = int((views[index] > 0).sum())
+        axis.set_title(f"sample {index + 1} ({area} px)", fontsize=8)
+        described.panels.append(f"sample {index + 1}")
     zoom = f" (zoom: rows {crop[0].start}-{crop[0].stop}, columns {crop[1].start}-{crop[1].stop})"
+    figure.suptitle(((title + ": ") if title else "") + selection + zoom, fontsize=8)
+    figure.tight_layout()
+    write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=80, format="png"))
+    plt.close(figure)
+    return described
+
+
+def _draw_overview(figure, top, picture, foreground, entropy, crop, names, classes, described: Figure) -> None:
+    """The first row: the image (with the zoom's box), the zoom, P(foreground) and the entropy
+    with colour bars, and the outlines' legend."""
+    from matplotlib.lines import Line2D
+
     top[0].imshow(picture, cmap="gray")
     top[0].set_title("image", fontsize=9)
     if (crop[0].stop - crop[0].start, crop[1].stop - crop[1].start) != picture.shape:  # where the zoom is
@@ -132,7 +164,7 @@ def plot_samples(
             ("P(foreground)", foreground[crop], "viridis", (0.0, 1.0)),
             (
                 "entropy (nats)",
-                middle_slice(np.asarray(entropy), spatial_dims)[crop],
+                entropy[crop],
                 "magma",
                 (0.0, float(np.log(classes))),
             ),
@@ -144,19 +176,3 @@ def plot_samples(
         described.colour_bars.append(name)
     legend = [Line2D([0], [0], color=OUTLINES[(c - 1) % len(OUTLINES)], lw=2, label=n) for c, n in names.items()]
     top[4].legend(handles=legend, loc="center", fontsize=8, frameon=False, title="outlines")
-    described.panels = ["image", "image, zoomed", "P(foreground)", "entropy (nats)"]
-    for k, index in enumerate(chosen):
-        axis = axes[1 + k // columns][k % columns]
-        axis.imshow(picture[crop], cmap="gray")
-        sample = views[index][crop]
-        for c in range(1, classes):
-            if (sample == c).any():
-                axis.contour(sample == c, levels=[0.5], colors=[OUTLINES[(c - 1) % len(OUTLINES)]], linewidths=1.2)
-        area = int((views[index] > 0).sum())
-        axis.set_title(f"sample {index + 1} ({area} px)", fontsize=8)
-        described.panels.append(f"sample {index + 1}")
-    figure.suptitle(((title + ": ") if title else "") + selection + zoom, fontsize=8)
-    figure.tight_layout()
-    write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=80, format="png"))
-    plt.close(figure)
-    return described
