@@ -183,9 +183,20 @@ def _sample_flags(s: argparse.ArgumentParser) -> None:
 
 
 def _convert_flags(c: argparse.ArgumentParser) -> None:
-    c.add_argument("kind", choices=["png-tree", "pickle", "phiseg-hdf5", "brats"], help="input format")
+    c.add_argument(
+        "kind",
+        choices=["png-tree", "pickle", "phiseg-hdf5", "brats", "lidc-3d"],
+        help="input format (lidc-3d: see below)",
+    )
     c.add_argument("source", help="input folder (png-tree, brats) or file")
-    c.add_argument("--out", required=True, help="dataset .npz to write (brats: the volume list .json)")
+    c.add_argument(
+        "--out",
+        required=True,
+        help="dataset .npz to write (brats: the volume list .json; lidc-3d: a folder for the nodule volumes and lidc3d.json)",
+    )
+    c.add_argument(
+        "--split-file", help="lidc-3d only: the patient-level split.json (default: split.json beside the .npz)"
+    )
     c.add_argument("--split-out", help="phiseg-hdf5 only: also write its train/val/test split as JSON")
     c.add_argument(
         "--sequences",
@@ -443,6 +454,13 @@ def _convert(args: argparse.Namespace) -> int:
         raise ConfigError("--sequences applies to brats only")
     if args.kind == "brats":
         return _convert_brats(args)
+    if args.split_file and args.kind != "lidc-3d":
+        raise ConfigError("--split-file applies to lidc-3d only")
+    if args.kind == "lidc-3d":
+        from ..data.lidc3d import convert_lidc_3d
+
+        convert_lidc_3d(args.source, args.out, args.split_file)
+        return 0
     if args.kind == "png-tree":
         data = converters.png_tree(args.source)
     elif args.kind == "pickle":
