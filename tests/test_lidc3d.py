@@ -107,3 +107,35 @@ def test_volumes_shallower_than_the_patch_train_sample_and_evaluate(tmp_path, ca
     assert main([*sample, "--out", str(tmp_path / "s")]) == 0
     shallow = nibabel.load(str(tmp_path / "s" / "LIDC-IDRI-0001_nodule-1" / "sample_000.nii.gz"))
     assert shallow.shape == (16, 16, 1)  # a one-slice nodule keeps its one slice
+
+
+def test_a_3d_run_is_calibrated_on_its_validation_volumes_and_evaluated_at_that_temperature(tmp_path, capsys):
+    path, *_ = _slices(tmp_path)
+    assert main(["convert", "lidc-3d", str(path), "--out", str(tmp_path / "v")]) == 0
+    lists = tmp_path / "v" / "lidc3d.json"
+    run = tmp_path / "run"
+    train = ["train", "--data", str(lists), "--out", str(run), "--patch-size", "16", "16", "4", "--features", "4", "8"]
+    assert main([*train, "--max-steps", "2", "--batch-size", "2", "--val-images", "1", "--val-samples", "2"]) == 0
+    calibrate = [
+        "calibrate",
+        "--run",
+        str(run),
+        "--data",
+        str(lists),
+        "--samples",
+        "4",
+        "--temperatures",
+        "0.5",
+        "1",
+        "2",
+    ]
+    assert main(calibrate) == 0
+    stored = json.loads((run / "calibration.json").read_text())
+    assert stored["split"] == "validation" and stored["num_cases"] == 1 and len(stored["curve"]) == 3
+    assert stored["temperature"] == min(stored["curve"], key=lambda p: p["ged"])["temperature"]
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--run", str(run), "--data", str(lists), "--samples", "2", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["temperature"] == stored["temperature"]
+    capsys.readouterr()
+    assert main([*calibrate, "--split-file", str(tmp_path / "split.json")]) == 2
+    assert "carries its own splits" in capsys.readouterr().err

@@ -153,11 +153,13 @@ def _evaluate_flags(e: argparse.ArgumentParser) -> None:
 
 def _calibrate_flags(k: argparse.ArgumentParser) -> None:
     _add_run_flag(k)
-    k.add_argument("--data", required=True, help="dataset .npz")
-    k.add_argument("--split", help="split name (with --split-file; default val)")
+    k.add_argument("--data", required=True, help="dataset .npz, or a volume list .json (its validation cases)")
+    k.add_argument("--split", help="split name (with --split-file, or of a volume list; default val / validation)")
     k.add_argument("--split-file", help="JSON split file; without it every image is used")
     k.add_argument(
-        "--max-images", type=int, default=512, help="at most this many images, drawn with --seed (default 512)"
+        "--max-images",
+        type=int,
+        help="at most this many images, drawn with --seed (default 512; volumes: cases, default 64)",
     )
     k.add_argument("--temperatures", type=float, nargs="+", help="the grid to try (default 0.1 ... 2)")
     k.add_argument("--batch-size", type=int, default=16)
@@ -165,6 +167,7 @@ def _calibrate_flags(k: argparse.ArgumentParser) -> None:
         "--out", help="calibration JSON to write (default: the run's calibration.json; needed for pretrained:NAME)"
     )
     _add_draw_flags(k, samples=16, temperature=False)
+    _add_window_flags(k)
 
 
 def _sample_flags(s: argparse.ArgumentParser) -> None:
@@ -366,8 +369,27 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import DEFAULT_TEMPERATURES, calibrate
+    from ..data.volume_list import is_volume_list
+    from .calibrate import DEFAULT_TEMPERATURES, calibrate, calibrate_volumes
 
+    if is_volume_list(args.data):
+        if args.split_file:
+            raise ConfigError("a volume list carries its own splits; drop --split-file")
+        calibrate_volumes(
+            args.run,
+            args.data,
+            args.split or "validation",
+            args.temperatures or DEFAULT_TEMPERATURES,
+            args.samples,
+            64 if args.max_images is None else args.max_images,
+            args.device,
+            args.seed,
+            args.window,
+            args.overlap,
+            out=args.out,
+        )
+        return 0
+    _refuse_window_for_images(args)
     calibrate(
         args.run,
         args.data,
@@ -375,7 +397,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         args.split_file,
         args.temperatures or DEFAULT_TEMPERATURES,
         args.samples,
-        args.max_images,
+        512 if args.max_images is None else args.max_images,
         args.batch_size,
         args.device,
         args.seed,

@@ -87,7 +87,7 @@ def _load_3d(run_dir, temperature, device):
     model.to(device)
     if config["architecture"]["spatial_dims"] != 3:
         raise ConfigError(
-            f"{run_dir} is a {config['architecture']['spatial_dims']}D model; NIfTI volumes need a 3D one"
+            f"{run_dir} is a {config['architecture']['spatial_dims']}D model; NIfTI volumes (a volume list, a case folder or NIfTI files) need a 3D one"
         )
     return model, config
 
