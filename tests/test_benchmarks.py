@@ -12,6 +12,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import _common, _training, report
@@ -170,3 +171,33 @@ def test_run_jobs_names_the_log_of_a_failed_job_and_starts_no_more(tmp_path):
     assert "no data" in (tmp_path / "broken.log").read_text()
     assert not (tmp_path / "later.log").exists()
     _training.run_jobs([], os.environ)  # nothing to run is no error
+
+
+def test_the_lidc3d_benchmark_converts_trains_in_parts_evaluates_and_writes_its_contract(tmp_path, monkeypatch):
+    import subprocess
+
+    rng = np.random.default_rng(0)
+    depths = {("LIDC-IDRI-0001", "nodule-0"): 3, ("LIDC-IDRI-0002", "nodule-0"): 2, ("LIDC-IDRI-0003", "nodule-0"): 4}
+    rows = [(p, n, s) for (p, n), depth in depths.items() for s in range(depth)]
+    masks = np.zeros((len(rows), 4, 16, 16), np.uint8)
+    masks[:, :2, 6:10, 6:10] = 1
+    npz = tmp_path / "slices.npz"
+    np.savez(npz, images=rng.integers(0, 255, (len(rows), 16, 16), dtype=np.uint8), masks=masks,
+             patient=np.array([r[0] for r in rows]), nodule=np.array([r[1] for r in rows]), slice=np.array([r[2] for r in rows]))  # fmt: skip
+    split = {"splits": {"train": ["LIDC-IDRI-0001"], "val": ["LIDC-IDRI-0003"], "test": ["LIDC-IDRI-0002"]}}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    results = tmp_path / "lidc3d.json"
+    command = [sys.executable, "-m", "benchmarks.lidc3d", "--npz", str(npz), "--out", str(tmp_path / "runs"),
+               "--models", "low-rank", "--steps", "2", "--patch", "16", "16", "4", "--features", "4", "8",
+               "--batch-size", "2", "--val-images", "1", "--val-every", "1", "--samples", "2", "--results", str(results)]  # fmt: skip
+    done = subprocess.run(command, cwd=_common.ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    content = json.loads(results.read_text())
+    (run,) = content["runs"]
+    assert run["name"] == "low-rank" and run["num_cases"] == 1 and run["steps"] == 2
+    assert {"mean", "stderr"} <= set(run["ged"]) and "mean" in run["diversity"]
+    assert content["reference"]["num_cases"] == 1 and "mean" in content["reference"]["majority_vote"]["ged"]
+    again = subprocess.run(
+        command, cwd=_common.ROOT, capture_output=True, text=True, timeout=300
+    )  # nothing left to train
+    assert again.returncode == 0 and len(json.loads(results.read_text())["runs"]) == 1

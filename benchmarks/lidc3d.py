@@ -1,0 +1,193 @@
+"""LIDC-3D: the deterministic U-Net, the diagonal and the low-rank SSN on the nodule volumes of
+LIDC, with one 3D backbone and one step budget, against the four readers.
+
+The volumes come from ``ssn convert lidc-3d`` (written under ``--volumes`` when missing). Each
+model trains on patches (``--patch``, default 64 x 64 x 8) of the training nodules, in parts
+when ``--part-minutes`` is given (rerun the same command to go on), and is evaluated on every
+test nodule with ``--samples`` samples through sliding windows. Reference rows on the same
+volumes: an empty prediction, the readers' majority vote (2 of 4 count), and the readers' own
+diversity (mean 1 - IoU over distinct pairs). GED^2 and diversity are of the nodule (class 1);
+the figures are means over test nodules with their standard errors (one training seed).
+
+    python -m benchmarks.lidc3d --steps 4000 --part-minutes 120 --out ../runs/lidc3d
+    # writes benchmarks/results/lidc3d.json: {"reference": ..., "runs": [{"name", "ged", "diversity", ...}]}
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._common import (
+    RESULTS,
+    add_lidc_dir,
+    benchmark_parser,
+    lidc_files,
+    machine,
+    recorded_command,
+    update_json,
+)
+from benchmarks._training import SSN_AND_BASELINES, logged_jobs, model_flags, run_jobs, ssn_command, thread_env
+
+STRUCTURE = "class 1"  # the nodule
+
+
+def train_flags(args, listing: Path, name: str) -> list[str]:
+    """The ``ssn train`` flags of model ``name``, the same in every part."""
+    return [
+        "--data", str(listing), "--out", str(args.out / name), "--patch-size", *map(str, args.patch),
+        "--features", *map(str, args.features), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+        "--max-steps", str(args.steps), "--val-images", str(args.val_images), "--val-samples", "8",
+        "--val-every", str(args.val_every), "--seed", str(args.seed), *model_flags(name),
+    ]  # fmt: skip
+
+
+def train_commands(args, listing: Path) -> dict[str, list[str]]:
+    """The ``ssn train`` command of each model whose budget is not spent yet (resuming its run)."""
+    commands = {}
+    for name in args.models:
+        run = args.out / name
+        flags = ["train", *train_flags(args, listing, name)]
+        if args.part_minutes:
+            flags += ["--stop-after-minutes", str(args.part_minutes)]
+        if (run / "state.pt").is_file():
+            if _steps_done(run) >= args.steps:
+                continue
+            flags += ["--resume"]
+        commands[name] = ssn_command(*flags)
+    return commands
+
+
+def _steps_done(run: Path) -> int:
+    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def references(listing: Path, samples: int) -> dict:
+    """The empty prediction, the majority vote and the readers' diversity on the test nodules."""
+    import torch
+
+    from ssn import metrics
+    from ssn.data import load_volume_list, read_case
+
+    volumes = load_volume_list(listing)
+    rows: dict[str, list[float]] = {"empty": [], "majority_vote": [], "empty_diversity": [], "readers": []}
+    for case in volumes.split("test"):
+        readers = torch.from_numpy(np.array(read_case(case, volumes.label_map).labels)).long()
+        for name, prediction in (
+            ("empty", torch.zeros_like(readers[0])),
+            ("majority_vote", (readers.float().mean(0) >= 0.5).long()),
+        ):
+            drawn = prediction.unsqueeze(0).expand(samples, *prediction.shape).to(torch.uint8)
+            rows[name].append(metrics.generalized_energy_distance(drawn, readers, 2))
+        rows["readers"].append(metrics.sample_diversity(readers.to(torch.uint8), 2))
+    estimate = metrics.Estimate.of
+    return {
+        "empty": {"ged": estimate(rows["empty"]).as_dict(), "diversity": {"mean": 0.0}},
+        "majority_vote": {"ged": estimate(rows["majority_vote"]).as_dict(), "diversity": {"mean": 0.0}},
+        "reader_diversity": estimate(rows["readers"]).as_dict(),
+        "num_cases": len(rows["empty"]),
+    }
+
+
+def evaluate(args, listing: Path, name: str) -> dict | None:
+    """The test figures of one trained model (evaluated once, then read back)."""
+    import subprocess
+
+    run = args.out / name
+    if _steps_done(run) < args.steps:
+        return None
+    out = run / f"test_metrics_{args.samples}.json"
+    if not out.is_file():
+        command = ssn_command("evaluate", "--run", str(run), "--data", str(listing), "--split", "test",
+                              "--samples", str(args.samples), "--out", str(out))  # fmt: skip
+        subprocess.run(command, env=thread_env(args.threads), check=True)
+    summary = json.loads(out.read_text())
+    nodule = summary["structures"][STRUCTURE]
+    return {
+        "name": name,
+        "ged": nodule["ged"],
+        "diversity": nodule["diversity"],
+        "dice": nodule["dice"],
+        "hm_iou": {k[len("hm_iou_") :]: v for k, v in nodule.items() if k.startswith("hm_iou_")},
+        "multi_class": summary["structures"].get("multi-class (present)"),
+        "num_cases": summary["num_cases"],
+        "num_samples": summary["num_samples"],
+        "temperature": summary["temperature"],
+        "steps": args.steps,
+        "seed": args.seed,
+        "settings": train_flags(args, listing, name),
+        "run": str(run),
+    }
+
+
+def _plus_minus(figure: dict) -> str:
+    stderr = figure.get("stderr")
+    return f"{figure['mean']:.3f} +- {stderr:.3f}" if stderr is not None else f"{figure['mean']:.3f} (one case)"
+
+
+def main() -> None:
+    parser = benchmark_parser("lidc3d", __doc__)
+    add_lidc_dir(parser)
+    parser.add_argument("--out", type=Path, default=Path("runs/lidc3d"))
+    parser.add_argument("--volumes", type=Path, help="the converted LIDC-3D folder (default: OUT/volumes)")
+    parser.add_argument("--npz", type=Path, help="the slices to convert (default: the LIDC folder's)")
+    parser.add_argument("--models", nargs="+", default=list(SSN_AND_BASELINES), choices=list(SSN_AND_BASELINES))
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--patch", type=int, nargs=3, default=[64, 64, 8])
+    parser.add_argument("--features", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--val-images", type=int, default=32)
+    parser.add_argument("--val-every", type=int, default=250)
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--part-minutes", type=float, help="train for at most this many minutes per model now")
+    parser.add_argument("--one-at-a-time", action="store_true", help="train the models one after another")
+    parser.add_argument("--results", type=Path, default=RESULTS / "lidc3d.json")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    volumes = args.volumes or args.out / "volumes"
+    listing = volumes / "lidc3d.json"
+    if not listing.is_file():
+        import subprocess
+
+        npz, split = (args.npz, None) if args.npz else lidc_files(args.data_dir)
+        command = ssn_command(
+            "convert", "lidc-3d", str(npz), "--out", str(volumes), *(["--split-file", str(split)] if split else [])
+        )
+        subprocess.run(command, check=True)
+    jobs = logged_jobs(train_commands(args, listing), args.out, "train")
+    run_jobs(jobs, thread_env(args.threads), at_once=1 if args.one_at_a_time else None)
+    rows = [row for row in (evaluate(args, listing, name) for name in args.models) if row is not None]
+    waiting = [name for name in args.models if _steps_done(args.out / name) < args.steps]
+    if waiting:
+        print(f"still training ({', '.join(waiting)}): rerun the same command to go on")
+    if not rows:
+        return
+    reference = references(listing, args.samples)
+    measured = {"machine": machine(), "command": recorded_command("lidc3d", *sys.argv[1:])}
+
+    def change(content: dict) -> dict:
+        kept = [
+            r
+            for r in content.get("runs", [])
+            if (r["name"], r.get("seed"), r.get("steps")) not in {(x["name"], x["seed"], x["steps"]) for x in rows}
+        ]
+        return {"reference": reference, "runs": kept + [{**r, **measured} for r in rows]}
+
+    update_json(args.results, change)
+    print(f"test nodules: {reference['num_cases']}; readers' diversity {reference['reader_diversity']['mean']:.3f}")
+    for name in ("empty", "majority_vote"):
+        print(f"  {name:14s} GED^2 {_plus_minus(reference[name]['ged'])}")
+    for r in rows:
+        print(f"  {r['name']:14s} GED^2 {_plus_minus(r['ged'])}, diversity {r['diversity']['mean']:.3f}")
+    print(f"wrote {args.results}")
+
+
+if __name__ == "__main__":
+    main()
