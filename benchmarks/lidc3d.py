@@ -149,6 +149,9 @@ def main() -> None:
     parser.add_argument("--part-minutes", type=float, help="train for at most this many minutes per model now")
     parser.add_argument("--one-at-a-time", action="store_true", help="train the models one after another")
     parser.add_argument("--results", type=Path, default=RESULTS / "lidc3d.json")
+    parser.add_argument(
+        "--references-only", action="store_true", help="convert if needed, write the reference rows, train nothing"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     volumes = args.volumes or args.out / "volumes"
@@ -161,6 +164,13 @@ def main() -> None:
             "convert", "lidc-3d", str(npz), "--out", str(volumes), *(["--split-file", str(split)] if split else [])
         )
         subprocess.run(command, check=True)
+    measured = {"machine": machine(), "command": recorded_command("lidc3d", *sys.argv[1:])}
+    if args.references_only:
+        reference = {**references(listing, args.samples), **measured}
+        update_json(args.results, lambda content: {**content, "reference": reference, "runs": content.get("runs", [])})
+        print(f"test nodules: {reference['num_cases']}; readers' diversity {_plus_minus(reference['reader_diversity'])}; "
+              f"empty {_plus_minus(reference['empty']['ged'])}; majority vote {_plus_minus(reference['majority_vote']['ged'])}")  # fmt: skip
+        return
     jobs = logged_jobs(train_commands(args, listing), args.out, "train")
     run_jobs(jobs, thread_env(args.threads), at_once=1 if args.one_at_a_time else None)
     rows = [row for row in (evaluate(args, listing, name) for name in args.models) if row is not None]
@@ -169,8 +179,7 @@ def main() -> None:
         print(f"still training ({', '.join(waiting)}): rerun the same command to go on")
     if not rows:
         return
-    reference = references(listing, args.samples)
-    measured = {"machine": machine(), "command": recorded_command("lidc3d", *sys.argv[1:])}
+    reference = {**references(listing, args.samples), **measured}
 
     def change(content: dict) -> dict:
         kept = [
