@@ -162,7 +162,13 @@ def test_the_spec_names_every_argument_and_rebuilds_the_same_model():
         "antithetic": True,
         "variance_init": None,
     }
-    assert spec["backbone_kwargs"] == {"features": [4, 8], "norm": "instance", "dropout": 0.0, "convs_per_level": 2}
+    assert spec["backbone_kwargs"] == {
+        "features": [4, 8],
+        "norm": "instance",
+        "dropout": 0.0,
+        "convs_per_level": 2,
+        "upsample": "transposed",  # recorded since 0.7 (runs without it rebuild with this default)
+    }
     rebuilt = ssn.models.build(ssn.models.ModelSpec.from_dict(json.loads(json.dumps(spec))))
     rebuilt.load_state_dict(model.state_dict())
     images = torch.randn(2, 1, 16, 16)
