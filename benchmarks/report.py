@@ -447,6 +447,34 @@ def brats_section() -> list[str]:
     return lines
 
 
+def lidc3d_section() -> list[str]:
+    """LIDC-3D: the nodule volumes, their reference rows and the models trained on them."""
+    content = _load("lidc3d")
+    reference = content.get("reference")
+    if not reference:
+        return []
+    rows = [
+        [r["name"], f"{r['temperature']:g}", _mean(r["ged"], stderr=True), _mean(r["diversity"]), f"{r['steps']} steps"]
+        for r in content.get("runs", [])
+    ]
+    rows += [
+        ["*empty prediction*", "", _mean(reference["empty"]["ged"], stderr=True), "0.000", ""],
+        ["*readers' majority vote*", "", _mean(reference["majority_vote"]["ged"], stderr=True), "0.000", ""],
+        ["*the readers themselves*", "", "", _mean(reference["reader_diversity"]), ""],
+    ]
+    return [
+        "## LIDC-3D: nodule volumes with four readers",
+        "",
+        f"`ssn convert lidc-3d` stacks each nodule's crops into a volume; the {reference['num_cases']} test nodules, "
+        f"GED² and diversity of the nodule (1 − IoU of whole volumes), ± the standard error over nodules. "
+        f"Reference rows: `{_runnable(reference.get('command', 'python -m benchmarks.lidc3d --references-only'))}`."
+        + ("" if content.get("runs") else " No model has been trained on it yet (issue 20)."),
+        "",
+        *_table(["model", "temperature", "GED²", "diversity", "training"], rows),
+        "",
+    ]
+
+
 def scaling_section() -> list[str]:
     content = _load("scaling")
     if not content:
@@ -509,7 +537,7 @@ def write() -> Path:
         "",
     ]
     lines += lidc_section() + curve_section() + options_section() + ablation_section() + agreeing_section()
-    lines += brats_section() + scaling_section()
+    lines += brats_section() + lidc3d_section() + scaling_section()
     lines += [CITATION, ""]
     path = HERE / "RESULTS.md"
     write_atomically(path, lambda temporary: temporary.write_text("\n".join(lines)))
