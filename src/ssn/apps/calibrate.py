@@ -54,15 +54,7 @@ def calibrate(
     find it. A shipped model (``pretrained:NAME``) lives inside the installed package, so its
     calibration needs ``out`` (and is then used with ``--temperature``).
     """
-    temperatures = sorted({float(t) for t in temperatures})
-    if not temperatures or temperatures[0] < 0:
-        raise ConfigError(f"temperatures must be numbers >= 0 (0: every sample is the mean's); got {temperatures}")
-    if num_samples < 2:
-        raise ConfigError(f"need --samples >= 2 to measure the spread; got {num_samples}")
-    target = _calibration_target(run_dir, out) if write else None
-    world, device = join(device)
-    if target is not None and world.main:
-        check_writable(target)  # before the sweep, not after
+    temperatures, target, world, device = _prepare(run_dir, temperatures, num_samples, write, out, device)
     model, config = load_run(run_dir, temperature=1.0)
     if not model.has_spread:
         raise ConfigError("a deterministic model has no spread to calibrate; calibrate an ssn or prob-unet run")
@@ -108,6 +100,21 @@ def calibrate(
         + (f" (use it with --temperature {best['temperature']:g})" if out is not None else "")
     )
     return result
+
+
+def _prepare(run_dir, temperatures, num_samples: int, write: bool, out, device: str):
+    """What both calibrations check and set up first: (the sorted grid, where the result goes or
+    ``None``, the world of processes, this process's device), the output checked before the sweep."""
+    grid = sorted({float(t) for t in temperatures})
+    if not grid or grid[0] < 0:
+        raise ConfigError(f"temperatures must be numbers >= 0 (0: every sample is the mean's); got {grid}")
+    if num_samples < 2:
+        raise ConfigError(f"need --samples >= 2 to measure the spread; got {num_samples}")
+    target = _calibration_target(run_dir, out) if write else None
+    world, joined = join(device)
+    if target is not None and world.main:
+        check_writable(target)  # before the sweep, not after
+    return grid, target, world, joined
 
 
 def _calibration_target(run_dir, out) -> Path:
@@ -160,15 +167,7 @@ def calibrate_volumes(
     from ..randomness import derive_seed
     from .volumes import _check_channels, _load_3d, _warn_window, _window
 
-    temperatures = sorted({float(t) for t in temperatures})
-    if not temperatures or temperatures[0] < 0:
-        raise ConfigError(f"temperatures must be numbers >= 0 (0: every sample is the mean's); got {temperatures}")
-    if num_samples < 2:
-        raise ConfigError(f"need --samples >= 2 to measure the spread; got {num_samples}")
-    target = _calibration_target(run_dir, out) if write else None
-    world, device = join(device)
-    if target is not None and world.main:
-        check_writable(target)
+    temperatures, target, world, device = _prepare(run_dir, temperatures, num_samples, write, out, device)
     model, config = _load_3d(run_dir, 1.0, device)
     if not model.has_spread:
         raise ConfigError("a deterministic model has no spread to calibrate; calibrate an ssn or prob-unet run")
