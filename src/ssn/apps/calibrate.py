@@ -80,10 +80,7 @@ def calibrate(
             log(f"  t = {t:g}: GED^2({num_samples}) {estimate.mean:.4f} +- {estimate.stderr:.4f}")
     best = min(curve, key=lambda point: point["ged"])
     result = {
-        "temperature": best["temperature"],
-        "ged": best["ged"],
-        "ged_at_1": _at(curve, 1.0),
-        "num_samples": num_samples,
+        **_chosen(best, curve, num_samples),
         "num_images": int(indices.size),
         "data": str(data_path),
         "split": (split or "val") if split_file or split else "all",
@@ -127,6 +124,16 @@ def _calibration_target(run_dir, out) -> Path:
             "calibration, and sample or evaluate with --temperature T"
         )
     return Path(run_dir) / CALIBRATION_FILE
+
+
+def _chosen(best: dict, curve: list[dict], num_samples: int) -> dict:
+    """The head of a calibration record: the chosen temperature, its GED^2 and that at t = 1."""
+    return {
+        "temperature": best["temperature"],
+        "ged": best["ged"],
+        "ged_at_1": _at(curve, 1.0),
+        "num_samples": num_samples,
+    }
 
 
 def _at(curve: list[dict], t: float) -> float | None:
@@ -207,10 +214,7 @@ def calibrate_volumes(
             log(f"  t = {t:g}: GED^2({num_samples}) {estimate.mean:.4f} over {len(values)} cases")
     best = min(curve, key=lambda point: point["ged"])
     result = {
-        "temperature": best["temperature"],
-        "ged": best["ged"],
-        "ged_at_1": _at(curve, 1.0),
-        "num_samples": num_samples,
+        **_chosen(best, curve, num_samples),
         "num_cases": len(cases),
         "data": str(list_path),
         "split": split,
