@@ -4,7 +4,8 @@ LIDC, with one 3D backbone and one step budget, against the four readers.
 The volumes come from ``ssn convert lidc-3d`` (written under ``--volumes`` when missing). Each
 model trains on patches (``--patch``, default 64 x 64 x 8) of the training nodules, in parts
 when ``--part-minutes`` is given (rerun the same command to go on), and is evaluated on every
-test nodule with ``--samples`` samples through sliding windows. Reference rows on the same
+test nodule with ``--samples`` samples through sliding windows, at t = 1 and (the SSNs) at the
+temperature ``ssn calibrate`` chooses on 64 validation nodules. Reference rows on the same
 volumes: an empty prediction, the readers' majority vote (2 of 4 count), and the readers' own
 diversity (mean 1 - IoU over distinct pairs). GED^2 and diversity are of the nodule (class 1);
 the figures are means over test nodules with their standard errors (one training seed).
@@ -93,22 +94,40 @@ def references(listing: Path, samples: int) -> dict:
     }
 
 
-def evaluate(args, listing: Path, name: str) -> dict | None:
-    """The test figures of one trained model (evaluated once, then read back)."""
+def calibrate(args, listing: Path, name: str) -> float | None:
+    """The temperature ``ssn calibrate`` chooses for a stochastic model on validation volumes
+    (64 of them, 16 samples; chosen once, then read back), or None for the deterministic one."""
+    import subprocess
+
+    run = args.out / name
+    if name == "deterministic" or not args.calibrate:
+        return None
+    chosen = run / "calibration.json"
+    if not chosen.is_file():
+        command = ssn_command("calibrate", "--run", str(run), "--data", str(listing), "--split", "validation",
+                              "--samples", "16", "--out", str(chosen))  # fmt: skip
+        subprocess.run(command, env=thread_env(args.threads), check=True)
+    return float(json.loads(chosen.read_text())["temperature"])
+
+
+def evaluate(args, listing: Path, name: str, temperature: float = 1.0) -> dict | None:
+    """The test figures of one trained model at ``temperature`` (evaluated once, then read back)."""
     import subprocess
 
     run = args.out / name
     if _steps_done(run) < args.steps:
         return None
-    out = run / f"test_metrics_{args.samples}.json"
+    suffix = "" if temperature == 1.0 else f"_t{temperature:g}"
+    out = run / f"test_metrics_{args.samples}{suffix}.json"
     if not out.is_file():
         command = ssn_command("evaluate", "--run", str(run), "--data", str(listing), "--split", "test",
-                              "--samples", str(args.samples), "--out", str(out))  # fmt: skip
+                              "--samples", str(args.samples), "--temperature", f"{temperature:g}",
+                              "--out", str(out))  # fmt: skip
         subprocess.run(command, env=thread_env(args.threads), check=True)
     summary = json.loads(out.read_text())
     nodule = summary["structures"][STRUCTURE]
     return {
-        "name": name,
+        "name": name if temperature == 1.0 else f"{name}, calibrated",
         "ged": nodule["ged"],
         "diversity": nodule["diversity"],
         "dice": nodule["dice"],
@@ -118,10 +137,17 @@ def evaluate(args, listing: Path, name: str) -> dict | None:
         "num_samples": summary["num_samples"],
         "temperature": summary["temperature"],
         "steps": args.steps,
+        "cpu_hours": _cpu_hours(run),
         "seed": args.seed,
         "settings": train_flags(args, listing, name),
         "run": str(run),
     }
+
+
+def _cpu_hours(run: Path) -> float | None:
+    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
+    last = json.loads(lines[-1]) if lines else {}
+    return round(last["cpu_minutes"] / 60, 3) if "cpu_minutes" in last else None
 
 
 def _plus_minus(figure: dict) -> str:
@@ -150,6 +176,10 @@ def main() -> None:
     parser.add_argument("--one-at-a-time", action="store_true", help="train the models one after another")
     parser.add_argument("--results", type=Path, default=RESULTS / "lidc3d.json")
     parser.add_argument(
+        "--no-calibrate", dest="calibrate", action="store_false",
+        help="evaluate at t = 1 only (default: the SSNs also at the temperature ssn calibrate chooses on 64 validation nodules)",
+    )  # fmt: skip
+    parser.add_argument(
         "--references-only", action="store_true", help="convert if needed, write the reference rows, train nothing"
     )
     args = parser.parse_args()
@@ -173,7 +203,15 @@ def main() -> None:
         return
     jobs = logged_jobs(train_commands(args, listing), args.out, "train")
     run_jobs(jobs, thread_env(args.threads), at_once=1 if args.one_at_a_time else None)
-    rows = [row for row in (evaluate(args, listing, name) for name in args.models) if row is not None]
+    rows = []
+    for name in args.models:
+        row = evaluate(args, listing, name)
+        if row is None:
+            continue
+        rows.append(row)
+        temperature = calibrate(args, listing, name)
+        if temperature is not None and temperature != 1.0:
+            rows.append(evaluate(args, listing, name, temperature))
     waiting = [name for name in args.models if _steps_done(args.out / name) < args.steps]
     if waiting:
         print(f"still training ({', '.join(waiting)}): rerun the same command to go on")

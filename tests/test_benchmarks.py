@@ -193,11 +193,17 @@ def test_the_lidc3d_benchmark_converts_trains_in_parts_evaluates_and_writes_its_
     done = subprocess.run(command, cwd=_common.ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     content = json.loads(results.read_text())
-    (run,) = content["runs"]
-    assert run["name"] == "low-rank" and run["num_cases"] == 1 and run["steps"] == 2
+    run, *calibrated = content["runs"]
+    assert run["name"] == "low-rank" and run["num_cases"] == 1 and run["steps"] == 2 and run["temperature"] == 1
     assert {"mean", "stderr"} <= set(run["ged"]) and "mean" in run["diversity"]
     assert content["reference"]["num_cases"] == 1 and "mean" in content["reference"]["majority_vote"]["ged"]
+    chosen = json.loads((tmp_path / "runs" / "low-rank" / "calibration.json").read_text())  # on the validation nodule
+    assert chosen["split"] == "validation"
+    # a second row at the chosen temperature, unless calibration chose t = 1
+    assert [(r["name"], r["temperature"]) for r in calibrated] == (
+        [] if chosen["temperature"] == 1 else [("low-rank, calibrated", chosen["temperature"])]
+    )
     again = subprocess.run(
         command, cwd=_common.ROOT, capture_output=True, text=True, timeout=300
     )  # nothing left to train
-    assert again.returncode == 0 and len(json.loads(results.read_text())["runs"]) == 1
+    assert again.returncode == 0 and len(json.loads(results.read_text())["runs"]) == 1 + len(calibrated)
