@@ -448,29 +448,125 @@ def brats_section() -> list[str]:
 
 
 def lidc3d_section() -> list[str]:
-    """LIDC-3D: the nodule volumes, their reference rows and the models trained on them."""
+    """LIDC-3D: the nodule volumes, their reference rows, the models trained on them and why their samples spread."""
     content = _load("lidc3d")
     reference = content.get("reference")
     if not reference:
         return []
+    runs = content.get("runs", [])
     rows = [
-        [r["name"], f"{r['temperature']:g}", _mean(r["ged"], stderr=True), _mean(r["diversity"]), f"{r['steps']} steps"]
-        for r in content.get("runs", [])
+        [
+            r["name"],
+            f"{r['temperature']:g}",
+            _mean(r["ged"], stderr=True),
+            _mean(r["diversity"]),
+            _mean(r.get("hm_iou", {}).get("16")),
+            _mean(r.get("dice")),
+            f"{r['steps']} steps" + (f", {r['cpu_hours']:.2f} CPU-h" if r.get("cpu_hours") else ""),
+        ]
+        for r in runs
     ]
     rows += [
-        ["*empty prediction*", "", _mean(reference["empty"]["ged"], stderr=True), "0.000", ""],
-        ["*readers' majority vote*", "", _mean(reference["majority_vote"]["ged"], stderr=True), "0.000", ""],
-        ["*the readers themselves*", "", "", _mean(reference["reader_diversity"]), ""],
+        ["*empty prediction*", "", _mean(reference["empty"]["ged"], stderr=True), "0.000", "", "", ""],
+        ["*readers' majority vote*", "", _mean(reference["majority_vote"]["ged"], stderr=True), "0.000", "", "", ""],
+        ["*the readers themselves*", "", "", _mean(reference["reader_diversity"]), "", "", ""],
     ]
-    return [
+    commands = sorted({_runnable(r["command"]) for r in runs if r.get("command")})
+    first = runs[0] if runs else None
+    lines = [
         "## LIDC-3D: nodule volumes with four readers",
         "",
         f"`ssn convert lidc-3d` stacks each nodule's crops into a volume; the {reference['num_cases']} test nodules, "
-        f"GED² and diversity of the nodule (1 − IoU of whole volumes), ± the standard error over nodules. "
-        f"Reference rows: `{_runnable(reference.get('command', 'python -m benchmarks.lidc3d --references-only'))}`."
-        + ("" if content.get("runs") else " No model has been trained on it yet (issue 20)."),
+        f"GED² and diversity of the nodule (1 − IoU of whole volumes), ± the standard error over nodules "
+        f"(one training seed). Reference rows: "
+        f"`{_runnable(reference.get('command', 'python -m benchmarks.lidc3d --references-only'))}`."
+        + ("" if runs else " No model has been trained on it yet (issue 20)."),
         "",
-        *_table(["model", "temperature", "GED²", "diversity", "training"], rows),
+    ]
+    if first:
+        lines += [
+            "The models share one 3D U-Net and budget (`ssn train --data LIDC3D/lidc3d.json "
+            + " ".join(_without_paths(first["settings"]))
+            + "`, the method flags apart), trained on patches of the training nodules and evaluated with "
+            f"{first['num_samples']} samples per nodule through sliding windows of the training patch; *calibrated* "
+            "rows use the temperature `ssn calibrate` chose on 64 validation nodules. HM-IoU(16) repeats both sets "
+            "to lcm(16, 4). Commands: " + "; ".join(f"`{c}`" for c in commands) + ".",
+            "",
+        ]
+    lines += [*_table(["model", "temperature", "GED²", "diversity", "HM-IoU(16)", "Dice", "training"], rows), ""]
+    return lines + spread3d_section()
+
+
+def _without_paths(flags: list[str]) -> list[str]:
+    """Training flags without ``--data PATH`` and ``--out PATH`` (machine-specific)."""
+    kept, skip = [], False
+    for flag in flags:
+        if skip:
+            skip = False
+        elif flag in ("--data", "--out"):
+            skip = True
+        else:
+            kept.append(flag)
+    return kept
+
+
+def spread3d_section() -> list[str]:
+    """Why 3D samples spread (``benchmarks/spread3d.py``): each candidate cause, per run."""
+    content = _load("spread3d")
+    runs = content.get("runs", [])
+    if not runs:
+        return []
+
+    def number(value, digits: int = 3) -> str:
+        return "" if value is None else f"{value:.{digits}f}"
+
+    rows = []
+    for r in runs:
+        f = r["figures"]
+        rows.append(
+            [
+                r["name"],
+                f"{r['temperature']:g}",
+                number(f.get("blend_diversity")),
+                number(f.get("reader_diversity")),
+                number(f.get("size_ratio"), 2),
+                f"{number(f.get('size_cv'), 2)} / {number(f.get('reader_size_cv'), 2)}",
+                number(f.get("empty_all_marked"), 2),
+                f"{number(f.get('leak'), 2)} / {number(f.get('reader_leak'), 2)}",
+                f"{number(f.get('sd_near'), 2)} / {number(f.get('sd_far'), 2)}",
+                f"{number(f.get('blend_ged'))} / {number(f.get('one_window_ged'))}",
+                f"{number(f.get('blend_diversity'))} / {number(f.get('one_window_diversity'))}",
+            ]
+        )
+    first = runs[0]
+    return [
+        "### Why the 3D samples spread",
+        "",
+        f"`{_runnable(first['command'])}` on {first['figures']['num_cases']} {first['split']} cases, "
+        f"{first['samples']} samples each: *size* is the samples' mean foreground volume over the readers'; *CV* the "
+        "coefficient of variation of the foreground volume (samples / readers); *empty* the share of empty samples on "
+        f"nodules every reader marked; *leak* the share of foreground voxels more than {first['margin']} voxels from "
+        "every reader's foreground (samples / each reader against the other readers); *sd* the median standard "
+        "deviation of the nodule-minus-background logit near the readers' union and far from it; *blend / one window* "
+        "the GED² and diversity through sliding windows of the training patch against one window over the whole box "
+        "(same noise seed).",
+        "",
+        *_table(
+            [
+                "run",
+                "t",
+                "diversity",
+                "readers",
+                "size",
+                "CV",
+                "empty",
+                "leak",
+                "sd near / far",
+                "GED² blend / one",
+                "diversity blend / one",
+            ],
+            rows,
+        ),  # fmt: skip
         "",
     ]
 
