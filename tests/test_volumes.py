@@ -540,3 +540,35 @@ def test_convert_brats_through_a_link_keeps_the_link_in_the_paths(tmp_path):
     case = json.loads(beside.read_text())["test"][0]
     assert case["image"][0] == "../data/test/pat1/flair.nii.gz"  # by the link's name, as the user gave it
     assert load_volume_list(beside).split("test")[0].images[0] == (real / "test" / "pat1" / "flair.nii.gz").resolve()
+
+
+@pytest.mark.parametrize("val_volumes", ["whole", "patches"])
+def test_validation_on_whole_volumes_is_what_evaluate_measures(volume_list, tmp_path, val_volumes):
+    """With val_volumes whole (the default), the best checkpoint's validation GED^2 is exactly what
+    ``ssn evaluate`` gives the best weights on the validation volumes (same seed and samples); on
+    patches it is another figure."""
+    from ssn.apps.volumes import evaluate_volumes
+
+    run = tmp_path / "run"
+    flags = ["train", "--data", str(volume_list), "--out", str(run), "--patch-size", "8", "8", "8",
+             "--features", "4", "8", "--max-steps", "4", "--batch-size", "2", "--val-images", "2",
+             "--val-samples", "3", "--val-every", "2", "--patches-per-volume", "2", "--seed", "3"]  # fmt: skip
+    assert main([*flags, "--val-volumes", val_volumes]) == 0
+    entries = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best = min(entries, key=lambda e: e["val_ged"])
+    summary = evaluate_volumes(run, volume_list, split="validation", num_samples=3, seed=3, log=lambda _: None)
+    evaluated = summary["structures"]["multi-class (present)"]["ged"]["mean"]
+    if val_volumes == "whole":
+        assert best["val_ged"] == pytest.approx(evaluated, abs=1e-6)
+    else:
+        assert abs(best["val_ged"] - evaluated) > 1e-4
+
+
+def test_a_resumed_run_from_before_whole_volume_validation_keeps_validating_on_patches(tmp_path):
+    from ssn.engine.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"data": "list.json", "out": str(tmp_path), "max_steps": 8}))
+    assert run.resumed_settings({"max_steps": 16})["val_volumes"] == "patches"
+    (tmp_path / "config.json").write_text(json.dumps({"data": "list.json", "val_volumes": "whole"}))
+    assert run.resumed_settings({})["val_volumes"] == "whole"

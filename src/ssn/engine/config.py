@@ -120,6 +120,12 @@ class TrainConfig:
         help="validate and save every this many steps (default: at the end of each epoch)", low=1
     )
     val_samples: int = setting(16, "samples per validation image", low=1)
+    val_volumes: str = setting(
+        "whole",
+        "volumes: validate on whole validation volumes through sliding windows of patch_size, as ssn evaluate "
+        "does (whole), or on fixed patches of them (patches: faster, blind to errors outside the patches)",
+        choices=("whole", "patches"),
+    )
     seed: int = setting(0, "random seed (data order, augmentation, initialisation, validation draws)", low=0)
     device: str = setting(
         "cpu", "cpu, cuda or cuda:N (under torchrun, cuda means each process's own GPU, cuda:LOCAL_RANK)"

@@ -37,6 +37,8 @@ RESUME_MAY_CHANGE = frozenset(
         "compile", "checkpoint_minutes", "max_bad_steps", "stop_after_minutes", "overwrite",
     }
 )  # fmt: skip
+# Settings that runs written before they existed behaved as: a resumed older run keeps that behaviour.
+_BEFORE_THEY_EXISTED = {"val_volumes": "patches"}  # ssn <= 0.7 validated volume runs on patches
 # Settings read from the data, not given: a resumed run reads them again.
 _FROM_THE_DATA = ("in_channels", "spatial_dims")
 
@@ -181,6 +183,7 @@ class RunDir:
             raise ConfigError(f"--resume: {self.config_path} is not valid JSON; the run cannot be resumed") from None
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         settings = {k: v for k, v in saved.items() if k in names and k not in (*_FROM_THE_DATA, "overwrite")}
+        settings.update({k: v for k, v in _BEFORE_THEY_EXISTED.items() if k not in saved})
         conflicts = [
             f"{k}: the run has {settings.get(k)!r}, the command gives {v!r}"
             for k, v in given.items()

@@ -9,7 +9,11 @@ of items (images (B, channels, *S) float, label maps (B, A, *S) long, region of 
   patches. Validation and inference always see whole images.
 - :class:`PatchSource`: the items are volume indices, each training volume repeated
   ``patches_per_volume`` times per epoch; each item becomes one patch drawn afresh. The
-  validation set is a fixed set of patches of the validation volumes, drawn once from the seed.
+  validation set is a fixed set of whole validation volumes (:class:`VolumeValidationSet`,
+  scored through sliding windows as ``ssn evaluate`` scores them), or with ``val_volumes:
+  patches`` a fixed set of patches of them, drawn once from the seed. Patches are cheaper but
+  blind to what the model does outside them: an SSN whose samples flood the volume far from the
+  lesion can look best on patches centred on it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from ..data.volume_list import VolumeList, is_volume_list, load_volume_list
 from ..errors import ConfigError
 from ..inference import image_tensor
 
-__all__ = ["ValidationSet", "Source", "ArraySource", "PatchSource", "open_source"]
+__all__ = ["ValidationSet", "VolumeValidationSet", "Source", "ArraySource", "PatchSource", "open_source"]
 
 
 @dataclass
@@ -42,6 +46,17 @@ class ValidationSet:
 
     def __len__(self) -> int:
         return len(self.images)
+
+
+@dataclass
+class VolumeValidationSet:
+    """Fixed whole validation volumes, each scored through sliding windows of ``window``."""
+
+    volumes: list  # ssn.data.nifti.Volume, with labels
+    window: list[int]
+
+    def __len__(self) -> int:
+        return len(self.volumes)
 
 
 class Source(Protocol):
@@ -59,7 +74,7 @@ class Source(Protocol):
 
     def describe(self) -> str: ...
 
-    def validation(self, count: int, rng: np.random.Generator) -> ValidationSet: ...
+    def validation(self, count: int, rng: np.random.Generator) -> ValidationSet | VolumeValidationSet: ...
 
     def batch(self, items: np.ndarray, rng: np.random.Generator) -> tuple[Any, Any, Any]: ...
 
@@ -161,6 +176,7 @@ class PatchSource:
         self.val = PatchSampler(
             [read_case(c, self.label_map) for c in val_cases], config.patch_size, config.foreground_share
         )
+        self.val_volumes = config.val_volumes
         self.train_items = np.repeat(np.arange(len(train_cases)), config.patches_per_volume)
         self.in_channels, self.spatial_dims = listing.in_channels, 3
         self._classes = listing.num_classes()
@@ -174,7 +190,11 @@ class PatchSource:
             f"{'x'.join(map(str, self.train.patch_size))} per epoch), {len(self.val.volumes)} validation volumes"
         )
 
-    def validation(self, count: int, rng: np.random.Generator) -> ValidationSet:
+    def validation(self, count: int, rng: np.random.Generator) -> ValidationSet | VolumeValidationSet:
+        if self.val_volumes == "whole":  # ``count`` volumes, drawn once from the seed, in the list's order
+            total = len(self.val.volumes)
+            chosen = np.sort(rng.choice(total, size=min(count, total), replace=False))
+            return VolumeValidationSet([self.val.volumes[k] for k in chosen], list(self.val.patch_size))
         items = np.arange(count) % len(self.val.volumes)
         images, masks, roi = self.val.draw_many(items, rng)
         return ValidationSet(images, masks, roi)

@@ -35,6 +35,7 @@ from ..distributions import NonFiniteError
 from ..errors import ConfigError, DataError, RunError
 from ..files import write_json
 from ..inference import predict_batches
+from ..inference.sliding import predict_volume, roi_box
 from ..models import SegmentationModel, build
 from ..randomness import derive_seed
 from .checkpoints import load_weights, save_weights
@@ -42,7 +43,7 @@ from .config import TrainConfig, model_spec
 from .loading import EpochBatches, TrainingExamples, default_workers, epoch_order, training_loader
 from .optim import learning_rate_factor, weight_average
 from .rundir import RunDir
-from .sources import ValidationSet, open_source
+from .sources import ValidationSet, VolumeValidationSet, open_source
 
 __all__ = ["train", "TrainState"]
 
@@ -630,6 +631,22 @@ def _complete(config: TrainConfig, source) -> None:
     config.spatial_dims = source.spatial_dims
 
 
+def _volume_draws(model, val_set: VolumeValidationSet, config: TrainConfig, device, world: World):
+    """(samples (1, N, *box) uint8, annotations (1, A, *box)) of each of this process's validation
+    volumes: drawn through sliding windows over the box around its mask and labels, with the
+    seed and windows that ``ssn evaluate`` uses, so the two agree on the same weights."""
+    for k in world.shard(np.arange(len(val_set))):
+        volume = val_set.volumes[k]
+        box = roi_box(np.asarray(volume.mask) | np.asarray(volume.labels).any(0))
+        generator = torch.Generator().manual_seed(config.seed)
+        _, stream = predict_volume(
+            model, volume.image, volume.mask, config.val_samples, val_set.window, 0.5, model.temperature,
+            generator, device, box=box,
+        )  # fmt: skip
+        samples = torch.stack(list(stream)).unsqueeze(0)
+        yield samples, torch.from_numpy(np.array(volume.labels[(slice(None), *box)])).unsqueeze(0)
+
+
 @torch.no_grad()
 def _validate(model, val_set: ValidationSet, config: TrainConfig, device, world: World = World()) -> dict:
     """GED^2 and diversity on the fixed validation set, drawn from the same seeds every time, so
@@ -639,6 +656,11 @@ def _validate(model, val_set: ValidationSet, config: TrainConfig, device, world:
     diversity = metrics.SampleDiversity(model.num_classes)
     overflow = None
     try:
+        if isinstance(val_set, VolumeValidationSet):
+            for labels, annotations in _volume_draws(model, val_set, config, device, world):
+                ged.update(labels, annotations)
+                diversity.update(labels)
+            val_set = ValidationSet(np.empty(0), np.empty(0))  # nothing left for the image loop
         for chunk, labels in predict_batches(
             model,
             val_set.images,
