@@ -648,7 +648,9 @@ def _volume_draws(model, val_set: VolumeValidationSet, config: TrainConfig, devi
 
 
 @torch.no_grad()
-def _validate(model, val_set: ValidationSet, config: TrainConfig, device, world: World = World()) -> dict:
+def _validate(
+    model, val_set: ValidationSet | VolumeValidationSet, config: TrainConfig, device, world: World = World()
+) -> dict:
     """GED^2 and diversity on the fixed validation set, drawn from the same seeds every time, so
     that the choice of the best checkpoint compares models, not random draws. Under torchrun each
     process takes its share of the images and the metrics are summed over the processes."""
