@@ -130,19 +130,25 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, nargs="+", required=True)
     parser.add_argument("--data", type=Path, required=True, help="the volume list (e.g. LIDC-3D's lidc3d.json)")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--cases", type=int, help="the first N cases of the split (default: all)")
+    parser.add_argument("--cases", type=int, help="N cases of the split, drawn with --seed (default: all)")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--margin", type=int, default=3, help="voxels around the readers' union that count as near")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--temperature", type=float, help="sampling temperature (default: the run's calibrated one, else 1)"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS / "spread3d.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     listing = load_volume_list(args.data)
-    cases = listing.split(args.split)[: args.cases]
+    cases = listing.split(args.split)
+    if args.cases and args.cases < len(cases):  # a fixed random subset, in the list's order
+        chosen = np.sort(np.random.default_rng(args.seed).choice(len(cases), args.cases, replace=False))
+        cases = [cases[k] for k in chosen]
     runs = []
     for run in args.runs:
-        model, config = load_run(run)
+        model, config = load_run(run, temperature=args.temperature)
         window = list(config["patch_size"])
         with torch.no_grad():
             rows = [
@@ -168,7 +174,7 @@ def main() -> None:
     update_json(
         args.results,
         lambda content: {
-            "runs": [r for r in content.get("runs", []) if r["run"] not in {x["run"] for x in runs}]
+            "runs": [r for r in content.get("runs", []) if (r["run"], r["temperature"]) not in {(x["run"], x["temperature"]) for x in runs}]
             + [{**r, "data": str(args.data), "split": args.split, "samples": args.samples, "margin": args.margin, **measured} for r in runs]
         },
     )  # fmt: skip

@@ -207,3 +207,17 @@ def test_the_lidc3d_benchmark_converts_trains_in_parts_evaluates_and_writes_its_
         command, cwd=_common.ROOT, capture_output=True, text=True, timeout=300
     )  # nothing left to train
     assert again.returncode == 0 and len(json.loads(results.read_text())["runs"]) == 1 + len(calibrated)
+
+    # why the samples spread, on the same run: the test nodule (2 slices) fits in one window, so
+    # sliding windows and one window give the same draws
+    spread = tmp_path / "spread3d.json"
+    command = [sys.executable, "-m", "benchmarks.spread3d", "--runs", str(tmp_path / "runs" / "low-rank"),
+               "--data", str(tmp_path / "runs" / "volumes" / "lidc3d.json"), "--samples", "4", "--results", str(spread)]  # fmt: skip
+    done = subprocess.run(command, cwd=_common.ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads(spread.read_text())["runs"]
+    figures = row["figures"]
+    assert figures["num_cases"] == 1 and row["curve"] and row["window"] == [16, 16, 4]
+    assert figures["blend_ged"] == figures["one_window_ged"]
+    assert figures["blend_diversity"] == figures["one_window_diversity"]
+    assert 0 <= figures["leak"] <= 1 and 0 <= figures["empty_all_marked"] <= 1 and figures["sd_near"] > 0
