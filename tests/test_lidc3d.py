@@ -105,6 +105,10 @@ def test_volumes_shallower_than_the_patch_train_sample_and_evaluate(tmp_path, ca
     assert json.loads(out.read_text())["num_cases"] == 1
     sample = ["sample", "--run", str(run), "--input", str(lists), "--split", "training", "--samples", "2"]
     assert main([*sample, "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    # all three training nodules (depths 5, 1, 4) are shallower than 8: one line, not one per nodule
+    assert main([*sample, "--out", str(tmp_path / "deep"), "--window", "16", "16", "8"]) == 0
+    assert capsys.readouterr().err.count("is larger than the volume") == 1
     shallow = nibabel.load(str(tmp_path / "s" / "LIDC-IDRI-0001_nodule-1" / "sample_000.nii.gz"))
     assert shallow.shape == (16, 16, 1)  # a one-slice nodule keeps its one slice
 

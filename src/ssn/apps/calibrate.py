@@ -187,13 +187,14 @@ def calibrate_volumes(
     start = time.perf_counter()
     scores: dict[float, list[float]] = {t: [] for t in temperatures}
     model.eval()
+    warned: set = set()
     for k in world.shard(np.arange(len(cases))):
         case = cases[int(k)]
         volume = read_case(case, listing.label_map)
         _check_channels(volume, config)
         if volume.labels is None:
             raise DataError(f"case {case.id!r} has no label map to calibrate against")
-        _warn_window(case.id, window, volume.shape)
+        _warn_window(case.id, window, volume.shape, warned)
         box = roi_box(np.asarray(volume.mask) | np.asarray(volume.labels).any(0))
         crop = torch.from_numpy(np.array(volume.image[(slice(None), *box)], dtype=np.float32))
         roi = torch.from_numpy(np.array(volume.mask[box], dtype=bool))

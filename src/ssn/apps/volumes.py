@@ -124,13 +124,14 @@ def sample_volumes(
     window = _window(config, window)
     label_map = _label_map(config)
     values = class_file_values(label_map, model.num_classes)
-    written = []
+    written: list[Path] = []
+    warned: set[tuple[int, ...]] = set()
     for case in world.shard(_cases(inputs, split, config)):  # under torchrun, each process its share
         start = time.perf_counter()
         case = VolumeCase(case.id, case.images, [], case.mask)  # sampling needs no label map
         volume = read_case(case, label_map, cache=False)
         _check_channels(volume, config)
-        _warn_window(case.id, window, volume.shape)
+        _warn_window(case.id, window, volume.shape, warned)
         generator = torch.Generator().manual_seed(seed)
         box, stream = predict_volume(
             model, volume.image, volume.mask, num_samples, window, overlap, model.temperature, generator, device
@@ -167,15 +168,19 @@ def _box_shape(box: tuple[slice, ...]) -> tuple[int, ...]:
     return tuple(s.stop - s.start for s in box)
 
 
-def _warn_window(case_id: str, window, shape) -> None:
-    """One line on stderr when the sliding window is larger than the volume along an axis (the
-    volume is then padded: the model sees more padding than it trained with)."""
-    larger = [k for k, (w, s) in enumerate(zip(window, shape)) if w > s]
-    if larger:
+def _warn_window(case_id: str, window, shape, warned: set) -> None:
+    """One line on stderr the first time (per ``warned``, one set per command) that the sliding
+    window is larger than a volume along an axis: the volume is then padded there. Training
+    patches of volumes that shallow were padded alike; a model trained on larger volumes only
+    never saw it."""
+    larger = tuple(k for k, (w, s) in enumerate(zip(window, shape)) if w > s)
+    if larger and larger not in warned:
+        warned.add(larger)
         print(
-            f"ssn: warning: case {case_id!r}: the window {'x'.join(map(str, window))} is larger than the volume "
-            f"{'x'.join(map(str, shape))} along axis {', '.join(map(str, larger))}; it is padded there, which the "
-            "model did not see in training (give a smaller --window)",
+            f"ssn: warning: case {case_id!r} (and any later one like it): the window {'x'.join(map(str, window))} "
+            f"is larger than the volume {'x'.join(map(str, shape))} along axis {', '.join(map(str, larger))}; the "
+            "volume is padded there, as training patches of volumes that small were (if the training volumes were "
+            "all larger, give a smaller --window)",
             file=sys.stderr,
         )
 
@@ -228,7 +233,7 @@ def evaluate_volumes(
     listing = load_volume_list(data_path)
     cases = listing.split(split)
     structures = structures_for(listing.label_map, model.num_classes)
-    sampling = dict(num_samples=num_samples, window=window, overlap=overlap, seed=seed, device=device)
+    sampling = dict(num_samples=num_samples, window=window, overlap=overlap, seed=seed, device=device, warned=set())
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     for case in world.shard(cases):  # under torchrun, each process its share
@@ -261,7 +266,7 @@ def _case_rows(model, config, case, label_map, structures, conventions, matched,
     samples drawn through sliding windows over the box around the mask and the labels."""
     volume = read_case(case, label_map)
     _check_channels(volume, config)
-    _warn_window(case.id, sampling["window"], volume.shape)
+    _warn_window(case.id, sampling["window"], volume.shape, sampling["warned"])
     if volume.labels is None:
         raise DataError(f"case {case.id!r} has no label map to evaluate against")
     box = roi_box(np.asarray(volume.mask) | np.asarray(volume.labels).any(0))
