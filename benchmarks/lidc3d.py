@@ -43,6 +43,7 @@ def train_flags(args, listing: Path, name: str) -> list[str]:
         "--features", *map(str, args.features), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
         "--max-steps", str(args.steps), "--val-images", str(args.val_images), "--val-samples", "8",
         "--val-every", str(args.val_every), "--seed", str(args.seed), *model_flags(name),
+        *(["--val-volumes", args.val_volumes] if args.val_volumes else []),
     ]  # fmt: skip
 
 
@@ -127,7 +128,7 @@ def evaluate(args, listing: Path, name: str, temperature: float = 1.0) -> dict |
     summary = json.loads(out.read_text())
     nodule = summary["structures"][STRUCTURE]
     return {
-        "name": name if temperature == 1.0 else f"{name}, calibrated",
+        "name": (f"{name} ({args.tag})" if args.tag else name) + ("" if temperature == 1.0 else ", calibrated"),
         "ged": nodule["ged"],
         "diversity": nodule["diversity"],
         "dice": nodule["dice"],
@@ -171,6 +172,10 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=250)
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--val-volumes", choices=("whole", "patches"), help="how the runs validate (default: ssn train's, whole)"
+    )
+    parser.add_argument("--tag", help="a variant's name, added to its rows' names (e.g. 'patches 32x32x8')")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--part-minutes", type=float, help="train for at most this many minutes per model now")
     parser.add_argument("--one-at-a-time", action="store_true", help="train the models one after another")
