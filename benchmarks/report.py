@@ -532,6 +532,7 @@ def spread3d_section() -> list[str]:
                 number(f.get("size_ratio"), 2),
                 f"{number(f.get('size_cv'), 2)} / {number(f.get('reader_size_cv'), 2)}",
                 number(f.get("empty_all_marked"), 2),
+                number(f.get("mean_covers_majority"), 2),
                 f"{number(f.get('leak'), 2)} / {number(f.get('reader_leak'), 2)}",
                 f"{number(f.get('sd_near'), 2)} / {number(f.get('sd_far'), 2)}",
                 f"{number(f.get('blend_ged'))} / {number(f.get('one_window_ged'))}",
@@ -545,7 +546,8 @@ def spread3d_section() -> list[str]:
         f"`{_runnable(first['command'])}` on {first['figures']['num_cases']} {first['split']} cases, "
         f"{first['samples']} samples each: *size* is the samples' mean foreground volume over the readers'; *CV* the "
         "coefficient of variation of the foreground volume (samples / readers); *empty* the share of empty samples on "
-        f"nodules every reader marked; *leak* the share of foreground voxels more than {first['margin']} voxels from "
+        "nodules every reader marked; *mean covers* the share of the readers' majority region where the mean "
+        f"logits say nodule; *leak* the share of foreground voxels more than {first['margin']} voxels from "
         "every reader's foreground (samples / each reader against the other readers); *sd* the median standard "
         "deviation of the nodule-minus-background logit near the readers' union and far from it; *blend / one window* "
         "the GED² and diversity through sliding windows of the training patch against one window over the whole box "
@@ -560,6 +562,7 @@ def spread3d_section() -> list[str]:
                 "size",
                 "CV",
                 "empty",
+                "mean covers",
                 "leak",
                 "sd near / far",
                 "GED² blend / one",

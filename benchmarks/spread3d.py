@@ -7,7 +7,10 @@ patch over the box around the mask, the run's temperature) and compared with the
 - **spread**: the diversity E[1 - IoU(S, S')] of the structure against the readers' own;
 - **size**: the samples' mean foreground volume over the readers' mean, and the coefficient of
   variation of the volume (sd / mean) of the samples and of the readers;
-- **empty**: the share of empty samples on the cases that every reader marked;
+- **empty**: the share of empty samples on the cases that every reader marked (and on all cases);
+- **the mean**: the share of the readers' majority region (2 of 4) where the mean logits say
+  foreground (mu_1 > mu_0): a mean that misses the lesion leaves the samples to find it through
+  the covariance alone;
 - **leak**: the share of the samples' foreground voxels farther than ``--margin`` voxels (3D
   chessboard distance) from every reader's foreground, beside the same share of each reader's
   voxels measured against the other readers;
@@ -90,6 +93,10 @@ def _case_figures(model, config, case, label_map, window, samples, margin, seed)
                 around = ndimage.binary_dilation(others, np.ones((3, 3, 3), bool), iterations=margin)
                 reader_leaks.append((readers[k] & ~around).sum() / readers[k].sum())
         figures["reader_leak"] = float(np.mean(reader_leaks)) if reader_leaks else None
+        majority = readers.mean(0) >= 0.5
+        mean_says = (dist.loc[0, 1] > dist.loc[0, 0]).numpy()
+        figures["mean_covers_majority"] = float(mean_says[majority].mean()) if majority.any() else None
+        figures["empty_any"] = float((volumes == 0).mean())
         sd = _foreground_sd(dist, 1).numpy()
         inside = np.asarray(roi)
         figures["sd_near"] = float(np.median(sd[near & inside])) if (near & inside).any() else None
