@@ -510,6 +510,18 @@ def _without_paths(flags: list[str]) -> list[str]:
     return kept
 
 
+def _calibration_sentence(calibration: dict | None) -> str:
+    if not calibration or not calibration.get("curve"):
+        return ""
+    curve = {c["temperature"]: c["ged"] for c in calibration["curve"]}
+    lowest = min(curve)
+    return (
+        f"Nor is the temperature the cure: `ssn calibrate` on its validation nodules found GED² "
+        f"{calibration['ged_at_1']:.3f} at t = 1 and {calibration['ged']:.3f} at its best (t = "
+        f"{calibration['temperature']:g}); lowering t empties more samples ({curve[lowest]:.3f} at t = {lowest:g})."
+    )
+
+
 def spread3d_section() -> list[str]:
     """Why 3D samples spread (``benchmarks/spread3d.py``): each candidate cause, per run."""
     content = _load("spread3d")
@@ -540,8 +552,30 @@ def spread3d_section() -> list[str]:
             ]
         )
     first = runs[0]
+    f = first["figures"]
+    findings = (
+        f"What it shows for `{first['name']}` (t = {first['temperature']:g}): the mean misses the nodule (its logits say "
+        f"nodule on {f['mean_covers_majority']:.0%} of the readers' majority region), so the samples find it through "
+        f"the covariance alone, and the covariance is not local (the logit standard deviation is {f['sd_near']:.1f} "
+        f"near the readers and {f['sd_far']:.1f} far from them): its factors shift the whole crop's logits together. "
+        f"A draw that shifts them down is empty ({f['empty_any']:.0%} of all samples), one that shifts them up "
+        f"grows the nodule and lights up the crop elsewhere ({f['leak']:.0%} of the samples' foreground lies far "
+        f"from every reader, against {f['reader_leak']:.1%} of a reader's; the samples' mean volume is "
+        f"{f['size_ratio']:.1f}x the readers'). The blend of windows is not the cause: one window over the whole "
+        f"box scores {f['one_window_ged']:.3f} against {f['blend_ged']:.3f}. "
+        + _calibration_sentence(first.get("calibration"))
+        + (
+            f" Checkpoints chosen on validation *patches* hid all this: the run's best patch GED² was "
+            f"{min(c['val_ged'] for c in first['curve']):.2f}; `--val-volumes whole` (now the default) scores whole "
+            "volumes instead."
+            if first.get("curve")
+            else ""
+        )
+    )
     return [
         "### Why the 3D samples spread",
+        "",
+        findings,
         "",
         f"`{_runnable(first['command'])}` on {first['figures']['num_cases']} {first['split']} cases, "
         f"{first['samples']} samples each: *size* is the samples' mean foreground volume over the readers'; *CV* the "

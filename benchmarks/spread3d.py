@@ -129,6 +129,15 @@ def curve(run: Path) -> list[dict]:
     ]
 
 
+def _calibration(run: Path) -> dict | None:
+    """The temperature ``ssn calibrate`` chose for the run and its curve (GED² per temperature), if any."""
+    path = run / "calibration.json"
+    if not path.is_file():
+        return None
+    chosen = json.loads(path.read_text())
+    return {key: chosen.get(key) for key in ("temperature", "ged", "ged_at_1", "num_samples", "split", "curve")}
+
+
 def main() -> None:
     from ssn.data import load_volume_list
     from ssn.engine.checkpoints import load_run
@@ -174,6 +183,7 @@ def main() -> None:
                 "window": window,
                 "figures": summary,
                 "curve": curve(run),
+                "calibration": _calibration(run),
             }
         )
         print(f"{run}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if isinstance(v, float)))
