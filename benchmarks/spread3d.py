@@ -176,7 +176,7 @@ def main() -> None:
         runs.append(
             {
                 "run": str(run),
-                "name": run.name,
+                "name": f"{run.parent.name}/{run.name}",
                 "method": config["architecture"]["method"],
                 "rank": config.get("rank"),
                 "temperature": model.temperature,
