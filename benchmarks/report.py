@@ -572,6 +572,13 @@ def spread3d_section() -> list[str]:
             else ""
         )
     )
+    others = [
+        f"`{r['name']}` (patches {'x'.join(map(str, r['window']))}): GED² {r['figures']['blend_ged']:.3f}, the mean "
+        f"covers {r['figures']['mean_covers_majority']:.0%}, {r['figures']['empty_any']:.0%} of samples empty"
+        for r in runs[1:]
+    ]
+    if others:
+        findings += " On the same nodules, " + "; ".join(others) + "."
     return [
         "### Why the 3D samples spread",
         "",
