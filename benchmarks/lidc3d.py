@@ -63,9 +63,14 @@ def train_commands(args, listing: Path) -> dict[str, list[str]]:
     return commands
 
 
-def _steps_done(run: Path) -> int:
+def _last_entry(run: Path) -> dict:
+    """The run's last ``metrics.jsonl`` line (``{}`` before its first validation)."""
     lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
-    return json.loads(lines[-1])["step"] if lines else 0
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _steps_done(run: Path) -> int:
+    return _last_entry(run).get("step", 0)
 
 
 def references(listing: Path, samples: int) -> dict:
@@ -146,8 +151,7 @@ def evaluate(args, listing: Path, name: str, temperature: float = 1.0) -> dict |
 
 
 def _cpu_hours(run: Path) -> float | None:
-    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
-    last = json.loads(lines[-1]) if lines else {}
+    last = _last_entry(run)
     return round(last["cpu_minutes"] / 60, 3) if "cpu_minutes" in last else None
 
 

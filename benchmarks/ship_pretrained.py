@@ -13,7 +13,6 @@ run's from ``test_metrics_16.json`` and ``test_metrics_16_tT.json`` written by `
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -70,9 +69,8 @@ def card_2d(run: Path, name: str, config: dict, calibration: dict, curve: list[d
     calibrated = json.loads((run / "test_metrics_calibrated.json").read_text())
     training, best = curve[-1], min(curve, key=lambda entry: entry["val_ged"])
     cpu = f", {training['cpu_minutes'] / 60:.2f} CPU-hours" if "cpu_minutes" in training else ""
-    args = argparse.Namespace(name=name)
     arch = config["architecture"]
-    return f"""# Model card: `{args.name}`
+    return f"""# Model card: `{name}`
 
 A low-rank Stochastic Segmentation Network (Monteiro et al., NeurIPS 2020) for lung nodules in
 2D CT crops, trained with `ssn` {config["ssn_version"]}. Load it offline:
@@ -80,10 +78,10 @@ A low-rank Stochastic Segmentation Network (Monteiro et al., NeurIPS 2020) for l
 ```python
 import ssn
 
-model = ssn.pretrained("{args.name}")  # eval mode, at its calibrated temperature {calibration["temperature"]:g}
+model = ssn.pretrained("{name}")  # eval mode, at its calibrated temperature {calibration["temperature"]:g}
 ```
 
-or from the command line: `ssn sample --run pretrained:{args.name} --input slice.png --samples 16`.
+or from the command line: `ssn sample --run pretrained:{name} --input slice.png --samples 16`.
 
 - **Input**: one-channel 128x128 CT crops centred on a nodule, intensities as uint8 scaled to
   [0, 1] (`image / 255`), as in `lidc_slices_128.npz`. Other sizes run (the U-Net pads and

@@ -32,6 +32,7 @@ training runs that differ in ``--rank`` or ``--foreground-share`` and running th
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +66,7 @@ def _case_figures(model, config, case, label_map, window, samples, margin, seed)
     annotations = torch.from_numpy(readers.astype(np.uint8))
     shape = tuple(image.shape[1:])
     for name, size in (("blend", window), ("one_window", list(shape))):
-        dist = sliding_window_distribution(model, image, size, 0.5, roi)
-        if model.temperature != 1.0:
-            dist = dist.scaled(model.temperature)
+        dist = sliding_window_distribution(model, image, size, 0.5, roi).scaled(model.temperature)
         generator = torch.Generator().manual_seed(seed)
         drawn = torch.stack([labels for labels in stream_samples(dist, samples, 4, generator)])
         drawn = ((drawn > 0) & roi).to(torch.uint8)
@@ -96,7 +95,6 @@ def _case_figures(model, config, case, label_map, window, samples, margin, seed)
         majority = readers.mean(0) >= 0.5
         mean_says = (dist.loc[0, 1] > dist.loc[0, 0]).numpy()
         figures["mean_covers_majority"] = float(mean_says[majority].mean()) if majority.any() else None
-        figures["empty_any"] = float((volumes == 0).mean())
         sd = _foreground_sd(dist, 1).numpy()
         inside = np.asarray(roi)
         figures["sd_near"] = float(np.median(sd[near & inside])) if (near & inside).any() else None
@@ -110,9 +108,10 @@ def _mean(rows: list[dict], key: str, where=lambda row: True) -> float | None:
 
 
 def summarise(rows: list[dict], readers: int) -> dict:
-    """Means over cases of each figure (``empty`` on the cases every reader marked)."""
+    """Means over cases of each figure (``empty`` both on all cases and on those every reader marked)."""
     keys = [k for k in rows[0] if k not in ("case", "readers_marked", "empty")]
     out = {key: _mean(rows, key) for key in keys}
+    out["empty_any"] = _mean(rows, "empty")
     out["empty_all_marked"] = _mean(rows, "empty", lambda row: row["readers_marked"] == readers)
     out["num_cases"] = len(rows)
     return out
@@ -187,7 +186,7 @@ def main() -> None:
             }
         )
         print(f"{run}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if isinstance(v, float)))
-    measured = {"machine": machine(), "command": recorded_command("spread3d", *__import__("sys").argv[1:])}
+    measured = {"machine": machine(), "command": recorded_command("spread3d", *sys.argv[1:])}
     update_json(
         args.results,
         lambda content: {

@@ -34,7 +34,7 @@ from ..distributed import join
 from ..engine.checkpoints import load_run
 from ..errors import ConfigError, DataError
 from ..files import write_json
-from ..inference.sliding import predict_volume, roi_box
+from ..inference.sliding import labelled_draws, predict_volume
 from ..metrics.aggregation import Estimate
 from ..metrics.regions import class_structures, structure_metrics
 from .evaluate import prepare_evaluation, write_results
@@ -269,22 +269,17 @@ def _case_rows(model, config, case, label_map, structures, conventions, matched,
     _warn_window(case.id, sampling["window"], volume.shape, sampling["warned"])
     if volume.labels is None:
         raise DataError(f"case {case.id!r} has no label map to evaluate against")
-    box = roi_box(np.asarray(volume.mask) | np.asarray(volume.labels).any(0))
-    generator = torch.Generator().manual_seed(sampling["seed"])
-    _, stream = predict_volume(
+    samples, annotations = labelled_draws(
         model,
         volume.image,
         volume.mask,
+        volume.labels,
         sampling["num_samples"],
         sampling["window"],
         sampling["overlap"],
-        model.temperature,
-        generator,
+        sampling["seed"],
         sampling["device"],
-        box=box,
     )
-    samples = torch.stack(list(stream))
-    annotations = torch.from_numpy(np.array(volume.labels[(slice(None), *box)]))
     rows: list[dict[str, Any]] = [
         {"case": case.id, "structure": name, **values}
         for name, values in structure_metrics(samples, annotations, structures, matched, matching).items()

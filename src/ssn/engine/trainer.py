@@ -35,7 +35,7 @@ from ..distributions import NonFiniteError
 from ..errors import ConfigError, DataError, RunError
 from ..files import write_json
 from ..inference import predict_batches
-from ..inference.sliding import predict_volume, roi_box
+from ..inference.sliding import labelled_draws
 from ..models import SegmentationModel, build
 from ..randomness import derive_seed
 from .checkpoints import load_weights, save_weights
@@ -633,18 +633,30 @@ def _complete(config: TrainConfig, source) -> None:
 
 def _volume_draws(model, val_set: VolumeValidationSet, config: TrainConfig, device, world: World):
     """(samples (1, N, *box) uint8, annotations (1, A, *box)) of each of this process's validation
-    volumes: drawn through sliding windows over the box around its mask and labels, with the
-    seed and windows that ``ssn evaluate`` uses, so the two agree on the same weights."""
+    volumes, drawn as ``ssn evaluate`` draws them (:func:`~ssn.inference.sliding.labelled_draws`),
+    so the two agree on the same weights."""
     for k in world.shard(np.arange(len(val_set))):
         volume = val_set.volumes[k]
-        box = roi_box(np.asarray(volume.mask) | np.asarray(volume.labels).any(0))
-        generator = torch.Generator().manual_seed(config.seed)
-        _, stream = predict_volume(
-            model, volume.image, volume.mask, config.val_samples, val_set.window, 0.5, model.temperature,
-            generator, device, box=box,
+        samples, annotations = labelled_draws(
+            model, volume.image, volume.mask, volume.labels, config.val_samples, val_set.window, 0.5, config.seed,
+            device,
         )  # fmt: skip
-        samples = torch.stack(list(stream)).unsqueeze(0)
-        yield samples, torch.from_numpy(np.array(volume.labels[(slice(None), *box)])).unsqueeze(0)
+        yield samples.unsqueeze(0), annotations.unsqueeze(0)
+
+
+def _image_draws(model, val_set: ValidationSet, config: TrainConfig, device, world: World):
+    """(samples (B, N, *S) uint8, annotations (B, A, *S)) of this process's validation images, a batch at a time."""
+    for chunk, labels in predict_batches(
+        model,
+        val_set.images,
+        world.shard(np.arange(len(val_set))),
+        config.val_samples,
+        config.batch_size,
+        device,
+        roi=val_set.roi,
+        seed=config.seed,
+    ):
+        yield labels, torch.from_numpy(np.ascontiguousarray(val_set.masks[chunk]))
 
 
 @torch.no_grad()
@@ -658,22 +670,12 @@ def _validate(
     diversity = metrics.SampleDiversity(model.num_classes)
     overflow = None
     try:
-        if isinstance(val_set, VolumeValidationSet):
-            for labels, annotations in _volume_draws(model, val_set, config, device, world):
-                ged.update(labels, annotations)
-                diversity.update(labels)
-            val_set = ValidationSet(np.empty(0), np.empty(0))  # nothing left for the image loop
-        for chunk, labels in predict_batches(
-            model,
-            val_set.images,
-            world.shard(np.arange(len(val_set))),
-            config.val_samples,
-            config.batch_size,
-            device,
-            roi=val_set.roi,
-            seed=config.seed,
-        ):
-            annotations = torch.from_numpy(np.ascontiguousarray(val_set.masks[chunk]))
+        draws = (
+            _volume_draws(model, val_set, config, device, world)
+            if isinstance(val_set, VolumeValidationSet)
+            else _image_draws(model, val_set, config, device, world)
+        )
+        for labels, annotations in draws:
             ged.update(labels, annotations)
             diversity.update(labels)
     except NonFiniteError as error:  # on this process's share: every process must hear of it

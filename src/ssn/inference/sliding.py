@@ -44,6 +44,7 @@ __all__ = [
     "stream_samples",
     "roi_box",
     "predict_volume",
+    "labelled_draws",
 ]
 
 
@@ -201,3 +202,30 @@ def predict_volume(
             yield labels
 
     return box, samples()
+
+
+@torch.no_grad()
+def labelled_draws(
+    model,
+    image: np.ndarray,
+    roi: np.ndarray,
+    labels: np.ndarray,
+    num_samples: int,
+    window: Sequence[int],
+    overlap: float = 0.5,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[Tensor, Tensor]:
+    """The samples of a labelled volume as ``ssn evaluate`` and whole-volume validation score
+    them: (samples (N, *box) uint8, annotations (A, *box)) over the box around the region of
+    interest and the labels, drawn at the model's temperature from a generator seeded by ``seed``.
+
+    Args:
+        image: (channels, *S) float (normalised); roi: (*S) bool; labels: (A, *S) class maps.
+    """
+    box = roi_box(np.asarray(roi) | np.asarray(labels).any(0))
+    generator = torch.Generator().manual_seed(seed)
+    _, stream = predict_volume(
+        model, image, roi, num_samples, window, overlap, model.temperature, generator, device, box=box
+    )
+    return torch.stack(list(stream)), torch.from_numpy(np.array(labels[(slice(None), *box)]))
