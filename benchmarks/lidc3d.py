@@ -100,6 +100,66 @@ def references(listing: Path, samples: int) -> dict:
     }
 
 
+def stacked_samples(dist, samples: int, generator) -> dict:
+    """``{"independent": labels, "shared": labels}``, each (samples, H, W, D) uint8: samples of a
+    batch of D slice distributions stacked in depth, with each slice's own noise and with slice
+    0's noise for every slice."""
+    from ssn.distributions import labels_from_logits
+
+    noise = dist.draw_noise(samples, generator)  # z (samples, D, R), eps (samples, D, C, H, W)
+    shared = type(noise)(*(part[:, :1].expand_as(part) for part in noise))
+    out = {}
+    for mode, drawn in (("independent", noise), ("shared", shared)):
+        logits = dist.loc.unsqueeze(0) + dist.deviation_from_noise(drawn)  # (samples, D, C, H, W)
+        out[mode] = labels_from_logits(logits).permute(0, 2, 3, 1)
+    return out
+
+
+def slicewise_2d(listing: Path, run: str, samples: int, seed: int) -> dict:
+    """A 2D model applied to each slice of the test nodules, its samples stacked in depth.
+
+    Not a model trained alike: it is the 2D SSN (for example ``pretrained:lidc-2d``, trained on
+    the same patients' slices), a yardstick for what the 3D models should reach. Each slice's
+    distribution is drawn with ``independent`` noise (the slices' samples unrelated, as a 2D
+    model gives them) and with ``shared`` noise (one draw of the latent and pixel noise for every
+    slice of a sample, so that a sample's slices move together). The slices are the converted
+    volumes' images as stored (intensity / 255, as the 2D model was trained), not normalised.
+    """
+    import torch
+
+    from ssn import metrics
+    from ssn.data import load_volume_list, read_case
+    from ssn.data.nifti import read_nifti
+    from ssn.engine.checkpoints import load_run
+
+    model, config = load_run(run, temperature=1.0)
+    volumes = load_volume_list(listing)
+    figures: dict[str, list[dict]] = {"independent": [], "shared": []}
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for case in volumes.split("test"):
+            readers = torch.from_numpy(np.array(read_case(case, volumes.label_map).labels)).long()  # (A, H, W, D)
+            image, _ = read_nifti(case.images[0])
+            slices = torch.from_numpy(np.moveaxis(np.asarray(image, dtype=np.float32), -1, 0)).unsqueeze(1)
+            dist = model.distribution(slices)  # a batch of D slices
+            for mode, labels in stacked_samples(dist, samples, generator).items():
+                figures[mode].append(metrics.image_metrics(labels, readers, 2, matched_sizes=(samples,)))
+    estimate = metrics.Estimate.of
+    return {
+        "run": run,
+        "temperature": 1.0,
+        "steps": config.get("max_steps"),
+        "num_samples": samples,
+        **{
+            mode: {
+                key: estimate([row[key] for row in rows]).as_dict()
+                for key in ("ged", "diversity", "dice", f"hm_iou_{samples}")
+            }
+            for mode, rows in figures.items()
+        },
+    }
+
+
 def calibrate(args, listing: Path, name: str) -> float | None:
     """The temperature ``ssn calibrate`` chooses for a stochastic model on validation volumes
     (64 of them, 16 samples; chosen once, then read back), or None for the deterministic one."""
@@ -179,6 +239,11 @@ def main() -> None:
     parser.add_argument(
         "--val-volumes", choices=("whole", "patches"), help="how the runs validate (default: ssn train's, whole)"
     )
+    parser.add_argument(
+        "--slicewise-2d",
+        metavar="RUN",
+        help="only score a 2D run (e.g. pretrained:lidc-2d) slice by slice on the test nodules",
+    )
     parser.add_argument("--tag", help="a variant's name, added to its rows' names (e.g. 'patches 32x32x8')")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--part-minutes", type=float, help="train for at most this many minutes per model now")
@@ -210,6 +275,13 @@ def main() -> None:
         print(f"test nodules: {reference['num_cases']}; readers' diversity {_plus_minus(reference['reader_diversity'])}; "
               f"empty {_plus_minus(reference['empty']['ged'])}; majority vote {_plus_minus(reference['majority_vote']['ged'])}")  # fmt: skip
         return
+    if args.slicewise_2d:
+        row = {**slicewise_2d(listing, args.slicewise_2d, args.samples, args.seed), **measured}
+        update_json(args.results, lambda content: {**content, "slicewise_2d": row})
+        for mode in ("independent", "shared"):
+            print(f"{args.slicewise_2d} slice by slice, {mode} noise: GED^2 {_plus_minus(row[mode]['ged'])}, "
+                  f"diversity {row[mode]['diversity']['mean']:.3f}, Dice {row[mode]['dice']['mean']:.3f}")  # fmt: skip
+        return
     jobs = logged_jobs(train_commands(args, listing), args.out, "train")
     run_jobs(jobs, thread_env(args.threads), at_once=1 if args.one_at_a_time else None)
     rows = []
@@ -234,7 +306,7 @@ def main() -> None:
             for r in content.get("runs", [])
             if (r["name"], r.get("seed"), r.get("steps")) not in {(x["name"], x["seed"], x["steps"]) for x in rows}
         ]
-        return {"reference": reference, "runs": kept + [{**r, **measured} for r in rows]}
+        return {**content, "reference": reference, "runs": kept + [{**r, **measured} for r in rows]}
 
     update_json(args.results, change)
     print(f"test nodules: {reference['num_cases']}; readers' diversity {reference['reader_diversity']['mean']:.3f}")

@@ -471,6 +471,21 @@ def lidc3d_section() -> list[str]:
         ["*readers' majority vote*", "", _mean(reference["majority_vote"]["ged"], stderr=True), "0.000", "", "", ""],
         ["*the readers themselves*", "", "", _mean(reference["reader_diversity"]), "", "", ""],
     ]
+    slicewise = content.get("slicewise_2d")
+    if slicewise:
+        n = slicewise["num_samples"]
+        rows += [
+            [
+                f"*`{slicewise['run']}` slice by slice, {mode} noise*",
+                f"{slicewise['temperature']:g}",
+                _mean(slicewise[mode]["ged"], stderr=True),
+                _mean(slicewise[mode]["diversity"]),
+                _mean(slicewise[mode].get(f"hm_iou_{n}")),
+                _mean(slicewise[mode]["dice"]),
+                f"2D, {slicewise['steps']} steps",
+            ]
+            for mode in ("independent", "shared")
+        ]
     commands = sorted({_runnable(r["command"]) for r in runs if r.get("command")})
     first = runs[0] if runs else None
     lines = [
@@ -494,6 +509,14 @@ def lidc3d_section() -> list[str]:
             "",
         ]
     lines += [*_table(["model", "temperature", "GED²", "diversity", "HM-IoU(16)", "Dice", "training"], rows), ""]
+    if slicewise:
+        lines += [
+            f"The last two rows are a yardstick, not a model trained alike: the shipped 2D SSN on each slice of the "
+            f"nodules (`{_runnable(slicewise['command'])}`), its {slicewise['num_samples']} samples stacked in depth, "
+            "with each slice's own noise or with one draw of the noise for all the slices of a sample (so that they "
+            "move together). A 3D model should beat it.",
+            "",
+        ]
     return lines + spread3d_section()
 
 

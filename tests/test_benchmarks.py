@@ -221,3 +221,20 @@ def test_the_lidc3d_benchmark_converts_trains_in_parts_evaluates_and_writes_its_
     assert figures["blend_ged"] == figures["one_window_ged"]
     assert figures["blend_diversity"] == figures["one_window_diversity"]
     assert 0 <= figures["leak"] <= 1 and 0 <= figures["empty_all_marked"] <= 1 and figures["sd_near"] > 0
+
+
+def test_slices_stacked_with_shared_noise_move_together_and_with_their_own_do_not():
+    import torch
+
+    from benchmarks import lidc3d
+    from ssn.distributions import LowRankLogitDistribution
+
+    torch.manual_seed(0)
+    one = (torch.randn(1, 2, 8, 8), torch.randn(1, 3, 2, 8, 8), torch.rand(1, 2, 8, 8) + 0.5)
+    dist = LowRankLogitDistribution(*(part.expand(5, *part.shape[1:]) for part in one))  # 5 equal slices
+    drawn = lidc3d.stacked_samples(dist, 6, torch.Generator().manual_seed(0))
+    assert drawn["shared"].shape == drawn["independent"].shape == (6, 8, 8, 5)
+    shared, independent = drawn["shared"], drawn["independent"]
+    assert all(torch.equal(shared[..., k], shared[..., 0]) for k in range(5))
+    assert not all(torch.equal(independent[..., k], independent[..., 0]) for k in range(5))
+    assert not torch.equal(shared[0], shared[1])  # still one sample from the next
