@@ -597,7 +597,9 @@ def spread3d_section() -> list[str]:
     )
     others = [
         f"`{r['name']}` (patches {'x'.join(map(str, r['window']))}): GED² {r['figures']['blend_ged']:.3f}, the mean "
-        f"covers {r['figures']['mean_covers_majority']:.0%}, {r['figures']['empty_any']:.0%} of samples empty"
+        f"covers {r['figures']['mean_covers_majority']:.0%}, {r['figures']['empty_any']:.0%} of samples empty, "
+        f"{r['figures']['leak']:.0%} of their foreground far from every reader, logit sd far from them "
+        f"{r['figures']['sd_far']:.1f}"
         for r in runs[1:]
     ]
     if others:
