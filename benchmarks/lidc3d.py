@@ -110,8 +110,8 @@ def stacked_samples(dist, samples: int, generator) -> dict:
     shared = type(noise)(*(part[:, :1].expand_as(part) for part in noise))
     out = {}
     for mode, drawn in (("independent", noise), ("shared", shared)):
-        logits = dist.loc.unsqueeze(0) + dist.deviation_from_noise(drawn)  # (samples, D, C, H, W)
-        out[mode] = labels_from_logits(logits).permute(0, 2, 3, 1)
+        labels = labels_from_logits(dist.logits_from_noise(drawn))  # (samples, D, H, W)
+        out[mode] = labels.permute(0, 2, 3, 1)
     return out
 
 
