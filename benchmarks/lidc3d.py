@@ -44,6 +44,10 @@ def train_flags(args, listing: Path, name: str) -> list[str]:
         "--max-steps", str(args.steps), "--val-images", str(args.val_images), "--val-samples", "8",
         "--val-every", str(args.val_every), "--seed", str(args.seed), *model_flags(name),
         *(["--val-volumes", args.val_volumes] if args.val_volumes else []),
+        *(["--init-from", args.init_from] if args.init_from else []),
+        *(["--model-kwargs", args.model_kwargs] if args.model_kwargs else []),
+        *(["--mean-warmup", str(args.mean_warmup)] if args.mean_warmup is not None else []),
+        *(["--warmup-steps", str(args.warmup_steps)] if args.warmup_steps else []),
     ]  # fmt: skip
 
 
@@ -244,6 +248,15 @@ def main() -> None:
         metavar="RUN",
         help="only score a 2D run (e.g. pretrained:lidc-2d) slice by slice on the test nodules",
     )
+    parser.add_argument(
+        "--init-from",
+        metavar="RUN",
+        help="start every model from this run's weights (e.g. pretrained:lidc-2d, inflated slice by slice: "
+        "needs --model-kwargs '{pool: [2, 2, 1]}' and its --features)",
+    )
+    parser.add_argument("--model-kwargs", help="the backbone's own arguments (ssn train --model-kwargs)")
+    parser.add_argument("--mean-warmup", type=float, help="ssn train --mean-warmup (default: its own, 0.25)")
+    parser.add_argument("--warmup-steps", type=int, default=0, help="ssn train --warmup-steps (learning-rate warm-up)")
     parser.add_argument("--tag", help="a variant's name, added to its rows' names (e.g. 'patches 32x32x8')")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--part-minutes", type=float, help="train for at most this many minutes per model now")

@@ -168,6 +168,7 @@ def test_the_spec_names_every_argument_and_rebuilds_the_same_model():
         "dropout": 0.0,
         "convs_per_level": 2,
         "upsample": "transposed",  # recorded since 0.7 (runs without it rebuild with this default)
+        "pool": 2,  # recorded since 0.8 (likewise)
     }
     rebuilt = ssn.models.build(ssn.models.ModelSpec.from_dict(json.loads(json.dumps(spec))))
     rebuilt.load_state_dict(model.state_dict())

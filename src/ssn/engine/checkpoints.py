@@ -16,15 +16,24 @@ import json
 import os
 
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
-from ..errors import RunError
+from ..errors import ConfigError, RunError
 from ..files import write_atomically, write_json
 from ..models import ModelSpec, SegmentationModel, build
+from ..networks.inflate import inflate_state_dict
 from .pretrained import resolve_run_dir
 from .rundir import RunDir
 
-__all__ = ["save_weights", "load_weights", "write_json", "read_config", "load_run", "CALIBRATION_FILE"]
+__all__ = [
+    "save_weights",
+    "load_weights",
+    "initialise_from",
+    "write_json",
+    "read_config",
+    "load_run",
+    "CALIBRATION_FILE",
+]
 
 CALIBRATION_FILE = RunDir.CALIBRATION
 
@@ -34,22 +43,52 @@ def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
     write_atomically(path, lambda p: save_file(state, str(p)))
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load safetensors weights into ``model``; a damaged file or weights of another model
-    raise :class:`~ssn.errors.RunError` naming the file and what differs."""
+def _read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
-        state = load_file(str(path))
+        return load_file(str(path))
     except Exception as error:  # safetensors raises its own SafetensorError for a damaged header or body
         raise RunError(
             f"{path} cannot be read as safetensors weights ({error}); the file is damaged: "
             "use the run's other weights (best/last) or train again"
         ) from None
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load safetensors weights into ``model``; a damaged file or weights of another model
+    raise :class:`~ssn.errors.RunError` naming the file and what differs."""
+    state = _read_weights(path)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
         first = str(error).strip().splitlines()
         detail = "; ".join(line.strip() for line in first[1:4]) or first[0]
         raise RunError(f"{path} holds weights of another model than its config.json describes ({detail})") from None
+
+
+def initialise_from(model: nn.Module, run_dir: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Load the best weights of ``run_dir`` (or ``pretrained:NAME``) into ``model`` to start a
+    training from them; a 2D run's kernels are inflated into a 3D model's
+    (:func:`~ssn.networks.inflate.inflate_state_dict`).
+
+    Returns:
+        (the model's tensors the run has not got, left at their initial values; the run's
+        tensors the model has no use for), e.g. a diagonal model started from a low-rank one
+        leaves the low-rank factor's head unused.
+
+    Raises:
+        RunError: no such run or weights, or weights that do not fit the model.
+    """
+    weights = RunDir(resolve_run_dir(run_dir)).weights("best")
+    if not weights.is_file():
+        raise RunError(f"--init-from {run_dir}: {weights} is missing: name a trained run directory")
+    try:
+        state, fresh, unused = inflate_state_dict(_read_weights(weights), model)
+    except ConfigError as error:
+        raise RunError(f"--init-from {run_dir}: {error}") from None
+    if len(fresh) == len(state):
+        raise RunError(f"--init-from {run_dir}: none of its weights belongs to this model: start from a run of it")
+    model.load_state_dict(state)
+    return fresh, unused
 
 
 def read_config(run_dir: str | os.PathLike) -> dict:

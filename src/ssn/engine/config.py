@@ -127,6 +127,10 @@ class TrainConfig:
         choices=("whole", "patches"),
     )
     seed: int = setting(0, "random seed (data order, augmentation, initialisation, validation draws)", low=0)
+    init_from: str | None = setting(
+        help="start from the best weights of this run (a run directory or pretrained:NAME) instead of random ones; "
+        "a 2D run's weights start a 3D U-Net built with pool [2, 2, 1] as the 2D network applied slice by slice"
+    )
     device: str = setting(
         "cpu", "cpu, cuda or cuda:N (under torchrun, cuda means each process's own GPU, cuda:LOCAL_RANK)"
     )

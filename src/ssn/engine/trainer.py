@@ -38,7 +38,7 @@ from ..inference import predict_batches
 from ..inference.sliding import labelled_draws
 from ..models import SegmentationModel, build
 from ..randomness import derive_seed
-from .checkpoints import load_weights, save_weights
+from .checkpoints import initialise_from, load_weights, save_weights
 from .config import TrainConfig, model_spec
 from .loading import EpochBatches, TrainingExamples, default_workers, epoch_order, training_loader
 from .optim import learning_rate_factor, weight_average
@@ -148,7 +148,16 @@ class _Trainer:
         # model and optimiser
         torch.manual_seed(config.seed)
         self.device = torch.device(device_name)
-        self.model = build(model_spec(config)).to(self.device)
+        self.model = build(model_spec(config))
+        if config.init_from and not config.resume:
+            fresh, unused = initialise_from(self.model, config.init_from)
+            if world.main:
+                log(
+                    f"started from the weights of {config.init_from}"
+                    + (f"; initialised afresh: {', '.join(fresh)}" if fresh else "")
+                    + (f"; not used: {', '.join(unused)}" if unused else "")
+                )
+        self.model = self.model.to(self.device)
         self.optimiser = torch.optim.Adam(
             _parameter_groups(self.model, config), lr=config.lr, weight_decay=config.weight_decay
         )

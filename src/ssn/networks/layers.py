@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch.nn.functional as F
@@ -48,20 +49,23 @@ def norm_layer(kind: str | None, spatial_dims: int, channels: int) -> nn.Module:
     raise ConfigError(f"unknown norm {kind!r}; choose 'instance', 'batch', 'group' or none")
 
 
-def pad_to_multiple(x: Tensor, divisor: int) -> Tensor:
-    """Pad the spatial dimensions of (B, C, *S) at their far end up to multiples of ``divisor``.
+def pad_to_multiple(x: Tensor, divisor: int | Sequence[int]) -> Tensor:
+    """Pad the spatial dimensions of (B, C, *S) at their far end up to multiples of ``divisor``
+    (one number, or one per axis).
 
     Sizes are padded to at least ``2 * divisor`` so that the coarsest level keeps more than one
     element per dimension (instance normalisation needs that). Reflection where the input is
     large enough, zeros otherwise. Undo with :func:`crop_to`.
     """
-    extra = [max((-size) % divisor, 2 * divisor - size) for size in x.shape[2:]]
+    sizes = x.shape[2:]
+    divisors = [divisor] * len(sizes) if isinstance(divisor, int) else list(divisor)
+    extra = [max((-size) % d, 2 * d - size) for size, d in zip(sizes, divisors)]
     if not any(extra):
         return x
     pad = []
     for amount in reversed(extra):  # F.pad lists the last dimension first
         pad += [0, amount]
-    reflect_ok = all(amount < size for amount, size in zip(extra, x.shape[2:]))
+    reflect_ok = all(amount < size for amount, size in zip(extra, sizes))
     return F.pad(x, pad, mode="reflect" if reflect_ok else "constant")
 
 

@@ -52,6 +52,10 @@ class UNet(nn.Module):
             convolution). A transposed convolution of stride 2 applies a different weight to each
             of the 2x2 positions it fills, which stamps a pattern of period 2 on the features,
             and of period 4 after two levels; interpolation has one rule for every position.
+        pool: the pooling factor of each level, 2 on every axis (default) or one factor per
+            axis, 1 or 2: ``[2, 2, 1]`` keeps the last axis whole, for volumes of few thick
+            slices (LIDC-3D), and makes a 3D U-Net that can start as a 2D one applied slice by
+            slice (:func:`ssn.networks.inflate.inflate_state_dict`).
 
     Attributes:
         out_channels: the number of feature channels returned (``features[0]``).
@@ -66,6 +70,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         convs_per_level: int = 2,
         upsample: str = "transposed",
+        pool: int | Sequence[int] = 2,
     ) -> None:
         super().__init__()
         features = list(features)
@@ -82,26 +87,37 @@ class UNet(nn.Module):
             raise ConfigError(f"convs_per_level must be a positive integer; got {convs_per_level!r}")
         if upsample not in ("transposed", "linear"):
             raise ConfigError(f"upsample must be 'transposed' or 'linear'; got {upsample!r}")
+        factors = [pool] * spatial_dims if isinstance(pool, int) else list(pool)
+        if len(factors) != spatial_dims or any(isinstance(f, bool) or f not in (1, 2) for f in factors):
+            raise ConfigError(
+                f"pool must be 2 (or 1) or one factor of 1 or 2 per axis ({spatial_dims} of them), e.g. "
+                f"[2, 2, 1]; got {pool!r}"
+            )
         self.spatial_dims = spatial_dims
         self.out_channels = features[0]
-        self.divisor = 2 ** (len(features) - 1)
+        self.pool_factors = tuple(factors)
+        levels = len(features) - 1
+        per_axis = tuple(f**levels for f in factors)
+        #: the multiple each input size is padded to: one number when the axes pool alike
+        self.divisor: int | tuple[int, ...] = per_axis[0] if len(set(per_axis)) == 1 else per_axis
         self.encoders = nn.ModuleList()
         channels = in_channels
         for width in features:
             self.encoders.append(_ConvBlock(spatial_dims, channels, width, norm, convs_per_level))
             channels = width
-        self.pool = max_pool_layer(spatial_dims)(2)
+        step = self.pool_factors[0] if len(set(self.pool_factors)) == 1 else self.pool_factors
+        self.pool = max_pool_layer(spatial_dims)(step)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.upsamplers = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for coarse, fine in zip(features[:0:-1], features[-2::-1]):
             if upsample == "transposed":
-                self.upsamplers.append(transposed_conv_layer(spatial_dims)(coarse, fine, 2, stride=2))
+                self.upsamplers.append(transposed_conv_layer(spatial_dims)(coarse, fine, step, stride=step))
             else:
                 mode = ("linear", "bilinear", "trilinear")[spatial_dims - 1]
                 self.upsamplers.append(
                     nn.Sequential(
-                        nn.Upsample(scale_factor=2, mode=mode, align_corners=False),
+                        nn.Upsample(scale_factor=step, mode=mode, align_corners=False),
                         conv_layer(spatial_dims)(coarse, fine, 1),
                     )
                 )
