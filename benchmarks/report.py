@@ -509,6 +509,17 @@ def lidc3d_section() -> list[str]:
             "",
         ]
     lines += [*_table(["model", "temperature", "GED²", "diversity", "HM-IoU(16)", "Dice", "training"], rows), ""]
+    inflated = [r for r in runs if "--init-from" in r.get("settings", [])]
+    if inflated:
+        settings = inflated[0]["settings"]
+        source = settings[settings.index("--init-from") + 1]
+        lines += [
+            f"Rows named *inflated* start from `{source}`'s weights, each 2D kernel on the middle slice of a 3D one "
+            "(`--init-from`, a U-Net pooling in-plane only, `--model-kwargs '{pool: [2, 2, 1]}'`), so that training "
+            "starts from the 2D network applied slice by slice with one noise draw for the whole volume; their "
+            "settings: `" + " ".join(_without_paths(settings)) + "` (the method flags apart).",
+            "",
+        ]
     if slicewise:
         lines += [
             f"The last two rows are a yardstick, not a model trained alike: the shipped 2D SSN on each slice of the "

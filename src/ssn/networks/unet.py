@@ -7,6 +7,7 @@ is no 2D copy of a 3D class. It is registered as the backbone ``"unet"``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -105,7 +106,7 @@ class UNet(nn.Module):
         for width in features:
             self.encoders.append(_ConvBlock(spatial_dims, channels, width, norm, convs_per_level))
             channels = width
-        step = self.pool_factors[0] if len(set(self.pool_factors)) == 1 else self.pool_factors
+        step: Any = self.pool_factors[0] if len(set(self.pool_factors)) == 1 else self.pool_factors
         self.pool = max_pool_layer(spatial_dims)(step)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.upsamplers = nn.ModuleList()
