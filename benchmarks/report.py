@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 from benchmarks._common import BENCHMARKS, RESULTS, benchmark_parser
@@ -513,11 +514,12 @@ def lidc3d_section() -> list[str]:
     if inflated:
         settings = inflated[0]["settings"]
         source = settings[settings.index("--init-from") + 1]
+        each = {r["name"]: shlex.join(_without_paths(r["settings"])) for r in inflated if r["temperature"] == 1}
         lines += [
             f"Rows named *inflated* start from `{source}`'s weights, each 2D kernel on the middle slice of a 3D one "
             "(`--init-from`, a U-Net pooling in-plane only, `--model-kwargs '{pool: [2, 2, 1]}'`), so that training "
-            "starts from the 2D network applied slice by slice with one noise draw for the whole volume; their "
-            "settings: `" + " ".join(_without_paths(settings)) + "` (the method flags apart).",
+            "starts from the 2D network applied slice by slice with one noise draw for the whole volume. Their "
+            "settings: " + "; ".join(f"{name}: `{flags}`" for name, flags in each.items()) + ".",
             "",
         ]
     if slicewise:

@@ -1,9 +1,10 @@
-"""The model shipped with the package: ssn.pretrained("lidc-2d") and pretrained:lidc-2d on the command line."""
+"""The models shipped with the package: ssn.pretrained("lidc-2d"), pretrained:lidc-2d and pretrained:lidc-3d on the command line."""
 
 import json
 import os
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import pytest
 import torch
@@ -98,3 +99,30 @@ def test_the_readme_three_lines(monkeypatch):
     namespace = {}
     exec(block, namespace)
     assert namespace["samples"].shape == (16, 1, 128, 128) and namespace["samples"].dtype == torch.uint8
+
+
+def test_lidc_3d_is_shipped_and_samples_a_volume_list_offline(tmp_path):
+    """pretrained:lidc-3d: its card, its calibrated temperature, and `ssn sample` on a volume list
+    that `ssn convert lidc-3d` wrote (synthetic crops: no data needed)."""
+    assert "lidc-3d" in available_pretrained()
+    folder = pretrained_dir("lidc-3d")
+    card = (folder / "MODEL_CARD.md").read_text()
+    for needed in ("CC BY 3.0", "Armato", "split.json", "GED²", "steps", "--init-from"):
+        assert needed in card, needed
+    model = ssn.pretrained("lidc-3d")
+    calibration = json.loads((folder / "calibration.json").read_text())
+    assert model.spatial_dims == 3 and model.temperature == calibration["temperature"]
+    rng = np.random.default_rng(0)
+    rows = [("LIDC-IDRI-0001", "nodule-0", s) for s in range(3)]
+    masks = np.zeros((3, 4, 128, 128), np.uint8)
+    masks[:, :, 60:68, 60:68] = 1
+    np.savez(tmp_path / "crops.npz", images=rng.integers(0, 255, (3, 128, 128), dtype=np.uint8), masks=masks,
+             patient=np.array([r[0] for r in rows]), nodule=np.array([r[1] for r in rows]),
+             slice=np.array([r[2] for r in rows]))  # fmt: skip
+    assert main(["convert", "lidc-3d", str(tmp_path / "crops.npz"), "--out", str(tmp_path / "v")]) == 0
+    out = tmp_path / "samples"
+    flags = ["sample", "--run", "pretrained:lidc-3d", "--input", str(tmp_path / "v" / "lidc3d.json")]
+    assert main([*flags, "--split", "test", "--samples", "2", "--out", str(out), "--figures", "0"]) == 0
+    first = nibabel.load(str(out / "LIDC-IDRI-0001_nodule-0" / "sample_000.nii.gz"))
+    assert first.shape == (128, 128, 3)  # one labelled volume per sample, on the case's grid
+    assert set(np.unique(np.asarray(first.dataobj))) <= {0, 1}
