@@ -42,11 +42,9 @@ def inflate_weight(weight: Tensor, shape: tuple[int, ...], axis: int = -1) -> Te
             along it (a kernel of 2, say, of a transposed convolution that upsamples along the
             axis), which has no middle slice.
     """
-    spatial = len(shape) - 2
-    where = axis % spatial
-    kept = shape[: 2 + where] + shape[3 + where :]
-    if weight.dim() + 1 != len(shape) or tuple(weight.shape) != tuple(kept):
+    if not _fits(weight, shape, axis):
         raise ConfigError(f"a kernel of shape {tuple(weight.shape)} cannot be inflated to {tuple(shape)}")
+    where = axis % (len(shape) - 2)
     depth = shape[2 + where]
     if depth % 2 == 0:
         raise ConfigError(
@@ -87,7 +85,7 @@ def inflate_state_dict(
         used.add(name)
         if tuple(weight.shape) == tuple(target.shape):
             state[key] = weight.to(target.dtype).clone()
-        elif weight.dim() + 1 == target.dim() and target.dim() >= 3 and _fits(weight, target, axis):
+        elif target.dim() >= 3 and _fits(weight, tuple(target.shape), axis):
             if not checked:
                 _check_pooling(model, axis)
                 checked = True
@@ -101,9 +99,10 @@ def inflate_state_dict(
     return state, fresh, unused
 
 
-def _fits(weight: Tensor, target: Tensor, axis: int) -> bool:
-    where = axis % (target.dim() - 2)
-    return tuple(weight.shape) == tuple(target.shape[: 2 + where] + target.shape[3 + where :])
+def _fits(weight: Tensor, shape: tuple[int, ...], axis: int) -> bool:
+    """Whether ``weight`` has ``shape`` but for the inflated spatial ``axis``, which it lacks."""
+    where = axis % (len(shape) - 2)
+    return weight.dim() + 1 == len(shape) and tuple(weight.shape) == shape[: 2 + where] + shape[3 + where :]
 
 
 def _check_pooling(model: nn.Module, axis: int) -> None:
