@@ -15,7 +15,7 @@ Each measurement runs in a fresh process and reports that process's peak residen
 - ``step-ssn`` and ``step-deterministic``: one training step (forward, the method's loss,
   backward, Adam) on a batch of 2 patches of 64^3 with 2 channels and 4 classes, 3D U-Net
   (16, 32, 64, 128); SSN at rank 10 with 20 Monte Carlo samples. Median of 3 steps after one.
-- ``step-ratio``: the same two steps alternating in one process (ABBA, 6 rounds after one of
+- ``step-ratio``: the same two steps alternating in one process (ABBA, 16 rounds after one of
   each): the median of the paired SSN / deterministic time ratios.
 
     python -m benchmarks.volumes            # all parts; writes benchmarks/results/volumes.json
@@ -159,7 +159,7 @@ def measure(part: str, samples: int) -> dict:
     raise SystemExit(f"unknown part {part!r}; choose from {', '.join(PARTS)}")
 
 
-def _step_ratio(rounds: int = 6) -> dict:
+def _step_ratio(rounds: int = 16) -> dict:
     """The SSN's 3D step against the deterministic one in one process, alternating (ABBA):
     the median over rounds of the paired time ratio, so drift of the machine cancels."""
     import torch

@@ -124,7 +124,7 @@ class _StreamedLogLikelihood(torch.autograd.Function):
         batch = loc.shape[0]
         mu, scale = loc.reshape(batch, -1), diag.reshape(batch, -1).sqrt()  # (B, N)
         rank = factor.shape[1]
-        p = factor.reshape(batch, rank, -1)  # (B, R, N)
+        p = factor.reshape(batch, rank, mu.shape[1])  # (B, R, N)
         w = None if weights is None else weights.reshape(batch, -1).to(mu.dtype)  # (B, S)
         y = target.reshape(batch, -1)
         if binary:
@@ -161,37 +161,50 @@ class _StreamedLogLikelihood(torch.autograd.Function):
             chunk_max = log_lik.flatten(1).amax(1)
             new_max = chunk_max if run_max is None else torch.maximum(run_max, chunk_max)
             a = torch.exp(log_lik - new_max[:, None, None])  # (B, s, h)
-            weighted = grad.view(batch, len(signs), draws, -1).mul_(a[..., None])  # (B, s, h, N): a g
-            signed = weighted[:, 0] - weighted[:, 1] if antithetic else weighted[:, 0]  # sum over s of s a g
-            chunk_scale = (signed * eps).sum(1)
-            if run_max is None:  # the first chunk
-                total, grad_mu, grad_scale = a.flatten(1).sum(1), weighted.sum((1, 2)), chunk_scale
-                grad_p = torch.bmm(z.transpose(1, 2), signed) if rank > 0 else p.new_zeros(p.shape)
-            else:
-                if bool((new_max != run_max).any()):  # a better sample: the sums so far shrink
-                    rescale = torch.exp(run_max - new_max)
-                    total.mul_(rescale)
-                    grad_mu.mul_(rescale[:, None])
-                    grad_scale.mul_(rescale[:, None])
-                    grad_p.mul_(rescale[:, None, None])
-                total += a.flatten(1).sum(1)
-                grad_mu += weighted.sum((1, 2))
-                grad_scale += chunk_scale
+            if run_max is not None and bool((new_max != run_max).any()):  # a better sample: the sums so far shrink
+                rescale = torch.exp(run_max - new_max)
+                total.mul_(rescale)
+                grad_mu.mul_(rescale[:, None, None])
+                grad_scale.mul_(rescale[:, None, None])
                 if rank > 0:
-                    grad_p.baddbmm_(z.transpose(1, 2), signed)
+                    grad_p.mul_(rescale[:, None, None])
+            # The sums over the chunk's draws k = (s, h) as (B, 1 or R, k) @ (B, k, N) products
+            # of the per-draw gradients g_k, so that no weighted copy of them is made.
+            g = grad.view(batch, -1, mu.shape[1])  # (B, k, N)
+            signed_a = (a * signs.view(1, -1, 1)).view(batch, 1, -1)  # (B, 1, k): s a
+            total = _accumulate(total, a.flatten(1).sum(1))
+            grad_mu = _accumulate_product(grad_mu, a.view(batch, 1, -1), g)
+            if rank > 0:
+                signed_z = (signed_a.view(batch, len(signs), draws, 1) * z.unsqueeze(1)).view(batch, -1, rank)
+                grad_p = _accumulate_product(grad_p, signed_z.transpose(1, 2), g)  # (B, R, N)
+            g.view(batch, len(signs), draws, -1).mul_(eps.unsqueeze(1))  # g_k * eps_k
+            grad_scale = _accumulate_product(grad_scale, signed_a, g)
             run_max = new_max
+        if rank == 0:
+            grad_p = p.new_zeros(p.shape)
+        # The sums still lack the division by total, which backward folds into grad_output's scale.
         ctx.save_for_backward(
-            grad_mu.div_(total[:, None]).view_as(loc),
-            grad_p.div_(total[:, None, None]).view_as(factor),
-            grad_scale.div_(total[:, None] * 2 * scale).view_as(diag),  # d sqrt(D) / dD = 1 / (2 sqrt(D))
+            grad_mu.view_as(loc),
+            grad_p.view_as(factor),
+            grad_scale.div_(2 * scale.unsqueeze(1)).view_as(diag),  # d sqrt(D) / dD = 1 / (2 sqrt(D))
+            total,
         )
         return run_max + total.log() - math.log(num_samples)
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_loc, grad_factor, grad_diag = ctx.saved_tensors
-        g = grad_output.view(-1, *([1] * (grad_loc.dim() - 1)))
+        grad_loc, grad_factor, grad_diag, total = ctx.saved_tensors
+        g = (grad_output / total).view(-1, *([1] * (grad_loc.dim() - 1)))
         return g * grad_loc, g.unsqueeze(1) * grad_factor, g * grad_diag, None, None, None, None, None, None
+
+
+def _accumulate(total: Tensor | None, value: Tensor) -> Tensor:
+    return value if total is None else total.add_(value)
+
+
+def _accumulate_product(total: Tensor | None, left: Tensor, right: Tensor) -> Tensor:
+    """total + left @ right (batched), the product written into ``total`` after the first."""
+    return torch.bmm(left, right) if total is None else total.baddbmm_(left, right)
 
 
 def ssn_loss(
