@@ -59,21 +59,38 @@ def test_an_inflated_kernel_holds_the_2d_kernel_on_its_middle_slice():
         inflate_weight(weight, (5, 4, 3, 3, 3))
 
 
-@pytest.mark.parametrize("norm", [None, "batch"])
-def test_the_inflated_ssn_is_the_2d_ssn_slice_by_slice(norm):
+@pytest.mark.parametrize("norm, norm_3d", [(None, None), ("batch", "batch"), ("instance", "slice-instance")])
+@pytest.mark.parametrize("depth", [5, 1])
+def test_the_inflated_ssn_is_the_2d_ssn_slice_by_slice(norm, norm_3d, depth):
+    """Exact with no normalisation, batch norm in eval mode, or instance norm taken per slice
+    (``slice-instance``); a one-slice volume is not padded in depth."""
     two = _trained_like(build(_spec(norm=norm)))
-    three = build(_spec(spatial_dims=3, norm=norm, pool=[2, 2, 1]))
+    three = build(_spec(spatial_dims=3, norm=norm_3d, pool=[2, 2, 1]))
     state, fresh, unused = inflate_state_dict(two.state_dict(), three)
     assert fresh == [] and unused == []
     three.load_state_dict(state)
     three.eval()
-    volume = torch.randn(1, 1, 12, 8, 5)  # (B, channels, H, W, depth)
+    volume = torch.randn(1, 1, 12, 8, depth)  # (B, channels, H, W, depth)
     slices = volume[0].permute(3, 0, 1, 2)  # (depth, channels, H, W)
     with torch.no_grad():
         d3, d2 = three.distribution(volume), two.distribution(slices)
     torch.testing.assert_close(d3.loc[0], d2.loc.permute(1, 2, 3, 0), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(d3.cov_diag[0], d2.cov_diag.permute(1, 2, 3, 0), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(d3.cov_factor[0], d2.cov_factor.permute(1, 2, 3, 4, 0), atol=1e-5, rtol=1e-5)
+
+
+def test_instance_norm_over_the_volume_is_not_the_2d_model_and_slice_instance_needs_a_volume():
+    two = _trained_like(build(_spec(norm="instance")))
+    three = build(_spec(spatial_dims=3, norm="instance", pool=[2, 2, 1]))
+    three.load_state_dict(inflate_state_dict(two.state_dict(), three)[0])
+    volume = torch.cat([torch.randn(1, 1, 12, 8, 2), 3 + 2 * torch.randn(1, 1, 12, 8, 2)], -1)  # unlike slices
+    with torch.no_grad():
+        gap = three.eval().distribution(volume).loc[0] - two.distribution(volume[0].permute(3, 0, 1, 2)).loc.permute(
+            1, 2, 3, 0
+        )
+    assert gap.abs().max() > 0.05
+    with pytest.raises(ConfigError, match="slice-instance.*3 spatial dimensions"):
+        build(_spec(norm="slice-instance"))
 
 
 def test_a_deterministic_or_diagonal_model_takes_what_it_uses_of_a_low_rank_one():

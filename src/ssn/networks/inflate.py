@@ -4,10 +4,12 @@ A 2D kernel ``w`` of shape (O, I, kh, kw) becomes a 3D kernel of shape (O, I, kh
 is ``w`` on its middle slice along the inflated axis and zero elsewhere. A 3D convolution with it
 computes, on each slice of a volume, what the 2D convolution computes on that slice alone. With
 no pooling along the inflated axis (:class:`~ssn.networks.unet.UNet` with ``pool=[2, 2, 1]``),
-the whole inflated network is then the 2D network applied slice by slice, up to its
-normalisation layers: instance normalisation now takes its statistics over the volume, not over
-each slice (batch normalisation in eval mode and no normalisation stay exact). Training in 3D
-starts from there and can learn what crosses slices.
+the whole inflated network is then the 2D network applied slice by slice, exactly with no
+normalisation, batch normalisation in eval mode, or instance normalisation taken per slice
+(``norm="slice-instance"``, :class:`~ssn.networks.layers.SliceInstanceNorm`). Plain instance
+normalisation (``"instance"``) takes its statistics over the whole volume instead, so the start
+is close to the 2D network but not equal to it. Training in 3D starts from there and can learn
+what crosses slices.
 
 Carreira and Zisserman (I3D, CVPR 2017) inflated image networks for video by repeating each
 kernel along time, divided by its depth; placing it on the middle slice instead keeps the 2D

@@ -5,14 +5,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 
-__all__ = ["conv_layer", "transposed_conv_layer", "max_pool_layer", "norm_layer", "pad_to_multiple", "crop_to"]
+__all__ = [
+    "conv_layer",
+    "transposed_conv_layer",
+    "max_pool_layer",
+    "norm_layer",
+    "SliceInstanceNorm",
+    "pad_to_multiple",
+    "crop_to",
+]
 
-NORMS = ("instance", "batch", "group", None)
+NORMS = ("instance", "slice-instance", "batch", "group", None)
 
 
 def _pick(spatial_dims: int, *layers):
@@ -36,30 +45,65 @@ def max_pool_layer(spatial_dims: int) -> type[nn.Module]:
     return _pick(spatial_dims, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 
 
+class SliceInstanceNorm(nn.Module):
+    """Instance normalisation of each slice of a volume: for (B, C, X, Y, Z), the statistics of
+    each channel are taken over (X, Y) of each slice along the last axis Z, as a 2D network's
+    ``InstanceNorm2d`` takes them over each image. A 3D U-Net with it and no pooling along Z
+    (``pool=[2, 2, 1]``), inflated from a 2D one (:mod:`ssn.networks.inflate`), computes the 2D
+    network slice by slice exactly. Its parameters are ``InstanceNorm2d(affine=True)``'s.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 5:
+            raise ValueError(f"SliceInstanceNorm expects (B, C, X, Y, Z); got {tuple(x.shape)}")
+        batch, channels, *plane, depth = x.shape
+        slices = x.movedim(-1, 1).reshape(batch * depth, channels, *plane)  # (B Z, C, X, Y)
+        out = F.instance_norm(slices, weight=self.weight, bias=self.bias, eps=self.eps)
+        return out.view(batch, depth, channels, *plane).movedim(1, -1)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
 def norm_layer(kind: str | None, spatial_dims: int, channels: int) -> nn.Module:
-    """A normalisation layer: ``"instance"``, ``"batch"``, ``"group"`` (8 groups) or ``None``."""
+    """A normalisation layer: ``"instance"``, ``"slice-instance"`` (3D only:
+    :class:`SliceInstanceNorm`), ``"batch"``, ``"group"`` (8 groups) or ``None``."""
     if kind is None or kind == "none":
         return nn.Identity()
     if kind == "instance":
         return _pick(spatial_dims, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)(channels, affine=True)
+    if kind == "slice-instance":
+        if spatial_dims != 3:
+            raise ConfigError(
+                f"norm 'slice-instance' normalises each slice of a volume, so it needs 3 spatial dimensions; "
+                f"got {spatial_dims}: use 'instance'"
+            )
+        return SliceInstanceNorm(channels)
     if kind == "batch":
         return _pick(spatial_dims, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)(channels)
     if kind == "group":
         return nn.GroupNorm(min(8, channels), channels)
-    raise ConfigError(f"unknown norm {kind!r}; choose 'instance', 'batch', 'group' or none")
+    raise ConfigError(f"unknown norm {kind!r}; choose 'instance', 'slice-instance', 'batch', 'group' or none")
 
 
 def pad_to_multiple(x: Tensor, divisor: int | Sequence[int]) -> Tensor:
     """Pad the spatial dimensions of (B, C, *S) at their far end up to multiples of ``divisor``
     (one number, or one per axis).
 
-    Sizes are padded to at least ``2 * divisor`` so that the coarsest level keeps more than one
-    element per dimension (instance normalisation needs that). Reflection where the input is
-    large enough, zeros otherwise. Undo with :func:`crop_to`.
+    Axes that pool (divisor above 1) are padded to at least ``2 * divisor``, so that the coarsest
+    level keeps more than one element along them (instance normalisation needs that); an axis
+    that does not pool (divisor 1) is left as it is, one slice included. Reflection where the
+    input is large enough, zeros otherwise. Undo with :func:`crop_to`.
     """
     sizes = x.shape[2:]
     divisors = [divisor] * len(sizes) if isinstance(divisor, int) else list(divisor)
-    extra = [max((-size) % d, 2 * d - size) for size, d in zip(sizes, divisors)]
+    extra = [max((-size) % d, 2 * d - size if d > 1 else 0) for size, d in zip(sizes, divisors)]
     if not any(extra):
         return x
     pad = []

@@ -44,7 +44,9 @@ class UNet(nn.Module):
         spatial_dims: 1, 2 or 3.
         in_channels: image channels.
         features: channels per level, coarsest last; ``len(features) - 1`` poolings.
-        norm: ``"instance"`` (default), ``"batch"``, ``"group"`` or ``None``.
+        norm: ``"instance"`` (default), ``"slice-instance"`` (3D: each slice along the last axis
+            normalised on its own, :class:`~ssn.networks.layers.SliceInstanceNorm`, for a U-Net
+            inflated from a 2D one), ``"batch"``, ``"group"`` or ``None``.
         dropout: dropout probability at the bottleneck.
         convs_per_level: 3x3 convolutions in each encoder and decoder block (2 in the original
             U-Net, 3 in PHiSeg's).
@@ -81,7 +83,7 @@ class UNet(nn.Module):
             )
         norm = None if norm == "none" else norm
         if norm not in NORMS:
-            raise ConfigError(f"unknown norm {norm!r}; choose 'instance', 'batch', 'group' or none")
+            raise ConfigError(f"unknown norm {norm!r}; choose 'instance', 'slice-instance', 'batch', 'group' or none")
         if not 0 <= dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1); got {dropout}")
         if not isinstance(convs_per_level, int) or isinstance(convs_per_level, bool) or convs_per_level < 1:
