@@ -105,15 +105,18 @@ def references(listing: Path, samples: int) -> dict:
 
 
 def stacked_samples(dist, samples: int, generator) -> dict:
-    """``{"independent": labels, "shared": labels}``, each (samples, H, W, D) uint8: samples of a
-    batch of D slice distributions stacked in depth, with each slice's own noise and with slice
-    0's noise for every slice."""
-    from ssn.distributions import labels_from_logits
+    """``{"independent": ..., "shared latent": ..., "shared": ...}``, each (samples, H, W, D)
+    uint8: samples of a batch of D slice distributions stacked in depth, with each slice's own
+    noise, with slice 0's latent z for every slice but each slice's own pixel noise (what a 3D
+    model inflated from the 2D one draws: one z per volume, eps per voxel), and with slice 0's
+    noise, z and eps, for every slice."""
+    from ssn.distributions import LogitNoise, labels_from_logits
 
     noise = dist.draw_noise(samples, generator)  # z (samples, D, R), eps (samples, D, C, H, W)
-    shared = type(noise)(*(part[:, :1].expand_as(part) for part in noise))
+    shared = LogitNoise(*(part[:, :1].expand_as(part) for part in noise))
+    latent = LogitNoise(shared.z, noise.eps)
     out = {}
-    for mode, drawn in (("independent", noise), ("shared", shared)):
+    for mode, drawn in (("independent", noise), ("shared latent", latent), ("shared", shared)):
         labels = labels_from_logits(dist.logits_from_noise(drawn))  # (samples, D, H, W)
         out[mode] = labels.permute(0, 2, 3, 1)
     return out
@@ -125,8 +128,10 @@ def slicewise_2d(listing: Path, run: str, samples: int, seed: int) -> dict:
     Not a model trained alike: it is the 2D SSN (for example ``pretrained:lidc-2d``, trained on
     the same patients' slices), a yardstick for what the 3D models should reach. Each slice's
     distribution is drawn with ``independent`` noise (the slices' samples unrelated, as a 2D
-    model gives them) and with ``shared`` noise (one draw of the latent and pixel noise for every
-    slice of a sample, so that a sample's slices move together). The slices are the converted
+    model gives them), with a ``shared latent`` (one z for every slice of a sample, each slice's
+    own pixel noise: what a 3D model inflated from the 2D one draws), and with ``shared`` noise
+    (one draw of the latent and pixel noise for every slice of a sample, so that a sample's
+    slices move together). The slices are the converted
     volumes' images as stored (intensity / 255, as the 2D model was trained), not normalised.
     """
     import torch
@@ -138,7 +143,7 @@ def slicewise_2d(listing: Path, run: str, samples: int, seed: int) -> dict:
 
     model, config = load_run(run, temperature=1.0)
     volumes = load_volume_list(listing)
-    figures: dict[str, list[dict]] = {"independent": [], "shared": []}
+    figures: dict[str, list[dict]] = {"independent": [], "shared latent": [], "shared": []}
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for case in volumes.split("test"):
@@ -291,7 +296,7 @@ def main() -> None:
     if args.slicewise_2d:
         row = {**slicewise_2d(listing, args.slicewise_2d, args.samples, args.seed), **measured}
         update_json(args.results, lambda content: {**content, "slicewise_2d": row})
-        for mode in ("independent", "shared"):
+        for mode in ("independent", "shared latent", "shared"):
             print(f"{args.slicewise_2d} slice by slice, {mode} noise: GED^2 {_plus_minus(row[mode]['ged'])}, "
                   f"diversity {row[mode]['diversity']['mean']:.3f}, Dice {row[mode]['dice']['mean']:.3f}")  # fmt: skip
         return

@@ -224,6 +224,7 @@ def test_the_lidc3d_benchmark_converts_trains_in_parts_evaluates_and_writes_its_
 
 
 def test_slices_stacked_with_shared_noise_move_together_and_with_their_own_do_not():
+    """Independent, shared-latent and shared noise for a stack of slice distributions."""
     import torch
 
     from benchmarks import lidc3d
@@ -237,4 +238,32 @@ def test_slices_stacked_with_shared_noise_move_together_and_with_their_own_do_no
     shared, independent = drawn["shared"], drawn["independent"]
     assert all(torch.equal(shared[..., k], shared[..., 0]) for k in range(5))
     assert not all(torch.equal(independent[..., k], independent[..., 0]) for k in range(5))
+    latent = drawn["shared latent"]  # one z, each slice its own pixel noise
+    assert latent.shape == shared.shape and not all(torch.equal(latent[..., k], latent[..., 0]) for k in range(5))
+    no_pixel_noise = LowRankLogitDistribution(dist.loc, dist.cov_factor, torch.full_like(dist.cov_diag, 1e-12))
+    alike = lidc3d.stacked_samples(no_pixel_noise, 6, torch.Generator().manual_seed(0))["shared latent"]
+    assert all(torch.equal(alike[..., k], alike[..., 0]) for k in range(5))  # without D, z alone moves them
     assert not torch.equal(shared[0], shared[1])  # still one sample from the next
+
+
+def test_the_inflation_probe_scores_stored_and_zscored_inputs_with_the_same_noise(tmp_path):
+    """benchmarks.inflation on a converted synthetic LIDC-3D list (two validation nodules) with
+    the shipped 3D model: both inputs scored per seed, and the paired difference is theirs."""
+    from benchmarks import inflation
+    from ssn.apps.cli import main
+
+    rng = np.random.default_rng(0)
+    rows = [(f"LIDC-IDRI-000{p}", "nodule-0", s) for p in (1, 2) for s in range(2)]
+    masks = np.zeros((4, 4, 128, 128), np.uint8)
+    masks[:, :2, 60:70, 58:66] = 1
+    np.savez(tmp_path / "crops.npz", images=rng.integers(0, 255, (4, 128, 128), dtype=np.uint8), masks=masks,
+             patient=np.array([r[0] for r in rows]), nodule=np.array([r[1] for r in rows]),
+             slice=np.array([r[2] for r in rows]))  # fmt: skip
+    split = {"splits": {"train": [], "val": ["LIDC-IDRI-0001", "LIDC-IDRI-0002"], "test": []}}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    assert main(["convert", "lidc-3d", str(tmp_path / "crops.npz"), "--out", str(tmp_path / "v")]) == 0
+    result = inflation.score("pretrained:lidc-3d", tmp_path / "v" / "lidc3d.json", cases=5, seeds=[0, 3], samples=4)
+    assert result["cases"] == 2 and set(result["seeds"]) == {"0", "3"}
+    for row in result["seeds"].values():
+        assert 0 <= row["zscored"] <= 2 and 0 <= row["stored"] <= 2
+        assert row["difference"] == pytest.approx(row["stored"] - row["zscored"])
