@@ -158,9 +158,12 @@ or from the command line, on volumes that `ssn convert lidc-3d` wrote:
 `ssn sample --run pretrained:{name} --input LIDC3D/lidc3d.json --split test --samples 16 --out samples/`.
 Whole volumes go through sliding windows of the training patch ({" x ".join(map(str, config["patch_size"]))}).
 
-- **Input**: one channel, 128x128 crops x any depth, the crops' uint8 grey levels scaled to
-  [0, 1] (`image / 255`), as `ssn convert lidc-3d` writes them. The crops carry no voxel
-  spacing: the volumes have an identity affine and the model has never seen millimetres.
+- **Input**: one channel, 128x128 crops x any depth. `ssn convert lidc-3d` writes the crops'
+  uint8 grey levels scaled to [0, 1] (`image / 255`); the volume pipeline (`ssn train`,
+  `evaluate`, `sample` on a volume list) then z-scores each volume over its mask, and that is
+  what the model was trained on: call `model(x)` yourself with `x` z-scored likewise
+  (`ssn.data.nifti.normalise`). The crops carry no voxel spacing: the volumes have an identity
+  affine and the model has never seen millimetres.
 - **Output**: a Gaussian over the 2-class logit map (background, nodule) of the whole volume:
   rank {arch["method_kwargs"]["rank"]}, backbone `{arch["backbone"]}` with {json.dumps(arch["backbone_kwargs"])}.
 - **Data**: LIDC-IDRI, 2,630 nodule volumes (depth 1-56 slices, median 4), four readers each;
