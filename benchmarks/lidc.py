@@ -138,8 +138,6 @@ def main() -> None:
         str(args.batch_size),
         "--lr",
         str(args.lr),
-        "--mc-samples",
-        "20",
         "--val-images",
         "128",
         "--val-samples",
@@ -148,8 +146,6 @@ def main() -> None:
         "500",
         "--seed",
         str(args.seed),
-        "--encoder-features",
-        *map(str, args.features),
         *(["--patch-size", str(args.crop), str(args.crop)] if args.crop else []),
         *shlex.split(args.extra),
     ]
@@ -163,7 +159,7 @@ def main() -> None:
         order = list(reversed(models)) if args.one_at_a_time else models  # one at a time: low-rank first
         if args.part_minutes:
             commands = {
-                m: python + train_part(args.out / m, settings + model_flags(m), args.part_minutes)
+                m: python + train_part(args.out / m, model_settings(settings, m, args.features), args.part_minutes)
                 for m in order
                 if not finished(args.out / m)
             }
@@ -184,7 +180,8 @@ def main() -> None:
                 return
         else:
             commands = {
-                m: python + ["train", "--out", str(args.out / m), "--overwrite", *settings, *model_flags(m)]
+                m: python
+                + ["train", "--out", str(args.out / m), "--overwrite", *model_settings(settings, m, args.features)]
                 for m in order
             }
             run_all(commands, args.threads, args.out, "train", parallel=not args.one_at_a_time)
@@ -268,7 +265,9 @@ def main() -> None:
                 "seed": args.seed,
                 "protocol": PROTOCOL,
                 "command": recorded,
-                "settings": [portable(s, args.data_dir) if "/" in s else s for s in settings + model_flags(m)],
+                "settings": [
+                    portable(s, args.data_dir) if "/" in s else s for s in model_settings(settings, m, args.features)
+                ],
                 "threads_per_process": args.threads,
                 "one_at_a_time": args.one_at_a_time,
                 "models_at_once": 1 if args.one_at_a_time else len(models),
@@ -298,6 +297,18 @@ def main() -> None:
     from benchmarks import report
 
     print(report.write().read_text())
+
+
+def model_settings(settings: list[str], model: str, features: list[int]) -> list[str]:
+    """The ``ssn train`` flags of ``model``: the shared ``settings``, its method's own (the SSNs'
+    20 Monte Carlo samples, the Prob. U-Net's prior and posterior nets as wide as the U-Net) and
+    the flags that make it (:func:`model_flags`)."""
+    own = {
+        "diagonal": ["--mc-samples", "20"],
+        "low-rank": ["--mc-samples", "20"],
+        "prob-unet": ["--encoder-features", *map(str, features)],
+    }
+    return [*settings, *own.get(model, []), *model_flags(model)]
 
 
 def progress_of(run: Path) -> dict:

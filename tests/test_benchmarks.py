@@ -144,6 +144,26 @@ def test_the_model_table_gives_each_models_flags():
     assert tuple(_training.MODEL_FLAGS) == report.MODELS
 
 
+@pytest.mark.parametrize("model", list(_training.MODEL_FLAGS))
+def test_the_lidc_benchmark_gives_each_model_only_the_flags_its_method_takes(model, tmp_path):
+    from benchmarks import lidc
+    from ssn.apps.cli import build_parser, train_settings
+    from ssn.errors import ConfigError
+
+    shared = ["--data", str(tmp_path / "d.npz"), "--max-steps", "10", "--features", "8", "16", "--seed", "1"]
+    flags = lidc.model_settings(shared, model, [8, 16])
+    settings = train_settings(build_parser().parse_args(["train", "--out", str(tmp_path / model), *flags]))
+    assert settings.get("method", "ssn") == ("ssn" if model in ("diagonal", "low-rank") else model)
+    assert settings["features"] == [8, 16] and settings["seed"] == 1
+    if model == "prob-unet":
+        assert settings["encoder_features"] == [8, 16]
+    elif model != "deterministic":
+        assert settings["mc_samples"] == 20 and settings["rank"] == (0 if model == "diagonal" else 10)
+    with pytest.raises(ConfigError, match="drop it"):  # what the check refuses: another method's setting
+        other = ["--mc-samples", "20"] if model in ("deterministic", "prob-unet") else ["--beta", "1"]
+        train_settings(build_parser().parse_args(["train", "--out", str(tmp_path / model), *flags, *other]))
+
+
 def _python(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 

@@ -285,6 +285,14 @@ def _mapping(text: str) -> dict:
 
 def _train(args: argparse.Namespace) -> int:
     from ..engine import TrainConfig, train
+
+    train(TrainConfig(**train_settings(args)))
+    return 0
+
+
+def train_settings(args: argparse.Namespace) -> dict:
+    """The settings of ``ssn train ARGS`` (its ``--config`` file overridden by its flags), checked
+    against the method, and a resumed run's own settings where ``--resume`` is given."""
     from ..engine.config import read_yaml
 
     from_file = read_yaml(args.config) if args.config else {}
@@ -304,8 +312,7 @@ def _train(args: argparse.Namespace) -> int:
         if not settings.get("out"):
             raise ConfigError("--resume needs --out, the run directory to continue")
         settings = RunDir(settings["out"]).resumed_settings(settings)
-    train(TrainConfig(**settings))
-    return 0
+    return settings
 
 
 def _check_method_settings(settings: dict, given: set[str]) -> None:
