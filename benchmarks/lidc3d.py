@@ -46,6 +46,7 @@ def train_flags(args, listing: Path, name: str) -> list[str]:
         *(["--val-volumes", args.val_volumes] if args.val_volumes else []),
         *(["--init-from", args.init_from] if args.init_from else []),
         *(["--model-kwargs", args.model_kwargs] if args.model_kwargs else []),
+        *(["--intensity", args.intensity] if args.intensity else []),
         *(["--mean-warmup", str(args.mean_warmup)] if args.mean_warmup is not None else []),
         *(["--warmup-steps", str(args.warmup_steps)] if args.warmup_steps else []),
     ]  # fmt: skip
@@ -260,6 +261,11 @@ def main() -> None:
         "needs --model-kwargs '{pool: [2, 2, 1]}' and its --features)",
     )
     parser.add_argument("--model-kwargs", help="the backbone's own arguments (ssn train --model-kwargs)")
+    parser.add_argument(
+        "--intensity",
+        choices=["zscore", "stored"],
+        help="ssn train --intensity: stored feeds the grey level / 255 that a 2D model saw (default: zscore)",
+    )
     parser.add_argument("--mean-warmup", type=float, help="ssn train --mean-warmup (default: its own, 0.25)")
     parser.add_argument("--warmup-steps", type=int, default=0, help="ssn train --warmup-steps (learning-rate warm-up)")
     parser.add_argument("--tag", help="a variant's name, added to its rows' names (e.g. 'patches 32x32x8')")

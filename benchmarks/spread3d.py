@@ -52,9 +52,10 @@ def _foreground_sd(dist, foreground: int) -> torch.Tensor:
 def _case_figures(model, config, case, label_map, window, samples, margin, seed) -> dict:
     from ssn import metrics
     from ssn.data import read_case
+    from ssn.data.nifti import run_intensity
     from ssn.inference.sliding import roi_box, sliding_window_distribution, stream_samples
 
-    volume = read_case(case, label_map)
+    volume = read_case(case, label_map, intensity=run_intensity(config))
     readers = np.asarray(volume.labels) > 0  # (A, *S): the structure (every foreground class)
     box = roi_box(np.asarray(volume.mask) | readers.any(0))
     image = torch.from_numpy(np.array(volume.image[(slice(None), *box)], dtype=np.float32))

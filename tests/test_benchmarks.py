@@ -209,9 +209,11 @@ def test_the_lidc3d_benchmark_converts_trains_in_parts_evaluates_and_writes_its_
     results = tmp_path / "lidc3d.json"
     command = [sys.executable, "-m", "benchmarks.lidc3d", "--npz", str(npz), "--out", str(tmp_path / "runs"),
                "--models", "low-rank", "--steps", "2", "--patch", "16", "16", "4", "--features", "4", "8",
-               "--batch-size", "2", "--val-images", "1", "--val-every", "1", "--samples", "2", "--results", str(results)]  # fmt: skip
+               "--batch-size", "2", "--val-images", "1", "--val-every", "1", "--samples", "2", "--results", str(results),
+               "--intensity", "stored"]  # fmt: skip
     done = subprocess.run(command, cwd=_common.ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "runs" / "low-rank" / "config.json").read_text())["intensity"] == "stored"
     content = json.loads(results.read_text())
     run, *calibrated = content["runs"]
     assert run["name"] == "low-rank" and run["num_cases"] == 1 and run["steps"] == 2 and run["temperature"] == 1

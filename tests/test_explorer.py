@@ -266,6 +266,16 @@ def test_the_page_handlers_show_a_volume_slice_by_slice_and_refuse_a_bad_upload(
     np.save(bad, np.zeros((2, 20, 20), np.float32))  # 2D, for a 3D model
     refused = page.from_upload(str(bad))
     assert list(refused) == [page.status] and refused[page.status].startswith("upload refused")
+    # a run trained on the stored intensities is shown its volumes as stored, not z-scored
+    from ssn.data import read_case
+
+    case = load_volume_list(lists).split("train")[0]
+    stored = _Page(gr, model, load_volume_list(lists), num_samples=2, window=config["patch_size"], intensity="stored")
+    stored.build()
+    np.testing.assert_array_equal(
+        stored.from_dataset(0)[stored.state].volume, read_case(case, intensity="stored").image
+    )
+    assert not np.array_equal(volume.volume, stored.from_dataset(0)[stored.state].volume)
 
 
 def test_a_calibrated_run_is_explored_at_its_temperature_and_the_address_is_printed(demo_run, tmp_path):

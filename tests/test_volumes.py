@@ -15,7 +15,7 @@ from ssn.data.converters import BRATS_LABELS, index_brats
 from ssn.data.nifti import read_case
 from ssn.data.patches import PatchSampler, extract_patch
 from ssn.data.volume_list import load_volume_list
-from ssn.errors import DataError
+from ssn.errors import ConfigError, DataError
 from ssn.inference.sliding import sliding_window_distribution, window_corners
 from ssn.metrics import functional
 from ssn.metrics.regions import class_structures, structure_metrics
@@ -542,18 +542,22 @@ def test_convert_brats_through_a_link_keeps_the_link_in_the_paths(tmp_path):
     assert load_volume_list(beside).split("test")[0].images[0] == (real / "test" / "pat1" / "flair.nii.gz").resolve()
 
 
-@pytest.mark.parametrize("val_volumes", ["whole", "patches"])
-def test_validation_on_whole_volumes_is_what_evaluate_measures(volume_list, tmp_path, val_volumes):
+@pytest.mark.parametrize(
+    ("val_volumes", "intensity"), [("whole", "zscore"), ("whole", "stored"), ("patches", "zscore")]
+)
+def test_validation_on_whole_volumes_is_what_evaluate_measures(volume_list, tmp_path, val_volumes, intensity):
     """With val_volumes whole (the default), the best checkpoint's validation GED^2 is exactly what
-    ``ssn evaluate`` gives the best weights on the validation volumes (same seed and samples); on
-    patches it is another figure."""
+    ``ssn evaluate`` gives the best weights on the validation volumes (same seed and samples), also
+    when the run takes the stored intensities (evaluate follows the run); on patches it is another
+    figure."""
     from ssn.apps.volumes import evaluate_volumes
 
     run = tmp_path / "run"
     flags = ["train", "--data", str(volume_list), "--out", str(run), "--patch-size", "8", "8", "8",
              "--features", "4", "8", "--max-steps", "4", "--batch-size", "2", "--val-images", "2",
              "--val-samples", "3", "--val-every", "2", "--patches-per-volume", "2", "--seed", "3"]  # fmt: skip
-    assert main([*flags, "--val-volumes", val_volumes]) == 0
+    assert main([*flags, "--val-volumes", val_volumes, "--intensity", intensity]) == 0
+    assert json.loads((run / "config.json").read_text())["intensity"] == intensity
     entries = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     best = min(entries, key=lambda e: e["val_ged"])
     summary = evaluate_volumes(run, volume_list, split="validation", num_samples=3, seed=3, log=lambda _: None)
@@ -562,6 +566,58 @@ def test_validation_on_whole_volumes_is_what_evaluate_measures(volume_list, tmp_
         assert best["val_ged"] == pytest.approx(evaluated, abs=1e-6)
     else:
         assert abs(best["val_ged"] - evaluated) > 1e-4
+
+
+def test_a_case_read_as_stored_keeps_the_files_values_inside_its_mask_and_is_cached_apart(volume_list):
+    listing = load_volume_list(volume_list)
+    case = listing.split("test")[0]
+    stored = read_case(case, listing.label_map, intensity="stored")
+    flair = np.asarray(nibabel.load(str(case.images[0])).dataobj)
+    assert stored.image.dtype == np.float32
+    np.testing.assert_array_equal(stored.image[0][stored.mask], flair[stored.mask])
+    assert (stored.image[:, ~stored.mask] == 0).all()
+    zscored = read_case(case, listing.label_map)  # the default, from a cache folder of its own
+    assert abs(float(zscored.image[0][zscored.mask].mean())) < 1e-4 < float(stored.image[0][stored.mask].mean())
+    again = read_case(case, listing.label_map, intensity="stored")
+    assert isinstance(again.image, np.memmap) and np.array_equal(again.image, stored.image)
+    with pytest.raises(ConfigError, match="intensity must be one of zscore, stored; got 'raw'"):
+        read_case(case, listing.label_map, intensity="raw")
+
+
+def test_calibrate_and_sample_read_volumes_as_the_run_was_trained(volume_list, tmp_path, monkeypatch):
+    import ssn.apps.volumes
+    import ssn.data.nifti
+
+    run = tmp_path / "run"
+    flags = ["train", "--data", str(volume_list), "--out", str(run), "--patch-size", "8", "8", "8",
+             "--features", "4", "8", "--max-steps", "2", "--batch-size", "2", "--val-images", "1",
+             "--val-samples", "2", "--patches-per-volume", "2", "--intensity", "stored"]  # fmt: skip
+    assert main(flags) == 0
+    seen: list[str] = []
+    real = ssn.data.nifti.read_case
+
+    def spy(case, label_map=None, cache=True, intensity="zscore"):
+        seen.append(intensity)
+        return real(case, label_map, cache, intensity)
+
+    monkeypatch.setattr(ssn.data.nifti, "read_case", spy)  # calibrate imports it when called
+    monkeypatch.setattr(ssn.apps.volumes, "read_case", spy)
+    calibrate = ["calibrate", "--run", str(run), "--data", str(volume_list), "--split", "validation",
+                 "--samples", "2", "--temperatures", "0.5", "1"]  # fmt: skip
+    assert main(calibrate) == 0
+    assert main(["sample", "--run", str(run), "--input", str(volume_list), "--split", "test", "--samples", "2",
+                 "--out", str(tmp_path / "samples")]) == 0  # fmt: skip
+    assert seen == ["stored"] * 3  # two validation cases, one test case
+
+
+def test_intensity_is_refused_for_images_in_an_npz(tmp_path, capsys):
+    from ssn.data import save_arrays
+    from ssn.data.synthetic import make_synthetic
+
+    data = tmp_path / "d.npz"
+    save_arrays(data, make_synthetic(num_images=8, size=32))
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--intensity", "stored"]) == 2
+    assert "intensity stored is a setting of volume lists" in capsys.readouterr().err
 
 
 def test_a_resumed_run_from_before_whole_volume_validation_keeps_validating_on_patches(tmp_path):

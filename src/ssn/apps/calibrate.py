@@ -168,7 +168,7 @@ def calibrate_volumes(
     The result is stored as for images (``calibration.json``, or ``out``), where ``evaluate``
     and ``sample`` on volumes find it.
     """
-    from ..data.nifti import read_case
+    from ..data.nifti import read_case, run_intensity
     from ..data.volume_list import load_volume_list
     from ..inference.sliding import roi_box, sliding_window_distribution, stream_samples
     from ..randomness import derive_seed
@@ -190,7 +190,7 @@ def calibrate_volumes(
     warned: set = set()
     for k in world.shard(np.arange(len(cases))):
         case = cases[int(k)]
-        volume = read_case(case, listing.label_map)
+        volume = read_case(case, listing.label_map, intensity=run_intensity(config))
         _check_channels(volume, config)
         if volume.labels is None:
             raise DataError(f"case {case.id!r} has no label map to calibrate against")

@@ -148,7 +148,7 @@ def run_demo_3d(
     evaluates the test volumes with sliding windows against the annotators and the exact label
     distribution, and writes NIfTI samples of the test volumes of the low-rank SSN.
     """
-    from ..data.nifti import read_case
+    from ..data.nifti import read_case, run_intensity
     from ..data.synthetic import make_synthetic_volumes
     from ..data.volume_list import load_volume_list
     from ..inference.sliding import predict_volume
@@ -181,10 +181,10 @@ def run_demo_3d(
         )
         log(f"training {name} for {minutes:.1f} min ...")
         summary = train(config, log=lambda *_: None)
-        model, _ = load_run(run_dir)
+        model, run_config = load_run(run_dir)
         per_case = []
         for case in listing.split("test"):
-            volume = read_case(case, listing.label_map)
+            volume = read_case(case, listing.label_map, intensity=run_intensity(run_config))
             truth = np.load(Path(case.images[0]).parent / "truth.npz")
             box, stream = predict_volume(
                 model, volume.image, volume.mask, samples, [24, 24, 24], generator=torch.Generator().manual_seed(seed)

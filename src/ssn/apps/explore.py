@@ -78,8 +78,9 @@ class _Page:
     keep their value.
     """
 
-    def __init__(self, gr, model, data=None, num_samples: int = 16, window=None) -> None:
+    def __init__(self, gr, model, data=None, num_samples: int = 16, window=None, intensity: str = "zscore") -> None:
         self.gr, self.model, self.data, self.num_samples, self.window = gr, model, data, num_samples, window
+        self.intensity = intensity  # volumes: the run's input (ssn.data.nifti.INTENSITIES)
         self.classes = model.num_classes
         self.volumes = model.spec.spatial_dims == 3
         if model.spec.spatial_dims not in (2, 3):
@@ -184,7 +185,7 @@ class _Page:
             return {self.state: None, self.status: "no --data given: upload an image"}
         index = int(np.clip(int(index), 0, self.count - 1))
         if self.volumes:
-            image = np.asarray(read_case(self.cases[index], self.data.label_map).image)
+            image = np.asarray(read_case(self.cases[index], self.data.label_map, intensity=self.intensity).image)
         else:
             image = float_images(self.data.images[index])
         return self._started(image)
@@ -194,8 +195,8 @@ class _Page:
             return {}
         try:
             image = read_upload(file, self.model.spec.in_channels, self.model.spec.spatial_dims)
-            if self.volumes:  # raw intensities: z-scored inside the non-zero voxels, as volume lists are
-                image = normalise_volume(image)
+            if self.volumes:  # raw intensities over the non-zero voxels, as the run's volume lists were
+                image = normalise_volume(image, self.intensity)
             return self._started(image)
         except UserError as error:
             return {self.status: f"upload refused: {error}"}
@@ -264,14 +265,14 @@ class _Page:
         return str(path)
 
 
-def build_app(model, data=None, num_samples: int = 16, window=None):
+def build_app(model, data=None, num_samples: int = 16, window=None, intensity: str = "zscore"):
     """The Gradio app for ``model`` (an SSN), with the images of ``data`` (optional): a dataset
     (2D models) or a volume list (3D models, with the sliding ``window`` of whole volumes)."""
     try:
         import gradio as gr
     except ImportError:  # pragma: no cover - depends on the environment
         raise ConfigError("the explorer needs Gradio: pip install 'ssn[explorer]'") from None
-    return _Page(gr, model, data, num_samples, window).build()
+    return _Page(gr, model, data, num_samples, window, intensity).build()
 
 
 def explore(
@@ -285,6 +286,7 @@ def explore(
 ):
     """Load a run and serve the explorer on ``host:port`` (see the module)."""
     from ..data.arrays import load_arrays
+    from ..data.nifti import run_intensity
     from ..data.volume_list import is_volume_list, load_volume_list
     from ..engine.checkpoints import load_run
 
@@ -298,7 +300,7 @@ def explore(
     data = None
     if data_path:
         data = load_volume_list(data_path) if is_volume_list(data_path) else load_arrays(data_path)
-    app = build_app(model, data, window=config.get("patch_size"))
+    app = build_app(model, data, window=config.get("patch_size"), intensity=run_intensity(config))
     app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     log(

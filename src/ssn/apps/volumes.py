@@ -28,7 +28,7 @@ import torch
 
 from .. import metrics
 from ..data.converters import BRATS_LABELS, BRATS_REGIONS, index_brats
-from ..data.nifti import NIFTI_SUFFIXES, nifti_stem, read_case, write_nifti
+from ..data.nifti import NIFTI_SUFFIXES, nifti_stem, read_case, run_intensity, write_nifti
 from ..data.volume_list import VolumeCase, class_file_values, is_volume_list, load_volume_list
 from ..distributed import join
 from ..engine.checkpoints import load_run
@@ -129,7 +129,7 @@ def sample_volumes(
     for case in world.shard(_cases(inputs, split, config)):  # under torchrun, each process its share
         start = time.perf_counter()
         case = VolumeCase(case.id, case.images, [], case.mask)  # sampling needs no label map
-        volume = read_case(case, label_map, cache=False)
+        volume = read_case(case, label_map, cache=False, intensity=run_intensity(config))
         _check_channels(volume, config)
         _warn_window(case.id, window, volume.shape, warned)
         generator = torch.Generator().manual_seed(seed)
@@ -264,7 +264,7 @@ def evaluate_volumes(
 def _case_rows(model, config, case, label_map, structures, conventions, matched, matching, sampling) -> list[dict]:
     """One row per structure (and per class convention of the whole map) for one case: its
     samples drawn through sliding windows over the box around the mask and the labels."""
-    volume = read_case(case, label_map)
+    volume = read_case(case, label_map, intensity=run_intensity(config))
     _check_channels(volume, config)
     _warn_window(case.id, sampling["window"], volume.shape, sampling["warned"])
     if volume.labels is None:

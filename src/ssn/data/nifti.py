@@ -1,8 +1,10 @@
 """NIfTI volumes: reading and writing files, checking the files of a case, label maps, z-scoring.
 
 A case is read with nibabel when first used and checked (shapes and affines agree, label
-values are in the mapping, the mask is not empty). Each channel is then z-scored inside the mask
-and set to 0 outside. The result is cached uncompressed (:mod:`ssn.data.cache`) and
+values are in the mapping, the mask is not empty). Its intensities then become the model's input
+as the run says (``ssn train --intensity``, :data:`INTENSITIES`): by default each channel is
+z-scored inside the mask; ``stored`` keeps the files' values, as a 2D model trained on the
+stored grey levels saw them. Either way the voxels outside the mask are set to 0. The result is cached uncompressed (:mod:`ssn.data.cache`) and
 memory-mapped afterwards, so that drawing a training patch reads only the patch: volumes are
 never all in memory at once. Arrays keep the file's voxel order, so outputs written with the
 case's affine line up with the input in any viewer.
@@ -18,17 +20,33 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..files import write_atomically
 from .cache import cache_dir, read_cached, write_cache_folder
 
 if TYPE_CHECKING:
     from .volume_list import VolumeCase
 
-__all__ = ["Volume", "read_case", "read_nifti", "write_nifti", "normalise", "normalise_volume", "NIFTI_SUFFIXES"]
+__all__ = [
+    "Volume",
+    "read_case",
+    "read_nifti",
+    "write_nifti",
+    "normalise",
+    "normalise_volume",
+    "NIFTI_SUFFIXES",
+    "INTENSITIES",
+    "model_input",
+    "run_intensity",
+]
 
 #: The file name endings of NIfTI files.
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+#: How a case's intensities become the model's input, the run's ``intensity`` setting:
+#: ``zscore``, each channel z-scored over the voxels inside the mask (the default), or
+#: ``stored``, the files' values as they are (float32). Both set the voxels outside the mask to 0.
+INTENSITIES = ("zscore", "stored")
 
 
 @dataclass
@@ -36,7 +54,8 @@ class Volume:
     """A case read and normalised; arrays may be memory-mapped.
 
     Attributes:
-        image: (channels, *S) float32, z-scored inside ``mask``, 0 outside.
+        image: (channels, *S) float32, z-scored inside ``mask`` (or as stored, see
+            :data:`INTENSITIES`), 0 outside.
         labels: (A, *S) uint8 classes, or ``None`` for a case without label maps.
         mask: (*S) bool, the region of interest.
         affine: (4, 4) voxel-to-world matrix of the first image file.
@@ -90,27 +109,32 @@ def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data, np.asarray(image.affine, dtype=np.float64)
 
 
-def _case_key(case: VolumeCase, label_map: dict[int, int] | None) -> str:
-    parts = [json.dumps(sorted((label_map or {}).items()))]
+def _case_key(case: VolumeCase, label_map: dict[int, int] | None, intensity: str) -> str:
+    parts = [json.dumps(sorted((label_map or {}).items())), intensity]
     for file in case.files():
         stat = file.stat()
         parts.append(f"{file}|{stat.st_size}|{stat.st_mtime_ns}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
-def read_case(case: VolumeCase, label_map: dict[int, int] | None = None, cache: bool = True) -> Volume:
+def read_case(
+    case: VolumeCase, label_map: dict[int, int] | None = None, cache: bool = True, intensity: str = "zscore"
+) -> Volume:
     """Read, check and normalise a case (memory-mapped from the cache after the first read).
+
+    ``intensity`` is one of :data:`INTENSITIES`: a run's setting, :func:`run_intensity`.
 
     Raises:
         DataError: files whose shapes or affines disagree, label values outside the mapping (or
             not integers), an empty mask, a missing or unreadable file.
     """
-    folder = cache_dir() / "volumes" / _case_key(case, label_map) if cache else None
+    check_intensity(intensity)
+    folder = cache_dir() / "volumes" / _case_key(case, label_map, intensity) if cache else None
     if folder is not None and (folder / "done.json").is_file():
         cached = read_cached(folder, lambda f: _read_cached_case(case, f))
         if cached is not None:
             return cached
-    volume = _decode(case, label_map)
+    volume = _decode(case, label_map, intensity)
     if folder is None:
         return volume
     arrays = {"image": volume.image, "mask": volume.mask}
@@ -143,7 +167,7 @@ def _read_cached_case(case: VolumeCase, folder: Path) -> Volume:
     return volume
 
 
-def _decode(case: VolumeCase, label_map: dict[int, int] | None) -> Volume:
+def _decode(case: VolumeCase, label_map: dict[int, int] | None, intensity: str) -> Volume:
     channels: list[np.ndarray] = []
     affine: np.ndarray | None = None
     for path in case.images:
@@ -174,7 +198,7 @@ def _decode(case: VolumeCase, label_map: dict[int, int] | None) -> Volume:
             maps.append(_to_classes(np.asarray(data), label_map, case, path))
         labels = np.stack(maps)
     assert affine is not None  # a case has at least one image (VolumeCase checks)
-    return Volume(case.id, normalise(image, mask), labels, mask, affine)
+    return Volume(case.id, model_input(image, mask, intensity), labels, mask, affine)
 
 
 def _check_alike(case, first: Path, shape, affine, path: Path, this_shape, this_affine) -> None:
@@ -224,9 +248,18 @@ def normalise(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def normalise_volume(image: np.ndarray) -> np.ndarray:
-    """(channels, *S) raw intensities z-scored inside the voxels where any channel is non-zero,
-    the region of interest of a list's case without a mask.
+def model_input(image: np.ndarray, mask: np.ndarray, intensity: str = "zscore") -> np.ndarray:
+    """(channels, *S) intensities as a model takes them (see :data:`INTENSITIES`): z-scored
+    over ``mask`` or as stored, 0 outside ``mask`` either way; float32."""
+    check_intensity(intensity)
+    if intensity == "zscore":
+        return normalise(image, mask)
+    return np.where(mask, image, 0).astype(np.float32)
+
+
+def normalise_volume(image: np.ndarray, intensity: str = "zscore") -> np.ndarray:
+    """(channels, *S) raw intensities as a model takes them (:func:`model_input`) over the
+    voxels where any channel is non-zero, the region of interest of a list's case without a mask.
 
     Raises:
         DataError: an all-zero volume (no region of interest).
@@ -234,4 +267,18 @@ def normalise_volume(image: np.ndarray) -> np.ndarray:
     inside = (image != 0).any(0)
     if not inside.any():
         raise DataError("the volume is all zero: it has no region of interest to normalise over")
-    return normalise(image, inside)
+    return model_input(image, inside, intensity)
+
+
+def check_intensity(intensity: str) -> None:
+    """Refuse an ``intensity`` that is not one of :data:`INTENSITIES`."""
+    if intensity not in INTENSITIES:
+        raise ConfigError(f"intensity must be one of {', '.join(INTENSITIES)}; got {intensity!r}")
+
+
+def run_intensity(config: dict) -> str:
+    """The ``intensity`` a run was trained with, from its configuration (``zscore`` for runs
+    older than the setting)."""
+    intensity = config.get("intensity", "zscore")
+    check_intensity(intensity)
+    return intensity

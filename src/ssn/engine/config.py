@@ -112,6 +112,13 @@ class TrainConfig:
         0.5, "with patch_size: the share of patches holding a foreground voxel (the paper: 0.5)", low=0
     )
     patches_per_volume: int = setting(32, "volumes: patches drawn from each training volume per epoch", low=1)
+    intensity: str = setting(
+        "zscore",
+        "volumes: the input each case gives, zscore (each channel z-scored inside its mask) or stored (the files' "
+        "values as they are, e.g. the grey level / 255 of ssn convert lidc-3d, as a 2D model trained on the .npz saw "
+        "them); recorded in the run, and evaluate, calibrate and sample follow it",
+        choices=("zscore", "stored"),
+    )
     crop_scale: float = setting(
         1.0, "augmentation: random crops of this fraction of the side or more, rescaled to full size (1: off)", above=0
     )

@@ -92,6 +92,11 @@ class ArraySource:
     sequences: list[str] | None = None
 
     def __init__(self, data: SegmentationArrays, config) -> None:
+        if getattr(config, "intensity", "zscore") != "zscore":
+            raise ConfigError(
+                f"intensity {config.intensity} is a setting of volume lists; the images of an .npz are taken as "
+                "stored (uint8 / 255, floats as they are): drop --intensity"
+            )
         self.data = data
         self.crop: tuple[int, ...] | None = None
         if config.patch_size is not None:
@@ -171,10 +176,14 @@ class PatchSource:
         val_cases = listing.split(config.val_split)  # a missing split is refused there, naming those it has
         self.label_map, self.sequences = listing.label_map, listing.sequences
         self.train = PatchSampler(
-            [read_case(c, self.label_map) for c in train_cases], config.patch_size, config.foreground_share
+            [read_case(c, self.label_map, intensity=getattr(config, "intensity", "zscore")) for c in train_cases],
+            config.patch_size,
+            config.foreground_share,
         )
         self.val = PatchSampler(
-            [read_case(c, self.label_map) for c in val_cases], config.patch_size, config.foreground_share
+            [read_case(c, self.label_map, intensity=getattr(config, "intensity", "zscore")) for c in val_cases],
+            config.patch_size,
+            config.foreground_share,
         )
         self.val_volumes = config.val_volumes
         self.train_items = np.repeat(np.arange(len(train_cases)), config.patches_per_volume)
