@@ -270,6 +270,34 @@ def test_a_sample_shares_one_latent_draw_across_windows():
     assert set(per_sample.tolist()) <= {0.0, 1.0} and 0 < per_sample.mean() < 1
 
 
+def test_each_case_draws_its_own_samples_whatever_its_place():
+    """The same volume under two case ids gets other draws (one seed for every case would give
+    all cases the same latent draws, and a mean over cases the error of one case's samples);
+    under the same id, the same draws, in any list and process."""
+    from ssn.inference.sliding import labelled_draws
+    from ssn.randomness import case_seed
+
+    class Shift(torch.nn.Module):  # one latent dimension that moves the whole map
+        def forward(self, x, mask=None):
+            shape = (x.shape[0], 2, *x.shape[2:])
+            factor = torch.ones(x.shape[0], 1, *shape[1:]) * torch.tensor([1.0, -1.0]).view(1, 1, 2, 1, 1, 1)
+            return LowRankLogitDistribution(torch.zeros(shape), factor, torch.full(shape, 1e-10))
+
+    model = Shift().eval()
+    model.temperature = 1.0
+    image, roi, labels = np.zeros((1, 6, 6, 4), np.float32), np.ones((6, 6, 4), bool), np.zeros((1, 6, 6, 4), np.uint8)
+
+    def draws(case_id: str, seed: int = 0) -> torch.Tensor:
+        samples, _ = labelled_draws(model, image, roi, labels, 32, (6, 6, 4), seed=seed, case_id=case_id)
+        return samples.flatten(1).float().mean(1)  # (32,) 0 or 1: one latent draw per sample
+
+    first = draws("LIDC-IDRI-0001_nodule-0")
+    assert torch.equal(first, draws("LIDC-IDRI-0001_nodule-0"))
+    assert not torch.equal(first, draws("LIDC-IDRI-0002_nodule-0"))
+    assert not torch.equal(first, draws("LIDC-IDRI-0001_nodule-0", seed=1))
+    assert case_seed(0, "a") == case_seed(0, "a") != case_seed(0, "b") != case_seed(1, "b")
+
+
 def test_structure_metrics_use_the_union_of_classes():
     samples = np.zeros((2, 4, 4), np.uint8)
     samples[0, :2] = 1

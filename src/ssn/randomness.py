@@ -1,7 +1,8 @@
 """Random draws keyed on what they are for, so that a result never depends on how work was split.
 
 An image's samples, augmentation and training noise come from generators seeded by
-(seed, the image's key), never from one stream shared by a batch. The same image therefore gets
+(seed, the image's key), never from one stream shared by a batch; a volume's samples from
+(seed, its case id), :func:`case_seed`. The same image therefore gets
 the same draws whatever the batch size, the number of DataLoader workers or the number of
 processes under ``torchrun``, and a resumed run replays exactly the draws of the run it replaces.
 
@@ -12,12 +13,13 @@ element (see :func:`standard_normal`).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["Generators", "derive_seed", "generators_for", "standard_normal"]
+__all__ = ["Generators", "case_seed", "derive_seed", "generators_for", "standard_normal"]
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
@@ -29,6 +31,16 @@ def derive_seed(*keys: int) -> int:
         np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint32).astype(np.uint64)
         @ np.array([1 << 31, 1], dtype=np.uint64)
     ) & ((1 << 63) - 1)
+
+
+def case_seed(seed: int, case_id: str) -> int:
+    """The seed of one named case's draws (a volume's id): ``derive_seed`` of ``seed`` and the
+    SHA-256 of the name, so that each case draws its own samples, the same ones whatever its
+    place in a list or the process it falls to. One seed for every case would give all of them
+    the same latent draws, and a mean over cases would keep the Monte Carlo error of a single
+    case's samples."""
+    digest = hashlib.sha256(case_id.encode()).digest()
+    return derive_seed(seed, *(int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)))
 
 
 def generators_for(

@@ -152,6 +152,7 @@ def run_demo_3d(
     from ..data.synthetic import make_synthetic_volumes
     from ..data.volume_list import load_volume_list
     from ..inference.sliding import predict_volume
+    from ..randomness import case_seed
     from .volumes import sample_volumes
 
     out = Path(out)
@@ -187,7 +188,12 @@ def run_demo_3d(
             volume = read_case(case, listing.label_map, intensity=run_intensity(run_config))
             truth = np.load(Path(case.images[0]).parent / "truth.npz")
             box, stream = predict_volume(
-                model, volume.image, volume.mask, samples, [24, 24, 24], generator=torch.Generator().manual_seed(seed)
+                model,
+                volume.image,
+                volume.mask,
+                samples,
+                [24, 24, 24],
+                generator=torch.Generator().manual_seed(case_seed(seed, case.id)),
             )
             drawn = torch.stack(list(stream))
             annotations = np.asarray(volume.labels)[(slice(None), *box)]

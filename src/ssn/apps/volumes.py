@@ -37,6 +37,7 @@ from ..files import write_json
 from ..inference.sliding import labelled_draws, predict_volume
 from ..metrics.aggregation import Estimate
 from ..metrics.regions import class_structures, structure_metrics
+from ..randomness import case_seed
 from .evaluate import prepare_evaluation, write_results
 
 __all__ = ["is_volume_input", "sample_volumes", "evaluate_volumes"]
@@ -132,7 +133,7 @@ def sample_volumes(
         volume = read_case(case, label_map, cache=False, intensity=run_intensity(config))
         _check_channels(volume, config)
         _warn_window(case.id, window, volume.shape, warned)
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(case_seed(seed, case.id))  # each case its own draws
         box, stream = predict_volume(
             model, volume.image, volume.mask, num_samples, window, overlap, model.temperature, generator, device
         )
@@ -279,6 +280,7 @@ def _case_rows(model, config, case, label_map, structures, conventions, matched,
         sampling["overlap"],
         sampling["seed"],
         sampling["device"],
+        case_id=case.id,
     )
     rows: list[dict[str, Any]] = [
         {"case": case.id, "structure": name, **values}

@@ -648,7 +648,7 @@ def _volume_draws(model, val_set: VolumeValidationSet, config: TrainConfig, devi
         volume = val_set.volumes[k]
         samples, annotations = labelled_draws(
             model, volume.image, volume.mask, volume.labels, config.val_samples, val_set.window, 0.5, config.seed,
-            device,
+            device, case_id=volume.id,
         )  # fmt: skip
         yield samples.unsqueeze(0), annotations.unsqueeze(0)
 

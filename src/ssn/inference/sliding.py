@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ..distributions import LowRankLogitDistribution
 from ..errors import ConfigError
+from ..randomness import case_seed
 
 __all__ = [
     "window_corners",
@@ -215,16 +216,19 @@ def labelled_draws(
     overlap: float = 0.5,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    *,
+    case_id: str,
 ) -> tuple[Tensor, Tensor]:
     """The samples of a labelled volume as ``ssn evaluate`` and whole-volume validation score
     them: (samples (N, *box) uint8, annotations (A, *box)) over the box around the region of
-    interest and the labels, drawn at the model's temperature from a generator seeded by ``seed``.
+    interest and the labels, drawn at the model's temperature from a generator seeded by
+    ``case_seed(seed, case_id)``, each case its own draws.
 
     Args:
         image: (channels, *S) float (normalised); roi: (*S) bool; labels: (A, *S) class maps.
     """
     box = roi_box(np.asarray(roi) | np.asarray(labels).any(0))
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(case_seed(seed, case_id))
     _, stream = predict_volume(
         model, image, roi, num_samples, window, overlap, model.temperature, generator, device, box=box
     )
