@@ -34,6 +34,7 @@ from benchmarks._common import (
 from benchmarks._training import SSN_AND_BASELINES, logged_jobs, model_flags, run_jobs, ssn_command, thread_env
 
 STRUCTURE = "class 1"  # the nodule
+DRAWS = "per case"  # each nodule its own draws (ssn.randomness.case_seed); older rows shared one set
 
 
 def train_flags(args, listing: Path, name: str) -> list[str]:
@@ -215,6 +216,7 @@ def evaluate(args, listing: Path, name: str, temperature: float = 1.0) -> dict |
         "steps": args.steps,
         "cpu_hours": _cpu_hours(run),
         "seed": args.seed,
+        "draws": DRAWS,
         "settings": train_flags(args, listing, name),
         "run": str(run),
     }

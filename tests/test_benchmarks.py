@@ -217,6 +217,7 @@ def test_the_lidc3d_benchmark_converts_trains_in_parts_evaluates_and_writes_its_
     content = json.loads(results.read_text())
     run, *calibrated = content["runs"]
     assert run["name"] == "low-rank" and run["num_cases"] == 1 and run["steps"] == 2 and run["temperature"] == 1
+    assert run["draws"] == "per case"  # each nodule its own draws
     assert {"mean", "stderr"} <= set(run["ged"]) and "mean" in run["diversity"]
     assert content["reference"]["num_cases"] == 1 and "mean" in content["reference"]["majority_vote"]["ged"]
     chosen = json.loads((tmp_path / "runs" / "low-rank" / "calibration.json").read_text())  # on the validation nodule
