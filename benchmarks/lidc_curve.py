@@ -8,6 +8,7 @@ and each run's figure nearest 40 minutes, 2 hours and at its end).
 
     python -m benchmarks.lidc_curve runs/lidc-v6/low-rank runs/lidc-v6/prob-unet runs/lidc-v6/deterministic
     python -m benchmarks.lidc_curve runs/lidc-v6/*      # every run of a benchmark folder
+    python -m benchmarks.lidc_curve --add runs/lidc-v6-seed1/low-rank   # keep the curves already recorded
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from benchmarks import _common
 from benchmarks._common import BENCHMARKS, benchmark_parser, write
 
 MARKS = {"40 min": 40 / 60, "2 h": 2.0}
@@ -53,11 +55,17 @@ def main() -> None:
     parser = benchmark_parser("lidc_curve", __doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories of ssn train")
     parser.add_argument("--out", type=Path, default=BENCHMARKS / "lidc_curve.png")
+    parser.add_argument(
+        "--add",
+        action="store_true",
+        help="keep the curves already in results/lidc_curve.json (their run folders may be gone) and add these",
+    )
     args = parser.parse_args()
     runs = [r for r in args.runs if (r / "metrics.jsonl").is_file()]
     if not runs:
         raise SystemExit("none of the given folders holds a metrics.jsonl")
-    curves = {}
+    recorded = _common.RESULTS / "lidc_curve.json"
+    curves = json.loads(recorded.read_text())["runs"] if args.add and recorded.is_file() else {}
     for run in runs:
         config = json.loads((run / "config.json").read_text())
         points = curve(run)

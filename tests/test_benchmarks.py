@@ -55,6 +55,34 @@ def test_write_gives_valid_json_with_the_machine_block_and_no_temporary(tmp_path
     assert f"wrote {path}" in capsys.readouterr().out
 
 
+def test_the_curve_keeps_recorded_runs_with_add_and_marks_40_minutes(tmp_path, monkeypatch):
+    from benchmarks import lidc_curve
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path / "results")
+
+    def run(name: str, seed: int) -> Path:
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"method": "ssn", "rank": 10, "seed": seed, "max_steps": 30}))
+        points = [{"step": 10 * k, "minutes": 30.0 * k, "cpu_minutes": 25.0 * k, "val_ged": 0.5 - 0.05 * k,
+                   "val_diversity": 0.6, "val_samples": 16} for k in (1, 2, 3)]  # fmt: skip
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
+        return folder
+
+    first, second = run("a", 0), run("b", 1)
+    monkeypatch.setattr(sys, "argv", ["lidc_curve", str(first), "--out", str(tmp_path / "c.png")])
+    lidc_curve.main()
+    monkeypatch.setattr(sys, "argv", ["lidc_curve", "--add", str(second), "--out", str(tmp_path / "c.png")])
+    lidc_curve.main()
+    curves = json.loads((tmp_path / "results" / "lidc_curve.json").read_text())["runs"]
+    assert sorted(curves) == ["runs/a", "runs/b"] and curves["runs/b"]["seed"] == 1
+    assert curves["runs/a"]["marks"]["40 min"]["step"] == 10  # 25 CPU-min is the last point before 40
+    assert curves["runs/a"]["marks"]["2 h"] is None  # it never trained 2 CPU-hours
+    monkeypatch.setattr(sys, "argv", ["lidc_curve", str(second), "--out", str(tmp_path / "c.png")])
+    lidc_curve.main()  # without --add, only the given runs
+    assert list(json.loads((tmp_path / "results" / "lidc_curve.json").read_text())["runs"]) == ["runs/b"]
+
+
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     path = _common.save_json(tmp_path / "lidc.json", {"runs": [1]})
     with pytest.raises(TypeError):
