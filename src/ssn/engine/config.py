@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.nifti import INTENSITIES
 from ..distributed import check_device
 from ..errors import ConfigError
 from ..models import ModelSpec, available_methods, method_class
@@ -117,7 +118,7 @@ class TrainConfig:
         "volumes: the input each case gives, zscore (each channel z-scored inside its mask) or stored (the files' "
         "values as they are, e.g. the grey level / 255 of ssn convert lidc-3d, as a 2D model trained on the .npz saw "
         "them); recorded in the run, and evaluate, calibrate and sample follow it",
-        choices=("zscore", "stored"),
+        choices=INTENSITIES,
     )
     crop_scale: float = setting(
         1.0, "augmentation: random crops of this fraction of the side or more, rescaled to full size (1: off)", above=0

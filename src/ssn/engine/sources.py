@@ -175,13 +175,14 @@ class PatchSource:
         train_cases = listing.split(config.train_split)
         val_cases = listing.split(config.val_split)  # a missing split is refused there, naming those it has
         self.label_map, self.sequences = listing.label_map, listing.sequences
+        intensity = getattr(config, "intensity", "zscore")
         self.train = PatchSampler(
-            [read_case(c, self.label_map, intensity=getattr(config, "intensity", "zscore")) for c in train_cases],
+            [read_case(c, self.label_map, intensity=intensity) for c in train_cases],
             config.patch_size,
             config.foreground_share,
         )
         self.val = PatchSampler(
-            [read_case(c, self.label_map, intensity=getattr(config, "intensity", "zscore")) for c in val_cases],
+            [read_case(c, self.label_map, intensity=intensity) for c in val_cases],
             config.patch_size,
             config.foreground_share,
         )
