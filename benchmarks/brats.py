@@ -11,12 +11,16 @@ Each model is evaluated with sliding windows over the whole volume:
   against their five algorithms' maps, a multi-rater 3D test.
 
 It reports Dice of the mean prediction, GED^2 and diversity per BraTS region (whole tumour,
-tumour core, enhancing tumour) and writes a figure of axial slices through a test tumour. With
+tumour core, enhancing tumour), GED^2 and diversity of the whole 4-class map in both conventions
+of averaging over classes (``present``, ours and Flow-SSN's; ``all``, PHiSeg's, the official
+SSN's and CCDM's), the diversity of the five TCGA algorithms' own maps per region (the spread a
+model's samples should match there), and writes a figure of axial slices through a test tumour. With
 six cases these figures are a demonstration of the path, not a benchmark of the method.
 Evaluation uses windows of 96^3 (larger than the training patches: the network is fully
 convolutional, and fewer, larger windows are faster on a CPU).
 
     python -m benchmarks.brats --steps 1200 --threads 1 --out runs/brats
+    python -m benchmarks.brats --steps 1000 --one-at-a-time --out runs/brats  # beside another job
     # data from $SSN_BRATS_DIR (default ../shared/data/brats_deepmedic) and $SSN_BRATS_TCGA_DIR
 """
 
@@ -42,6 +46,35 @@ from benchmarks._training import SSN_AND_BASELINES, Job, model_flags, run_jobs, 
 
 MODELS = SSN_AND_BASELINES
 REGIONS = ("whole tumour", "tumour core", "enhancing tumour")
+CONVENTIONS = ("present", "all")
+
+
+def raters_diversity(tcga_list: Path) -> dict[str, dict]:
+    """The spread of the TCGA cases' own label maps (five algorithms each) per region, the mean
+    1 - IoU over distinct pairs: ``{region: {"mean": over the cases, "per case": {id: value}}}``."""
+    import numpy as np
+    import torch
+
+    from ssn import metrics
+    from ssn.apps.volumes import structures_for
+    from ssn.data import load_volume_list, read_case
+
+    listing = load_volume_list(tcga_list)
+    structures = structures_for(listing.label_map, 4)
+    per_case: dict[str, dict[str, float]] = {}
+    for case in listing.split("test"):
+        labels = torch.from_numpy(np.array(read_case(case, listing.label_map).labels))
+        per_case[case.id] = {
+            r: metrics.sample_diversity(torch.isin(labels, torch.tensor(structures[r])).to(torch.uint8), distinct=True)
+            for r in REGIONS
+        }
+    return {
+        r: {
+            "mean": float(np.mean([v[r] for v in per_case.values()])),
+            "per case": {k: v[r] for k, v in per_case.items()},
+        }
+        for r in REGIONS
+    }
 
 
 def write_lists(out: Path, deepmedic: Path, tcga: Path) -> tuple[Path, Path]:
@@ -154,6 +187,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20, help="samples per test volume")
     parser.add_argument("--window", type=int, nargs=3, default=[96, 96, 96], help="sliding window of the evaluation")
     parser.add_argument("--threads", type=int, default=1, help="threads per model (the models train at once)")
+    parser.add_argument(
+        "--one-at-a-time", action="store_true", help="train the models one after another instead of at once"
+    )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--skip-training", action="store_true")
     args = parser.parse_args()
@@ -197,7 +233,7 @@ def main() -> None:
             )
             for name in args.models
         ]
-        run_jobs(training, thread_env(args.threads))  # all at once
+        run_jobs(training, thread_env(args.threads), at_once=1 if args.one_at_a_time else None)
     train_minutes = (time.perf_counter() - start) / 60
     runs = {}
     for name in args.models:
@@ -230,6 +266,9 @@ def main() -> None:
             entry[tag] = {
                 region: {k: structures[region][k]["mean"] for k in ("dice", "ged", "diversity")} for region in REGIONS
             }
+            entry[tag]["multi-class"] = {
+                c: {k: structures[f"multi-class ({c})"][k]["mean"] for k in ("ged", "diversity")} for c in CONVENTIONS
+            }
         runs[name] = entry
         print(name, json.dumps(entry), flush=True)
     if "low-rank" in args.models:
@@ -241,11 +280,12 @@ def main() -> None:
         "features": args.features,
         "samples": args.samples,
         "threads_per_model": args.threads,
-        "models_at_once": len(args.models),
+        "models_at_once": 1 if args.one_at_a_time else len(args.models),
         "train_minutes_wall": train_minutes,
         "settings": settings,
         "command": recorded_command("brats", *sys.argv[1:]),
         "runs": runs,
+        "tcga raters": raters_diversity(tcga_list),
     }
     save_json(RESULTS / "brats.json", result)
     from benchmarks import report as report_module

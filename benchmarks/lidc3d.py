@@ -96,7 +96,7 @@ def references(listing: Path, samples: int) -> dict:
         ):
             drawn = prediction.unsqueeze(0).expand(samples, *prediction.shape).to(torch.uint8)
             rows[name].append(metrics.generalized_energy_distance(drawn, readers, 2))
-        rows["readers"].append(metrics.sample_diversity(readers.to(torch.uint8), 2))
+        rows["readers"].append(metrics.sample_diversity(readers.to(torch.uint8), 2, distinct=True))
     estimate = metrics.Estimate.of
     return {
         "empty": {"ged": estimate(rows["empty"]).as_dict(), "diversity": {"mean": 0.0}},

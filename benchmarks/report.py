@@ -435,6 +435,13 @@ def agreeing_section() -> list[str]:
     ]
 
 
+def _brats_schedule(content: dict) -> str:
+    threads = f"{content['threads_per_model']} thread{'s' if content['threads_per_model'] > 1 else ''} each"
+    if content["models_at_once"] == 1:
+        return f"one model after another, {threads}"
+    return f"{content['models_at_once']} models at once, {threads}"
+
+
 def brats_section() -> list[str]:
     content = _load("brats")
     if not content:
@@ -446,8 +453,8 @@ def brats_section() -> list[str]:
         f"Measured {content['measured']}: `{_runnable(content['command'])}`. The deterministic 3D U-Net, the diagonal and "
         f"the low-rank SSN (rank 10, 20 samples), U-Net features {content['features']}, patches of "
         f"{'x'.join(map(str, content['patch_size']))} (half centred on the tumour), batch 2, Adam 1e-3, "
-        f"{content['steps']} optimiser steps each ({content['models_at_once']} models at once, "
-        f"{content['threads_per_model']} thread each, {content['train_minutes_wall']:.0f} minutes of wall time), "
+        f"{content['steps']} optimiser steps each ({_brats_schedule(content)}, "
+        f"{content['train_minutes_wall']:.0f} minutes of wall time), "
         "FLAIR and T1c of `brats_deepmedic` (train and validation folders, 4 cases; the 2 validation cases also "
         f"chose the checkpoint). Whole volumes through sliding windows, {content['samples']} samples each. "
         "With two test cases and one expert each, these figures show the path works; they are not a benchmark.",
@@ -460,17 +467,35 @@ def brats_section() -> list[str]:
         rows = []
         for name, run in content["runs"].items():
             figures = run[tag]
+            whole = figures.get("multi-class", {})
             rows.append(
                 [name, str(run["steps"])]
                 + [f"{figures[r]['dice']:.3f}" for r in regions]
                 + [f"{figures[r]['ged']:.3f}" for r in regions]
-                + [f"{figures['whole tumour']['diversity']:.3f}"]
+                + [f"{whole[c]['ged']:.3f}" if c in whole else "" for c in ("present", "all")]
+                + [f"{figures[r]['diversity']:.3f}" for r in regions]
+            )
+        raters = content.get("tcga raters") if tag == "tcga" else None
+        if raters:
+            rows.append(
+                ["*the five algorithms themselves*", ""] + [""] * 8 + [f"{raters[r]['mean']:.3f}" for r in regions]
             )
         lines += [f"On {title}:", ""]
         lines += _table(
-            ["model", "steps", "Dice WT", "Dice TC", "Dice ET", "GED² WT", "GED² TC", "GED² ET", "diversity WT"], rows
+            ["model", "steps", "Dice WT", "Dice TC", "Dice ET", "GED² WT", "GED² TC", "GED² ET"]
+            + ["GED² map (present)", "GED² map (all)", "diversity WT", "diversity TC", "diversity ET"],
+            rows,
         )
         lines += [""]
+    lines += [
+        "*GED² map* scores the whole 4-class label map (background, necrotic and non-enhancing core, oedema, "
+        "enhancing): *present* averages 1 − IoU over the classes present in either map (ours, Flow-SSN's and "
+        "MoSE's), *all* over every foreground class, a class absent from both maps counting as IoU 1 (PHiSeg's, the "
+        "official SSN's and CCDM's; `ssn evaluate --classes all`). The regions are binary maps, where the "
+        "conventions agree. Diversity is the mean 1 − IoU over all ordered pairs of a model's samples (self-pairs "
+        "included, as in GED²); the algorithms' own is over their distinct pairs.",
+        "",
+    ]
     lines += [
         "![BraTS test case: expert map and samples of the low-rank SSN](brats_samples.png)",
         "",

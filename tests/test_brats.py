@@ -39,6 +39,24 @@ def test_the_tcga_cases_read_with_five_raters_in_the_papers_classes(tmp_path):
     assert 1e6 < volume.mask.sum() < 3e6  # the brain: the non-zero voxels of the skull-stripped images
 
 
+@needs_tcga
+def test_the_tcga_algorithms_own_spread_is_the_mean_over_their_distinct_pairs(tmp_path):
+    from benchmarks.brats import raters_diversity
+
+    out = tmp_path / "tcga.json"
+    assert main(["convert", "brats", str(TCGA), "--out", str(out), "--sequences", "flair", "t1c"]) == 0
+    spread = raters_diversity(out)
+    listing = load_volume_list(out)
+    case = listing.split("test")[0]
+    labels = np.asarray(read_case(case, listing.label_map).labels) > 0  # the whole tumour of the five maps
+    flat = labels.reshape(5, -1)
+    by_hand = [
+        1 - (flat[i] & flat[j]).sum() / (flat[i] | flat[j]).sum() for i in range(5) for j in range(5) if i != j
+    ]
+    assert spread["whole tumour"]["per case"][case.id] == pytest.approx(np.mean(by_hand))
+    assert 0 < spread["enhancing tumour"]["mean"] < 1
+
+
 @needs_deepmedic
 def test_train_sample_and_evaluate_on_real_brats_volumes(tmp_path):
     lists = tmp_path / "brats.json"

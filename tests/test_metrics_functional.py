@@ -97,6 +97,12 @@ def test_diversity_by_hand():
     # Ordered pairs with self-pairs: (0 + d + d + 0) / 4.
     assert M.sample_diversity(np.stack([y1, y2])) == pytest.approx((1 - 8 / 24) / 2)
     assert M.sample_diversity(np.stack([y1, y1, y1])) == 0.0
+    # Distinct pairs only: (d + d) / 2 = d.
+    assert M.sample_diversity(np.stack([y1, y2]), distinct=True) == pytest.approx(1 - 8 / 24)
+    # Three maps, two alike: pairs (1,2), (1,3) differ, (2,3) alike -> 4 of 6 ordered pairs at d.
+    assert M.sample_diversity(np.stack([y1, y2, y2]), distinct=True) == pytest.approx(4 * (1 - 8 / 24) / 6)
+    with pytest.raises(ValueError, match="at least 2"):
+        M.sample_diversity(y1[None], distinct=True)
 
 
 def test_hungarian_matched_iou_by_hand():

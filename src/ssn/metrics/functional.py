@@ -255,12 +255,23 @@ def image_metrics(
     return out
 
 
-def sample_diversity(samples, num_classes: int = 2, classes: str = "present") -> float:
-    """E[d(S, S')] over all ordered pairs of samples (self-pairs included), samples (N, *S);
-    ``classes``: ``"present"`` or ``"all"`` (module docstring)."""
+def sample_diversity(samples, num_classes: int = 2, classes: str = "present", *, distinct: bool = False) -> float:
+    """E[d(S, S')] over all ordered pairs of samples (self-pairs included, as in the GED^2
+    estimator), samples (N, *S); ``classes``: ``"present"`` or ``"all"`` (module docstring).
+
+    ``distinct=True`` averages over the N (N - 1) pairs of distinct samples instead, the usual
+    figure for the annotators' own spread: it is N / (N - 1) times the default (for 4 readers,
+    4/3; for 100 samples, 1.01). It needs N >= 2.
+    """
     _check_conventions(classes)
     s = _labels(samples, "samples", num_classes)
-    return float(_distance_matrix([s], num_classes, classes).mean())
+    d = _distance_matrix([s], num_classes, classes)
+    if not distinct:
+        return float(d.mean())
+    n = d.shape[0]
+    if n < 2:
+        raise ValueError("distinct pairs need at least 2 maps")
+    return float(d.sum() / (n * (n - 1)))  # the diagonal is 0
 
 
 def _matched_iou(d_sy: Tensor, matching: str = "repeat") -> float:
