@@ -534,7 +534,7 @@ def lidc3d_section() -> list[str]:
     rows += [
         ["*empty prediction*", "", _mean(reference["empty"]["ged"], stderr=True), "0.000", "", "", ""],
         ["*readers' majority vote*", "", _mean(reference["majority_vote"]["ged"], stderr=True), "0.000", "", "", ""],
-        ["*the readers themselves*", "", "", _mean(reference["reader_diversity"]), "", "", ""],
+        ["*the readers themselves* (distinct pairs)", "", "", _mean(reference["reader_diversity"]), "", "", ""],
     ]
     slicewise = content.get("slicewise_2d")
     if slicewise:
