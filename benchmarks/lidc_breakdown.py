@@ -8,6 +8,7 @@ mean prediction and the samples' IoU with the majority vote.
 
     python -m benchmarks.lidc_breakdown --runs runs/lidc-v3/low-rank runs/lidc-v3/prob-unet \\
         --inspect runs/lidc-v3/low-rank
+    python -m benchmarks.lidc_breakdown --inspect pretrained:lidc-2d --slices 0  # every four-reader test slice
 """
 
 from __future__ import annotations
@@ -25,12 +26,32 @@ from benchmarks._common import add_lidc_dir, benchmark_parser, lidc_files
 def main() -> None:
     parser = benchmark_parser("lidc_breakdown", __doc__)
     add_lidc_dir(parser)
-    parser.add_argument("--runs", nargs="+", type=Path, required=True, help="run folders holding test_metrics.csv")
-    parser.add_argument("--inspect", type=Path, help="a run to draw samples from on the four-reader slices")
+    parser.add_argument("--runs", nargs="+", type=Path, default=[], help="run folders holding test_metrics.csv")
+    parser.add_argument(
+        "--inspect",
+        nargs="+",
+        default=[],
+        help="runs (or pretrained:NAME) to draw samples from on the four-reader slices",
+    )
+    parser.add_argument(
+        "--slices", type=int, default=120, help="with --inspect: how many four-reader test slices (0: all of them)"
+    )
     args = parser.parse_args()
+    if not args.runs and not args.inspect:
+        parser.error("give --runs, --inspect or both")
     from ssn.metrics import image_metrics
 
-    data = np.load(lidc_files(args.data_dir)[0])
+    npz_file, split_file = lidc_files(args.data_dir)
+    data = np.load(npz_file)
+    if not args.runs:
+        from ssn.data import load_arrays, select_split
+
+        test = select_split(load_arrays(npz_file), "test", split_file)
+        masks = data["masks"][test]
+        marking = masks.reshape(len(test), masks.shape[1], -1).any(-1).sum(1)
+        for run in args.inspect:
+            inspect(run, data, test, marking == masks.shape[1], args.slices)
+        return
     columns, indices = {}, None
     for run in args.runs:
         with open(run / "test_metrics.csv") as file:
@@ -52,23 +73,32 @@ def main() -> None:
         cells = [f"{v[chosen].mean():.3f} ({v[chosen].sum() / len(v):.3f})" for v in columns.values()]
         print(f"| {k} | {int(chosen.sum())} | " + " | ".join(cells) + " |")
     print(f"| all | {len(indices)} | " + " | ".join(f"{v.mean():.3f}" for v in columns.values()) + " |")
-    if args.inspect:
-        inspect(args.inspect, data, indices, marking == masks.shape[1])
+    for run in args.inspect:
+        inspect(run, data, indices, marking == masks.shape[1], args.slices)
 
 
-def inspect(run: Path, data, indices: np.ndarray, all_marked: np.ndarray, count: int = 120, samples: int = 16) -> None:
+def inspect(run, data, indices: np.ndarray, all_marked: np.ndarray, count: int = 120, samples: int = 16) -> None:
+    """Draw ``samples`` samples (t = 1) on ``count`` of the test slices that every reader marked
+    (all of them when ``count`` is 0) and print the share of empty samples, the mean prediction's
+    area, the readers' area and the samples' IoU with the majority vote."""
     from ssn.engine.checkpoints import load_run
     from ssn.inference import image_tensor
 
     model, _ = load_run(run, temperature=1.0)
-    chosen = indices[np.random.default_rng(0).choice(np.flatnonzero(all_marked), count, replace=False)]
-    chosen.sort()
+    marked = np.flatnonzero(all_marked)
+    count = count or marked.size
+    chosen = indices[np.sort(np.random.default_rng(0).choice(marked, count, replace=False))]
     masks = data["masks"][chosen].reshape(count, data["masks"].shape[1], -1).astype(bool)
     images = image_tensor(data["images"][chosen][:, None])
+    generator = torch.Generator().manual_seed(0)
+    drawn_parts, probability_parts = [], []
     with torch.no_grad():
-        drawn = model.sample_labels(images, samples, generator=torch.Generator().manual_seed(0))
-        probability = model.mean_probabilities(images)[:, 1]
-    drawn = drawn.numpy().reshape(samples, count, -1).astype(bool)
+        for begin in range(0, count, 64):
+            part = images[begin : begin + 64]
+            drawn_parts.append(model.sample_labels(part, samples, generator=generator))
+            probability_parts.append(model.mean_probabilities(part)[:, 1])
+    drawn = torch.cat(drawn_parts, 1).numpy().reshape(samples, count, -1).astype(bool)
+    probability = torch.cat(probability_parts)
     majority = masks.sum(1) >= 2
     union = (drawn | majority[None]).sum(-1)
     iou = np.where(union == 0, 1.0, (drawn & majority[None]).sum(-1) / np.maximum(union, 1))

@@ -50,9 +50,7 @@ def test_the_tcga_algorithms_own_spread_is_the_mean_over_their_distinct_pairs(tm
     case = listing.split("test")[0]
     labels = np.asarray(read_case(case, listing.label_map).labels) > 0  # the whole tumour of the five maps
     flat = labels.reshape(5, -1)
-    by_hand = [
-        1 - (flat[i] & flat[j]).sum() / (flat[i] | flat[j]).sum() for i in range(5) for j in range(5) if i != j
-    ]
+    by_hand = [1 - (flat[i] & flat[j]).sum() / (flat[i] | flat[j]).sum() for i in range(5) for j in range(5) if i != j]
     assert spread["whole tumour"]["per case"][case.id] == pytest.approx(np.mean(by_hand))
     assert 0 < spread["enhancing tumour"]["mean"] < 1
 

@@ -324,6 +324,23 @@ def test_the_mean_loss_is_the_ssn_loss_at_zero_covariance_and_leaves_the_covaria
     assert model.head.mean.weight.grad.abs().sum() > 0
 
 
+def test_mean_weight_adds_that_multiple_of_the_mean_cross_entropy_to_the_papers_loss():
+    torch.manual_seed(0)
+    plain = ssn.models.create("unet", rank=2, features=(4, 8), mc_samples=4)
+    weighted = ssn.models.create("unet", rank=2, features=(4, 8), mc_samples=4, mean_weight=0.5)
+    weighted.load_state_dict(plain.state_dict())
+    images, target = torch.randn(2, 1, 10, 10), torch.randint(0, 2, (2, 10, 10))
+    mask = torch.ones(2, 10, 10, dtype=torch.bool)
+    mask[:, :3] = False
+    for roi in (None, mask):
+        paper = plain.loss(images, target, roi, generator=torch.Generator().manual_seed(1))
+        both = weighted.loss(images, target, roi, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(both, paper + 0.5 * plain.mean_loss(images, target, roi))
+    assert weighted.mean_weight == 0.5 and "mean_weight=0.5" in repr(weighted)
+    with pytest.raises(ConfigError, match="mean_weight must be 0 or more"):
+        ssn.models.create("unet", features=(4, 8), mean_weight=-1)
+
+
 @pytest.mark.parametrize("spatial", [(25, 23, 19), (31, 29)])
 def test_deepmedic_gives_features_of_the_input_size_and_trains(spatial):
     from ssn.models import ModelSpec, build

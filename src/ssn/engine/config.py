@@ -70,6 +70,12 @@ class TrainConfig:
         "ssn: the share of the budget spent training the mean alone (cross-entropy of mu) before the paper's loss",
         low=0,
     )
+    mean_weight: float = setting(
+        0.0,
+        "ssn: weight of the mean logits' cross-entropy added to the paper's loss for the whole run (0: the paper's "
+        "loss alone); it keeps the mean on pixels every reader marks",
+        low=0,
+    )
     variance_init: float = setting(
         0.01,
         "ssn: start near zero logit variance, at this value; 0: PyTorch's default initialisation, as in the paper",

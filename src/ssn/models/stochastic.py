@@ -33,10 +33,12 @@ class StochasticSegmentationNetwork(SegmentationModel):
         antithetic: draw the loss's samples in antithetic pairs (mu + e, mu - e).
         variance_init: the head's initial variance (see :class:`~ssn.networks.SSNHead`);
             ``None`` is PyTorch's default initialisation, as in the paper.
+        mean_weight: lambda, the weight of the cross-entropy of the mean logits added to the
+            paper's loss throughout training (0, the paper: none; see :meth:`loss`).
     """
 
     method = "ssn"
-    settings = ("rank", "eps", "mc_samples", "antithetic", "variance_init")
+    settings = ("rank", "eps", "mc_samples", "antithetic", "variance_init", "mean_weight")
     has_logit_distribution = True
     has_warm_up = True
 
@@ -51,10 +53,14 @@ class StochasticSegmentationNetwork(SegmentationModel):
         mc_samples: int = 20,
         antithetic: bool = True,
         variance_init: float | None = None,
+        mean_weight: float = 0.0,
     ) -> None:
         super().__init__(backbone, num_classes, spatial_dims)
         if mc_samples < 1 or (antithetic and mc_samples % 2):
             raise ConfigError(f"mc_samples must be positive, and even with antithetic sampling; got {mc_samples}")
+        if not mean_weight >= 0:
+            raise ConfigError(f"mean_weight must be 0 or more (0: the paper's loss alone); got {mean_weight}")
+        self.mean_weight = float(mean_weight)
         self.head = SSNHead(feature_channels, num_classes, rank, spatial_dims, eps, variance_init)
         self.mc_samples = mc_samples
         self.antithetic = antithetic
@@ -74,10 +80,17 @@ class StochasticSegmentationNetwork(SegmentationModel):
         return self(images, mask)
 
     def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None, generator=None) -> Tensor:
-        """The paper's L = -(1/B) sum_b [logsumexp_m sum_i log softmax(eta_b^m)_{i,y_i} - log M]."""
+        """The paper's L = -(1/B) sum_b [logsumexp_m sum_i log softmax(eta_b^m)_{i,y_i} - log M],
+        plus ``mean_weight`` x the cross-entropy of the mean logits mu (summed over pixels,
+        averaged over the batch, as :meth:`mean_loss`) where ``mean_weight`` > 0.
+
+        The Monte Carlo likelihood of the whole map charges a model little for a mode of empty
+        samples on an image that every reader marked: half its samples empty costs log 2 nats
+        of the image's likelihood. The cross-entropy of mu charges each pixel, and keeps the
+        mean where the readers' pixels are."""
         distribution = self(images, mask)
         with float32(images):
-            return ssn_loss(
+            loss = ssn_loss(
                 distribution,
                 target,
                 num_samples=self.mc_samples,
@@ -85,6 +98,10 @@ class StochasticSegmentationNetwork(SegmentationModel):
                 mask=mask,
                 generator=generator,
             )
+            if self.mean_weight:
+                mean_term = per_image_cross_entropy(distribution.loc, target, self.num_classes, mask).mean()
+                loss = loss + self.mean_weight * mean_term
+            return loss
 
     def warm_up_loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         """:meth:`mean_loss`: the mean logits trained alone first."""
@@ -128,4 +145,8 @@ class StochasticSegmentationNetwork(SegmentationModel):
         return total / num_samples
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rank={self.rank}, mc_samples={self.mc_samples}, antithetic={self.antithetic}"
+        weight = f", mean_weight={self.mean_weight:g}" if self.mean_weight else ""
+        return (
+            f"{super().extra_repr()}, rank={self.rank}, mc_samples={self.mc_samples}, antithetic={self.antithetic}"
+            + weight
+        )
