@@ -9,6 +9,7 @@ mean prediction and the samples' IoU with the majority vote.
     python -m benchmarks.lidc_breakdown --runs runs/lidc-v3/low-rank runs/lidc-v3/prob-unet \\
         --inspect runs/lidc-v3/low-rank
     python -m benchmarks.lidc_breakdown --inspect pretrained:lidc-2d --slices 0  # every four-reader test slice
+    python -m benchmarks.lidc_breakdown --inspect runs/a runs/b --slices 0 --split val  # to choose between runs
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ def main() -> None:
         help="runs (or pretrained:NAME) to draw samples from on the four-reader slices",
     )
     parser.add_argument(
-        "--slices", type=int, default=120, help="with --inspect: how many four-reader test slices (0: all of them)"
+        "--slices", type=int, default=120, help="with --inspect: how many four-reader slices (0: all of them)"
+    )
+    parser.add_argument(
+        "--split", default="test", choices=["val", "test"], help="with --inspect alone: the slices' split"
     )
     args = parser.parse_args()
     if not args.runs and not args.inspect:
@@ -46,11 +50,11 @@ def main() -> None:
     if not args.runs:
         from ssn.data import load_arrays, select_split
 
-        test = select_split(load_arrays(npz_file), "test", split_file)
+        test = select_split(load_arrays(npz_file), args.split, split_file)
         masks = data["masks"][test]
         marking = masks.reshape(len(test), masks.shape[1], -1).any(-1).sum(1)
         for run in args.inspect:
-            inspect(run, data, test, marking == masks.shape[1], args.slices)
+            inspect(run, data, test, marking == masks.shape[1], args.slices, split=args.split)
         return
     columns, indices = {}, None
     for run in args.runs:
@@ -77,7 +81,9 @@ def main() -> None:
         inspect(run, data, indices, marking == masks.shape[1], args.slices)
 
 
-def inspect(run, data, indices: np.ndarray, all_marked: np.ndarray, count: int = 120, samples: int = 16) -> None:
+def inspect(
+    run, data, indices: np.ndarray, all_marked: np.ndarray, count: int = 120, samples: int = 16, split: str = "test"
+) -> None:
     """Draw ``samples`` samples (t = 1) on ``count`` of the test slices that every reader marked
     (all of them when ``count`` is 0) and print the share of empty samples, the mean prediction's
     area, the readers' area and the samples' IoU with the majority vote."""
@@ -106,6 +112,7 @@ def inspect(run, data, indices: np.ndarray, all_marked: np.ndarray, count: int =
         json.dumps(
             {
                 "run": str(run),
+                "split": split,
                 "slices": count,
                 "samples": samples,
                 "empty_sample_share": float((drawn.sum(-1) == 0).mean()),
