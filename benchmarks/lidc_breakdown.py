@@ -43,14 +43,14 @@ def main() -> None:
     args = parser.parse_args()
     if not args.runs and not args.inspect:
         parser.error("give --runs, --inspect or both")
+    from ssn.data import load_arrays, select_split
     from ssn.metrics import image_metrics
 
     npz_file, split_file = lidc_files(args.data_dir)
-    data = np.load(npz_file)
+    arrays = load_arrays(npz_file)  # memory-mapped: each lookup reads only the rows it takes
+    data = {"images": arrays.images, "masks": arrays.masks}
     if not args.runs:
-        from ssn.data import load_arrays, select_split
-
-        test = select_split(load_arrays(npz_file), args.split, split_file)
+        test = select_split(arrays, args.split, split_file)
         masks = data["masks"][test]
         marking = masks.reshape(len(test), masks.shape[1], -1).any(-1).sum(1)
         for run in args.inspect:
@@ -84,7 +84,7 @@ def main() -> None:
 def inspect(
     run, data, indices: np.ndarray, all_marked: np.ndarray, count: int = 120, samples: int = 16, split: str = "test"
 ) -> None:
-    """Draw ``samples`` samples (t = 1) on ``count`` of the test slices that every reader marked
+    """Draw ``samples`` samples (t = 1) on ``count`` of the ``split``'s slices that every reader marked
     (all of them when ``count`` is 0) and print the share of empty samples, the mean prediction's
     area, the readers' area and the samples' IoU with the majority vote."""
     from ssn.engine.checkpoints import load_run
@@ -95,7 +95,7 @@ def inspect(
     count = count or marked.size
     chosen = indices[np.sort(np.random.default_rng(0).choice(marked, count, replace=False))]
     masks = data["masks"][chosen].reshape(count, data["masks"].shape[1], -1).astype(bool)
-    images = image_tensor(data["images"][chosen][:, None])
+    images = image_tensor(data["images"][chosen])  # (count, 1, H, W)
     generator = torch.Generator().manual_seed(0)
     drawn_parts, probability_parts = [], []
     with torch.no_grad():
