@@ -10,6 +10,12 @@ mean prediction and the samples' IoU with the majority vote.
         --inspect runs/lidc-v3/low-rank
     python -m benchmarks.lidc_breakdown --inspect pretrained:lidc-2d --slices 0  # every four-reader test slice
     python -m benchmarks.lidc_breakdown --inspect runs/a runs/b --slices 0 --split val  # to choose between runs
+    python -m benchmarks.lidc_breakdown --presence pretrained:lidc-2d  # empty samples by readers marking
+
+``--presence RUN`` asks whether a model's chance of drawing an empty sample depends on the image:
+on slices that k of the four readers marked, (4 - k)/4 of the readers' maps are empty, so a model
+that reads the image draws more empty samples where fewer readers marked. It prints, for each k,
+the share of empty samples (16 per slice, t = 1) beside the readers' share.
 """
 
 from __future__ import annotations
@@ -40,9 +46,15 @@ def main() -> None:
     parser.add_argument(
         "--split", default="test", choices=["val", "test"], help="with --inspect alone: the slices' split"
     )
+    parser.add_argument(
+        "--presence",
+        nargs="+",
+        default=[],
+        help="runs (or pretrained:NAME): empty samples against the readers' empty maps, by readers marking",
+    )
     args = parser.parse_args()
-    if not args.runs and not args.inspect:
-        parser.error("give --runs, --inspect or both")
+    if not args.runs and not args.inspect and not args.presence:
+        parser.error("give --runs, --inspect, --presence or a combination")
     from ssn.data import load_arrays, select_split
     from ssn.metrics import image_metrics
 
@@ -55,6 +67,8 @@ def main() -> None:
         marking = masks.reshape(len(test), masks.shape[1], -1).any(-1).sum(1)
         for run in args.inspect:
             inspect(run, data, test, marking == masks.shape[1], args.slices, split=args.split)
+        for run in args.presence:
+            presence(run, data, test, marking, args.slices, split=args.split)
         return
     columns, indices = {}, None
     for run in args.runs:
@@ -123,6 +137,49 @@ def inspect(
             indent=1,
         )
     )
+
+
+def draw(model, images: torch.Tensor, samples: int) -> np.ndarray:
+    """``samples`` label maps per image at the model's temperature: (samples, N, H*W) bool."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        parts = [
+            model.sample_labels(images[b : b + 64], samples, generator=generator) for b in range(0, len(images), 64)
+        ]
+    return torch.cat(parts, 1).numpy().reshape(samples, len(images), -1).astype(bool)
+
+
+def presence(run, data, indices: np.ndarray, marking: np.ndarray, count: int = 120, samples: int = 16, split="test"):
+    """For each number k of readers marking a slice: the share of empty samples on up to ``count``
+    such slices of ``split`` (all when 0), beside the readers' share of empty maps, (R - k)/R."""
+    from ssn.engine.checkpoints import load_run
+    from ssn.inference import image_tensor
+
+    model, _ = load_run(run, temperature=1.0)
+    readers = data["masks"].shape[1]
+    rows = []
+    for k in range(1, readers + 1):
+        group = np.flatnonzero(marking == k)
+        take = min(count or group.size, group.size)
+        chosen = indices[np.sort(np.random.default_rng(0).choice(group, take, replace=False))]
+        drawn = draw(model, image_tensor(data["images"][chosen]), samples)
+        rows.append(
+            {
+                "readers_marking": k,
+                "slices": int(take),
+                "readers_empty_share": (readers - k) / readers,
+                "empty_sample_share": float((drawn.sum(-1) == 0).mean()),
+            }
+        )
+    print(f"{run} ({split}, {samples} samples per slice, t = 1)")
+    print("| readers marking | slices | readers' maps empty | samples empty |")
+    print("| --- | --- | --- | --- |")
+    for row in rows:
+        print(
+            f"| {row['readers_marking']} | {row['slices']} | {row['readers_empty_share']:.0%} "
+            f"| {row['empty_sample_share']:.1%} |"
+        )
+    return rows
 
 
 if __name__ == "__main__":

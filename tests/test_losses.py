@@ -346,3 +346,56 @@ def test_the_streamed_term_draws_each_image_from_its_own_generator(monkeypatch):
     torch.testing.assert_close(alone[0], batch[1])
     torch.testing.assert_close(grad_alone, grad_loc)
     assert grad_loc[0].abs().max() == 0 and grad_loc[1].abs().max() > 0
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("masked, normalize", [(False, False), (True, True)])
+def test_every_annotators_map_is_scored_with_the_same_samples_and_the_loss_averaged(classes, masked, normalize):
+    """Targets (B, A, *S): the mean over annotators of each one's loss, from one set of draws
+    (the same generator state gives each single-annotator call the same draws)."""
+    dist = make(batch=3, classes=classes)
+    target = torch.stack([labels(dist, seed=a) for a in range(4)], 1)  # (B, 4, *S)
+    mask = torch.rand(3, 6, 5, generator=torch.Generator().manual_seed(9)) > 0.3 if masked else None
+    options = dict(num_samples=8, mask=mask, normalize_by_pixels=normalize, reduction="none")
+    together = ssn_loss(dist, target, generator=torch.Generator().manual_seed(5), all_annotators=True, **options)
+    each = [ssn_loss(dist, target[:, a], generator=torch.Generator().manual_seed(5), **options) for a in range(4)]
+    assert together.shape == (3,)
+    torch.testing.assert_close(together, torch.stack(each).mean(0))
+    assert not torch.allclose(each[0], each[1])  # the annotators' maps differ, and so do their terms
+
+
+def test_the_streamed_term_scores_every_annotator_with_its_own_draws(monkeypatch):
+    """Large maps with (B, A, *S) targets: the batch repeated once per annotator, each image's
+    generator drawing its repeats in turn; gradients reach the parameters."""
+    import ssn.losses as losses
+    from ssn.randomness import generators_for
+
+    monkeypatch.setattr(losses, "CHUNK_ABOVE", 0)
+    torch.manual_seed(0)
+    loc = torch.randn(2, 2, 6, 5, 4, requires_grad=True)
+    factor = (0.3 * torch.randn(2, 3, 2, 6, 5, 4)).requires_grad_()
+    diag = (torch.rand(2, 2, 6, 5, 4) + 0.1).requires_grad_()
+    target = torch.randint(0, 2, (2, 3, 6, 5, 4))
+    together = ssn_loss(
+        LowRankLogitDistribution(loc, factor, diag), target, num_samples=8, reduction="none",
+        generator=generators_for(7, [0, 1]), all_annotators=True,
+    )  # fmt: skip
+    repeated = [g for g in generators_for(7, [0, 1]) for _ in range(3)]
+    expanded = LowRankLogitDistribution(*(t.repeat_interleave(3, 0) for t in (loc, factor, diag)))
+    alone = ssn_loss(expanded, target.flatten(0, 1), num_samples=8, reduction="none", generator=repeated)
+    torch.testing.assert_close(together, alone.view(2, 3).mean(1))
+    grads = torch.autograd.grad(together.sum(), [loc, factor, diag])
+    assert all(bool(g.abs().sum() > 0) for g in grads)
+
+
+def test_the_cross_entropy_of_several_annotators_is_the_mean_of_theirs():
+    from ssn.losses import per_image_cross_entropy
+
+    logits = torch.randn(2, 3, 5, 4)
+    target = torch.randint(0, 3, (2, 4, 5, 4))
+    each = torch.stack([per_image_cross_entropy(logits, target[:, a], 3) for a in range(4)])
+    torch.testing.assert_close(per_image_cross_entropy(logits, target, 3, all_annotators=True), each.mean(0))
+    with pytest.raises(ValueError, match=r"\(B, A, \*S\)"):
+        per_image_cross_entropy(logits, target[:, 0], 3, all_annotators=True)
+    with pytest.raises(ValueError, match=r"target must have shape \(B, A, \*S\)"):
+        ssn_loss(make(), torch.zeros(2, 6, 5, dtype=torch.long), all_annotators=True)

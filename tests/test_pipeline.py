@@ -577,3 +577,33 @@ def test_calibrate_stores_a_temperature_that_evaluate_and_sample_use(workspace, 
         (run / "calibration.json").unlink()  # the other tests use the run at t = 1
     assert main(["calibrate", "--run", str(workspace / "det"), "--data", data]) == 2
     assert "no spread to calibrate" in capsys.readouterr().err
+
+
+def test_training_on_every_annotators_map(workspace, tmp_path, capsys):
+    """--annotators all: each example carries all four maps (A, H, W), the augmentation applied
+    to them alike; the SSN and the deterministic U-Net train on them, the Prob. U-Net refuses."""
+    from types import SimpleNamespace
+
+    from ssn.data import load_arrays
+    from ssn.engine.loading import TrainingExamples
+    from ssn.engine.sources import ArraySource
+
+    data = load_arrays(workspace / "data.npz")
+    config = SimpleNamespace(
+        seed=0, augment=True, crop_scale=1.0, annotators="all", patch_size=None, foreground_share=0.5,
+        split_file=None,
+    )  # fmt: skip
+    source = ArraySource(data, config)
+    image, target, roi, _ = TrainingExamples(source, config)[(0, 3, 5)]
+    assert image.shape == (1, 32, 32) and target.shape == (4, 32, 32) and roi is None
+    one = TrainingExamples(source, SimpleNamespace(**{**vars(config), "annotators": "one"}))[(0, 3, 5)][1]
+    assert one.shape == (32, 32) and any(torch.equal(one, t) for t in target)  # the same flips, one of the maps
+    common = ["--data", str(workspace / "data.npz"), "--split-file", str(workspace / "split.json"), "--epochs", "1"]
+    for method in ("ssn", "deterministic"):
+        run = tmp_path / method
+        assert main(["train", "--out", str(run), "--method", method, "--annotators", "all", *common, *TRAIN]) == 0
+        assert json.loads((run / "config.json").read_text())["annotators"] == "all"
+        assert (run / "best.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "pu"), "--method", "prob-unet", "--annotators", "all", *common]) == 2
+    assert "use --annotators one" in capsys.readouterr().err

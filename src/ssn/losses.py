@@ -218,12 +218,13 @@ def ssn_loss(
     reduction: str = "mean",
     check_inputs: bool = True,
     generator: Generators = None,
+    all_annotators: bool = False,
 ) -> Tensor:
     """Negative Monte Carlo log-likelihood of label maps under an SSN's logit distribution.
 
     Args:
         distribution: the model's output, batch (B,), event (C, *S).
-        target: (B, *S) integer labels in [0, C).
+        target: (B, *S) integer labels in [0, C), or (B, A, *S) with ``all_annotators``.
         num_samples: M, the logit samples per image (the paper used 20).
         antithetic: draw M / 2 deviations e and use mu + e and mu - e (halves the variance
             of the estimate; M must be even).
@@ -236,6 +237,10 @@ def ssn_loss(
             when the distribution was built without value validation.
         generator: the noise's source: ``None`` (PyTorch's global generator), one generator,
             or one per image, so that an image's noise is the same in any batch (:mod:`ssn.randomness`).
+        all_annotators: ``target`` is (B, A, *S), the maps of A annotators of each image, each
+            scored with the same M samples (maps large enough to be streamed: with draws of
+            their own), and each image's loss is the mean over them. The same objective in
+            expectation as one annotator drawn at random per image (the paper's), with less noise.
 
     Returns:
         A scalar (or (B,) with ``reduction="none"``).
@@ -251,35 +256,60 @@ def ssn_loss(
         raise ValueError(f"num_samples must be >= 1; got {num_samples}")
     if check_inputs and not distribution.values_checked:
         distribution.check_values()
-    # Check the target before drawing samples: a bad label should fail fast and clearly.
     expected = distribution.batch_shape + distribution.spatial_shape
-    target, weights = prepare_target(target, tuple(expected), distribution.num_classes, ignore_index, mask)
+    if all_annotators and target.dim() != len(expected) + 1:
+        raise ValueError(
+            f"with all_annotators, target must have shape (B, A, *S) = ({expected[0]}, A, "
+            f"{', '.join(map(str, expected[1:]))}); got {tuple(target.shape)}"
+        )
+    maps = target.unbind(1) if all_annotators else (target,)
+    # Check the targets before drawing samples: a bad label should fail fast and clearly.
+    prepared = [prepare_target(t, tuple(expected), distribution.num_classes, ignore_index, mask) for t in maps]
     binary = distribution.num_classes == 2
     values = num_samples * distribution.loc[0, : 1 if binary else None].numel()  # per image
     if values > CHUNK_ABOVE and (num_samples > SAMPLES_PER_CHUNK) and torch.is_grad_enabled():
         # Large maps (volumes): a few samples at a time, the gradients accumulated as they go.
+        # Several annotators: each scored with its own draws, the batch repeated once per annotator.
         source = distribution.class_contrast(1, 0) if binary else distribution
-        loss = -_StreamedLogLikelihood.apply(
-            source.loc, source.cov_factor, source.cov_diag, target, weights, num_samples, antithetic, binary, generator
-        )
+        count = len(prepared)
+        parameters = [t.repeat_interleave(count, 0) for t in (source.loc, source.cov_factor, source.cov_diag)]
+        targets = torch.stack([t for t, _ in prepared], 1).flatten(0, 1)
+        weights = None
+        if any(w is not None for _, w in prepared):  # each map's counted pixels (all, where None)
+            kept = [torch.ones_like(t, dtype=torch.bool) if w is None else w for t, w in prepared]
+            weights = torch.stack(kept, 1).flatten(0, 1)
+        repeated = [g for g in generator for _ in range(count)] if isinstance(generator, (list, tuple)) else generator
+        per_map = -_StreamedLogLikelihood.apply(
+            *parameters, targets, weights, num_samples, antithetic, binary, repeated
+        ).view(-1, count)
+        losses = [_normalized(per_map[:, a], w, expected, normalize_by_pixels) for a, (_, w) in enumerate(prepared)]
     elif binary:
         # Only the log-odds eta_1 - eta_0 matter: sample them directly, with half the draws.
         margin = distribution.class_contrast(1, 0).rsample((num_samples,), antithetic=antithetic, generator=generator)
-        loss = -_binary_log_likelihood(margin[:, :, 0], target, weights)
+        losses = [
+            _normalized(-_binary_log_likelihood(margin[:, :, 0], t, w), w, expected, normalize_by_pixels)
+            for t, w in prepared
+        ]
     else:
         logit_samples = distribution.rsample((num_samples,), antithetic=antithetic, generator=generator)
-        loss = -_log_likelihood(logit_samples, target, weights)
-    if normalize_by_pixels:
-        if weights is None:
-            counted = torch.full_like(loss, float(math.prod(expected[1:])))
-        else:
-            counted = weights.flatten(1).sum(-1).clamp_min(1).to(loss.dtype)
-        loss = loss / counted
+        losses = [
+            _normalized(-_log_likelihood(logit_samples, t, w), w, expected, normalize_by_pixels) for t, w in prepared
+        ]
+    loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean(0)  # the mean over annotators
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":
         return loss.sum()
     return loss
+
+
+def _normalized(loss: Tensor, weights: Tensor | None, expected, normalize_by_pixels: bool) -> Tensor:
+    """(B,) per-image losses, divided by each image's counted pixels where ``normalize_by_pixels``."""
+    if not normalize_by_pixels:
+        return loss
+    if weights is None:
+        return loss / float(math.prod(expected[1:]))
+    return loss / weights.flatten(1).sum(-1).clamp_min(1).to(loss.dtype)
 
 
 class SSNLoss(nn.Module):
@@ -379,9 +409,16 @@ def prepare_target(
     return target, weights
 
 
-def per_image_cross_entropy(logits: Tensor, target: Tensor, num_classes: int, mask: Tensor | None = None) -> Tensor:
+def per_image_cross_entropy(
+    logits: Tensor, target: Tensor, num_classes: int, mask: Tensor | None = None, all_annotators: bool = False
+) -> Tensor:
     """The cross-entropy of logits (B, C, *S) against labels (B, *S), summed over the pixels
-    inside ``mask`` (all by default): shape (B,). The scale of every method's loss here."""
+    inside ``mask`` (all by default): shape (B,). The scale of every method's loss here.
+    With ``all_annotators``, labels (B, A, *S), the maps of A annotators: the mean of their cross-entropies."""
+    if all_annotators:
+        if target.dim() != logits.dim():
+            raise ValueError(f"with all_annotators, target must be (B, A, *S); got {tuple(target.shape)}")
+        return torch.stack([per_image_cross_entropy(logits, t, num_classes, mask) for t in target.unbind(1)]).mean(0)
     target, keep = prepare_target(target, (logits.shape[0], *logits.shape[2:]), num_classes, None, mask)
     pixel_loss = F.cross_entropy(logits, target, reduction="none")
     if keep is not None:

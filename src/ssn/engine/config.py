@@ -76,6 +76,13 @@ class TrainConfig:
         "loss alone); it keeps the mean on pixels every reader marks",
         low=0,
     )
+    annotators: str = setting(
+        "one",
+        "labels per training image and step: one annotator drawn at random (the paper's) or all of them, the loss "
+        "averaged over annotators with one network pass (and, for the ssn, one set of samples) per image; the same "
+        "objective in expectation, with less noise (deterministic and ssn only)",
+        choices=("one", "all"),
+    )
     variance_init: float = setting(
         0.01,
         "ssn: start near zero logit variance, at this value; 0: PyTorch's default initialisation, as in the paper",
@@ -188,6 +195,11 @@ class TrainConfig:
             )
         if self.crop_scale > 1:
             raise ConfigError(f"crop_scale must be in (0, 1]; got {self.crop_scale}")
+        if self.annotators == "all" and not method_class(self.method).all_annotators:
+            raise ConfigError(
+                f"annotators all is not available for the {self.method} method (its loss takes one annotator's map: "
+                "the Prob. U-Net's posterior net sees it); use --annotators one"
+            )
         if not self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be below 1 (e.g. 0.999), or 0 to switch it off; got {self.ema_decay}")
         if self.foreground_share > 1:

@@ -40,11 +40,13 @@ def epoch_order(seed: int, epoch: int, items: np.ndarray) -> np.ndarray:
 
 class TrainingExamples(Dataset):
     """Key (epoch, position, item) -> (image (channels, *S), target (*S), region of interest or
-    None, noise seed): one augmented training example with one annotator's labels."""
+    None, noise seed): one augmented training example with one annotator's labels, drawn at
+    random, or with every annotator's, target (A, *S), where ``config.annotators`` is ``"all"``."""
 
     def __init__(self, source, config) -> None:
         self.source, self.seed = source, config.seed
         self.augment, self.crop_scale = config.augment, config.crop_scale
+        self.all_annotators = getattr(config, "annotators", "one") == "all"
 
     def __len__(self) -> int:
         return len(self.source.train_items)
@@ -61,17 +63,20 @@ class TrainingExamples(Dataset):
             images, masks = augment(images, masks, min_crop=self.crop_scale, generator=generator)
             if roi is not None:
                 masks, roi = masks[:, :-1], masks[:, -1].bool()
-        reader = int(torch.randint(0, masks.shape[1], (1,), generator=generator))
+        if self.all_annotators:
+            target = masks[0]  # (A, *S)
+        else:
+            target = masks[0, int(torch.randint(0, masks.shape[1], (1,), generator=generator))]
         return (
             images[0],
-            masks[0, reader],
+            target,
             None if roi is None else roi[0],
             derive_seed(self.seed, epoch, position, _NOISE),
         )
 
 
 def collate(examples: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[int]]:
-    """Examples -> (images (B, channels, *S), targets (B, *S), regions (B, *S) or None, noise seeds)."""
+    """Examples -> (images (B, channels, *S), targets (B, *S) or (B, A, *S), regions (B, *S) or None, noise seeds)."""
     images, targets, rois, seeds = zip(*examples)
     roi = None if rois[0] is None else torch.stack(rois)
     return torch.stack(images), torch.stack(targets), roi, list(seeds)

@@ -250,7 +250,7 @@ class _Trainer:
     def _objective(self, find_unused: bool) -> torch.nn.Module:
         """The loss as a module, wrapped for several processes (``find_unused``: parameters may
         get no gradient, as the covariance head during the mean's warm-up) and compiled."""
-        objective: torch.nn.Module = _Objective(self.model)
+        objective: torch.nn.Module = _Objective(self.model, self.config.annotators == "all")
         self.finding_unused = find_unused and self.world.distributed
         if self.world.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -593,14 +593,16 @@ class _Objective(torch.nn.Module):
     """The training loss as a module's forward, so that DistributedDataParallel and
     torch.compile see the whole step: the method's loss, or the SSN's mean alone (warm-up)."""
 
-    def __init__(self, model: SegmentationModel) -> None:
+    def __init__(self, model: SegmentationModel, all_annotators: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.all_annotators = all_annotators  # targets (B, A, *S): every annotator's map
 
     def forward(self, images, target, roi, generators, mean_only: bool):
+        extra = {"all_annotators": True} if self.all_annotators else {}
         if mean_only:
-            return self.model.warm_up_loss(images, target, roi)
-        return self.model.loss(images, target, roi, generator=generators)
+            return self.model.warm_up_loss(images, target, roi, **extra)
+        return self.model.loss(images, target, roi, generator=generators, **extra)
 
 
 def _agree(world: World, work):

@@ -57,7 +57,10 @@ class SegmentationModel(nn.Module, abc.ABC):
       :class:`~ssn.LowRankLogitDistribution` whose draws can be steered (the SSN);
     - ``has_warm_up`` and :meth:`warm_up_loss`: a loss of the mean alone, trained first
       (``mean_warmup``; the SSN's cross-entropy of mu);
-    - :meth:`spread_parameters`: the parameters that shape the spread (``factor_weight_decay``).
+    - :meth:`spread_parameters`: the parameters that shape the spread (``factor_weight_decay``);
+    - ``all_annotators``: :meth:`loss` (and :meth:`warm_up_loss`) take the keyword
+      ``all_annotators=True`` with targets (B, A, *S), every annotator's map, and average over
+      them (the setting ``annotators: all``).
     """
 
     method: ClassVar[str]
@@ -65,6 +68,7 @@ class SegmentationModel(nn.Module, abc.ABC):
     has_spread: ClassVar[bool] = True
     has_logit_distribution: ClassVar[bool] = False
     has_warm_up: ClassVar[bool] = False
+    all_annotators: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, num_classes: int, spatial_dims: int) -> None:
         super().__init__()

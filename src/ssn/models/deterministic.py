@@ -24,6 +24,7 @@ class DeterministicSegmentationNetwork(SegmentationModel):
     method = "deterministic"
     settings = ()
     has_spread = False
+    all_annotators = True
 
     def __init__(self, backbone: nn.Module, feature_channels: int, num_classes: int, spatial_dims: int = 2) -> None:
         super().__init__(backbone, num_classes, spatial_dims)
@@ -35,10 +36,12 @@ class DeterministicSegmentationNetwork(SegmentationModel):
         with float32(features):
             return self.head(features.float())
 
-    def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None, generator=None) -> Tensor:
+    def loss(
+        self, images: Tensor, target: Tensor, mask: Tensor | None = None, generator=None, all_annotators: bool = False
+    ) -> Tensor:
         logits = self(images)
         with float32(logits):
-            return per_image_cross_entropy(logits, target, self.num_classes, mask).mean()
+            return per_image_cross_entropy(logits, target, self.num_classes, mask, all_annotators).mean()
 
     @torch.no_grad()
     def sample_labels(

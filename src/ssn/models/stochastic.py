@@ -41,6 +41,7 @@ class StochasticSegmentationNetwork(SegmentationModel):
     settings = ("rank", "eps", "mc_samples", "antithetic", "variance_init", "mean_weight")
     has_logit_distribution = True
     has_warm_up = True
+    all_annotators = True
 
     def __init__(
         self,
@@ -79,7 +80,9 @@ class StochasticSegmentationNetwork(SegmentationModel):
         """The same as calling the model: the distribution over logit maps."""
         return self(images, mask)
 
-    def loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None, generator=None) -> Tensor:
+    def loss(
+        self, images: Tensor, target: Tensor, mask: Tensor | None = None, generator=None, all_annotators: bool = False
+    ) -> Tensor:
         """The paper's L = -(1/B) sum_b [logsumexp_m sum_i log softmax(eta_b^m)_{i,y_i} - log M],
         plus ``mean_weight`` x the cross-entropy of the mean logits mu (summed over pixels,
         averaged over the batch, as :meth:`mean_loss`) where ``mean_weight`` > 0.
@@ -87,7 +90,8 @@ class StochasticSegmentationNetwork(SegmentationModel):
         The Monte Carlo likelihood of the whole map charges a model little for a mode of empty
         samples on an image that every reader marked: half its samples empty costs log 2 nats
         of the image's likelihood. The cross-entropy of mu charges each pixel, and keeps the
-        mean where the readers' pixels are."""
+        mean where the readers' pixels are. With ``all_annotators``, ``target`` is (B, A, *S)
+        and each image's terms are the means over its A annotators, scored with one set of samples."""
         distribution = self(images, mask)
         with float32(images):
             loss = ssn_loss(
@@ -97,28 +101,35 @@ class StochasticSegmentationNetwork(SegmentationModel):
                 antithetic=self.antithetic,
                 mask=mask,
                 generator=generator,
+                all_annotators=all_annotators,
             )
             if self.mean_weight:
-                mean_term = per_image_cross_entropy(distribution.loc, target, self.num_classes, mask).mean()
+                mean_term = per_image_cross_entropy(
+                    distribution.loc, target, self.num_classes, mask, all_annotators
+                ).mean()
                 loss = loss + self.mean_weight * mean_term
             return loss
 
-    def warm_up_loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    def warm_up_loss(
+        self, images: Tensor, target: Tensor, mask: Tensor | None = None, all_annotators: bool = False
+    ) -> Tensor:
         """:meth:`mean_loss`: the mean logits trained alone first."""
-        return self.mean_loss(images, target, mask)
+        return self.mean_loss(images, target, mask, all_annotators)
 
     def spread_parameters(self) -> list[nn.Parameter]:
         """The covariance head: the diagonal's and the factor's convolutions."""
         return [p for name, p in self.head.named_parameters() if name.startswith(("factor", "log_diag"))]
 
-    def mean_loss(self, images: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    def mean_loss(
+        self, images: Tensor, target: Tensor, mask: Tensor | None = None, all_annotators: bool = False
+    ) -> Tensor:
         """The cross-entropy of the mean logits mu, summed over pixels and averaged over the batch:
         the paper's loss in the limit of zero covariance, which trains the mean alone (the
         covariance head gets no gradient). Training uses it for the first ``mean_warmup`` of its budget."""
         features = self.features(images)
         with float32(features):
             loc = self.head.mean(features.float())
-            return per_image_cross_entropy(loc, target, self.num_classes, mask).mean()
+            return per_image_cross_entropy(loc, target, self.num_classes, mask, all_annotators).mean()
 
     @torch.no_grad()
     def sample_labels(
