@@ -107,7 +107,7 @@ def figure(run: Path, lists: Path, out_png: Path, window: list[int], samples: in
 
     listing = json.loads(lists.read_text())
     case = listing["test"][0]
-    folder = out_png.parent / "figure_samples"
+    folder = Path(run).parent / "figure_samples"  # beside the runs: NIfTI samples stay out of the repository
     subprocess.run(
         ssn_command(
             "sample",

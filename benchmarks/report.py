@@ -339,7 +339,7 @@ def ablation_section() -> list[str]:
     rows = [
         [
             r["tag"],
-            f"`{r['flags']}`",
+            f"`{r['flags']}`" if r["flags"].strip() else "(the defaults)",
             _mean(r["val"]["ged"], stderr=True),
             _mean(r["val"]["diversity"]),
             _mean(r["val"].get("hm_iou", {}).get("16")),
