@@ -15,13 +15,17 @@ mean prediction and the samples' IoU with the majority vote.
 ``--presence RUN`` asks whether a model's chance of drawing an empty sample depends on the image:
 on slices that k of the four readers marked, (4 - k)/4 of the readers' maps are empty, so a model
 that reads the image draws more empty samples where fewer readers marked. It prints, for each k,
-the share of empty samples (16 per slice, t = 1) beside the readers' share.
+the share of empty samples (16 per slice, t = 1) beside the readers' share, how often the mean
+map is empty, and the empty samples where it is not (those the covariance empties), and records
+them in ``results/lidc_presence.json``.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +71,15 @@ def main() -> None:
         marking = masks.reshape(len(test), masks.shape[1], -1).any(-1).sum(1)
         for run in args.inspect:
             inspect(run, data, test, marking == masks.shape[1], args.slices, split=args.split)
+        from ssn.engine.checkpoints import load_run
+
         for run in args.presence:
-            presence(run, data, test, marking, args.slices, split=args.split)
+            model, _ = load_run(run, temperature=1.0)
+            if not model.has_logit_distribution:
+                raise SystemExit(f"--presence needs an SSN run (a logit distribution); {run} is a {model.method} model")
+            rows = presence(model, data, test, marking, args.slices)
+            print_presence(run, args.split, 16, rows)
+            record_presence(run, args.split, 16, rows, sys.argv[1:])
         return
     columns, indices = {}, None
     for run in args.runs:
@@ -139,47 +150,79 @@ def inspect(
     )
 
 
-def draw(model, images: torch.Tensor, samples: int) -> np.ndarray:
-    """``samples`` label maps per image at the model's temperature: (samples, N, H*W) bool."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        parts = [
-            model.sample_labels(images[b : b + 64], samples, generator=generator) for b in range(0, len(images), 64)
-        ]
-    return torch.cat(parts, 1).numpy().reshape(samples, len(images), -1).astype(bool)
-
-
-def presence(run, data, indices: np.ndarray, marking: np.ndarray, count: int = 120, samples: int = 16, split="test"):
-    """For each number k of readers marking a slice: the share of empty samples on up to ``count``
-    such slices of ``split`` (all when 0), beside the readers' share of empty maps, (R - k)/R."""
-    from ssn.engine.checkpoints import load_run
+def presence(model, data, indices: np.ndarray, marking: np.ndarray, count: int = 120, samples: int = 16) -> list[dict]:
+    """For each number k of readers marking a slice, on up to ``count`` such slices of ``split``
+    (all when 0): the readers' share of empty maps, (R - k)/R; how often the mean map (the argmax
+    of the mean logits mu) is empty; the share of empty samples (t = 1), overall and on the slices
+    where the mean map is not empty (what the covariance alone empties). Recorded in
+    ``results/lidc_presence.json`` by :func:`record_presence`. ``model`` is an SSN."""
     from ssn.inference import image_tensor
 
-    model, _ = load_run(run, temperature=1.0)
     readers = data["masks"].shape[1]
+    generator = torch.Generator().manual_seed(0)
     rows = []
     for k in range(1, readers + 1):
         group = np.flatnonzero(marking == k)
         take = min(count or group.size, group.size)
         chosen = indices[np.sort(np.random.default_rng(0).choice(group, take, replace=False))]
-        drawn = draw(model, image_tensor(data["images"][chosen]), samples)
+        images = image_tensor(data["images"][chosen])
+        mean_empty, sample_empty = [], []
+        with torch.no_grad():
+            for begin in range(0, take, 64):
+                distribution = model.distribution(images[begin : begin + 64])
+                mean_empty.append((distribution.loc.argmax(1) == 0).flatten(1).all(1))
+                drawn = distribution.sample_labels(samples, generator=generator)  # (N, b, H, W)
+                sample_empty.append((drawn == 0).flatten(2).all(2).float().mean(0))
+        empty_mean, empty_samples = torch.cat(mean_empty), torch.cat(sample_empty)
         rows.append(
             {
                 "readers_marking": k,
                 "slices": int(take),
                 "readers_empty_share": (readers - k) / readers,
-                "empty_sample_share": float((drawn.sum(-1) == 0).mean()),
+                "mean_map_empty_share": float(empty_mean.float().mean()),
+                "empty_sample_share": float(empty_samples.mean()),
+                "empty_sample_share_where_the_mean_is_not_empty": float(empty_samples[~empty_mean].mean())
+                if bool((~empty_mean).any())
+                else None,
             }
         )
+    return rows
+
+
+def print_presence(run: str, split: str, samples: int, rows: list[dict]) -> None:
     print(f"{run} ({split}, {samples} samples per slice, t = 1)")
-    print("| readers marking | slices | readers' maps empty | samples empty |")
-    print("| --- | --- | --- | --- |")
+    print("| readers marking | slices | readers' maps empty | mean map empty | samples empty | where the mean is not |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
+        rest = row["empty_sample_share_where_the_mean_is_not_empty"]
         print(
             f"| {row['readers_marking']} | {row['slices']} | {row['readers_empty_share']:.0%} "
-            f"| {row['empty_sample_share']:.1%} |"
+            f"| {row['mean_map_empty_share']:.1%} | {row['empty_sample_share']:.1%} "
+            f"| {'' if rest is None else f'{rest:.1%}'} |"
         )
-    return rows
+
+
+def record_presence(run: str, split: str, samples: int, rows: list[dict], argv: list[str]) -> None:
+    """Keep ``rows`` in ``results/lidc_presence.json``, replacing an earlier entry of the same run and split."""
+    import ssn
+    from benchmarks._common import RESULTS, recorded_command, update_json
+
+    name = run if str(run).startswith("pretrained:") else "/".join(Path(run).parts[-2:])
+    entry = {
+        "run": name,
+        "split": split,
+        "samples": samples,
+        "measured": time.strftime("%Y-%m-%d"),
+        "ssn_version": ssn.__version__,
+        "command": recorded_command("lidc_breakdown", *argv),
+        "rows": rows,
+    }
+
+    def change(content: dict) -> dict:
+        kept = [e for e in content.get("runs", []) if (e["run"], e["split"]) != (name, split)]
+        return {"runs": [*kept, entry]}
+
+    update_json(RESULTS / "lidc_presence.json", change)
 
 
 if __name__ == "__main__":

@@ -666,6 +666,56 @@ def _calibration_sentence(calibration: dict | None) -> str:
     )
 
 
+def presence_section() -> list[str]:
+    """Empty samples against the readers' empty maps, by readers marking (``lidc_breakdown --presence``)."""
+    runs = _load("lidc_presence").get("runs", [])
+    if not runs:
+        return []
+
+    def share(value) -> str:
+        return "" if value is None else f"{value:.1%}"
+
+    rows = []
+    for r in runs:
+        for row in r["rows"]:
+            rows.append(
+                [
+                    f"`{r['run']}`",
+                    r["split"],
+                    str(row["readers_marking"]),
+                    str(row["slices"]),
+                    f"{row['readers_empty_share']:.0%}",
+                    share(row["mean_map_empty_share"]),
+                    share(row["empty_sample_share"]),
+                    share(row["empty_sample_share_where_the_mean_is_not_empty"]),
+                ]
+            )
+    commands = sorted({f"`{r['command']}`" for r in runs})
+    return [
+        "### Empty samples: does the model read the nodule's presence from the image?",
+        "",
+        "Written by `benchmarks/lidc_breakdown.py --presence`: on slices that k of the four readers marked, "
+        "(4 − k)/4 of the readers' maps are empty. For each k, how often the mean map (the argmax of the mean "
+        "logits) is empty, the share of empty samples (16 per slice, t = 1), and that share on the slices whose "
+        "mean map is not empty: the samples the covariance alone empties. Commands: " + "; ".join(commands) + ".",
+        "",
+        *_table(
+            [
+                "run",
+                "split",
+                "readers marking",
+                "slices",
+                "readers' maps empty",
+                "mean map empty",
+                "samples empty",
+                "samples empty where the mean is not",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
 def spread3d_section() -> list[str]:
     """Why 3D samples spread (``benchmarks/spread3d.py``): each candidate cause, per run."""
     content = _load("spread3d")
@@ -823,7 +873,13 @@ def write() -> Path:
         "",
     ]
     lines += (
-        lidc_section() + seeds_section() + curve_section() + options_section() + ablation_section() + agreeing_section()
+        lidc_section()
+        + seeds_section()
+        + presence_section()
+        + curve_section()
+        + options_section()
+        + ablation_section()
+        + agreeing_section()
     )
     lines += brats_section() + lidc3d_section() + scaling_section()
     lines += [CITATION, ""]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks import _common, _training, report
 
@@ -318,3 +319,32 @@ def test_the_inflation_probe_scores_stored_and_zscored_inputs_with_the_same_nois
     for row in result["seeds"].values():
         assert 0 <= row["zscored"] <= 2 and 0 <= row["stored"] <= 2
         assert row["difference"] == pytest.approx(row["stored"] - row["zscored"])
+
+
+@pytest.mark.parametrize("bias, mean_empty", [(-20.0, 1.0), (20.0, 0.0)])
+def test_presence_counts_empty_mean_maps_and_samples_by_readers_marking(bias, mean_empty):
+    """A model with (almost) no spread: its samples are empty exactly where its mean map is, and
+    the readers' share of empty maps is (R - k)/R for slices that k readers marked."""
+    import ssn
+    from benchmarks.lidc_breakdown import presence
+
+    torch.manual_seed(0)
+    model = ssn.models.create("unet", features=(4, 8), rank=2, variance_init=1e-6).eval()
+    with torch.no_grad():
+        for name in ("factor", "log_diag"):
+            for p in getattr(model.head, name).parameters():
+                p.zero_()
+        model.head.log_diag.bias.fill_(-30.0)
+        model.head.mean.bias.copy_(torch.tensor([0.0, bias]))
+        model.head.mean.weight.zero_()
+    masks = np.zeros((8, 4, 16, 16), np.uint8)
+    marking = np.array([1, 1, 2, 2, 3, 3, 4, 4])
+    for i, k in enumerate(marking):
+        masks[i, :k, 4:8, 4:8] = 1
+    data = {"images": np.random.default_rng(0).random((8, 1, 16, 16), dtype=np.float32), "masks": masks}
+    rows = presence(model, data, np.arange(8), marking, count=0, samples=4)
+    assert [r["readers_marking"] for r in rows] == [1, 2, 3, 4] and all(r["slices"] == 2 for r in rows)
+    assert [r["readers_empty_share"] for r in rows] == [0.75, 0.5, 0.25, 0.0]
+    for r in rows:
+        assert r["mean_map_empty_share"] == mean_empty and r["empty_sample_share"] == mean_empty
+        assert r["empty_sample_share_where_the_mean_is_not_empty"] == (None if mean_empty else 0.0)
