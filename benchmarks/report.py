@@ -98,7 +98,8 @@ def lidc_section() -> list[str]:
     runs, reference = content.get("runs", []), content.get("reference")
     if not runs:
         return []
-    current = [r for r in runs if r.get("protocol") == 3 and r.get("seed", 0) == 0]
+    # the headline rows: the library's defaults (a run with a variant changes one of them), seed 0
+    current = [r for r in runs if r.get("protocol") == 3 and r.get("seed", 0) == 0 and not r.get("variant")]
     latest = {r["name"]: r for r in current}
     header = [
         "model",
@@ -190,7 +191,7 @@ def lidc_section() -> list[str]:
             ],
             [
                 [
-                    r["name"],
+                    _run_name(r),
                     r["measured"],
                     r["ssn_version"],
                     str(r.get("seed", 0)),
@@ -207,13 +208,18 @@ def lidc_section() -> list[str]:
     return lines
 
 
+def _run_name(run: dict) -> str:
+    """A LIDC run's model, with the variant of the defaults it trained with (``lidc.py --variant``)."""
+    return f"{run['name']} ({run['variant']})" if run.get("variant") else run["name"]
+
+
 def seeds_section() -> list[str]:
     """Training noise on LIDC: the models trained with several seeds on one budget, each seed's test
     figures and their mean and spread (max - min) over the seeds."""
     runs = [r for r in _load("lidc").get("runs", []) if r.get("protocol") == 3]
     groups: dict[tuple[str, int], dict[int, dict]] = {}
-    for r in runs:  # the latest run of each (model, budget, seed)
-        groups.setdefault((r["name"], r["training"].get("step", 0)), {})[r.get("seed", 0)] = r
+    for r in runs:  # the latest run of each (model and variant, budget, seed)
+        groups.setdefault((_run_name(r), r["training"].get("step", 0)), {})[r.get("seed", 0)] = r
     rows = []
     for (name, steps), by_seed in groups.items():
         if len(by_seed) < 2:

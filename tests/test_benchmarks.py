@@ -348,3 +348,32 @@ def test_presence_counts_empty_mean_maps_and_samples_by_readers_marking(bias, me
     for r in rows:
         assert r["mean_map_empty_share"] == mean_empty and r["empty_sample_share"] == mean_empty
         assert r["empty_sample_share_where_the_mean_is_not_empty"] == (None if mean_empty else 0.0)
+
+
+def test_a_variant_of_the_defaults_stays_out_of_the_headline_and_is_named_elsewhere(monkeypatch, tmp_path):
+    def run(name, ged, variant=None, seed=0):
+        figures = {"ged": {"mean": ged, "stderr": 0.004}, "diversity": {"mean": 0.6}, "hm_iou": {"16": {"mean": 0.5}}}
+        return {
+            "name": name, "measured": "2026-12-02", "ssn_version": "0.8", "seed": seed, "protocol": 3,
+            "command": "python -m benchmarks.lidc", "settings": ["--rank", "10"], "training": {"step": 10000},
+            **({"variant": variant} if variant else {}), **figures,
+        }  # fmt: skip
+
+    runs = [run("low-rank", 0.268), run("low-rank", 0.268, seed=1), run("low-rank", 0.250, "mean weight 1")]
+    (tmp_path / "lidc.json").write_text(json.dumps({"runs": runs}))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    text = "\n".join(report.lidc_section())
+    headline = text.split("### Every LIDC run")[0]
+    assert "| low-rank | 1 | 0.268 ± 0.004" in headline and "0.250" not in headline
+    assert "| low-rank (mean weight 1) | 2026-12-02" in text
+    seeds = "\n".join(report.seeds_section())
+    assert "low-rank, mean of 2 seeds" in seeds and "mean weight 1" not in seeds  # one seed of the variant
+
+
+def test_the_lidc_benchmark_asks_to_name_a_change_of_the_defaults(monkeypatch, capsys):
+    from benchmarks import lidc
+
+    monkeypatch.setattr(sys, "argv", ["lidc", "--steps", "10", "--extra", "--mean-weight 1"])
+    with pytest.raises(SystemExit) as stopped:
+        lidc.main()
+    assert stopped.value.code == 2 and "name the change with --variant" in capsys.readouterr().err
