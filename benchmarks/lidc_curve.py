@@ -72,6 +72,8 @@ def main() -> None:
         curves[f"{run.parent.name}/{run.name}"] = {
             "method": config["method"],
             "rank": config.get("rank"),
+            "mean_weight": config.get("mean_weight", 0.0),
+            "annotators": config.get("annotators", "one"),
             "seed": config["seed"],
             "patch_size": config.get("patch_size"),
             "max_steps": config.get("max_steps"),

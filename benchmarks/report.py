@@ -316,7 +316,10 @@ def curve_section() -> list[str]:
         rows.append(
             [
                 name,
-                run["method"] + (f", rank {run['rank']}" if run["method"] == "ssn" else ""),
+                run["method"]
+                + (f", rank {run['rank']}" if run["method"] == "ssn" else "")
+                + (f", mean weight {run['mean_weight']:g}" if run.get("mean_weight") else "")
+                + (", all annotators" if run.get("annotators") == "all" else ""),
                 str(run["seed"]),
                 str(run["max_steps"]),
                 *marks,
