@@ -151,8 +151,8 @@ def inspect(
 
 
 def presence(model, data, indices: np.ndarray, marking: np.ndarray, count: int = 120, samples: int = 16) -> list[dict]:
-    """For each number k of readers marking a slice, on up to ``count`` such slices of ``split``
-    (all when 0): the readers' share of empty maps, (R - k)/R; how often the mean map (the argmax
+    """For each number k of readers marking a slice, on up to ``count`` such slices among
+    ``indices`` (all when 0): the readers' share of empty maps, (R - k)/R; how often the mean map (the argmax
     of the mean logits mu) is empty; the share of empty samples (t = 1), overall and on the slices
     where the mean map is not empty (what the covariance alone empties). Recorded in
     ``results/lidc_presence.json`` by :func:`record_presence`. ``model`` is an SSN."""

@@ -272,15 +272,18 @@ def ssn_loss(
         # Several annotators: each scored with its own draws, the batch repeated once per annotator.
         source = distribution.class_contrast(1, 0) if binary else distribution
         count = len(prepared)
-        parameters = [t.repeat_interleave(count, 0) for t in (source.loc, source.cov_factor, source.cov_diag)]
-        targets = torch.stack([t for t, _ in prepared], 1).flatten(0, 1)
-        weights = None
-        if any(w is not None for _, w in prepared):  # each map's counted pixels (all, where None)
-            kept = [torch.ones_like(t, dtype=torch.bool) if w is None else w for t, w in prepared]
-            weights = torch.stack(kept, 1).flatten(0, 1)
-        repeated = [g for g in generator for _ in range(count)] if isinstance(generator, (list, tuple)) else generator
+        parameters = [source.loc, source.cov_factor, source.cov_diag]
+        targets, weights = prepared[0]
+        if count > 1:  # no copies for one annotator, the usual case of volumes
+            parameters = [t.repeat_interleave(count, 0) for t in parameters]
+            targets = torch.stack([t for t, _ in prepared], 1).flatten(0, 1)
+            if any(w is not None for _, w in prepared):  # each map's counted pixels (all, where None)
+                kept = [torch.ones_like(t, dtype=torch.bool) if w is None else w for t, w in prepared]
+                weights = torch.stack(kept, 1).flatten(0, 1)
+            if isinstance(generator, (list, tuple)):
+                generator = [g for g in generator for _ in range(count)]
         per_map = -_StreamedLogLikelihood.apply(
-            *parameters, targets, weights, num_samples, antithetic, binary, repeated
+            *parameters, targets, weights, num_samples, antithetic, binary, generator
         ).view(-1, count)
         losses = [_normalized(per_map[:, a], w, expected, normalize_by_pixels) for a, (_, w) in enumerate(prepared)]
     elif binary:

@@ -195,10 +195,10 @@ class TrainConfig:
             )
         if self.crop_scale > 1:
             raise ConfigError(f"crop_scale must be in (0, 1]; got {self.crop_scale}")
-        if self.annotators == "all" and not method_class(self.method).all_annotators:
+        if self.annotators == "all" and not method_class(self.method).takes_all_annotators:
             raise ConfigError(
-                f"annotators all is not available for the {self.method} method (its loss takes one annotator's map: "
-                "the Prob. U-Net's posterior net sees it); use --annotators one"
+                f"annotators all is not available for the {self.method} method: its loss takes one annotator's map "
+                "(the Prob. U-Net's posterior net sees it); use --annotators one"
             )
         if not self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be below 1 (e.g. 0.999), or 0 to switch it off; got {self.ema_decay}")

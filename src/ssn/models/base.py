@@ -58,7 +58,7 @@ class SegmentationModel(nn.Module, abc.ABC):
     - ``has_warm_up`` and :meth:`warm_up_loss`: a loss of the mean alone, trained first
       (``mean_warmup``; the SSN's cross-entropy of mu);
     - :meth:`spread_parameters`: the parameters that shape the spread (``factor_weight_decay``);
-    - ``all_annotators``: :meth:`loss` (and :meth:`warm_up_loss`) take the keyword
+    - ``takes_all_annotators``: :meth:`loss` (and :meth:`warm_up_loss`) take the keyword
       ``all_annotators=True`` with targets (B, A, *S), every annotator's map, and average over
       them (the setting ``annotators: all``).
     """
@@ -68,7 +68,7 @@ class SegmentationModel(nn.Module, abc.ABC):
     has_spread: ClassVar[bool] = True
     has_logit_distribution: ClassVar[bool] = False
     has_warm_up: ClassVar[bool] = False
-    all_annotators: ClassVar[bool] = False
+    takes_all_annotators: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, num_classes: int, spatial_dims: int) -> None:
         super().__init__()

@@ -24,7 +24,7 @@ class DeterministicSegmentationNetwork(SegmentationModel):
     method = "deterministic"
     settings = ()
     has_spread = False
-    all_annotators = True
+    takes_all_annotators = True
 
     def __init__(self, backbone: nn.Module, feature_channels: int, num_classes: int, spatial_dims: int = 2) -> None:
         super().__init__(backbone, num_classes, spatial_dims)

@@ -41,7 +41,7 @@ class StochasticSegmentationNetwork(SegmentationModel):
     settings = ("rank", "eps", "mc_samples", "antithetic", "variance_init", "mean_weight")
     has_logit_distribution = True
     has_warm_up = True
-    all_annotators = True
+    takes_all_annotators = True
 
     def __init__(
         self,
