@@ -162,6 +162,7 @@ def test_the_spec_names_every_argument_and_rebuilds_the_same_model():
         "antithetic": True,
         "variance_init": None,
         "mean_weight": 0.0,  # recorded since 0.8 (runs without it rebuild with the paper's loss)
+        "marginal_weight": 0.0,  # recorded since 0.8 (likewise)
     }
     assert spec["backbone_kwargs"] == {
         "features": [4, 8],

@@ -68,16 +68,37 @@ def _binary_log_likelihood(margin: Tensor, target: Tensor, weights: Tensor | Non
 
 
 def _binary_map_log_likelihoods(margin: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
+    return _map_sums(_binary_pixel_log_likelihoods(margin, target), weights)
+
+
+def _binary_pixel_log_likelihoods(margin: Tensor, target: Tensor) -> Tensor:
+    """log softmax(eta^m)_{i, y_i} from (M, B, *S) log-odds samples -> (M, B, *S)."""
     sign = (2 * target - 1).to(margin.dtype)
-    return _map_sums(F.logsigmoid(margin * sign), weights)
+    return F.logsigmoid(margin * sign)
 
 
 def _map_log_likelihoods(logit_samples: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
     """sum_i log softmax(eta^m)_{i, y_i} for (M, B, C, *S) samples -> (M, B)."""
-    num_samples, _, num_classes = logit_samples.shape[:3]
+    return _map_sums(_pixel_log_likelihoods(logit_samples, target), weights)
+
+
+def _pixel_log_likelihoods(logit_samples: Tensor, target: Tensor) -> Tensor:
+    """log softmax(eta^m)_{i, y_i} for (M, B, C, *S) samples -> (M, B, *S)."""
+    num_samples = logit_samples.shape[0]
     index = target.unsqueeze(0).unsqueeze(2).expand(num_samples, -1, 1, *target.shape[1:])
     picked = logit_samples.gather(2, index).squeeze(2)
-    return _map_sums(picked - torch.logsumexp(logit_samples, dim=2), weights)
+    return picked - torch.logsumexp(logit_samples, dim=2)
+
+
+def _joint_and_marginal(pixel_log_lik: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per-pixel log-likelihoods l_{m,i} of M samples (M, B, *S) -> two (B,) estimates:
+
+    the whole map's  log (1/M) sum_m exp(sum_i l_{m,i})   (the paper's term), and
+    the pixels'      sum_i log (1/M) sum_m exp(l_{m,i})   (each pixel's marginal, then summed).
+    """
+    joint = _log_mean_exp(_map_sums(pixel_log_lik, weights))
+    marginal = torch.logsumexp(pixel_log_lik, dim=0) - math.log(pixel_log_lik.shape[0])  # (B, *S)
+    return joint, _map_sums(marginal.unsqueeze(0), weights)[0]
 
 
 def _map_sums(pixel_log_lik: Tensor, weights: Tensor | None) -> Tensor:
@@ -219,6 +240,7 @@ def ssn_loss(
     check_inputs: bool = True,
     generator: Generators = None,
     all_annotators: bool = False,
+    marginal_weight: float = 0.0,
 ) -> Tensor:
     """Negative Monte Carlo log-likelihood of label maps under an SSN's logit distribution.
 
@@ -241,6 +263,16 @@ def ssn_loss(
             scored with the same M samples (maps large enough to be streamed: with draws of
             their own), and each image's loss is the mean over them. The same objective in
             expectation as one annotator drawn at random per image (the paper's), with less noise.
+        marginal_weight: lambda; where > 0, add lambda x the pixels' marginal negative
+            log-likelihood, - sum_i log (1/M) sum_m softmax(eta^m)_{i, y_i}, estimated from the
+            same samples (see below). 0, the default: the paper's loss alone.
+
+    The whole map's likelihood charges little for a mode of the covariance that empties some
+    samples: with a third of the samples empty on an image every reader marked, the image's
+    term loses log(3/2) = 0.4 nats, whatever the lesion's size. The marginal term charges
+    every pixel of the lesion for it, so the share of samples that show a structure follows
+    the share of annotators who drew it, image by image; the joint term still shapes how
+    the pixels vary together.
 
     Returns:
         A scalar (or (B,) with ``reduction="none"``).
@@ -254,6 +286,8 @@ def ssn_loss(
         raise ValueError(f"reduction must be one of {_REDUCTIONS}; got {reduction!r}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1; got {num_samples}")
+    if not marginal_weight >= 0:
+        raise ValueError(f"marginal_weight must be 0 or more; got {marginal_weight}")
     if check_inputs and not distribution.values_checked:
         distribution.check_values()
     expected = distribution.batch_shape + distribution.spatial_shape
@@ -269,6 +303,8 @@ def ssn_loss(
     values = num_samples * distribution.loc[0, : 1 if binary else None].numel()  # per image
     if values > CHUNK_ABOVE and (num_samples > SAMPLES_PER_CHUNK) and torch.is_grad_enabled():
         # Large maps (volumes): a few samples at a time, the gradients accumulated as they go.
+        if marginal_weight:
+            raise NotImplementedError("marginal_weight is not yet streamed for large maps (volumes)")
         # Several annotators: each scored with its own draws, the batch repeated once per annotator.
         source = distribution.class_contrast(1, 0) if binary else distribution
         count = len(prepared)
@@ -286,18 +322,24 @@ def ssn_loss(
             *parameters, targets, weights, num_samples, antithetic, binary, generator
         ).view(-1, count)
         losses = [_normalized(per_map[:, a], w, expected, normalize_by_pixels) for a, (_, w) in enumerate(prepared)]
-    elif binary:
-        # Only the log-odds eta_1 - eta_0 matter: sample them directly, with half the draws.
-        margin = distribution.class_contrast(1, 0).rsample((num_samples,), antithetic=antithetic, generator=generator)
-        losses = [
-            _normalized(-_binary_log_likelihood(margin[:, :, 0], t, w), w, expected, normalize_by_pixels)
-            for t, w in prepared
-        ]
     else:
-        logit_samples = distribution.rsample((num_samples,), antithetic=antithetic, generator=generator)
-        losses = [
-            _normalized(-_log_likelihood(logit_samples, t, w), w, expected, normalize_by_pixels) for t, w in prepared
-        ]
+        if binary:  # only the log-odds eta_1 - eta_0 matter: sample them directly, with half the draws
+            contrast = distribution.class_contrast(1, 0)
+            margin = contrast.rsample((num_samples,), antithetic=antithetic, generator=generator)[:, :, 0]
+        else:
+            logit_samples = distribution.rsample((num_samples,), antithetic=antithetic, generator=generator)
+        losses = []
+        for t, w in prepared:
+            if binary:
+                pixel_log_lik = _binary_pixel_log_likelihoods(margin, t)
+            else:
+                pixel_log_lik = _pixel_log_likelihoods(logit_samples, t)
+            if marginal_weight:
+                joint, marginal = _joint_and_marginal(pixel_log_lik, w)
+                log_lik = joint + marginal_weight * marginal
+            else:
+                log_lik = _log_mean_exp(_map_sums(pixel_log_lik, w))
+            losses.append(_normalized(-log_lik, w, expected, normalize_by_pixels))
     loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean(0)  # the mean over annotators
     if reduction == "mean":
         return loss.mean()

@@ -76,6 +76,13 @@ class TrainConfig:
         "loss alone); it keeps the mean on pixels every reader marks",
         low=0,
     )
+    marginal_weight: float = setting(
+        0.0,
+        "ssn: weight of the pixels' marginal negative log-likelihood (from the loss's samples) added to the paper's "
+        "loss (0: the paper's loss alone); it makes the share of samples that show a structure follow the share of "
+        "readers who drew it, image by image",
+        low=0,
+    )
     annotators: str = setting(
         "one",
         "labels per training image and step: one annotator drawn at random (the paper's) or all of them, the loss "

@@ -35,10 +35,12 @@ class StochasticSegmentationNetwork(SegmentationModel):
             ``None`` is PyTorch's default initialisation, as in the paper.
         mean_weight: lambda, the weight of the cross-entropy of the mean logits added to the
             paper's loss throughout training (0, the paper: none; see :meth:`loss`).
+        marginal_weight: lambda', the weight of the pixels' marginal negative log-likelihood
+            added to the paper's loss (0, the paper: none; see :func:`~ssn.ssn_loss`).
     """
 
     method = "ssn"
-    settings = ("rank", "eps", "mc_samples", "antithetic", "variance_init", "mean_weight")
+    settings = ("rank", "eps", "mc_samples", "antithetic", "variance_init", "mean_weight", "marginal_weight")
     has_logit_distribution = True
     has_warm_up = True
     takes_all_annotators = True
@@ -55,6 +57,7 @@ class StochasticSegmentationNetwork(SegmentationModel):
         antithetic: bool = True,
         variance_init: float | None = None,
         mean_weight: float = 0.0,
+        marginal_weight: float = 0.0,
     ) -> None:
         super().__init__(backbone, num_classes, spatial_dims)
         if mc_samples < 1 or (antithetic and mc_samples % 2):
@@ -62,6 +65,9 @@ class StochasticSegmentationNetwork(SegmentationModel):
         if not mean_weight >= 0:
             raise ConfigError(f"mean_weight must be 0 or more (0: the paper's loss alone); got {mean_weight}")
         self.mean_weight = float(mean_weight)
+        if not marginal_weight >= 0:
+            raise ConfigError(f"marginal_weight must be 0 or more (0: the paper's loss alone); got {marginal_weight}")
+        self.marginal_weight = float(marginal_weight)
         self.head = SSNHead(feature_channels, num_classes, rank, spatial_dims, eps, variance_init)
         self.mc_samples = mc_samples
         self.antithetic = antithetic
@@ -85,7 +91,9 @@ class StochasticSegmentationNetwork(SegmentationModel):
     ) -> Tensor:
         """The paper's L = -(1/B) sum_b [logsumexp_m sum_i log softmax(eta_b^m)_{i,y_i} - log M],
         plus ``mean_weight`` x the cross-entropy of the mean logits mu (summed over pixels,
-        averaged over the batch, as :meth:`mean_loss`) where ``mean_weight`` > 0.
+        averaged over the batch, as :meth:`mean_loss`) where ``mean_weight`` > 0, and
+        ``marginal_weight`` x the pixels' marginal negative log-likelihood from the same samples
+        where ``marginal_weight`` > 0 (:func:`~ssn.ssn_loss`).
 
         The Monte Carlo likelihood of the whole map charges a model little for a mode of empty
         samples on an image that every reader marked: half its samples empty costs log 2 nats
@@ -102,6 +110,7 @@ class StochasticSegmentationNetwork(SegmentationModel):
                 mask=mask,
                 generator=generator,
                 all_annotators=all_annotators,
+                marginal_weight=self.marginal_weight,
             )
             if self.mean_weight:
                 mean_term = per_image_cross_entropy(
@@ -157,6 +166,8 @@ class StochasticSegmentationNetwork(SegmentationModel):
 
     def extra_repr(self) -> str:
         weight = f", mean_weight={self.mean_weight:g}" if self.mean_weight else ""
+        if self.marginal_weight:
+            weight += f", marginal_weight={self.marginal_weight:g}"
         return (
             f"{super().extra_repr()}, rank={self.rank}, mc_samples={self.mc_samples}, antithetic={self.antithetic}"
             + weight
