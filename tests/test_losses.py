@@ -61,6 +61,40 @@ def test_two_class_loss_equals_the_reference_on_the_same_log_odds_samples(antith
     assert loss.item() == pytest.approx(numpy_reference(logits, target), rel=1e-5)
 
 
+def numpy_marginal(samples, target, mask=None):
+    """(1/B) sum_b sum_i -log (1/M) sum_m softmax(eta^m)_{b, i, y_i}, over the pixels in mask, in float64 numpy."""
+    eta = samples.detach().double().numpy()  # (M, B, C, *S)
+    probs = np.exp(eta - eta.max(axis=2, keepdims=True))
+    probs /= probs.sum(axis=2, keepdims=True)
+    picked = np.take_along_axis(probs, target.numpy()[None, :, None].repeat(eta.shape[0], 0), axis=2)[:, :, 0]
+    pixels = -np.log(picked.mean(0))  # (B, *S)
+    if mask is not None:
+        pixels = pixels * mask.numpy()
+    return pixels.reshape(eta.shape[1], -1).sum(-1).mean()
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_marginal_weight_adds_that_multiple_of_the_pixels_marginal_term_on_the_same_samples(classes, masked):
+    """ssn_loss(marginal_weight=lam) = the paper's term + lam x the pixels' marginal negative
+    log-likelihood, both from the same draws (two classes: from the same log-odds draws)."""
+    dist = make(classes=classes, scale=1.5)
+    target = labels(dist)
+    mask = torch.rand(2, 6, 5, generator=torch.Generator().manual_seed(3)) > 0.3 if masked else None
+    options = dict(num_samples=12, mask=mask)
+    paper = ssn_loss(dist, target, generator=torch.Generator().manual_seed(4), **options)
+    both = ssn_loss(dist, target, generator=torch.Generator().manual_seed(4), marginal_weight=0.5, **options)
+    draw = dict(antithetic=True, generator=torch.Generator().manual_seed(4))
+    if classes == 2:
+        margin = dist.class_contrast(1, 0).rsample((12,), **draw)
+        samples = torch.cat([torch.zeros_like(margin), margin], dim=2)  # the same softmax as eta
+    else:
+        samples = dist.rsample((12,), **draw)
+    assert (both - paper).item() == pytest.approx(0.5 * numpy_marginal(samples, target, mask), rel=1e-5)
+    with pytest.raises(ValueError, match="marginal_weight must be 0 or more"):
+        ssn_loss(dist, target, marginal_weight=-1.0)
+
+
 def test_loss_tends_to_summed_cross_entropy_as_the_covariance_vanishes():
     dist = make(scale=1e-6)
     target = labels(dist)
@@ -264,8 +298,10 @@ def test_fitting_the_loss_learns_coherent_samples_only_with_a_low_rank_factor():
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("num_classes", [2, 4])
 @pytest.mark.parametrize("rank", [5, 0])
+@pytest.mark.parametrize("marginal_weight", [0.0, 0.7])
 def test_the_streamed_monte_carlo_term_of_volumes_is_the_same_estimator_with_the_same_gradients(
     monkeypatch,
+    marginal_weight,
     rank,
     num_classes,
     masked,
@@ -276,7 +312,8 @@ def test_the_streamed_monte_carlo_term_of_volumes_is_the_same_estimator_with_the
     (a streaming log-sum-exp): value and gradients equal autograd's through the same draws kept
     in memory. In float64 to 1e-10 (the maths is exact); in float32 the map sums of hundreds of
     nats carry rounding of about 1e-5 relative into the sample weights exp(l_m - max), on
-    either path, so to 1e-4. Rank 0 is the diagonal SSN: no factor."""
+    either path, so to 1e-4. Rank 0 is the diagonal SSN: no factor. With a marginal weight, the
+    pixels' marginal term is streamed with per-pixel weights, against the same reference."""
     import ssn.losses as losses
 
     torch.manual_seed(0)
@@ -297,17 +334,18 @@ def test_the_streamed_monte_carlo_term_of_volumes_is_the_same_estimator_with_the
             (losses.SAMPLES_PER_CHUNK,), antithetic=antithetic
         )
         parts.append(
-            losses._binary_map_log_likelihoods(draws[:, :, 0], target, weights)
+            losses._binary_pixel_log_likelihoods(draws[:, :, 0], target)
             if num_classes == 2
-            else losses._map_log_likelihoods(draws, target, weights)
+            else losses._pixel_log_likelihoods(draws, target)
         )
-    kept = -losses._log_mean_exp(torch.cat(parts)).mean()
+    joint, marginal = losses._joint_and_marginal(torch.cat(parts), weights)
+    kept = -(joint + marginal_weight * marginal).mean()
     unused = dict(allow_unused=True, materialize_grads=True)  # rank 0: an empty factor
     expected = torch.autograd.grad(kept, [loc, factor, diag], **unused)
 
     monkeypatch.setattr(losses, "CHUNK_ABOVE", 0)
     torch.manual_seed(1)
-    streamed = ssn_loss(dist, target, num_samples=20, mask=mask, antithetic=antithetic)
+    streamed = ssn_loss(dist, target, num_samples=20, mask=mask, antithetic=antithetic, marginal_weight=marginal_weight)
     tolerance = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(streamed, kept, **tolerance)
     for got, want in zip(torch.autograd.grad(streamed, [loc, factor, diag], **unused), expected):

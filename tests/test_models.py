@@ -343,6 +343,20 @@ def test_mean_weight_adds_that_multiple_of_the_mean_cross_entropy_to_the_papers_
         ssn.models.create("unet", features=(4, 8), mean_weight=-1)
 
 
+def test_marginal_weight_reaches_the_loss_and_is_recorded_in_the_spec():
+    torch.manual_seed(0)
+    model = ssn.models.create("unet", rank=2, features=(4, 8), mc_samples=4, marginal_weight=0.25)
+    images, target = torch.randn(2, 1, 10, 10), torch.randint(0, 2, (2, 10, 10))
+    got = model.loss(images, target, generator=torch.Generator().manual_seed(1))
+    want = ssn.ssn_loss(model(images), target, num_samples=4, generator=torch.Generator().manual_seed(1),
+                        marginal_weight=0.25)  # fmt: skip
+    torch.testing.assert_close(got, want)
+    assert model.spec.as_dict()["method_kwargs"]["marginal_weight"] == 0.25
+    assert "marginal_weight=0.25" in repr(model)
+    with pytest.raises(ConfigError, match="marginal_weight must be 0 or more"):
+        ssn.models.create("unet", features=(4, 8), marginal_weight=-1)
+
+
 @pytest.mark.parametrize("spatial", [(25, 23, 19), (31, 29)])
 def test_deepmedic_gives_features_of_the_input_size_and_trains(spatial):
     from ssn.models import ModelSpec, build

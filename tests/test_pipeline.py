@@ -581,7 +581,8 @@ def test_calibrate_stores_a_temperature_that_evaluate_and_sample_use(workspace, 
 
 def test_training_on_every_annotators_map(workspace, tmp_path, capsys):
     """--annotators all: each example carries all four maps (A, H, W), the augmentation applied
-    to them alike; the SSN and the deterministic U-Net train on them, the Prob. U-Net refuses."""
+    to them alike; the SSN (here with the marginal term) and the deterministic U-Net train on
+    them, the Prob. U-Net refuses; the ssn's loss weight on another method is refused."""
     from types import SimpleNamespace
 
     from ssn.data import load_arrays
@@ -599,11 +600,16 @@ def test_training_on_every_annotators_map(workspace, tmp_path, capsys):
     one = TrainingExamples(source, SimpleNamespace(**{**vars(config), "annotators": "one"}))[(0, 3, 5)][1]
     assert one.shape == (32, 32) and any(torch.equal(one, t) for t in target)  # the same flips, one of the maps
     common = ["--data", str(workspace / "data.npz"), "--split-file", str(workspace / "split.json"), "--epochs", "1"]
-    for method in ("ssn", "deterministic"):
+    for method, extra in (("ssn", ["--marginal-weight", "1"]), ("deterministic", [])):
         run = tmp_path / method
-        assert main(["train", "--out", str(run), "--method", method, "--annotators", "all", *common, *TRAIN]) == 0
-        assert json.loads((run / "config.json").read_text())["annotators"] == "all"
+        args = ["train", "--out", str(run), "--method", method, "--annotators", "all", *extra, *common, *TRAIN]
+        assert main(args) == 0
+        config = json.loads((run / "config.json").read_text())
+        assert config["annotators"] == "all" and config["marginal_weight"] == (1.0 if method == "ssn" else 0.0)
         assert (run / "best.safetensors").is_file()
     capsys.readouterr()
+    wrong = ["train", "--out", str(tmp_path / "d2"), "--method", "deterministic", "--marginal-weight", "1", *common]
+    assert main(wrong) == 2
+    assert "--marginal-weight: a setting of the ssn method" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "pu"), "--method", "prob-unet", "--annotators", "all", *common]) == 2
     assert "use --annotators one" in capsys.readouterr().err

@@ -138,10 +138,15 @@ class _StreamedLogLikelihood(torch.autograd.Function):
     log-sum-exp), so memory holds one chunk of logit maps and the gradients (the size of the
     parameters), and each sample is drawn once: the same estimator and gradients as autograd
     through all M samples kept in memory, at the cost of the draws alone.
+
+    With ``marginal``, the second output is the pixels' marginal term sum_i logmeanexp_m l_{m,i}
+    (:func:`ssn_loss`'s ``marginal_weight``), streamed alike: its weights b_{m,i} =
+    softmax_m(l_{m,i}) are per pixel, with a running maximum per pixel, and pixel i's gradient
+    takes b_{m,i} in place of a_m. Otherwise the second output is zeros, with no gradient.
     """
 
     @staticmethod
-    def forward(ctx, loc, factor, diag, target, weights, num_samples, antithetic, binary, generator):
+    def forward(ctx, loc, factor, diag, target, weights, num_samples, antithetic, binary, generator, marginal):
         batch = loc.shape[0]
         mu, scale = loc.reshape(batch, -1), diag.reshape(batch, -1).sqrt()  # (B, N)
         rank = factor.shape[1]
@@ -152,6 +157,7 @@ class _StreamedLogLikelihood(torch.autograd.Function):
             sign_y = (2 * y - 1).to(mu.dtype)  # (B, N): one channel, N = S
         signs = torch.tensor([1.0, -1.0] if antithetic else [1.0], dtype=mu.dtype, device=mu.device)
         run_max = total = grad_mu = grad_scale = grad_p = None
+        pixel_max = pixel_total = m_mu = m_scale = m_p = None  # the marginal term's, per pixel
         per_draw = 2 if antithetic else 1
         step = max(per_draw, SAMPLES_PER_CHUNK - SAMPLES_PER_CHUNK % per_draw)
         for start in range(0, num_samples, step):
@@ -178,6 +184,31 @@ class _StreamedLogLikelihood(torch.autograd.Function):
             if w is not None:
                 pixel_log_lik = pixel_log_lik * w[:, None, None]
                 grad.mul_(w[:, None, None] if binary else w[:, None, None, None])
+            g = grad.view(batch, -1, mu.shape[1])  # (B, k, N), draws k = (s, h)
+            if marginal:
+                l_pixel = pixel_log_lik.reshape(batch, -1, pixel_log_lik.shape[-1])  # (B, k, S)
+                chunk_pixel_max = l_pixel.amax(1)
+                new_pixel_max = chunk_pixel_max if pixel_max is None else torch.maximum(pixel_max, chunk_pixel_max)
+                if pixel_max is not None:
+                    rescale = torch.exp(pixel_max - new_pixel_max)  # (B, S)
+                    pixel_total.mul_(rescale)
+                    per_logit = rescale if binary else rescale.repeat(1, loc.shape[1])  # (B, N): C x S
+                    m_mu.mul_(per_logit)
+                    m_scale.mul_(per_logit)
+                    if rank > 0:
+                        m_p.mul_(per_logit.unsqueeze(1))
+                b = torch.exp(l_pixel - new_pixel_max.unsqueeze(1))  # (B, k, S)
+                pixel_total = _accumulate(pixel_total, b.sum(1))
+                b_logit = b if binary else b.unsqueeze(2).expand(-1, -1, loc.shape[1], -1).reshape_as(g)
+                gb = g * b_logit  # (B, k, N): b_{m,i} g_m
+                m_mu = _accumulate(m_mu, gb.sum(1))
+                if rank > 0:
+                    signed_zk = (signs.view(1, -1, 1, 1) * z.unsqueeze(1)).view(batch, -1, rank)  # (B, k, R)
+                    m_p = _accumulate_product(m_p, signed_zk.transpose(1, 2), gb)
+                gb.view(batch, len(signs), draws, -1).mul_(signs.view(1, -1, 1, 1) * eps.unsqueeze(1))
+                m_scale = _accumulate(m_scale, gb.sum(1))
+                del gb, b, b_logit
+                pixel_max = new_pixel_max
             log_lik = pixel_log_lik.sum(-1)  # (B, s, h)
             chunk_max = log_lik.flatten(1).amax(1)
             new_max = chunk_max if run_max is None else torch.maximum(run_max, chunk_max)
@@ -191,7 +222,6 @@ class _StreamedLogLikelihood(torch.autograd.Function):
                     grad_p.mul_(rescale[:, None, None])
             # The sums over the chunk's draws k = (s, h) as (B, 1 or R, k) @ (B, k, N) products
             # of the per-draw gradients g_k, so that no weighted copy of them is made.
-            g = grad.view(batch, -1, mu.shape[1])  # (B, k, N)
             signed_a = (a * signs.view(1, -1, 1)).view(batch, 1, -1)  # (B, 1, k): s a
             total = _accumulate(total, a.flatten(1).sum(1))
             grad_mu = _accumulate_product(grad_mu, a.view(batch, 1, -1), g)
@@ -204,19 +234,35 @@ class _StreamedLogLikelihood(torch.autograd.Function):
         if rank == 0:
             grad_p = p.new_zeros(p.shape)
         # The sums still lack the division by total, which backward folds into grad_output's scale.
-        ctx.save_for_backward(
+        saved = [
             grad_mu.view_as(loc),
             grad_p.view_as(factor),
             grad_scale.div_(2 * scale.unsqueeze(1)).view_as(diag),  # d sqrt(D) / dD = 1 / (2 sqrt(D))
             total,
-        )
-        return run_max + total.log() - math.log(num_samples)
+        ]
+        if marginal:  # per pixel, divided here by the pixel's total
+            per_logit_total = pixel_total if binary else pixel_total.repeat(1, loc.shape[1])
+            m_mu.div_(per_logit_total)
+            m_p = p.new_zeros(p.shape) if rank == 0 else m_p.div_(per_logit_total.unsqueeze(1))
+            m_scale.div_(per_logit_total).div_(2 * scale)
+            saved += [m_mu.view_as(loc), m_p.view_as(factor), m_scale.view_as(diag)]
+            pixels = pixel_max + pixel_total.log() - math.log(num_samples)  # (B, S)
+            marginal_value = (pixels if w is None else pixels * w).sum(1)
+        else:
+            marginal_value = mu.new_zeros(batch)
+            ctx.mark_non_differentiable(marginal_value)
+        ctx.save_for_backward(*saved)
+        return run_max + total.log() - math.log(num_samples), marginal_value
 
     @staticmethod
-    def backward(ctx, grad_output):
-        grad_loc, grad_factor, grad_diag, total = ctx.saved_tensors
+    def backward(ctx, grad_output, grad_marginal):
+        grad_loc, grad_factor, grad_diag, total, *marginal = ctx.saved_tensors
         g = (grad_output / total).view(-1, *([1] * (grad_loc.dim() - 1)))
-        return g * grad_loc, g.unsqueeze(1) * grad_factor, g * grad_diag, None, None, None, None, None, None
+        grads = [g * grad_loc, g.unsqueeze(1) * grad_factor, g * grad_diag]
+        if marginal and grad_marginal is not None:
+            gm = grad_marginal.view_as(g)
+            grads = [grads[0] + gm * marginal[0], grads[1] + gm.unsqueeze(1) * marginal[1], grads[2] + gm * marginal[2]]
+        return (*grads, None, None, None, None, None, None, None)
 
 
 def _accumulate(total: Tensor | None, value: Tensor) -> Tensor:
@@ -303,8 +349,6 @@ def ssn_loss(
     values = num_samples * distribution.loc[0, : 1 if binary else None].numel()  # per image
     if values > CHUNK_ABOVE and (num_samples > SAMPLES_PER_CHUNK) and torch.is_grad_enabled():
         # Large maps (volumes): a few samples at a time, the gradients accumulated as they go.
-        if marginal_weight:
-            raise NotImplementedError("marginal_weight is not yet streamed for large maps (volumes)")
         # Several annotators: each scored with its own draws, the batch repeated once per annotator.
         source = distribution.class_contrast(1, 0) if binary else distribution
         count = len(prepared)
@@ -318,9 +362,10 @@ def ssn_loss(
                 weights = torch.stack(kept, 1).flatten(0, 1)
             if isinstance(generator, (list, tuple)):
                 generator = [g for g in generator for _ in range(count)]
-        per_map = -_StreamedLogLikelihood.apply(
-            *parameters, targets, weights, num_samples, antithetic, binary, generator
-        ).view(-1, count)
+        joint, marginal = _StreamedLogLikelihood.apply(
+            *parameters, targets, weights, num_samples, antithetic, binary, generator, bool(marginal_weight)
+        )
+        per_map = -(joint + marginal_weight * marginal if marginal_weight else joint).view(-1, count)
         losses = [_normalized(per_map[:, a], w, expected, normalize_by_pixels) for a, (_, w) in enumerate(prepared)]
     else:
         if binary:  # only the log-odds eta_1 - eta_0 matter: sample them directly, with half the draws
