@@ -21,12 +21,15 @@ convolutional, and fewer, larger windows are faster on a CPU).
 
     python -m benchmarks.brats --steps 1200 --threads 1 --out runs/brats
     python -m benchmarks.brats --steps 1000 --one-at-a-time --out runs/brats  # beside another job
+    python -m benchmarks.brats --steps 1000 --models low-rank --extra "--marginal-weight 1" \
+        --variant "marginal weight 1" --out runs/brats  # a row beside the defaults' rows
     # data from $SSN_BRATS_DIR (default ../shared/data/brats_deepmedic) and $SSN_BRATS_TCGA_DIR
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -41,6 +44,7 @@ from benchmarks._common import (
     brats_tcga_dir,
     recorded_command,
     save_json,
+    update_json,
 )
 from benchmarks._training import SSN_AND_BASELINES, Job, model_flags, run_jobs, ssn_command, thread_env
 
@@ -192,7 +196,18 @@ def main() -> None:
     )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--extra", default="", help="further `ssn train` flags for every model, one string")
+    parser.add_argument(
+        "--variant",
+        help="name the change of the defaults that --extra makes, e.g. 'marginal weight 1': its rows are added "
+        "to results/brats.json beside the defaults' (named 'MODEL (VARIANT)'), which they leave as they are",
+    )
     args = parser.parse_args()
+    if args.extra.strip() and not args.variant:
+        parser.error("--extra changes the defaults: name the change with --variant (e.g. 'marginal weight 1')")
+    if args.variant and not (RESULTS / "brats.json").is_file():
+        parser.error("--variant adds rows beside the defaults' in results/brats.json: run the defaults first")
+    slug = args.variant.replace(" ", "-").replace("/", "-").replace(",", "") if args.variant else ""
     for folder in (args.data_dir, args.tcga_dir):
         if not folder.is_dir():
             raise SystemExit(f"BraTS data not found in {folder}; set SSN_BRATS_DIR / SSN_BRATS_TCGA_DIR")
@@ -220,16 +235,18 @@ def main() -> None:
         "50",
         "--seed",
         "0",
+        *shlex.split(args.extra),
     ]
+    folders = {name: args.out / (f"{name}.{slug}" if slug else name) for name in args.models}
     start = time.perf_counter()
     if not args.skip_training:
         training = [
             Job(
                 name,
                 python
-                + ["train", "--data", str(lists), "--out", str(args.out / name), "--overwrite", *settings]
+                + ["train", "--data", str(lists), "--out", str(folders[name]), "--overwrite", *settings]
                 + model_flags(name),
-                args.out / f"{name}.train.log",
+                folders[name].with_name(folders[name].name + ".train.log"),
             )
             for name in args.models
         ]
@@ -237,8 +254,8 @@ def main() -> None:
     train_minutes = (time.perf_counter() - start) / 60
     runs = {}
     for name in args.models:
-        run = args.out / name
-        entry = {"steps": json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]}
+        run = folders[name]
+        entry: dict = {"steps": json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]}
         for tag, data in (("deepmedic test", lists), ("tcga", tcga_list)):
             report = run / f"{tag.replace(' ', '_')}.json"
             subprocess.run(
@@ -269,10 +286,29 @@ def main() -> None:
             entry[tag]["multi-class"] = {
                 c: {k: structures[f"multi-class ({c})"][k]["mean"] for k in ("ged", "diversity")} for c in CONVENTIONS
             }
-        runs[name] = entry
-        print(name, json.dumps(entry), flush=True)
+        if args.variant:
+            entry |= {
+                "variant": args.variant,
+                "extra": args.extra.strip(),
+                "train_minutes_wall": train_minutes,
+                "threads": args.threads,
+                "settings": settings,
+                "command": recorded_command("brats", *sys.argv[1:]),
+            }
+        key = f"{name} ({args.variant})" if args.variant else name
+        runs[key] = entry
+        print(key, json.dumps(entry), flush=True)
     if "low-rank" in args.models:
-        figure(args.out / "low-rank", lists, BENCHMARKS / "brats_samples.png", args.window)
+        png = f"brats_samples.{slug}.png" if slug else "brats_samples.png"
+        figure(folders["low-rank"], lists, BENCHMARKS / png, args.window)
+        if args.variant:
+            runs[f"low-rank ({args.variant})"]["figure"] = png
+    if args.variant:  # beside the defaults' rows, which keep their settings and command
+        update_json(RESULTS / "brats.json", lambda content: content | {"runs": content.get("runs", {}) | runs})
+        from benchmarks import report as report_module
+
+        report_module.write()
+        return
     result = {
         "measured": time.strftime("%Y-%m-%d"),
         "steps": args.steps,

@@ -505,9 +505,18 @@ def brats_section() -> list[str]:
         "included, as in GED²); the algorithms' own is over their distinct pairs.",
         "",
     ]
+    for name, run in content["runs"].items():
+        if run.get("variant"):
+            lines += [
+                f"*{name}*: the settings above with `{run['extra']}` ({run['train_minutes_wall']:.0f} minutes of wall "
+                f"time, {run['threads']} thread{'s' if run['threads'] > 1 else ''}): `{_runnable(run['command'])}`.",
+                "",
+            ]
+    lines += ["![BraTS test case: expert map and samples of the low-rank SSN](brats_samples.png)", ""]
+    for name, run in content["runs"].items():
+        if run.get("figure"):
+            lines += [f"![BraTS test case: samples of the {name}]({run['figure']})", ""]
     lines += [
-        "![BraTS test case: expert map and samples of the low-rank SSN](brats_samples.png)",
-        "",
         "Data: BraTS 2013 cases as repackaged in DeepMedic's examples (CC BY-NC-SA 3.0): Menze, B. H., Jakab, A., "
         "Bauer, S., et al. (2015). The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS). IEEE Transactions "
         "on Medical Imaging, 34(10), 1993-2024; Kamnitsas, K., Ledig, C., Newcombe, V. F. J., et al. (2017). Efficient "

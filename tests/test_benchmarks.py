@@ -377,3 +377,41 @@ def test_the_lidc_benchmark_asks_to_name_a_change_of_the_defaults(monkeypatch, c
     with pytest.raises(SystemExit) as stopped:
         lidc.main()
     assert stopped.value.code == 2 and "name the change with --variant" in capsys.readouterr().err
+
+
+def test_the_brats_benchmark_asks_to_name_a_change_of_the_defaults(monkeypatch, capsys):
+    from benchmarks import brats
+
+    monkeypatch.setattr(sys, "argv", ["brats", "--steps", "10", "--extra", "--marginal-weight 1"])
+    with pytest.raises(SystemExit) as stopped:
+        brats.main()
+    assert stopped.value.code == 2 and "name the change with --variant" in capsys.readouterr().err
+
+
+def test_a_brats_variant_row_sits_beside_the_defaults_with_its_flags_and_command(monkeypatch, tmp_path):
+    def figures(dice):
+        regions = {
+            r: {"dice": dice, "ged": 0.5, "diversity": 0.2} for r in ("whole tumour", "tumour core", "enhancing tumour")
+        }
+        return regions | {"multi-class": {c: {"ged": 0.6, "diversity": 0.3} for c in ("present", "all")}}
+
+    def entry(dice, **more):
+        return {"steps": 1000, "deepmedic test": figures(dice), "tcga": figures(dice), **more}
+
+    variant = {
+        "variant": "marginal weight 1", "extra": "--marginal-weight 1", "train_minutes_wall": 41.2, "threads": 1,
+        "command": "python -m benchmarks.brats --models low-rank --variant 'marginal weight 1'",
+        "figure": "brats_samples.marginal-weight-1.png",
+    }  # fmt: skip
+    content = {
+        "measured": "2026-12-02", "command": "python -m benchmarks.brats --steps 1000", "features": [8, 16, 32, 64],
+        "patch_size": [48, 48, 48], "steps": 1000, "threads_per_model": 1, "models_at_once": 1,
+        "train_minutes_wall": 101.0, "samples": 20,
+        "runs": {"low-rank": entry(0.724), "low-rank (marginal weight 1)": entry(0.801, **variant)},
+    }  # fmt: skip
+    (tmp_path / "brats.json").write_text(json.dumps(content))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    text = "\n".join(report.brats_section())
+    assert "| low-rank | 1000 | 0.724 |" in text and "| low-rank (marginal weight 1) | 1000 | 0.801 |" in text
+    assert "*low-rank (marginal weight 1)*: the settings above with `--marginal-weight 1` (41 minutes" in text
+    assert "(brats_samples.marginal-weight-1.png)" in text and "(brats_samples.png)" in text
