@@ -17,6 +17,7 @@ the figures are means over test nodules with their standard errors (one training
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def train_flags(args, listing: Path, name: str) -> list[str]:
         *(["--intensity", args.intensity] if args.intensity else []),
         *(["--mean-warmup", str(args.mean_warmup)] if args.mean_warmup is not None else []),
         *(["--warmup-steps", str(args.warmup_steps)] if args.warmup_steps else []),
+        *shlex.split(args.extra),
     ]  # fmt: skip
 
 
@@ -271,6 +273,9 @@ def main() -> None:
     parser.add_argument("--mean-warmup", type=float, help="ssn train --mean-warmup (default: its own, 0.25)")
     parser.add_argument("--warmup-steps", type=int, default=0, help="ssn train --warmup-steps (learning-rate warm-up)")
     parser.add_argument("--tag", help="a variant's name, added to its rows' names (e.g. 'patches 32x32x8')")
+    parser.add_argument(
+        "--extra", default="", help="further `ssn train` flags for every model, one string (needs --tag)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--part-minutes", type=float, help="train for at most this many minutes per model now")
     parser.add_argument("--one-at-a-time", action="store_true", help="train the models one after another")
@@ -283,6 +288,8 @@ def main() -> None:
         "--references-only", action="store_true", help="convert if needed, write the reference rows, train nothing"
     )
     args = parser.parse_args()
+    if args.extra.strip() and not args.tag:
+        parser.error("--extra changes the settings: name the change with --tag (e.g. 'marginal weight 1')")
     args.out.mkdir(parents=True, exist_ok=True)
     volumes = args.volumes or args.out / "volumes"
     listing = volumes / "lidc3d.json"

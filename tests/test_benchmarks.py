@@ -239,13 +239,19 @@ def test_the_lidc3d_benchmark_converts_trains_in_parts_evaluates_and_writes_its_
     command = [sys.executable, "-m", "benchmarks.lidc3d", "--npz", str(npz), "--out", str(tmp_path / "runs"),
                "--models", "low-rank", "--steps", "2", "--patch", "16", "16", "4", "--features", "4", "8",
                "--batch-size", "2", "--val-images", "1", "--val-every", "1", "--samples", "2", "--results", str(results),
-               "--intensity", "stored"]  # fmt: skip
+               "--intensity", "stored", "--extra", "--marginal-weight 0.5", "--tag", "marginal 0.5"]  # fmt: skip
     done = subprocess.run(command, cwd=_common.ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads((tmp_path / "runs" / "low-rank" / "config.json").read_text())["intensity"] == "stored"
+    config = json.loads((tmp_path / "runs" / "low-rank" / "config.json").read_text())
+    assert config["intensity"] == "stored" and config["marginal_weight"] == 0.5  # --extra reaches ssn train
     content = json.loads(results.read_text())
     run, *calibrated = content["runs"]
-    assert run["name"] == "low-rank" and run["num_cases"] == 1 and run["steps"] == 2 and run["temperature"] == 1
+    assert (
+        run["name"] == "low-rank (marginal 0.5)"
+        and run["num_cases"] == 1
+        and run["steps"] == 2
+        and run["temperature"] == 1
+    )
     assert run["draws"] == "per case"  # each nodule its own draws
     assert {"mean", "stderr"} <= set(run["ged"]) and "mean" in run["diversity"]
     assert content["reference"]["num_cases"] == 1 and "mean" in content["reference"]["majority_vote"]["ged"]
@@ -253,7 +259,7 @@ def test_the_lidc3d_benchmark_converts_trains_in_parts_evaluates_and_writes_its_
     assert chosen["split"] == "validation"
     # a second row at the chosen temperature, unless calibration chose t = 1
     assert [(r["name"], r["temperature"]) for r in calibrated] == (
-        [] if chosen["temperature"] == 1 else [("low-rank, calibrated", chosen["temperature"])]
+        [] if chosen["temperature"] == 1 else [("low-rank (marginal 0.5), calibrated", chosen["temperature"])]
     )
     again = subprocess.run(
         command, cwd=_common.ROOT, capture_output=True, text=True, timeout=300
@@ -377,6 +383,15 @@ def test_the_lidc_benchmark_asks_to_name_a_change_of_the_defaults(monkeypatch, c
     with pytest.raises(SystemExit) as stopped:
         lidc.main()
     assert stopped.value.code == 2 and "name the change with --variant" in capsys.readouterr().err
+
+
+def test_the_lidc3d_benchmark_asks_to_name_a_change_of_the_settings(monkeypatch, capsys):
+    from benchmarks import lidc3d
+
+    monkeypatch.setattr(sys, "argv", ["lidc3d", "--steps", "10", "--extra", "--marginal-weight 1"])
+    with pytest.raises(SystemExit) as stopped:
+        lidc3d.main()
+    assert stopped.value.code == 2 and "name the change with --tag" in capsys.readouterr().err
 
 
 def test_the_brats_benchmark_asks_to_name_a_change_of_the_defaults(monkeypatch, capsys):
