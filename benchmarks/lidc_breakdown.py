@@ -56,7 +56,20 @@ def main() -> None:
         default=[],
         help="runs (or pretrained:NAME): empty samples against the readers' empty maps, by readers marking",
     )
+    parser.add_argument(
+        "--temperature",
+        default="1",
+        help="with --presence: the sampling temperature, a number >= 0 or 'calibrated' (each run's "
+        "calibration.json, 1 where it has none; default 1)",
+    )
     args = parser.parse_args()
+    if args.temperature != "calibrated":
+        try:
+            fixed = float(args.temperature)
+        except ValueError:
+            fixed = -1.0
+        if not fixed >= 0:
+            parser.error(f"--temperature takes a number >= 0 or 'calibrated'; got {args.temperature!r}")
     if not args.runs and not args.inspect and not args.presence:
         parser.error("give --runs, --inspect, --presence or a combination")
     from ssn.data import load_arrays, select_split
@@ -74,12 +87,12 @@ def main() -> None:
         from ssn.engine.checkpoints import load_run
 
         for run in args.presence:
-            model, _ = load_run(run, temperature=1.0)
+            model, _ = load_run(run, temperature=None if args.temperature == "calibrated" else fixed)
             if not model.has_logit_distribution:
                 raise SystemExit(f"--presence needs an SSN run (a logit distribution); {run} is a {model.method} model")
-            rows = presence(model, data, test, marking, args.slices)
-            print_presence(run, args.split, 16, rows)
-            record_presence(run, args.split, 16, rows, sys.argv[1:])
+            rows = presence(model, data, test, marking, args.slices, temperature=model.temperature)
+            print_presence(run, args.split, 16, rows, model.temperature)
+            record_presence(run, args.split, 16, rows, sys.argv[1:], model.temperature)
         return
     columns, indices = {}, None
     for run in args.runs:
@@ -150,11 +163,19 @@ def inspect(
     )
 
 
-def presence(model, data, indices: np.ndarray, marking: np.ndarray, count: int = 120, samples: int = 16) -> list[dict]:
+def presence(
+    model,
+    data,
+    indices: np.ndarray,
+    marking: np.ndarray,
+    count: int = 120,
+    samples: int = 16,
+    temperature: float = 1.0,
+) -> list[dict]:
     """For each number k of readers marking a slice, on up to ``count`` such slices among
     ``indices`` (all when 0): the readers' share of empty maps, (R - k)/R; how often the mean map (the argmax
-    of the mean logits mu) is empty; the share of empty samples (t = 1), overall and on the slices
-    where the mean map is not empty (what the covariance alone empties). Recorded in
+    of the mean logits mu) is empty; the share of empty samples (drawn at ``temperature``), overall
+    and on the slices where the mean map is not empty (what the covariance alone empties). Recorded in
     ``results/lidc_presence.json`` by :func:`record_presence`. ``model`` is an SSN."""
     from ssn.inference import image_tensor
 
@@ -164,12 +185,14 @@ def presence(model, data, indices: np.ndarray, marking: np.ndarray, count: int =
     for k in range(1, readers + 1):
         group = np.flatnonzero(marking == k)
         take = min(count or group.size, group.size)
+        if take == 0:
+            continue  # no slice that k readers marked: no row
         chosen = indices[np.sort(np.random.default_rng(0).choice(group, take, replace=False))]
         images = image_tensor(data["images"][chosen])
         mean_empty, sample_empty = [], []
         with torch.no_grad():
             for begin in range(0, take, 64):
-                distribution = model.distribution(images[begin : begin + 64])
+                distribution = model.distribution(images[begin : begin + 64]).scaled(temperature)
                 mean_empty.append((distribution.loc.argmax(1) == 0).flatten(1).all(1))
                 drawn = distribution.sample_labels(samples, generator=generator)  # (N, b, H, W)
                 sample_empty.append((drawn == 0).flatten(2).all(2).float().mean(0))
@@ -189,8 +212,8 @@ def presence(model, data, indices: np.ndarray, marking: np.ndarray, count: int =
     return rows
 
 
-def print_presence(run: str, split: str, samples: int, rows: list[dict]) -> None:
-    print(f"{run} ({split}, {samples} samples per slice, t = 1)")
+def print_presence(run: str, split: str, samples: int, rows: list[dict], temperature: float = 1.0) -> None:
+    print(f"{run} ({split}, {samples} samples per slice, t = {temperature:g})")
     print("| readers marking | slices | readers' maps empty | mean map empty | samples empty | where the mean is not |")
     print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
@@ -202,8 +225,11 @@ def print_presence(run: str, split: str, samples: int, rows: list[dict]) -> None
         )
 
 
-def record_presence(run: str, split: str, samples: int, rows: list[dict], argv: list[str]) -> None:
-    """Keep ``rows`` in ``results/lidc_presence.json``, replacing an earlier entry of the same run and split."""
+def record_presence(
+    run: str, split: str, samples: int, rows: list[dict], argv: list[str], temperature: float = 1.0
+) -> None:
+    """Keep ``rows`` in ``results/lidc_presence.json``, replacing an earlier entry of the same run,
+    split and temperature."""
     import ssn
     from benchmarks._common import RESULTS, recorded_command, update_json
 
@@ -212,6 +238,7 @@ def record_presence(run: str, split: str, samples: int, rows: list[dict], argv: 
         "run": name,
         "split": split,
         "samples": samples,
+        "temperature": temperature,
         "measured": time.strftime("%Y-%m-%d"),
         "ssn_version": ssn.__version__,
         "command": recorded_command("lidc_breakdown", *argv),
@@ -219,7 +246,10 @@ def record_presence(run: str, split: str, samples: int, rows: list[dict], argv: 
     }
 
     def change(content: dict) -> dict:
-        kept = [e for e in content.get("runs", []) if (e["run"], e["split"]) != (name, split)]
+        def key(e: dict) -> tuple:
+            return e["run"], e["split"], e.get("temperature", 1.0)
+
+        kept = [e for e in content.get("runs", []) if key(e) != key(entry)]
         return {"runs": [*kept, entry]}
 
     update_json(RESULTS / "lidc_presence.json", change)

@@ -700,6 +700,7 @@ def presence_section() -> list[str]:
                 [
                     f"`{r['run']}`",
                     r["split"],
+                    f"{r.get('temperature', 1.0):g}",
                     str(row["readers_marking"]),
                     str(row["slices"]),
                     f"{row['readers_empty_share']:.0%}",
@@ -714,13 +715,14 @@ def presence_section() -> list[str]:
         "",
         "Written by `benchmarks/lidc_breakdown.py --presence`: on slices that k of the four readers marked, "
         "(4 − k)/4 of the readers' maps are empty. For each k, how often the mean map (the argmax of the mean "
-        "logits) is empty, the share of empty samples (16 per slice, t = 1), and that share on the slices whose "
+        "logits) is empty, the share of empty samples (16 per slice, at the sampling temperature t), and that share on the slices whose "
         "mean map is not empty: the samples the covariance alone empties. Commands: " + "; ".join(commands) + ".",
         "",
         *_table(
             [
                 "run",
                 "split",
+                "t",
                 "readers marking",
                 "slices",
                 "readers' maps empty",

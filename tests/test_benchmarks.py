@@ -356,6 +356,40 @@ def test_presence_counts_empty_mean_maps_and_samples_by_readers_marking(bias, me
         assert r["empty_sample_share_where_the_mean_is_not_empty"] == (None if mean_empty else 0.0)
 
 
+def test_presence_draws_at_the_given_temperature():
+    """One latent shifts the whole foreground map (factor 10 on class 1, mean 0.5): at t = 1 about
+    half the samples are empty (P(0.5 + 10 z < 0) = 0.48), at t = 0 none is (the mean map)."""
+    import ssn
+    from benchmarks.lidc_breakdown import presence
+
+    torch.manual_seed(0)
+    model = ssn.models.create("unet", features=(4, 8), rank=2, variance_init=1e-6).eval()
+    with torch.no_grad():
+        for name in ("mean", "factor", "log_diag"):
+            for p in getattr(model.head, name).parameters():
+                p.zero_()
+        model.head.log_diag.bias.fill_(-30.0)
+        model.head.mean.bias.copy_(torch.tensor([0.0, 0.5]))
+        model.head.factor.bias[1] = 10.0  # channel r * C + c for r = 0, c = 1
+    masks = np.ones((8, 4, 16, 16), np.uint8)
+    data = {"images": np.random.default_rng(0).random((8, 1, 16, 16), dtype=np.float32), "masks": masks}
+    marking = np.full(8, 4)
+    (warm,) = presence(model, data, np.arange(8), marking, count=0, samples=64, temperature=1.0)
+    (cold,) = presence(model, data, np.arange(8), marking, count=0, samples=64, temperature=0.0)
+    assert warm["mean_map_empty_share"] == cold["mean_map_empty_share"] == 0.0
+    assert 0.35 < warm["empty_sample_share"] < 0.6 and cold["empty_sample_share"] == 0.0
+
+
+@pytest.mark.parametrize("value", ["warm", "-1", "nan"])
+def test_presence_refuses_a_temperature_that_is_not_one(monkeypatch, capsys, value):
+    from benchmarks import lidc_breakdown
+
+    monkeypatch.setattr(sys, "argv", ["lidc_breakdown", "--presence", "pretrained:lidc-2d", "--temperature", value])
+    with pytest.raises(SystemExit) as raised:
+        lidc_breakdown.main()
+    assert raised.value.code == 2 and "--temperature takes a number >= 0 or 'calibrated'" in capsys.readouterr().err
+
+
 def test_a_variant_of_the_defaults_stays_out_of_the_headline_and_is_named_elsewhere(monkeypatch, tmp_path):
     def run(name, ged, variant=None, seed=0):
         figures = {"ged": {"mean": ged, "stderr": 0.004}, "diversity": {"mean": 0.6}, "hm_iou": {"16": {"mean": 0.5}}}
