@@ -22,6 +22,7 @@ them in ``results/lidc_presence.json``.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
@@ -32,6 +33,19 @@ import numpy as np
 import torch
 
 from benchmarks._common import add_lidc_dir, benchmark_parser, lidc_files
+
+
+def _temperature(value: str) -> float | None:
+    """``--temperature``: a number >= 0, or None for 'calibrated' (``load_run`` then reads the run's own)."""
+    if value == "calibrated":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"--temperature takes a number >= 0 or 'calibrated'; got {value!r}")
+    return number
 
 
 def main() -> None:
@@ -58,18 +72,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--temperature",
-        default="1",
+        type=_temperature,
+        default=1.0,
         help="with --presence: the sampling temperature, a number >= 0 or 'calibrated' (each run's "
         "calibration.json, 1 where it has none; default 1)",
     )
     args = parser.parse_args()
-    if args.temperature != "calibrated":
-        try:
-            fixed = float(args.temperature)
-        except ValueError:
-            fixed = -1.0
-        if not fixed >= 0:
-            parser.error(f"--temperature takes a number >= 0 or 'calibrated'; got {args.temperature!r}")
     if not args.runs and not args.inspect and not args.presence:
         parser.error("give --runs, --inspect, --presence or a combination")
     from ssn.data import load_arrays, select_split
@@ -87,10 +95,10 @@ def main() -> None:
         from ssn.engine.checkpoints import load_run
 
         for run in args.presence:
-            model, _ = load_run(run, temperature=None if args.temperature == "calibrated" else fixed)
+            model, _ = load_run(run, temperature=args.temperature)
             if not model.has_logit_distribution:
                 raise SystemExit(f"--presence needs an SSN run (a logit distribution); {run} is a {model.method} model")
-            rows = presence(model, data, test, marking, args.slices, temperature=model.temperature)
+            rows = presence(model, data, test, marking, args.slices)
             print_presence(run, args.split, 16, rows, model.temperature)
             record_presence(run, args.split, 16, rows, sys.argv[1:], model.temperature)
         return
@@ -170,11 +178,10 @@ def presence(
     marking: np.ndarray,
     count: int = 120,
     samples: int = 16,
-    temperature: float = 1.0,
 ) -> list[dict]:
     """For each number k of readers marking a slice, on up to ``count`` such slices among
     ``indices`` (all when 0): the readers' share of empty maps, (R - k)/R; how often the mean map (the argmax
-    of the mean logits mu) is empty; the share of empty samples (drawn at ``temperature``), overall
+    of the mean logits mu) is empty; the share of empty samples (drawn at ``model.temperature``), overall
     and on the slices where the mean map is not empty (what the covariance alone empties). Recorded in
     ``results/lidc_presence.json`` by :func:`record_presence`. ``model`` is an SSN."""
     from ssn.inference import image_tensor
@@ -192,7 +199,7 @@ def presence(
         mean_empty, sample_empty = [], []
         with torch.no_grad():
             for begin in range(0, take, 64):
-                distribution = model.distribution(images[begin : begin + 64]).scaled(temperature)
+                distribution = model.distribution(images[begin : begin + 64]).scaled(model.temperature)
                 mean_empty.append((distribution.loc.argmax(1) == 0).flatten(1).all(1))
                 drawn = distribution.sample_labels(samples, generator=generator)  # (N, b, H, W)
                 sample_empty.append((drawn == 0).flatten(2).all(2).float().mean(0))

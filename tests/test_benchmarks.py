@@ -374,8 +374,10 @@ def test_presence_draws_at_the_given_temperature():
     masks = np.ones((8, 4, 16, 16), np.uint8)
     data = {"images": np.random.default_rng(0).random((8, 1, 16, 16), dtype=np.float32), "masks": masks}
     marking = np.full(8, 4)
-    (warm,) = presence(model, data, np.arange(8), marking, count=0, samples=64, temperature=1.0)
-    (cold,) = presence(model, data, np.arange(8), marking, count=0, samples=64, temperature=0.0)
+    model.temperature = 1.0
+    (warm,) = presence(model, data, np.arange(8), marking, count=0, samples=64)
+    model.temperature = 0.0
+    (cold,) = presence(model, data, np.arange(8), marking, count=0, samples=64)
     assert warm["mean_map_empty_share"] == cold["mean_map_empty_share"] == 0.0
     assert 0.35 < warm["empty_sample_share"] < 0.6 and cold["empty_sample_share"] == 0.0
 
