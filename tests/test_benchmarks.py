@@ -412,6 +412,26 @@ def test_a_variant_of_the_defaults_stays_out_of_the_headline_and_is_named_elsewh
     assert "low-rank, mean of 2 seeds" in seeds and "mean weight 1" not in seeds  # one seed of the variant
 
 
+def test_the_seeds_table_gives_each_seed_its_calibrated_figure_and_their_mean(monkeypatch, tmp_path):
+    def run(seed, ged, calibrated=None):
+        figures = {"ged": {"mean": ged, "stderr": 0.004}, "diversity": {"mean": 0.6}, "hm_iou": {"16": {"mean": 0.5}}}
+        if calibrated:
+            t, value = calibrated
+            figures |= {"calibrated": {"ged": {"mean": value, "stderr": 0.003}}, "calibration": {"temperature": t}}
+        return {"name": "low-rank", "seed": seed, "protocol": 3, "training": {"step": 10000}, **figures}
+
+    (tmp_path / "lidc.json").write_text(
+        json.dumps({"runs": [run(0, 0.277, (1.5, 0.258)), run(1, 0.281, (1.25, 0.262))]})
+    )
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    seeds = "\n".join(report.seeds_section())
+    assert "| 0.258 ± 0.003 (t = 1.5) |" in seeds and "| 0.262 ± 0.003 (t = 1.25) |" in seeds
+    assert "**0.260** (spread 0.004)" in seeds and "**0.279** (spread 0.004)" in seeds
+    (tmp_path / "lidc.json").write_text(json.dumps({"runs": [run(0, 0.277, (1.5, 0.258)), run(1, 0.281)]}))
+    mean_row = [line for line in report.seeds_section() if "mean of 2 seeds" in line][0]
+    assert mean_row.rstrip().endswith("|  |")  # no mean of one calibrated seed
+
+
 def test_the_lidc_benchmark_asks_to_name_a_change_of_the_defaults(monkeypatch, capsys):
     from benchmarks import lidc
 
