@@ -433,7 +433,8 @@ def load_runs(content: dict) -> list[dict]:
 
 
 def figure(run_dir: Path, data_path: Path, split: Path, path: Path) -> None:
-    """Test slices where the readers disagree: image, the 4 readers, 6 SSN samples."""
+    """Four test slices, image, the 4 readers and 6 SSN samples each: two that all four readers
+    marked (the samples should keep the nodule) and two where two or three did (they should vary)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -448,7 +449,9 @@ def figure(run_dir: Path, data_path: Path, split: Path, path: Path) -> None:
     test = select_split(data, "test", split)
     marked = (np.asarray(data.masks[test]).reshape(test.size, 4, -1).max(-1)).sum(1)
     rng = np.random.default_rng(0)
-    chosen = np.sort(rng.choice(test[(marked >= 2) & (marked <= 3)], size=4, replace=False))
+    agreeing = rng.choice(test[marked == 4], size=2, replace=False)
+    disagreeing = rng.choice(test[(marked >= 2) & (marked <= 3)], size=2, replace=False)
+    chosen = np.concatenate([np.sort(agreeing), np.sort(disagreeing)])
     model, _ = load_run(run_dir)
     generator = torch.Generator().manual_seed(0)
     ((_, samples),) = predict_batches(model, data.images, chosen, 6, batch_size=len(chosen), generator=generator)
@@ -468,6 +471,9 @@ def figure(run_dir: Path, data_path: Path, split: Path, path: Path) -> None:
                     linewidths=1,
                 )
             axis.set_axis_off()
+            if mask is None:
+                readers = int((np.asarray(data.masks[index]).reshape(4, -1).max(-1) > 0).sum())
+                axis.text(2, 10, f"{readers} of 4 readers", color="white", fontsize=7)
             if row == 0:
                 axis.set_title(title, fontsize=8)
     fig.suptitle("LIDC-IDRI test slices (data: Armato et al. 2011, TCIA LIDC-IDRI, CC BY 3.0)", fontsize=9)

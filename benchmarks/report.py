@@ -93,6 +93,14 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def _shipped_run(runs: list[dict], name: str) -> dict | None:
+    """The LIDC run shipped as ``pretrained:NAME`` (``results/shipped.json``, written by
+    ``benchmarks/ship_pretrained.py``), or None where it is not among ``runs``."""
+    source = _load("shipped").get(name, {}).get("run")
+    matches = [r for r in runs if source and r.get("run") == source]
+    return matches[-1] if matches else None
+
+
 def lidc_section() -> list[str]:
     content = _load("lidc")
     runs, reference = content.get("runs", []), content.get("reference")
@@ -125,6 +133,14 @@ def lidc_section() -> list[str]:
             rows.append(
                 [f"{name}, calibrated", f"{run['calibrated']['temperature']:g}", *_figures(run["calibrated"]), "", ""]
             )
+    shipped = _shipped_run(runs, "lidc-2d")
+    if shipped is not None and shipped is not latest.get(shipped["name"]):  # a variant or another seed
+        label = f"{_run_name(shipped)}, seed {shipped.get('seed', 0)}: **shipped** as `pretrained:lidc-2d`"
+        budget = f"{shipped['training'].get('step', 0)} steps, {shipped['training'].get('minutes', 0):.0f} min"
+        rows.append([label, "1", *_figures(shipped), budget, PAPER[shipped["name"]]])
+        if shipped.get("calibrated"):
+            temperature = f"{shipped['calibrated']['temperature']:g}"
+            rows.append([f"{label}, calibrated", temperature, *_figures(shipped["calibrated"]), "", ""])
     if reference:
         rows.append(["*empty prediction*", "", *_figures(reference["empty"]), "", ""])
         rows.append(["*readers' majority vote*", "", *_figures(reference["majority_vote"]), "", ""])

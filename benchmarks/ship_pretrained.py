@@ -6,7 +6,8 @@
 Writes ``src/ssn/weights/NAME/``: ``best.safetensors`` (the weights), ``config.json`` (the
 settings and architecture, with machine-specific paths removed), ``calibration.json`` (the
 temperature chosen on validation) and ``MODEL_CARD.md`` (data, split, budget, test figures at
-t = 1 and calibrated, licence and attribution). A 2D run's figures come from its
+t = 1 and calibrated, licence and attribution), and records the run in
+``benchmarks/results/shipped.json``, which marks its rows in RESULTS.md. A 2D run's figures come from its
 ``test_metrics.json`` and ``test_metrics_calibrated.json`` written by ``benchmarks/lidc.py``; a 3D
 run's from ``test_metrics_16.json`` and ``test_metrics_16_tT.json`` written by ``benchmarks/lidc3d.py``.
 """
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
-from benchmarks._common import ROOT, benchmark_parser, save_json
+from benchmarks._common import RESULTS, ROOT, benchmark_parser, save_json, update_json
 from ssn.files import write_atomically
 
 
@@ -63,12 +65,86 @@ def _copy(run: Path, target: Path, input_shape: list[int] | None) -> tuple[dict,
     return config, calibration, curve
 
 
+def _threads(run: Path) -> str:
+    """How the run was timed: its threads from its ``lidc.json`` row, and CPU time over wall time."""
+    rows = json.loads((ROOT / "benchmarks" / "results" / "lidc.json").read_text())["runs"]
+    threads = {row.get("threads_per_process") for row in rows if Path(row.get("run", "")).resolve() == run.resolve()}
+    threads.discard(None)
+    if len(threads) != 1:
+        return "one thread, sharing the machine with other work"  # runs before the rows recorded it
+    (count,) = threads
+    return f"{count} thread{'s' if count > 1 else ''}"
+
+
+def _objective(config: dict) -> str:
+    """The training objective's terms beyond the paper's Monte Carlo likelihood."""
+    terms = []
+    if config.get("marginal_weight"):
+        terms.append(
+            f"plus {config['marginal_weight']:g} x the pixels' marginal log-likelihood "
+            f"(`--marginal-weight {config['marginal_weight']:g}`)"
+        )
+    if config.get("mean_weight"):
+        terms.append(f"plus {config['mean_weight']:g} x the mean's cross-entropy (`--mean-weight`)")
+    return "the Monte Carlo log-likelihood of the paper" + ("".join(", " + term for term in terms))
+
+
+def _presence(run: Path) -> str:
+    """The card's sentence on empty samples where every reader marked the nodule (from
+    ``benchmarks/lidc_breakdown.py --presence``), or nothing where it was not measured."""
+    path = ROOT / "benchmarks" / "results" / "lidc_presence.json"
+    name = "/".join(run.resolve().parts[-2:])
+    entries = [e for e in json.loads(path.read_text())["runs"] if e["run"] == name and e["split"] == "test"]
+    shares = []
+    for entry in sorted(entries, key=lambda e: e.get("temperature", 1.0)):
+        (row,) = [r for r in entry["rows"] if r["readers_marking"] == 4] or [None]
+        if row:
+            shares.append((entry.get("temperature", 1.0), row["empty_sample_share"], row["slices"]))
+    if not shares:
+        return ""
+    at = ", ".join(f"{share:.1%} at t = {t:g}" for t, share, _ in shares)
+    return (
+        f"  Empty samples on the {shares[0][2]} test slices that all four readers marked (16 samples each, "
+        f"`benchmarks/lidc_breakdown.py --presence`): {at}.\n"
+    )
+
+
+def _other_seeds(run: Path) -> str:
+    """The card's sentence on the other seeds trained alike (``benchmarks/lidc.py --seed``)."""
+    rows = json.loads((ROOT / "benchmarks" / "results" / "lidc.json").read_text())["runs"]
+    (own,) = [r for r in rows if Path(r.get("run", "")).resolve() == run.resolve()][:1] or [None]
+    if own is None:
+        return ""
+    alike = [
+        r
+        for r in rows
+        if r["name"] == own["name"]
+        and r.get("variant") == own.get("variant")
+        and r.get("training", {}).get("step") == own.get("training", {}).get("step")
+        and r.get("seed") != own.get("seed")
+        and r.get("seed") is not None
+    ]
+    if not alike:
+        return "  One training seed: the ± leaves out training noise.\n"
+    parts = []
+    for r in alike:
+        text = f"seed {r['seed']}: {r['ged']['mean']:.3f} ± {r['ged']['stderr']:.3f} at t = 1"
+        if r.get("calibrated"):
+            text += f", {r['calibrated']['ged']['mean']:.3f} at its calibrated t = {r['calibration']['temperature']:g}"
+        parts.append(text)
+    chosen = [f"{own['calibration']['ged']:.3f} for this one"] if own.get("calibration") else []
+    chosen += [f"{r['calibration']['ged']:.3f} for seed {r['seed']}" for r in alike if r.get("calibration")]
+    basis = f" The shipped seed has the best calibrated validation GED²(16): {', '.join(chosen)}." if chosen else ""
+    return f"  Trained alike with another seed, test GED²(100): {'; '.join(parts)}.{basis}\n"
+
+
 def card_2d(run: Path, name: str, config: dict, calibration: dict, curve: list[dict]) -> str:
     """The model card of a 2D LIDC run (figures from ``benchmarks/lidc.py``)."""
     test = json.loads((run / "test_metrics.json").read_text())
     calibrated = json.loads((run / "test_metrics_calibrated.json").read_text())
     training, best = curve[-1], min(curve, key=lambda entry: entry["val_ged"])
     cpu = f", {training['cpu_minutes'] / 60:.2f} CPU-hours" if "cpu_minutes" in training else ""
+    threads = _threads(run)
     arch = config["architecture"]
     return f"""# Model card: `{name}`
 
@@ -92,7 +168,7 @@ or from the command line: `ssn sample --run pretrained:{name} --input slice.png 
   split of `split.json` (train 9,414 / val 3,039 / test 3,095 slices). Trained on the train
   split, one reader drawn per slice per step; checkpoint and temperature chosen on the val split.
 - **Budget**: {training["step"]} optimiser steps, batch {config["batch_size"]}, {training["minutes"]:.0f} minutes of training time{cpu} on a
-  2-core CPU (no GPU), one thread, sharing the machine with other work. Settings: Adam lr
+  2-core CPU (no GPU), {threads}, seed {config["seed"]}. Objective: {_objective(config)}. Settings: Adam lr
   {config["lr"]:g} ({config["lr_schedule"]} schedule), the mean alone for the first {config["mean_warmup"]:.0%} of the steps,
   variance init {config["variance_init"]}, EMA decay {config["ema_decay"]:g}, {config["mc_samples"]} antithetic MC samples; validation
   every {config["val_every"]} steps on 128 val slices (16 samples); the weights are the best
@@ -101,7 +177,7 @@ or from the command line: `ssn sample --run pretrained:{name} --input slice.png 
 - **Test split figures** (3,095 slices, 100 samples each; ± standard error over slices):
   - at t = 1: {_figures(test)};
   - at the calibrated t = {calibration["temperature"]:g}: {_figures(calibrated)}.
-  Readers' own diversity on these slices: 0.522 (mean 1 − IoU over distinct reader pairs).
+{_other_seeds(run)}{_presence(run)}  Readers' own diversity on these slices: 0.522 (mean 1 − IoU over distinct reader pairs).
   Paper (their split, 500k GPU iterations): GED²(100) 0.225.
 - **Limits**: a research model, not a medical device. It has seen only crops centred on nodules
   annotated by LIDC readers; it says nothing about whole scans or other findings.
@@ -238,6 +314,8 @@ def main() -> None:
     config, calibration, curve = _copy(run, target, [128, 128] if dims == 2 else None)
     card = (card_2d if dims == 2 else card_3d)(run, args.name, config, calibration, curve)
     write_atomically(target / "MODEL_CARD.md", lambda temporary: temporary.write_text(card))
+    record = {"run": str(run.resolve()), "shipped": time.strftime("%Y-%m-%d"), "ssn_version": config["ssn_version"]}
+    update_json(RESULTS / "shipped.json", lambda content: {**content, args.name: record})
     print(f"wrote {target}: " + ", ".join(sorted(p.name for p in target.iterdir())))
 
 

@@ -486,3 +486,78 @@ def test_a_brats_variant_row_sits_beside_the_defaults_with_its_flags_and_command
     assert "| low-rank | 1000 | 0.724 |" in text and "| low-rank (marginal weight 1) | 1000 | 0.801 |" in text
     assert "*low-rank (marginal weight 1)*: the settings above with `--marginal-weight 1` (41 minutes" in text
     assert "(brats_samples.marginal-weight-1.png)" in text and "(brats_samples.png)" in text
+
+
+def _lidc_row(seed, ged, run, variant=None, calibrated=None):
+    row = {
+        "name": "low-rank",
+        "seed": seed,
+        "protocol": 3,
+        "run": run,
+        "training": {"step": 10000, "minutes": 88.0},
+        "settings": [],
+        "measured": "2026-12-03",
+        "ssn_version": "0.7.0",
+        "command": "python -m benchmarks.lidc",
+        "ged": {"mean": ged, "stderr": 0.004},
+        "diversity": {"mean": 0.6},
+        "hm_iou": {"16": {"mean": 0.5}},
+    }
+    if variant:
+        row["variant"] = variant
+    if calibrated:
+        t, value, on_validation = calibrated
+        row["calibrated"] = {"ged": {"mean": value, "stderr": 0.003}, "temperature": t}
+        row["calibration"] = {"temperature": t, "ged": on_validation}
+    return row
+
+
+def test_the_lidc_table_marks_a_shipped_variant_with_its_rows_at_both_temperatures(monkeypatch, tmp_path):
+    defaults = _lidc_row(0, 0.268, "/runs/v6/low-rank")
+    shipped = _lidc_row(0, 0.277, "/runs/mg/low-rank", "marginal weight 1", (1.5, 0.258, 0.2672))
+    (tmp_path / "lidc.json").write_text(json.dumps({"runs": [defaults, shipped]}))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    assert "**shipped**" not in "\n".join(report.lidc_section())  # no shipped.json: nothing marked
+    (tmp_path / "shipped.json").write_text(json.dumps({"lidc-2d": {"run": "/runs/mg/low-rank"}}))
+    lines = [line for line in report.lidc_section() if "**shipped**" in line]
+    assert len(lines) == 2
+    assert lines[0].startswith("| low-rank (marginal weight 1), seed 0: **shipped** as `pretrained:lidc-2d` | 1 |")
+    assert "0.277 ± 0.004" in lines[0] and "| 1.5 | 0.258 ± 0.003 |" in lines[1]
+    (tmp_path / "shipped.json").write_text(json.dumps({"lidc-2d": {"run": "/runs/v6/low-rank"}}))
+    assert "**shipped**" not in "\n".join(report.lidc_section())  # the defaults' row is already there
+
+
+def test_the_model_card_names_the_objective_the_other_seeds_and_the_empty_samples(monkeypatch, tmp_path):
+    from benchmarks import ship_pretrained
+
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    run = tmp_path / "runs" / "mg" / "low-rank"
+    rows = [
+        _lidc_row(0, 0.277, str(run), "marginal weight 1", (1.5, 0.258, 0.2672)),
+        _lidc_row(1, 0.267, "/elsewhere/mg-s1/low-rank", "marginal weight 1", (1.1, 0.263, 0.2786)),
+        _lidc_row(1, 0.269, "/elsewhere/v6-s1/low-rank"),  # the defaults: not trained alike
+    ]
+    rows[0]["threads_per_process"] = 2
+    (results / "lidc.json").write_text(json.dumps({"runs": rows}))
+    four = {"readers_marking": 4, "slices": 915, "empty_sample_share": 0.224}
+    entries = [
+        {"run": "mg/low-rank", "split": "test", "temperature": 1.5, "rows": [dict(four, empty_sample_share=0.287)]},
+        {"run": "mg/low-rank", "split": "test", "temperature": 1.0, "rows": [four]},
+        {"run": "mg/low-rank", "split": "val", "temperature": 1.0, "rows": [dict(four, empty_sample_share=0.5)]},
+    ]
+    (results / "lidc_presence.json").write_text(json.dumps({"runs": entries}))
+    monkeypatch.setattr(ship_pretrained, "ROOT", tmp_path)
+
+    assert ship_pretrained._objective({"marginal_weight": 1.0, "mean_weight": 0.0}) == (
+        "the Monte Carlo log-likelihood of the paper, plus 1 x the pixels' marginal log-likelihood "
+        "(`--marginal-weight 1`)"
+    )
+    assert ship_pretrained._objective({}) == "the Monte Carlo log-likelihood of the paper"
+    assert ship_pretrained._threads(run) == "2 threads"
+    seeds = ship_pretrained._other_seeds(run)
+    assert "seed 1: 0.267 ± 0.004 at t = 1, 0.263 at its calibrated t = 1.1" in seeds
+    assert "0.269" not in seeds and "0.267 for this one, 0.279 for seed 1" in seeds
+    presence = ship_pretrained._presence(run)
+    assert "915 test slices" in presence and "22.4% at t = 1, 28.7% at t = 1.5." in presence
+    assert ship_pretrained._presence(tmp_path / "runs" / "other" / "low-rank") == ""
