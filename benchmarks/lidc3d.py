@@ -126,6 +126,15 @@ def stacked_samples(dist, samples: int, generator) -> dict:
     return out
 
 
+def weights_digest(run: str | Path) -> str:
+    """SHA-256 of a run's ``best.safetensors`` (``pretrained:NAME`` resolved): which weights a row measured."""
+    import hashlib
+
+    from ssn.engine.pretrained import resolve_run_dir
+
+    return hashlib.sha256((resolve_run_dir(run) / "best.safetensors").read_bytes()).hexdigest()
+
+
 def slicewise_2d(listing: Path, run: str, samples: int, seed: int) -> dict:
     """A 2D model applied to each slice of the test nodules, its samples stacked in depth.
 
@@ -160,6 +169,7 @@ def slicewise_2d(listing: Path, run: str, samples: int, seed: int) -> dict:
     estimate = metrics.Estimate.of
     return {
         "run": run,
+        "weights_sha256": weights_digest(run),
         "temperature": 1.0,
         "steps": config.get("max_steps"),
         "num_samples": samples,

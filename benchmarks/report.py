@@ -636,7 +636,10 @@ def lidc3d_section() -> list[str]:
         source = settings[settings.index("--init-from") + 1]
         each = {r["name"]: shlex.join(_without_paths(r["settings"])) for r in inflated if r["temperature"] == 1}
         lines += [
-            f"Rows named *inflated* start from `{source}`'s weights, each 2D kernel on the middle slice of a 3D one "
+            f"Rows named *inflated* start from `{source}`'s weights as they were when the row ran (the rows' "
+            "`measured` dates; *the marginal-weight lidc-2d* names the one shipped since 2026-12-03, trained with "
+            "`--marginal-weight 1`; the earlier rows the one trained with the paper's loss alone), each 2D kernel "
+            "on the middle slice of a 3D one "
             "(`--init-from`, a U-Net pooling in-plane only, `--model-kwargs '{pool: [2, 2, 1]}'`), so that training "
             "starts from the 2D network applied slice by slice with one noise draw for the whole volume. Their "
             "settings: " + "; ".join(f"{name}: `{flags}`" for name, flags in each.items()) + ".",

@@ -561,3 +561,17 @@ def test_the_model_card_names_the_objective_the_other_seeds_and_the_empty_sample
     presence = ship_pretrained._presence(run)
     assert "915 test slices" in presence and "22.4% at t = 1, 28.7% at t = 1.5." in presence
     assert ship_pretrained._presence(tmp_path / "runs" / "other" / "low-rank") == ""
+
+
+def test_the_3d_card_quotes_the_slicewise_yardstick_only_for_the_weights_it_measured(monkeypatch, tmp_path):
+    from benchmarks import ship_pretrained
+    from benchmarks.lidc3d import weights_digest
+
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    monkeypatch.setattr(ship_pretrained, "ROOT", tmp_path)
+    row = {"run": "pretrained:lidc-2d", "shared": {"ged": {"mean": 0.3012}}}
+    for digest, expected in [(None, ""), ("0" * 64, ""), (weights_digest("pretrained:lidc-2d"), "scores 0.301")]:
+        (results / "lidc3d.json").write_text(json.dumps({"slicewise_2d": {**row, "weights_sha256": digest}}))
+        clause = ship_pretrained._slicewise()
+        assert (expected in clause) if expected else clause == ""
