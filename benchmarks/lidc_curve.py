@@ -73,6 +73,7 @@ def main() -> None:
             "method": config["method"],
             "rank": config.get("rank"),
             "mean_weight": config.get("mean_weight", 0.0),
+            "marginal_weight": config.get("marginal_weight", 0.0),
             "annotators": config.get("annotators", "one"),
             "seed": config["seed"],
             "patch_size": config.get("patch_size"),

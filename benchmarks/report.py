@@ -347,6 +347,7 @@ def curve_section() -> list[str]:
                 run["method"]
                 + (f", rank {run['rank']}" if run["method"] == "ssn" else "")
                 + (f", mean weight {run['mean_weight']:g}" if run.get("mean_weight") else "")
+                + (f", marginal weight {run['marginal_weight']:g}" if run.get("marginal_weight") else "")
                 + (", all annotators" if run.get("annotators") == "all" else ""),
                 str(run["seed"]),
                 str(run["max_steps"]),

@@ -64,7 +64,8 @@ def test_the_curve_keeps_recorded_runs_with_add_and_marks_40_minutes(tmp_path, m
     def run(name: str, seed: int) -> Path:
         folder = tmp_path / "runs" / name
         folder.mkdir(parents=True)
-        (folder / "config.json").write_text(json.dumps({"method": "ssn", "rank": 10, "seed": seed, "max_steps": 30}))
+        config = {"method": "ssn", "rank": 10, "seed": seed, "max_steps": 30, "marginal_weight": float(seed)}
+        (folder / "config.json").write_text(json.dumps(config))
         points = [{"step": 10 * k, "minutes": 30.0 * k, "cpu_minutes": 25.0 * k, "val_ged": 0.5 - 0.05 * k,
                    "val_diversity": 0.6, "val_samples": 16} for k in (1, 2, 3)]  # fmt: skip
         (folder / "metrics.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
@@ -77,6 +78,7 @@ def test_the_curve_keeps_recorded_runs_with_add_and_marks_40_minutes(tmp_path, m
     lidc_curve.main()
     curves = json.loads((tmp_path / "results" / "lidc_curve.json").read_text())["runs"]
     assert sorted(curves) == ["runs/a", "runs/b"] and curves["runs/b"]["seed"] == 1
+    assert curves["runs/a"]["marginal_weight"] == 0.0 and curves["runs/b"]["marginal_weight"] == 1.0
     assert curves["runs/a"]["marks"]["40 min"]["step"] == 10  # 25 CPU-min is the last point before 40
     assert curves["runs/a"]["marks"]["2 h"] is None  # it never trained 2 CPU-hours
     monkeypatch.setattr(sys, "argv", ["lidc_curve", str(second), "--out", str(tmp_path / "c.png")])
@@ -575,3 +577,24 @@ def test_the_3d_card_quotes_the_slicewise_yardstick_only_for_the_weights_it_meas
         (results / "lidc3d.json").write_text(json.dumps({"slicewise_2d": {**row, "weights_sha256": digest}}))
         clause = ship_pretrained._slicewise()
         assert (expected in clause) if expected else clause == ""
+
+
+def test_the_curve_table_names_the_loss_weights_of_each_run(tmp_path, monkeypatch):
+    from benchmarks import report
+
+    end = {"step": 10, "cpu_hours": 0.5, "val_ged": 0.3}
+    runs = {
+        "runs/plain": {"method": "ssn", "rank": 10, "seed": 0, "max_steps": 10, "marks": {"end": end}},
+        "runs/mg": {
+            "method": "ssn",
+            "rank": 10,
+            "marginal_weight": 1.0,
+            "seed": 1,
+            "max_steps": 10,
+            "marks": {"end": end},
+        },
+    }
+    monkeypatch.setattr(report, "_load", lambda name: {"runs": runs} if name == "lidc_curve" else None)
+    rows = {line.split(" | ")[0]: line for line in report.curve_section() if line.startswith("| runs/")}
+    assert "| ssn, rank 10 |" in rows["| runs/plain"] and "marginal" not in rows["| runs/plain"]
+    assert "| ssn, rank 10, marginal weight 1 |" in rows["| runs/mg"]
