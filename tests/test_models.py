@@ -310,6 +310,33 @@ def test_the_temperature_scales_the_deviation_of_each_sample_from_the_mean():
     torch.testing.assert_close(hot_draw - dist.loc, 2 * (draw - dist.loc))
 
 
+@pytest.mark.parametrize("method", ["ssn", "prob-unet", "deterministic"])
+def test_samples_at_several_temperatures_are_those_drawn_at_each_temperature_alone(method):
+    """sample_labels_at (one network pass for the SSN and the Prob. U-Net) gives, map for map,
+    what sample_labels gives with the temperature set and the same per-image generators."""
+    torch.manual_seed(0)
+    settings = {"ssn": {"rank": 3}, "prob-unet": {"encoder_features": (4, 8), "latent_dim": 3}}.get(method, {})
+    model = ssn.models.create("unet", method=method, num_classes=3, features=(4, 8), **settings).eval()
+    with torch.no_grad():  # a mean and a spread large enough for the temperatures to change the maps
+        for parameter in model.parameters():
+            parameter.mul_(4)
+    images = torch.randn(2, 1, 12, 10)
+    temperatures = [0.0, 0.5, 1.0, 2.5]
+    model.temperature = 0.7
+    generators = lambda: ssn.randomness.generators_for(3, [11, 12])  # noqa: E731
+    together = model.sample_labels_at(images, temperatures, 6, generators=generators)
+    assert model.temperature == 0.7  # left as it was
+    alone = []
+    for t in temperatures:
+        model.temperature = t
+        alone.append(model.sample_labels(images, 6, generator=generators()))
+    assert [maps.shape for maps in together] == [(6, 2, 12, 10)] * 4
+    for t, mine, reference in zip(temperatures, together, alone):
+        assert torch.equal(mine, reference), t
+    if method != "deterministic":  # the temperatures do change the samples
+        assert not torch.equal(together[1], together[3]) and together[0].unique(dim=0).shape[0] == 1
+
+
 def test_the_mean_loss_is_the_ssn_loss_at_zero_covariance_and_leaves_the_covariance_head_alone():
     torch.manual_seed(0)
     model = ssn.models.create("unet", rank=2, features=(4, 8), mc_samples=4)

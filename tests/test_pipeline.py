@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+import ssn
 from ssn.apps.cli import main
 from ssn.data import make_synthetic, save_arrays
+from ssn.engine.checkpoints import load_run
+from ssn.inference import images_to_predict, predict_batches
 
 TRAIN = [
     "--features",
@@ -550,6 +553,15 @@ def test_calibrate_stores_a_temperature_that_evaluate_and_sample_use(workspace, 
     curve = {point["temperature"]: point["ged"] for point in calibration["curve"]}
     assert set(curve) == {0.01, 1.0, 3.0} and calibration["temperature"] == min(curve, key=curve.get)
     assert calibration["split"] == "val" and calibration["num_images"] == 32
+    # the one-pass sweep gives the curve of one sweep per temperature with the same draws
+    model, _ = load_run(run)
+    data_set, indices = images_to_predict(model, data, "val", split, default_split="val")
+    for t, ged in curve.items():
+        model.temperature = t
+        score = ssn.metrics.GeneralizedEnergyDistance(model.num_classes)
+        for chunk, labels in predict_batches(model, data_set.images, indices, 4, seed=0):
+            score.update(labels, torch.from_numpy(data_set.masks[chunk]))
+        assert score.compute().mean == pytest.approx(ged, abs=1e-12)
     try:
         calibrated, _ = evaluate(workspace, "ssn", samples=4)
         assert calibrated["temperature"] == calibration["temperature"]

@@ -24,7 +24,7 @@ from ..engine.pretrained import PREFIX, resolve_run_dir
 from ..engine.rundir import RunDir
 from ..errors import ConfigError, DataError
 from ..files import check_writable
-from ..inference import images_to_predict, predict_batches
+from ..inference import images_to_predict, predict_batches_at
 
 __all__ = ["calibrate", "DEFAULT_TEMPERATURES"]
 
@@ -65,16 +65,18 @@ def calibrate(
     if max_images is not None and indices.size > max_images:
         indices = np.sort(np.random.default_rng(seed).choice(indices, size=max_images, replace=False))
     start = time.perf_counter()
+    scores = [metrics.GeneralizedEnergyDistance(model.num_classes) for _ in temperatures]
+    # one network pass per batch for every temperature; image i draws from (seed, i): the same
+    # draws at every temperature, in every process
+    for chunk, labels in predict_batches_at(
+        model, data.images, world.shard(indices), temperatures, num_samples, batch_size, device, seed=seed
+    ):
+        readers = torch.from_numpy(np.ascontiguousarray(data.masks[chunk]))
+        for score, maps in zip(scores, labels):
+            score.update(maps, readers)
     curve = []
-    for t in temperatures:
-        model.temperature = t
-        ged = metrics.GeneralizedEnergyDistance(model.num_classes)
-        # image i draws from (seed, i): the same draws at every temperature, in every process
-        for chunk, labels in predict_batches(
-            model, data.images, world.shard(indices), num_samples, batch_size, device, seed=seed
-        ):
-            ged.update(labels, torch.from_numpy(np.ascontiguousarray(data.masks[chunk])))
-        estimate = ged.compute()
+    for t, score in zip(temperatures, scores):
+        estimate = score.compute()
         curve.append({"temperature": t, "ged": estimate.mean, "stderr": estimate.stderr})
         if world.main:
             log(f"  t = {t:g}: GED^2({num_samples}) {estimate.mean:.4f} +- {estimate.stderr:.4f}")

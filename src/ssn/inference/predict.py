@@ -13,7 +13,7 @@ from ..errors import ConfigError, DataError
 from ..models import SegmentationModel
 from ..randomness import generators_for
 
-__all__ = ["image_tensor", "predict_batches", "images_to_predict", "size_warning"]
+__all__ = ["image_tensor", "predict_batches", "predict_batches_at", "images_to_predict", "size_warning"]
 
 
 def image_tensor(images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -102,6 +102,37 @@ def predict_batches(
         if mask is not None:
             labels = labels * mask.unsqueeze(0).to(labels.dtype)
         yield chunk, labels.movedim(0, 1).cpu()
+
+
+def predict_batches_at(
+    model: SegmentationModel,
+    images: np.ndarray,
+    indices: Sequence[int] | np.ndarray,
+    temperatures: Sequence[float],
+    num_samples: int,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> Iterator[tuple[np.ndarray, list[torch.Tensor]]]:
+    """Yield (the indices of a batch, its label maps (B, N, *S) uint8 at each of ``temperatures``).
+
+    The maps at temperature t are those :func:`predict_batches` gives with ``model.temperature
+    = t`` and ``seed``: image ``i`` draws from ``(seed, i)``, the same noise at every
+    temperature. The network runs once per batch for all temperatures where the method allows
+    (:meth:`~ssn.models.SegmentationModel.sample_labels_at`), not once per temperature.
+    """
+    model.eval()
+    indices = np.asarray(indices)
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start : start + batch_size]
+
+        def generators(chunk: np.ndarray = chunk) -> list[torch.Generator]:
+            return generators_for(seed, chunk, device)  # fresh for each temperature: the same draws
+
+        labels = model.sample_labels_at(
+            image_tensor(images[chunk], device), temperatures, num_samples, generators=generators
+        )
+        yield chunk, [maps.movedim(0, 1).cpu() for maps in labels]
 
 
 def size_warning(config: dict, shape) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import warnings
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -141,6 +142,34 @@ class SegmentationModel(nn.Module, abc.ABC):
         self, images: Tensor, num_samples: int, mask: Tensor | None = None, generator: Generators = None
     ) -> Tensor:
         """``num_samples`` label maps per image, (N, B, *S) uint8, without gradients."""
+
+    @torch.no_grad()
+    def sample_labels_at(
+        self,
+        images: Tensor,
+        temperatures: Sequence[float],
+        num_samples: int,
+        mask: Tensor | None = None,
+        generators: Callable[[], Generators] = lambda: None,
+    ) -> list[Tensor]:
+        """:meth:`sample_labels` at each of ``temperatures`` in turn: a list of (N, B, *S) uint8.
+
+        ``generators()`` is called once per temperature and gives that temperature's draws: fresh
+        generators seeded alike give every temperature the same noise, so that a curve over
+        temperatures (``ssn calibrate``) compares temperatures, not draws. Each map equals what
+        :meth:`sample_labels` gives with ``temperature`` set to that value and those generators.
+        This default runs the network once per temperature; a method whose temperature only
+        scales a spread drawn after one pass (the SSN, the Prob. U-Net) runs it once.
+        ``temperature`` is left as it was."""
+        saved = self.temperature
+        try:
+            labels = []
+            for t in temperatures:
+                self.temperature = t
+                labels.append(self.sample_labels(images, num_samples, mask, generators()))
+            return labels
+        finally:
+            self.temperature = saved
 
     @abc.abstractmethod
     def mean_probabilities(self, images: Tensor, mask: Tensor | None = None) -> Tensor:

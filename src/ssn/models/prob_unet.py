@@ -14,7 +14,7 @@ A global latent z (``latent_dim``, 6 in the paper) explains the spread of the an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -130,9 +130,23 @@ class ProbabilisticUNet(SegmentationModel):
         cross_entropy = per_image_cross_entropy(self.logits(features, z), target, self.num_classes, mask)
         return (cross_entropy + self.beta * kl_divergence(posterior, prior)).mean()
 
-    def _prior_logits(self, images: Tensor, num_samples: int, generator: Generators, chunk_size: int = 16):
+    def _prior_logits(
+        self,
+        images: Tensor,
+        num_samples: int,
+        generator: Generators,
+        chunk_size: int = 16,
+        temperature: float | None = None,
+    ):
         """Yield logits (n, B, C, *S) for ``num_samples`` latents from the prior (its standard
-        deviation times ``temperature``), ``chunk_size`` latents at a time; one backbone pass.
+        deviation times ``temperature``, the model's by default), ``chunk_size`` latents at a
+        time; one backbone pass."""
+        yield from self._latent_logits(self._prior_pass(images), num_samples, generator, chunk_size, temperature)
+
+    def _prior_pass(self, images: Tensor) -> tuple[Tensor, Tensor, Normal]:
+        """The part of sampling that does not depend on the latent, computed once per image:
+        (the features' share of fcomb's first layer (B, F', *S), its latent weight (F', latent_dim),
+        the prior N(mu_z, sigma_z) (B, latent_dim)).
 
         The first 1x1 convolution of [features, z] splits as W_f features + W_z z: the
         features' part is computed once, and each latent only adds a per-channel offset."""
@@ -144,12 +158,25 @@ class ProbabilisticUNet(SegmentationModel):
         channels = features.shape[1]
         conv = getattr(F, f"conv{features.dim() - 2}d")
         projected = conv(features, first.weight[:, :channels], first.bias)  # (B, F', *S)
-        latent_weight = first.weight[:, channels:].flatten(1)  # (F', latent_dim)
-        expand = (1,) * (features.dim() - 2)
+        return projected, first.weight[:, channels:].flatten(1), prior
+
+    def _latent_logits(
+        self,
+        prior_pass: tuple[Tensor, Tensor, Normal],
+        num_samples: int,
+        generator: Generators,
+        chunk_size: int = 16,
+        temperature: float | None = None,
+    ):
+        """Yield logits (n, B, C, *S) for latents z = mu_z + t sigma_z eps drawn after
+        :meth:`_prior_pass`, ``chunk_size`` at a time."""
+        projected, latent_weight, prior = prior_pass
+        t = self.temperature if temperature is None else temperature
+        expand = (1,) * (projected.dim() - 2)
         for start in range(0, num_samples, chunk_size):
             count = min(chunk_size, num_samples - start)
             noise = standard_normal((count, *prior.loc.shape), generator, 1, prior.loc.dtype, prior.loc.device)
-            z = prior.loc + self.temperature * prior.scale * noise  # (n, B, latent_dim)
+            z = prior.loc + t * prior.scale * noise  # (n, B, latent_dim)
             hidden = (projected + (z @ latent_weight.T).view(count, *projected.shape[:2], *expand)).relu()
             logits = self.combine[2:](hidden.flatten(0, 1))
             yield logits.view(count, *projected.shape[:1], *logits.shape[1:])
@@ -159,13 +186,23 @@ class ProbabilisticUNet(SegmentationModel):
         self, images: Tensor, num_samples: int, mask: Tensor | None = None, generator: Generators = None
     ) -> Tensor:
         """(N, B, *S) uint8: the argmax of the logits for N latents drawn from the prior."""
-        labels = []
-        for logits in self._prior_logits(images, num_samples, generator):
-            if logits.shape[2] == 2:  # two classes: the sign of the log-odds, cheaper than an argmax
-                labels.append((logits[:, :, 1] > logits[:, :, 0]).to(torch.uint8))
-            else:
-                labels.append(logits.argmax(2).to(torch.uint8))
-        return torch.cat(labels)
+        return _labels(self._prior_logits(images, num_samples, generator))
+
+    @torch.no_grad()
+    def sample_labels_at(
+        self,
+        images: Tensor,
+        temperatures: Sequence[float],
+        num_samples: int,
+        mask: Tensor | None = None,
+        generators: Callable[[], Generators] = lambda: None,
+    ) -> list[Tensor]:
+        """:meth:`sample_labels` at each temperature from one pass of the backbone and the prior
+        net (see the base class); only fcomb runs per latent."""
+        prior_pass = self._prior_pass(images)
+        return [
+            _labels(self._latent_logits(prior_pass, num_samples, generators(), temperature=t)) for t in temperatures
+        ]
 
     @torch.no_grad()
     def mean_probabilities(
@@ -177,3 +214,14 @@ class ProbabilisticUNet(SegmentationModel):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, latent_dim={self.latent_dim}, beta={self.beta}"
+
+
+def _labels(logits: Iterable[Tensor]) -> Tensor:
+    """(N, B, *S) uint8: the argmax over classes of chunks of logits (n, B, C, *S), concatenated."""
+    labels = []
+    for chunk in logits:
+        if chunk.shape[2] == 2:  # two classes: the sign of the log-odds, cheaper than an argmax
+            labels.append((chunk[:, :, 1] > chunk[:, :, 0]).to(torch.uint8))
+        else:
+            labels.append(chunk.argmax(2).to(torch.uint8))
+    return torch.cat(labels)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -146,6 +148,20 @@ class StochasticSegmentationNetwork(SegmentationModel):
     ) -> Tensor:
         """(N, B, *S) uint8: the argmax of N logit maps drawn from one network pass, at ``temperature``."""
         return self(images, mask).scaled(self.temperature).sample_labels(num_samples, generator=generator)
+
+    @torch.no_grad()
+    def sample_labels_at(
+        self,
+        images: Tensor,
+        temperatures: Sequence[float],
+        num_samples: int,
+        mask: Tensor | None = None,
+        generators: Callable[[], Generators] = lambda: None,
+    ) -> list[Tensor]:
+        """:meth:`sample_labels` at each temperature from one network pass: the distribution
+        N(mu, t^2 (P P^T + D)) is the pass's, scaled (see the base class)."""
+        distribution = self(images, mask)
+        return [distribution.scaled(t).sample_labels(num_samples, generator=generators()) for t in temperatures]
 
     @torch.no_grad()
     def mean_probabilities(
