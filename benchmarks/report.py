@@ -917,6 +917,36 @@ def scaling_section() -> list[str]:
     return lines + [""]
 
 
+def calibration_section() -> list[str]:
+    content = _load("calibration")
+    if not content:
+        return []
+    rows = [
+        [
+            name,
+            f"{model['seconds_per_temperature_sweep']:.1f}",
+            f"{model['seconds_one_pass_sweep']:.1f}",
+            f"{model['speedup']:.2f}",
+            "yes" if model["curves_identical"] else "no",
+        ]
+        for name, model in content["models"].items()
+    ]
+    return [
+        "## Calibration: the temperature sweep",
+        "",
+        f"Written by `benchmarks/calibration.py` (`{_runnable(content['command'])}`, measured "
+        f"{content['machine']['date']}): `ssn calibrate`'s sweep of {len(content['temperatures'])} temperatures "
+        f"on {content['images']} LIDC validation slices with {content['samples']} samples each, scored with GED² as "
+        "calibrate scores it, one network pass per temperature (the sweep of ssn 0.7) against one pass for the "
+        f"whole grid (`predict_batches_at`), {content['threads']} thread, the two alternating in one process; "
+        "*speed-up* is the median of the paired ratios. The curves agree to the last bit."
+        + (f" Note: {content['note']}." if content.get("note") else ""),
+        "",
+        *_table(["model", "pass per temperature (s)", "one pass (s)", "speed-up", "same curve"], rows),
+        "",
+    ]
+
+
 def write() -> Path:
     lines = [
         "# Quality benchmarks",
@@ -933,7 +963,7 @@ def write() -> Path:
         + ablation_section()
         + agreeing_section()
     )
-    lines += brats_section() + lidc3d_section() + scaling_section()
+    lines += brats_section() + lidc3d_section() + scaling_section() + calibration_section()
     lines += [CITATION, ""]
     path = HERE / "RESULTS.md"
     write_atomically(path, lambda temporary: temporary.write_text("\n".join(lines)))
