@@ -75,6 +75,8 @@ def main() -> None:
             "mean_weight": config.get("mean_weight", 0.0),
             "marginal_weight": config.get("marginal_weight", 0.0),
             "annotators": config.get("annotators", "one"),
+            "lr_schedule": config.get("lr_schedule", "constant"),
+            "ema_decay": config.get("ema_decay", 0.0),
             "seed": config["seed"],
             "patch_size": config.get("patch_size"),
             "max_steps": config.get("max_steps"),

@@ -340,7 +340,7 @@ def curve_section() -> list[str]:
         ]
         end = run["marks"].get("end") or {}
         if end and run.get("max_steps") and end["step"] < run["max_steps"]:
-            marks[-1] += f", in progress ({100 * end['step'] / run['max_steps']:.0f}% of the budget)"
+            marks[-1] += f", {100 * end['step'] / run['max_steps']:.0f}% of the budget (stopped or in progress)"
         rows.append(
             [
                 name,
@@ -348,7 +348,9 @@ def curve_section() -> list[str]:
                 + (f", rank {run['rank']}" if run["method"] == "ssn" else "")
                 + (f", mean weight {run['mean_weight']:g}" if run.get("mean_weight") else "")
                 + (f", marginal weight {run['marginal_weight']:g}" if run.get("marginal_weight") else "")
-                + (", all annotators" if run.get("annotators") == "all" else ""),
+                + (", all annotators" if run.get("annotators") == "all" else "")
+                + (f", {run['lr_schedule']} lr" if run.get("lr_schedule", "constant") != "constant" else "")
+                + (f", EMA {run['ema_decay']:g}" if run.get("ema_decay") else ""),
                 str(run["seed"]),
                 str(run["max_steps"]),
                 *marks,

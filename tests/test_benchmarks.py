@@ -434,6 +434,27 @@ def test_the_seeds_table_gives_each_seed_its_calibrated_figure_and_their_mean(mo
     assert mean_row.rstrip().endswith("|  |")  # no mean of one calibrated seed
 
 
+def test_the_calibration_section_gives_both_sweeps_and_their_ratio(monkeypatch, tmp_path):
+    model = {"seconds_per_temperature_sweep": 30.3, "seconds_one_pass_sweep": 5.8, "speedup": 5.85}
+    content = {
+        "machine": {"date": "2026-12-05"},
+        "command": "python -m benchmarks.calibration --images 16",
+        "temperatures": [0.5, 1.0],
+        "images": 16,
+        "samples": 16,
+        "threads": 1,
+        "models": {"low-rank": {**model, "curves_identical": True}, "prob-unet": {**model, "curves_identical": False}},
+    }
+    (tmp_path / "calibration.json").write_text(json.dumps(content))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    section = report.calibration_section()
+    assert "| low-rank | 30.3 | 5.8 | 5.85 | yes |" in section and "| prob-unet | 30.3 | 5.8 | 5.85 | no |" in section
+    assert "sweep of 2 temperatures on 16 LIDC validation slices" in section[2] and "Note:" not in section[2]
+    content["note"] = "shared cores"
+    (tmp_path / "calibration.json").write_text(json.dumps(content))
+    assert report.calibration_section()[2].endswith("Note: shared cores.")
+
+
 def test_the_lidc_benchmark_asks_to_name_a_change_of_the_defaults(monkeypatch, capsys):
     from benchmarks import lidc
 
