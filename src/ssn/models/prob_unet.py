@@ -130,19 +130,6 @@ class ProbabilisticUNet(SegmentationModel):
         cross_entropy = per_image_cross_entropy(self.logits(features, z), target, self.num_classes, mask)
         return (cross_entropy + self.beta * kl_divergence(posterior, prior)).mean()
 
-    def _prior_logits(
-        self,
-        images: Tensor,
-        num_samples: int,
-        generator: Generators,
-        chunk_size: int = 16,
-        temperature: float | None = None,
-    ):
-        """Yield logits (n, B, C, *S) for ``num_samples`` latents from the prior (its standard
-        deviation times ``temperature``, the model's by default), ``chunk_size`` latents at a
-        time; one backbone pass."""
-        yield from self._latent_logits(self._prior_pass(images), num_samples, generator, chunk_size, temperature)
-
     def _prior_pass(self, images: Tensor) -> tuple[Tensor, Tensor, Normal]:
         """The part of sampling that does not depend on the latent, computed once per image:
         (the features' share of fcomb's first layer (B, F', *S), its latent weight (F', latent_dim),
@@ -168,8 +155,9 @@ class ProbabilisticUNet(SegmentationModel):
         chunk_size: int = 16,
         temperature: float | None = None,
     ):
-        """Yield logits (n, B, C, *S) for latents z = mu_z + t sigma_z eps drawn after
-        :meth:`_prior_pass`, ``chunk_size`` at a time."""
+        """Yield logits (n, B, C, *S) for ``num_samples`` latents z = mu_z + t sigma_z eps from the
+        prior of :meth:`_prior_pass` (t: ``temperature``, the model's by default), ``chunk_size``
+        at a time."""
         projected, latent_weight, prior = prior_pass
         t = self.temperature if temperature is None else temperature
         expand = (1,) * (projected.dim() - 2)
@@ -186,7 +174,7 @@ class ProbabilisticUNet(SegmentationModel):
         self, images: Tensor, num_samples: int, mask: Tensor | None = None, generator: Generators = None
     ) -> Tensor:
         """(N, B, *S) uint8: the argmax of the logits for N latents drawn from the prior."""
-        return _labels(self._prior_logits(images, num_samples, generator))
+        return _labels(self._latent_logits(self._prior_pass(images), num_samples, generator))
 
     @torch.no_grad()
     def sample_labels_at(
@@ -209,7 +197,9 @@ class ProbabilisticUNet(SegmentationModel):
         self, images: Tensor, mask: Tensor | None = None, num_samples: int = 100, generator: Generators = None
     ) -> Tensor:
         """E[softmax(logits)] over the prior, (B, C, *S), from ``num_samples`` latents."""
-        total = sum(logits.softmax(2).sum(0) for logits in self._prior_logits(images, num_samples, generator))
+        total = sum(
+            logits.softmax(2).sum(0) for logits in self._latent_logits(self._prior_pass(images), num_samples, generator)
+        )
         return total / num_samples
 
     def extra_repr(self) -> str:
