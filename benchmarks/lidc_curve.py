@@ -9,6 +9,11 @@ and each run's figure nearest 40 minutes, 2 hours and at its end).
     python -m benchmarks.lidc_curve runs/lidc-v6/low-rank runs/lidc-v6/prob-unet runs/lidc-v6/deterministic
     python -m benchmarks.lidc_curve runs/lidc-v6/*      # every run of a benchmark folder
     python -m benchmarks.lidc_curve --add runs/lidc-v6-seed1/low-rank   # keep the curves already recorded
+    python -m benchmarks.lidc_curve --select lidc-mg/low-rank lidc-pu10k-s0/prob-unet \
+        --out benchmarks/lidc_curve_models.png   # redraw recorded curves only, one colour per model
+
+``--select`` changes no results: it draws the named recorded curves (their folders may be gone),
+one colour per model and setting, one line style per seed, for a figure of few lines.
 """
 
 from __future__ import annotations
@@ -51,20 +56,92 @@ def nearest(points: list[dict], hours: float) -> dict | None:
     return before[-1] if before else None
 
 
+def label(entry: dict) -> str:
+    """A reader's name for a recorded run's model and setting, without its seed."""
+    if entry["method"] == "prob-unet":
+        name = "Prob. U-Net"
+    elif entry["method"] == "deterministic":
+        name = "deterministic U-Net"
+    else:
+        name = "low-rank SSN" if entry.get("rank") else "diagonal SSN"
+    for key, words in (("mean_weight", "mean weight"), ("marginal_weight", "marginal weight")):
+        if entry.get(key):
+            name += f", {words} {entry[key]:g}"
+    if entry.get("lr_schedule", "constant") != "constant":
+        name += f", {entry['lr_schedule']} lr"
+    if entry.get("ema_decay"):
+        name += f", EMA {entry['ema_decay']:g}"
+    return name
+
+
+def draw(curves: dict[str, dict], out: Path, by_model: bool = False) -> None:
+    """Validation GED^2 against CPU-hours, one line per run; ``by_model``: one colour per
+    model and setting, solid for seed 0, dashed for other seeds, labelled by model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(7, 4.2))
+    colours: dict[str, str] = {}
+    for name, entry in curves.items():
+        xs = [p["cpu_hours"] for p in entry["points"]]
+        ys = [p["val_ged"] for p in entry["points"]]
+        if by_model:
+            model = label(entry)
+            colour = colours.setdefault(model, f"C{len(colours)}")
+            style = "-" if entry["seed"] == 0 else "--"
+            axis.plot(xs, ys, marker="o", markersize=3, color=colour, linestyle=style,
+                      label=f"{model}, seed {entry['seed']}")  # fmt: skip
+        else:
+            axis.plot(xs, ys, marker="o", markersize=3, label=f"{name} (seed {entry['seed']})")
+    for mark, hours in MARKS.items():
+        axis.axvline(hours, color="grey", linewidth=0.6, linestyle=":")
+        axis.text(hours, axis.get_ylim()[1], f" {mark}", fontsize=7, va="top", color="grey")
+    samples = {p["val_samples"] for e in curves.values() for p in e["points"]}
+    axis.set_xlabel("CPU-hours of training (the training process, all its threads)")
+    axis.set_ylabel(f"validation GED²({'/'.join(map(str, sorted(samples)))})")
+    axis.set_title("LIDC-IDRI validation slices (data: Armato et al. 2011, TCIA, CC BY 3.0)", fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = benchmark_parser("lidc_curve", __doc__)
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories of ssn train")
+    parser.add_argument("runs", nargs="*", type=Path, help="run directories of ssn train")
     parser.add_argument("--out", type=Path, default=BENCHMARKS / "lidc_curve.png")
     parser.add_argument(
         "--add",
         action="store_true",
         help="keep the curves already in results/lidc_curve.json (their run folders may be gone) and add these",
     )
+    parser.add_argument(
+        "--select",
+        nargs="+",
+        metavar="NAME",
+        help="only redraw these recorded curves (names as in results/lidc_curve.json), one colour per model",
+    )
     args = parser.parse_args()
+    recorded = _common.RESULTS / "lidc_curve.json"
+    if args.select:
+        if args.runs or args.add:
+            parser.error("--select redraws recorded curves: give no run folders and no --add")
+        known = json.loads(recorded.read_text())["runs"] if recorded.is_file() else {}
+        missing = [name for name in args.select if name not in known]
+        if missing:
+            parser.error(f"not recorded in {recorded}: {', '.join(missing)} (recorded: {', '.join(known) or 'none'})")
+        draw({name: known[name] for name in args.select}, args.out, by_model=True)
+        return
+    if not args.runs:
+        parser.error("give the run folders to draw (or --select recorded curves)")
     runs = [r for r in args.runs if (r / "metrics.jsonl").is_file()]
     if not runs:
         raise SystemExit("none of the given folders holds a metrics.jsonl")
-    recorded = _common.RESULTS / "lidc_curve.json"
     curves = json.loads(recorded.read_text())["runs"] if args.add and recorded.is_file() else {}
     for run in runs:
         config = json.loads((run / "config.json").read_text())
@@ -83,30 +160,7 @@ def main() -> None:
             "points": points,
             "marks": {**{k: nearest(points, h) for k, h in MARKS.items()}, "end": points[-1] if points else None},
         }
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axis = plt.subplots(figsize=(7, 4.2))
-    for name, entry in curves.items():
-        xs = [p["cpu_hours"] for p in entry["points"]]
-        ys = [p["val_ged"] for p in entry["points"]]
-        axis.plot(xs, ys, marker="o", markersize=3, label=f"{name} (seed {entry['seed']})")
-    for label, hours in MARKS.items():
-        axis.axvline(hours, color="grey", linewidth=0.6, linestyle=":")
-        axis.text(hours, axis.get_ylim()[1], f" {label}", fontsize=7, va="top", color="grey")
-    samples = {p["val_samples"] for e in curves.values() for p in e["points"]}
-    axis.set_xlabel("CPU-hours of training (the training process, all its threads)")
-    axis.set_ylabel(f"validation GED²({'/'.join(map(str, sorted(samples)))})")
-    axis.set_title("LIDC-IDRI validation slices (data: Armato et al. 2011, TCIA, CC BY 3.0)", fontsize=9)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=100)
-    plt.close(fig)
-    print(f"wrote {args.out}")
+    draw(curves, args.out)
     for name, entry in curves.items():
         marks = ", ".join(f"{k}: {v['val_ged']:.3f} (step {v['step']})" for k, v in entry["marks"].items() if v)
         print(f"{name}: {marks}")

@@ -369,6 +369,19 @@ def curve_section() -> list[str]:
         "",
         "![validation GED² against CPU-hours](lidc_curve.png)",
         "",
+        *(
+            [
+                "The README's figure, the shipped setting, the Prob. U-Net and the deterministic U-Net, one colour per "
+                "model (`python -m benchmarks.lidc_curve --select lidc-mg/low-rank lidc-mg-s1/low-rank "
+                "lidc-pu10k-s0/prob-unet lidc-pu10k-s1/prob-unet lidc-v6/deterministic --out "
+                "benchmarks/lidc_curve_models.png`):",
+                "",
+                "![validation GED² against CPU-hours, by model](lidc_curve_models.png)",
+                "",
+            ]
+            if (BENCHMARKS / "lidc_curve_models.png").is_file()
+            else []
+        ),
     ]
 
 

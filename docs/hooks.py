@@ -14,6 +14,7 @@ FIGURES = [
     "benchmarks/brats_samples.png",
     "benchmarks/lidc_samples.png",
     "benchmarks/lidc_curve.png",
+    "benchmarks/lidc_curve_models.png",
 ]
 
 

@@ -86,6 +86,35 @@ def test_the_curve_keeps_recorded_runs_with_add_and_marks_40_minutes(tmp_path, m
     assert list(json.loads((tmp_path / "results" / "lidc_curve.json").read_text())["runs"]) == ["runs/b"]
 
 
+def test_the_curve_redraws_selected_recorded_runs_by_model_and_refuses_unknown_names(tmp_path, monkeypatch, capsys):
+    from benchmarks import lidc_curve
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path / "results")
+    point = {"step": 10, "cpu_hours": 0.5, "hours": 0.5, "val_ged": 0.3, "val_diversity": 0.5, "val_samples": 16}
+    runs = {
+        "x/low-rank": {"method": "ssn", "rank": 10, "marginal_weight": 1.0, "seed": 0, "points": [point]},
+        "x-s1/low-rank": {"method": "ssn", "rank": 10, "marginal_weight": 1.0, "seed": 1, "points": [point]},
+        "y/prob-unet": {"method": "prob-unet", "seed": 0, "points": [point]},
+    }
+    _common.save_json(tmp_path / "results" / "lidc_curve.json", {"runs": runs})
+    before = (tmp_path / "results" / "lidc_curve.json").read_text()
+    assert lidc_curve.label(runs["x/low-rank"]) == "low-rank SSN, marginal weight 1"
+    assert lidc_curve.label({"method": "ssn", "rank": 0, "ema_decay": 0.998, "lr_schedule": "cosine"}) == (
+        "diagonal SSN, cosine lr, EMA 0.998"
+    )
+    out = tmp_path / "models.png"
+    monkeypatch.setattr(sys, "argv", ["lidc_curve", "--select", "x/low-rank", "y/prob-unet", "--out", str(out)])
+    lidc_curve.main()
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "results" / "lidc_curve.json").read_text() == before  # a redraw changes no results
+    for argv in (["--select", "z/low-rank"], ["--select", "x/low-rank", "--add"], []):
+        monkeypatch.setattr(sys, "argv", ["lidc_curve", *argv, "--out", str(out)])
+        with pytest.raises(SystemExit) as exit_:
+            lidc_curve.main()
+        assert exit_.value.code == 2
+    assert "not recorded" in capsys.readouterr().err
+
+
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     path = _common.save_json(tmp_path / "lidc.json", {"runs": [1]})
     with pytest.raises(TypeError):
