@@ -5,13 +5,16 @@
 - :func:`thread_env`: the environment of a child process limited to some threads;
 - :func:`ssn_command`: ``python -m ssn ...`` with this interpreter;
 - :class:`Job`, :func:`logged_jobs` and :func:`run_jobs`: run commands, some at once, each
-  with its log, and stop with the failing one's log named.
+  with its log, and stop with the failing one's log named. Stopped by Ctrl-C or SIGTERM, they
+  let each child save its state first (``ssn train`` stops after its step), so the same
+  command resumes the runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -83,22 +86,86 @@ def run_jobs(
 
     Raises:
         SystemExit: a job ended with a non-zero status, naming its log. No further job starts;
-            those still running are left to finish.
+            those still running are left to finish. Or Ctrl-C or SIGTERM stopped the jobs: SIGTERM
+            is passed on to the running children (Ctrl-C from a terminal reaches them itself), they
+            are waited for while they save their state (10 minutes at most), and none starts.
     """
     pending, running = list(jobs), []
     limit = max(1, len(pending) if at_once is None else at_once)
-    while pending or running:
-        while pending and len(running) < limit:
-            running.append(_start(pending.pop(0), env))
-        with contextlib.suppress(subprocess.TimeoutExpired):  # wake when the oldest ends, or to look at the others
-            running[0].process.wait(timeout=poll_seconds)
-        for entry in [r for r in running if r.process.poll() is not None]:
-            running.remove(entry)
-            entry.log.close()
-            if entry.process.returncode != 0:
-                raise SystemExit(f"{entry.job.name} failed; see {entry.job.log}")
-            if when_done is not None:
-                when_done(entry.job, (time.perf_counter() - entry.started) / 60)
+    with _TermAsInterrupt():
+        try:
+            while pending or running:
+                while pending and len(running) < limit:
+                    running.append(_start(pending.pop(0), env))
+                with contextlib.suppress(
+                    subprocess.TimeoutExpired
+                ):  # wake when the oldest ends, or to look at the others
+                    running[0].process.wait(timeout=poll_seconds)
+                for entry in [r for r in running if r.process.poll() is not None]:
+                    running.remove(entry)
+                    entry.log.close()
+                    if entry.process.returncode != 0:
+                        raise SystemExit(f"{entry.job.name} failed; see {entry.job.log}")
+                    if when_done is not None:
+                        when_done(entry.job, (time.perf_counter() - entry.started) / 60)
+        except _Stop as stop:
+            _let_children_save(running, stop.forward)
+            raise SystemExit(
+                f"stopped ({stop.why}): the runs still training saved their state; the same command resumes them"
+            ) from None
+
+
+class _Stop(BaseException):
+    def __init__(self, why: str, forward: signal.Signals | None) -> None:
+        super().__init__(why)
+        self.why, self.forward = why, forward
+
+
+class _TermAsInterrupt:
+    """While jobs run: SIGTERM (``kill``) and Ctrl-C raise :class:`_Stop` in the main thread.
+    Ctrl-C in a terminal reaches the children too (one process group), so it is not forwarded;
+    SIGTERM sent to this process alone is."""
+
+    def __enter__(self) -> _TermAsInterrupt:
+        import threading
+
+        self._previous: dict[int, object] = {}
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {
+                signal.SIGTERM: signal.signal(signal.SIGTERM, self._term),
+                signal.SIGINT: signal.signal(signal.SIGINT, self._int),
+            }
+        return self
+
+    def _term(self, signum, frame) -> None:
+        raise _Stop("SIGTERM", signal.SIGTERM)
+
+    def _int(self, signum, frame) -> None:
+        raise _Stop("Ctrl-C", None)
+
+    def __exit__(self, *exc) -> None:
+        for number, previous in self._previous.items():
+            signal.signal(number, signal.SIG_DFL if previous is None else previous)  # type: ignore[arg-type]
+
+
+def _let_children_save(running: list[_Running], forward: signal.Signals | None, seconds: float = 600) -> None:
+    """Send ``forward`` to the running children, wait for them to end (at most ``seconds``,
+    then kill them) and close their logs."""
+    for entry in running:
+        if forward is not None and entry.process.poll() is None:
+            entry.process.send_signal(forward)
+    deadline = time.monotonic() + seconds
+    for entry in running:
+        try:
+            entry.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            entry.process.kill()
+            entry.process.wait()
+        except _Stop:  # asked again while waiting: stop them at once
+            for other in running:
+                other.process.kill()
+            entry.process.wait()
+        entry.log.close()
 
 
 def _start(job: Job, env: Mapping[str, str]) -> _Running:

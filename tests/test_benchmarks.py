@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,44 @@ def test_write_gives_valid_json_with_the_machine_block_and_no_temporary(tmp_path
     assert path.read_text().endswith("}\n") and '\n  "seconds"' in path.read_text()  # indented, one newline
     assert [p.name for p in path.parent.iterdir()] == ["speed.json"]
     assert f"wrote {path}" in capsys.readouterr().out
+
+
+def test_sigterm_reaches_the_running_jobs_which_end_cleanly_and_no_other_starts(tmp_path):
+    """``kill`` on a benchmark must not orphan its ``ssn train`` children: they get SIGTERM
+    (ssn train then saves its step's state), are waited for, and the queue stops."""
+    import signal
+    import threading
+
+    from benchmarks import _training
+
+    child = (
+        "import signal, sys, time, pathlib\n"
+        "out = pathlib.Path(sys.argv[1])\n"
+        "def stop(*_):\n"
+        "    time.sleep(0.3); out.write_text('saved'); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "out.with_suffix('.up').write_text('up')\n"
+        "time.sleep(120)\n"
+    )
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    jobs = [_training.Job(name, [sys.executable, "-c", child, str(path)], tmp_path / f"{name}.log")
+            for name, path in (("first", first), ("second", second))]  # fmt: skip
+
+    def kill_when_up() -> None:
+        deadline = time.time() + 60
+        while not first.with_suffix(".up").is_file() and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=kill_when_up, daemon=True).start()
+    started = time.time()
+    with pytest.raises(SystemExit, match=r"stopped \(SIGTERM\).*same command resumes"):
+        _training.run_jobs(jobs, os.environ, at_once=1, poll_seconds=0.05)
+    assert time.time() - started < 60
+    assert first.read_text() == "saved"  # the child got SIGTERM and ended by its own handler
+    assert not second.with_suffix(".up").exists()  # the queued job never started
+    assert signal.getsignal(signal.SIGTERM) == previous  # the handler is put back
 
 
 def test_the_curve_keeps_recorded_runs_with_add_and_marks_40_minutes(tmp_path, monkeypatch):

@@ -328,6 +328,32 @@ def test_ctrl_c_ends_the_step_saves_its_state_and_the_resume_is_exact(data, tmp_
     assert all(torch.equal(a[name], b[name]) for name in a)
 
 
+def test_sigterm_ends_the_step_saves_its_state_like_ctrl_c(data, tmp_path):
+    """SIGTERM (``kill``, a batch scheduler's notice) mid-epoch: the step ends, its state is
+    saved, the exit says how to resume, and --resume finishes the budget."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    slow = ("--checkpoint-minutes", "60")
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen(
+        _train_command(data, stopped, *slow), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not (stopped / "metrics.jsonl").is_file():
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err[-2000:]
+    assert "second SIGTERM" in err and "--resume" in err and "Traceback" not in err
+    assert 8 <= torch.load(stopped / "state.pt", weights_only=True)["progress"]["step"] < 24
+    subprocess.run(_train_command(data, stopped, *slow, "--resume"), env=env, check=True, capture_output=True)
+    assert torch.load(stopped / "state.pt", weights_only=True)["progress"]["step"] == 24
+
+
 def test_a_run_in_parts_equals_the_run_in_one_go_bitwise(data, tmp_path, capsys):
     """--stop-after-minutes ends each part with its state saved; --resume parts until the budget is spent."""
     whole, parts = tmp_path / "whole", tmp_path / "parts"

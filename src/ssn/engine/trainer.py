@@ -118,7 +118,7 @@ class TrainState:
 class _StepAgreement:
     """What every process agrees on after a step (one float64 all-reduce): the global batch's
     loss, whether any process's was not finite, the main process's clock, whether a checkpoint is
-    due by its timer, and whether Ctrl-C was pressed there."""
+    due by its timer, and whether Ctrl-C (or SIGTERM) asked it to stop there."""
 
     loss: float
     finite: bool
@@ -556,31 +556,38 @@ _PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.floa
 
 
 class _CtrlC:
-    """While training: the first Ctrl-C (SIGINT) only asks the run to stop after the step in
-    progress (whose state is then saved, so nothing is lost and ``--resume`` continues exactly);
-    a second one interrupts at once. Outside the main thread, Ctrl-C keeps its usual effect."""
+    """While training: the first Ctrl-C (SIGINT) or SIGTERM (``kill``, a batch scheduler's
+    notice before it kills a job) only asks the run to stop after the step in progress, whose
+    state is then saved, so nothing is lost and ``--resume`` continues exactly. A second one has
+    its usual effect at once (SIGINT: KeyboardInterrupt; SIGTERM: the process ends). Outside the
+    main thread the signals keep their usual effect."""
 
     def __init__(self) -> None:
         import signal
         import threading
 
-        self.asked, self._previous, self._pid = False, None, os.getpid()
+        self.asked, self._pid = False, os.getpid()
+        self._previous: dict[int, object] = {}
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._ask)
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._ask)
 
     def _ask(self, signum, frame) -> None:
         if os.getpid() != self._pid:  # a DataLoader worker (forked with this handler): the training process decides
             return
-        self.restore()  # a second Ctrl-C raises KeyboardInterrupt at once
+        self.restore()  # a second signal has its usual effect at once
         self.asked = True
-        print("\nssn: stopping after this step and saving its state (Ctrl-C again to stop at once)", file=sys.stderr)
+        import signal
+
+        again = "Ctrl-C again" if signum == signal.SIGINT else "a second SIGTERM"
+        print(f"\nssn: stopping after this step and saving its state ({again} to stop at once)", file=sys.stderr)
 
     def restore(self) -> None:
-        if self._previous is not None:
-            import signal
+        import signal
 
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for number, previous in self._previous.items():  # None: a handler not set from Python
+            signal.signal(number, signal.SIG_DFL if previous is None else previous)  # type: ignore[arg-type]
+        self._previous = {}
 
     def __enter__(self) -> _CtrlC:
         return self
