@@ -62,3 +62,75 @@ def test_a_crop_of_the_image_size_is_the_whole_image():
 def test_impossible_crops_are_refused(size, message):
     with pytest.raises(ConfigError, match=message):
         source(arrays(), size, 0.5)
+
+
+def test_whole_after_trains_on_crops_then_on_whole_images_from_a_fixed_step():
+    from ssn.engine.loading import TrainingExamples
+
+    data = arrays(count=6)
+    crops = source(data, [8, 8], 0.0)
+    config = types.SimpleNamespace(seed=0, batch_size=2, augment=False, crop_scale=1.0, annotators="one")
+    examples = TrainingExamples(crops, config)
+    assert examples[(0, 5, 0)][0].shape[-2:] == (8, 8)  # no switch given: crops throughout
+    examples.whole_images_from(2, steps_per_epoch=3)
+    sizes = {key: tuple(examples[key][0].shape[-2:]) for key in [(0, 0, 0), (0, 3, 1), (0, 4, 2), (0, 5, 3), (1, 0, 4)]}
+    # global step = epoch * 3 + position // 2: steps 0 and 1 crop, steps 2 and 3 see whole images
+    assert sizes == {
+        (0, 0, 0): (8, 8),
+        (0, 3, 1): (8, 8),
+        (0, 4, 2): (32, 32),
+        (0, 5, 3): (32, 32),
+        (1, 0, 4): (32, 32),
+    }
+    assert "whole images after 50% of the budget" in source_with(data, whole_after=0.5).describe()
+
+
+def source_with(data, **settings):
+    config = types.SimpleNamespace(
+        patch_size=[8, 8], foreground_share=0.5, split_file=None, seed=0, train_split="train", val_split="val",
+        **settings,
+    )  # fmt: skip
+    return ArraySource(data, config)
+
+
+def test_a_run_with_whole_after_switches_at_its_share_of_the_steps(tmp_path, monkeypatch):
+    from ssn.apps.cli import main
+    from ssn.data.arrays import save_arrays
+    from ssn.data.synthetic import make_synthetic
+
+    path = tmp_path / "data.npz"
+    save_arrays(path, make_synthetic(16, size=32, seed=0))
+    seen: list[tuple[int, ...]] = []
+    batch = ArraySource.batch
+
+    def recording(self, items, rng, whole=False):
+        out = batch(self, items, rng, whole)
+        seen.append(tuple(out[0].shape[-2:]))
+        return out
+
+    monkeypatch.setattr(ArraySource, "batch", recording)
+    run = ["--data", str(path), "--features", "4", "8", "--batch-size", "4", "--val-images", "2", "--val-samples", "2"]
+    assert main(["train", *run, "--out", str(tmp_path / "r"), "--patch-size", "16", "16", "--whole-after", "0.5",
+                 "--max-steps", "6", "--workers", "0"]) == 0  # fmt: skip
+    # 14 training images: batches of 4, 4, 4, 2 per epoch; ceil(0.5 * 6) = 3 steps of crops, then
+    # whole images for step 4 (2 images) and the next epoch's steps 5 and 6 (4 each)
+    assert seen == [(16, 16)] * 12 + [(32, 32)] * 10
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--whole-after", "0.5", "--max-steps", "4"], "give patch_size too"),
+        (["--whole-after", "1", "--patch-size", "16", "16", "--max-steps", "4"], "below 1"),
+        (
+            ["--whole-after", "0.5", "--patch-size", "16", "16", "--max-minutes", "1"],
+            "needs a budget in steps or epochs",
+        ),
+    ],
+)
+def test_contradictory_whole_after_settings_are_refused_in_one_line(tmp_path, capsys, flags, message):
+    from ssn.apps.cli import main
+
+    assert main(["train", "--data", str(tmp_path / "x.npz"), "--out", str(tmp_path / "r"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]

@@ -132,6 +132,11 @@ class TrainConfig:
     foreground_share: float = setting(
         0.5, "with patch_size: the share of patches holding a foreground voxel (the paper: 0.5)", low=0
     )
+    whole_after: float | None = setting(
+        help="images, with patch_size: train on crops until this share of the budget (in steps or epochs), then on "
+        "whole images, e.g. 0.5 (default: crops throughout)",
+        low=0,
+    )
     patches_per_volume: int = setting(32, "volumes: patches drawn from each training volume per epoch", low=1)
     intensity: str = setting(
         "zscore",
@@ -230,6 +235,18 @@ class TrainConfig:
         check_device(self.device)
         if self.epochs is None and self.max_minutes is None and self.max_steps is None:
             self.epochs = 20
+        if self.whole_after is not None:
+            if self.patch_size is None:
+                raise ConfigError("whole_after switches from crops to whole images: give patch_size too, e.g. 64 64")
+            if not self.whole_after < 1:
+                raise ConfigError(
+                    f"whole_after is a share of the training budget, below 1 (e.g. 0.5); got {self.whole_after}"
+                )
+            if self.max_steps is None and self.epochs is None and self.max_minutes is not None:
+                raise ConfigError(
+                    "whole_after needs a budget in steps or epochs (max_steps or epochs), so that the switch falls "
+                    "on a fixed step; with max_minutes alone it would move with the machine's speed"
+                )
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

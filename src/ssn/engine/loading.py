@@ -44,9 +44,16 @@ class TrainingExamples(Dataset):
     random, or with every annotator's, target (A, *S), where ``config.annotators`` is ``"all"``."""
 
     def __init__(self, source, config) -> None:
-        self.source, self.seed = source, config.seed
+        self.source, self.seed, self.batch_size = source, config.seed, config.batch_size
+        self.whole_from_step: int | None = None  # crops before this global step, whole images from it on
         self.augment, self.crop_scale = config.augment, config.crop_scale
         self.all_annotators = getattr(config, "annotators", "one") == "all"
+        self.steps_per_epoch = 0
+
+    def whole_images_from(self, step: int, steps_per_epoch: int) -> None:
+        """Crops before global ``step`` and whole images from it on (``config.whole_after``). A key's
+        step follows from where it sits, (epoch, position), so workers and resumptions agree."""
+        self.whole_from_step, self.steps_per_epoch = step, steps_per_epoch
 
     def __len__(self) -> int:
         return len(self.source.train_items)
@@ -56,7 +63,11 @@ class TrainingExamples(Dataset):
         data_seed = derive_seed(self.seed, epoch, position, _DATA)
         rng = np.random.default_rng(data_seed)  # the patch's location (volumes)
         generator = torch.Generator().manual_seed(data_seed)  # augmentation and the annotator
-        images, masks, roi = self.source.batch(np.array([item]), rng)
+        if self.whole_from_step is None:
+            images, masks, roi = self.source.batch(np.array([item]), rng)
+        else:
+            step = epoch * self.steps_per_epoch + position // self.batch_size
+            images, masks, roi = self.source.batch(np.array([item]), rng, whole=step >= self.whole_from_step)
         if self.augment:
             if roi is not None:  # transformed alike, as one more label channel
                 masks = torch.cat([masks, roi.unsqueeze(1).long()], 1)

@@ -76,7 +76,7 @@ class Source(Protocol):
 
     def validation(self, count: int, rng: np.random.Generator) -> ValidationSet | VolumeValidationSet: ...
 
-    def batch(self, items: np.ndarray, rng: np.random.Generator) -> tuple[Any, Any, Any]: ...
+    def batch(self, items: np.ndarray, rng: np.random.Generator, whole: bool = False) -> tuple[Any, Any, Any]: ...
 
 
 class ArraySource:
@@ -114,6 +114,7 @@ class ArraySource:
             if tuple(config.patch_size) != shape:
                 self.crop = tuple(config.patch_size)
         self.foreground_share = config.foreground_share
+        self.whole_after = getattr(config, "whole_after", None)
         if config.split_file:
             self.train_items = select_split(data, config.train_split, config.split_file)
             self.val_items = select_split(data, config.val_split, config.split_file)
@@ -128,16 +129,22 @@ class ArraySource:
         return self.data.num_classes()
 
     def describe(self) -> str:
-        crops = f" (one crop of {'x'.join(map(str, self.crop))} each)" if self.crop else ""
+        crops = f" (one crop of {'x'.join(map(str, self.crop))} each" if self.crop else ""
+        if self.crop:
+            crops += (
+                f", whole images after {self.whole_after:.0%} of the budget)" if self.whole_after is not None else ")"
+            )
         return f"{self.train_items.size} training images{crops}, {self.val_items.size} validation images"
 
     def validation(self, count: int, rng: np.random.Generator) -> ValidationSet:
         chosen = np.sort(rng.choice(self.val_items, size=min(count, self.val_items.size), replace=False))
         return ValidationSet(self.data.images[chosen], self.data.masks[chosen])
 
-    def batch(self, items: np.ndarray, rng: np.random.Generator):
+    def batch(self, items: np.ndarray, rng: np.random.Generator, whole: bool = False):
+        """Images (B, channels, *S), label maps (B, A, *S) and no region of interest for ``items``:
+        crops of ``patch_size``, or whole images where there is none or ``whole`` is set."""
         images, masks = self.data.images[items], self.data.masks[items]
-        if self.crop is not None:
+        if self.crop is not None and not whole:
             windows: list[tuple[Any, ...]] = [(..., *self._crop_window(np.asarray(m), self.crop, rng)) for m in masks]
             images = np.stack([np.asarray(i)[w] for i, w in zip(images, windows)])
             masks = np.stack([np.asarray(m)[w] for m, w in zip(masks, windows)])
@@ -169,6 +176,11 @@ class PatchSource:
             raise ConfigError("a volume list carries its own splits (training, validation, test); drop split_file")
         if config.patch_size is None:
             raise ConfigError("training on volumes needs patch_size, e.g. --patch-size 64 64 64")
+        if getattr(config, "whole_after", None) is not None:
+            raise ConfigError(
+                "whole_after is for the images of an .npz; volumes are trained on patches throughout (their inference "
+                "runs through windows of patch_size): drop --whole-after"
+            )
         self.listing = listing
         self.held_out: dict | None = None  # the list names its splits
         self.input_shape: list[int] | None = None  # volumes differ in size; the patch size is recorded
@@ -209,8 +221,8 @@ class PatchSource:
         images, masks, roi = self.val.draw_many(items, rng)
         return ValidationSet(images, masks, roi)
 
-    def batch(self, items: np.ndarray, rng: np.random.Generator):
-        images, masks, roi = self.train.draw_many(items, rng)
+    def batch(self, items: np.ndarray, rng: np.random.Generator, whole: bool = False):
+        images, masks, roi = self.train.draw_many(items, rng)  # volumes are always patches (whole_after is refused)
         return torch.from_numpy(images), torch.from_numpy(masks).long(), torch.from_numpy(roi)
 
 

@@ -175,6 +175,10 @@ class _Trainer:
             self.device.type, dtype=_PRECISIONS[config.precision], enabled=config.precision != "fp32"
         )
         self.steps_per_epoch = len(self._epoch_batches(0, 0))
+        if config.whole_after is not None:
+            budgets = [config.max_steps] if config.max_steps is not None else []
+            budgets += [config.epochs * self.steps_per_epoch] if config.epochs is not None else []
+            self.examples.whole_images_from(math.ceil(config.whole_after * min(budgets)), self.steps_per_epoch)
         # the step, as one module (after the sizes: whether the warm-up is on depends on the budget spent)
         self.objective = self._objective(find_unused=self._in_warm_up())
         self.clock = time.perf_counter() - self.state.seconds
