@@ -69,10 +69,10 @@ def test_whole_after_trains_on_crops_then_on_whole_images_from_a_fixed_step():
 
     data = arrays(count=6)
     crops = source(data, [8, 8], 0.0)
-    config = types.SimpleNamespace(seed=0, batch_size=2, augment=False, crop_scale=1.0, annotators="one")
+    config = types.SimpleNamespace(seed=0, augment=False, crop_scale=1.0, annotators="one")
     examples = TrainingExamples(crops, config)
     assert examples[(0, 5, 0)][0].shape[-2:] == (8, 8)  # no switch given: crops throughout
-    examples.whole_images_from(2, steps_per_epoch=3)
+    examples.whole_images_from(2, steps_per_epoch=3, batch_size=2)
     sizes = {key: tuple(examples[key][0].shape[-2:]) for key in [(0, 0, 0), (0, 3, 1), (0, 4, 2), (0, 5, 3), (1, 0, 4)]}
     # global step = epoch * 3 + position // 2: steps 0 and 1 crop, steps 2 and 3 see whole images
     assert sizes == {

@@ -44,16 +44,16 @@ class TrainingExamples(Dataset):
     random, or with every annotator's, target (A, *S), where ``config.annotators`` is ``"all"``."""
 
     def __init__(self, source, config) -> None:
-        self.source, self.seed, self.batch_size = source, config.seed, config.batch_size
+        self.source, self.seed = source, config.seed
         self.whole_from_step: int | None = None  # crops before this global step, whole images from it on
         self.augment, self.crop_scale = config.augment, config.crop_scale
         self.all_annotators = getattr(config, "annotators", "one") == "all"
-        self.steps_per_epoch = 0
+        self.steps_per_epoch = self.batch_size = 0
 
-    def whole_images_from(self, step: int, steps_per_epoch: int) -> None:
+    def whole_images_from(self, step: int, steps_per_epoch: int, batch_size: int) -> None:
         """Crops before global ``step`` and whole images from it on (``config.whole_after``). A key's
         step follows from where it sits, (epoch, position), so workers and resumptions agree."""
-        self.whole_from_step, self.steps_per_epoch = step, steps_per_epoch
+        self.whole_from_step, self.steps_per_epoch, self.batch_size = step, steps_per_epoch, batch_size
 
     def __len__(self) -> int:
         return len(self.source.train_items)

@@ -178,7 +178,9 @@ class _Trainer:
         if config.whole_after is not None:
             budgets = [config.max_steps] if config.max_steps is not None else []
             budgets += [config.epochs * self.steps_per_epoch] if config.epochs is not None else []
-            self.examples.whole_images_from(math.ceil(config.whole_after * min(budgets)), self.steps_per_epoch)
+            self.examples.whole_images_from(
+                math.ceil(config.whole_after * min(budgets)), self.steps_per_epoch, config.batch_size
+            )
         # the step, as one module (after the sizes: whether the warm-up is on depends on the budget spent)
         self.objective = self._objective(find_unused=self._in_warm_up())
         self.clock = time.perf_counter() - self.state.seconds
