@@ -124,7 +124,22 @@ def main() -> None:
         action="store_true",
         help="train the models one after another, each with --threads threads, instead of all at once",
     )
+    parser.add_argument(
+        "--references-only",
+        action="store_true",
+        help="measure the reference rows (an empty prediction, the readers' votes) on the test split, "
+        "record them in results/lidc.json and rewrite RESULTS.md; trains and evaluates no model",
+    )
     args = parser.parse_args()
+    if args.references_only:
+        data, split = lidc_files(args.data_dir)
+        reference = references(data, split)
+        update_json(RESULTS_JSON, lambda content: {**content, "reference": reference})
+        from benchmarks import report
+
+        report.write()
+        print(json.dumps({k: v["ged"] for k, v in reference["readers_at_least"].items()}, indent=1))
+        return
     if (args.extra.strip() or args.crop) and not args.variant:
         parser.error("--extra and --crop change the defaults: name the change with --variant (e.g. 'mean weight 1')")
     if args.minutes is None and args.steps is None:
@@ -295,7 +310,7 @@ def main() -> None:
     def appended(content: dict) -> dict:
         """The results file with these runs after those recorded (re-read now: others may have added some)."""
         reference = content.get("reference")
-        if not reference or "hm_iou_by_matching" not in reference["empty"]:  # written before ssn 0.6
+        if not reference or "readers_at_least" not in reference:  # written before 2026-12-06
             reference = references(data, split)
         return {"reference": reference, "runs": load_runs(content) + runs}
 
@@ -352,9 +367,19 @@ def _without_paths(result: dict) -> dict:
     return {k: v for k, v in result.items() if k not in ("run", "data", "model")}
 
 
+#: The readers' votes that reference rows turn into one map: at least k of the four readers.
+#: 2 is the majority vote; 1 the union, 4 the intersection of their maps.
+VOTES = (1, 3, 4)
+
+
 def references(data_path: Path, split: Path) -> dict:
     """An empty prediction and the readers' majority vote as predictions, and the readers' own
-    diversity (mean 1 - IoU over distinct pairs), on the test slices."""
+    diversity (mean 1 - IoU over distinct pairs), on the test slices.
+
+    ``readers_at_least[k]``: the map of the pixels that at least k of the four readers marked,
+    for each k of :data:`VOTES`, as a prediction. These are single maps, as a deterministic
+    model's are: what one map drawn from the test readers themselves scores, so that a
+    deterministic model's GED^2 can be read against the best a single map does."""
     import torch
 
     from ssn import metrics
@@ -362,8 +387,8 @@ def references(data_path: Path, split: Path) -> dict:
 
     data = load_arrays(data_path)
     test = select_split(data, "test", split)
-    out = {}
-    for name in ("empty", "majority_vote"):
+    out: dict = {"readers_at_least": {}}
+    for name in ("empty", "majority_vote", *(f"at_least_{k}" for k in VOTES)):
         figures = metrics.ImageMetrics(2, matched_sizes=(16,))
         rectangular = metrics.HungarianMatchedIoU(2, matching="rectangular")
         ece = metrics.ExpectedCalibrationError(2)
@@ -371,14 +396,16 @@ def references(data_path: Path, split: Path) -> dict:
             masks = torch.from_numpy(np.asarray(data.masks[test[start : start + 256]])).long()
             if name == "empty":
                 prediction = torch.zeros_like(masks[:, 0])
-            else:
+            elif name == "majority_vote":
                 prediction = (masks.float().mean(1) >= 0.5).long()  # 2 of 4 readers count as nodule
+            else:
+                prediction = (masks.sum(1) >= int(name.rsplit("_", 1)[1])).long()
             samples = prediction.unsqueeze(1).expand(-1, 16, *prediction.shape[1:]).to(torch.uint8)
             figures.update(samples, masks)
             rectangular.update(samples, masks)
             ece.update(samples, masks)
         computed = figures.compute()
-        out[name] = {
+        row = {
             "ged": computed["ged"].as_dict(),
             "ged_at": {"16": computed["ged_16"].as_dict()},
             "hm_iou": {"16": computed["hm_iou_16"].as_dict()},
@@ -390,6 +417,10 @@ def references(data_path: Path, split: Path) -> dict:
             "dice": computed["dice"].as_dict(),
             "ece": ece.compute().as_dict(),
         }
+        if name.startswith("at_least_"):
+            out["readers_at_least"][name.rsplit("_", 1)[1]] = row
+        else:
+            out[name] = row
     masks = np.asarray(data.masks[test]).reshape(test.size, 4, -1).astype(bool)
     a, b = np.triu_indices(4, 1)
     union = (masks[:, a] | masks[:, b]).sum(-1)

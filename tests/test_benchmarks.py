@@ -687,3 +687,34 @@ def test_the_curve_table_names_the_loss_weights_of_each_run(tmp_path, monkeypatc
     rows = {line.split(" | ")[0]: line for line in report.curve_section() if line.startswith("| runs/")}
     assert "| ssn, rank 10 |" in rows["| runs/plain"] and "marginal" not in rows["| runs/plain"]
     assert "| ssn, rank 10, marginal weight 1 |" in rows["| runs/mg"]
+
+
+def test_the_readers_votes_score_as_single_maps_as_computed_by_hand(tmp_path, monkeypatch):
+    """Slice A: readers 0-2 mark one block, reader 3 nothing; slice B: reader 0 alone marks it.
+    GED^2 of one map S: 2 E d(S, Y) - E d(Y, Y') over ordered pairs with self-pairs, here
+    E d(Y, Y') = 6/16 on both slices. A at least 1 or 3 of 4 (the block): 2/4 - 6/16 = 0.125;
+    A all 4 (empty): 6/4 - 6/16 = 1.125; B at least 1 (the block): 1.125; B at least 3, all 4 and
+    the majority (empty): 0.125."""
+    from benchmarks import lidc
+
+    masks = np.zeros((3, 4, 8, 8), np.uint8)
+    masks[0, :3, 2:5, 2:5] = 1
+    masks[1, 0, 2:5, 2:5] = 1
+    masks[2, :, 1:3, 1:3] = 1  # a training slice: not scored
+    patients = np.array(["LIDC-IDRI-0001", "LIDC-IDRI-0001", "LIDC-IDRI-0002"])
+    np.savez(tmp_path / "lidc_slices_128.npz", images=np.zeros((3, 8, 8), np.uint8), masks=masks, patient=patients,
+             nodule=np.zeros(3, int), slice=np.arange(3))  # fmt: skip
+    split = {"splits": {"train": ["LIDC-IDRI-0002"], "val": [], "test": ["LIDC-IDRI-0001"]}}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    reference = lidc.references(tmp_path / "lidc_slices_128.npz", tmp_path / "split.json")
+    ged = {k: row["ged"]["mean"] for k, row in reference["readers_at_least"].items()}
+    assert ged == pytest.approx({"1": 0.625, "3": 0.125, "4": 0.625})
+    assert reference["majority_vote"]["ged"]["mean"] == pytest.approx(0.125)
+    assert reference["empty"]["ged"]["mean"] == pytest.approx(0.625) and reference["num_images"] == 2
+    (tmp_path / "lidc.json").write_text(
+        json.dumps({"runs": [_lidc_row(0, 0.268, "/runs/v6/low-rank")], "reference": reference})
+    )
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    table = "\n".join(report.lidc_section())
+    assert "| *marked by at least 3 of 4 readers* |  | 0.125 ± 0.000 |" in table
+    assert "| *marked by all 4 readers* |  | 0.625 ± 0.500 |" in table
