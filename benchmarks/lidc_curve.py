@@ -2,7 +2,9 @@
 
 Reads the ``metrics.jsonl`` that ``ssn train`` appends at each validation (GED^2 with
 ``val_samples`` samples on the run's fixed validation subset, and ``cpu_minutes``, the CPU time
-of the training process, all its threads, summed over the parts of the run), and draws them.
+of the training process, all its threads, summed over the parts of the run, with the
+``processor`` that ran it), and draws them. CPU time compares only on one processor: each run
+records the processors its parts ran on (none for runs logged before 2026-12-06).
 Writes ``benchmarks/lidc_curve.png`` and ``benchmarks/results/lidc_curve.json`` (every point,
 and each run's figure nearest 40 minutes, 2 hours and at its end).
 
@@ -42,6 +44,7 @@ def curve(run: Path) -> list[dict]:
                 "val_ged": entry["val_ged"],
                 "val_diversity": entry["val_diversity"],
                 "val_samples": entry["val_samples"],
+                "processor": entry.get("processor"),  # logged since 2026-12-06
             }
         )
     return points
@@ -158,6 +161,7 @@ def main() -> None:
             "patch_size": config.get("patch_size"),
             "max_steps": config.get("max_steps"),
             "points": points,
+            "processors": sorted({p["processor"] for p in points if p["processor"]}),
             "marks": {**{k: nearest(points, h) for k, h in MARKS.items()}, "end": points[-1] if points else None},
         }
     draw(curves, args.out)

@@ -360,6 +360,7 @@ def curve_section() -> list[str]:
                 str(run["max_steps"]),
                 *marks,
                 f"{end.get('cpu_hours', 0):.2f}",
+                ", ".join(run.get("processors") or ["not recorded"]),
             ]
         )
     return [
@@ -368,9 +369,17 @@ def curve_section() -> list[str]:
         "Written by `benchmarks/lidc_curve.py` from each run's `metrics.jsonl`: validation GED² (16 samples, the "
         "run's fixed 128 validation slices) against the CPU time of the training process, summed over the "
         "parts of the run (`python -m benchmarks.lidc --part-minutes`). *40 min* and *2 h* are the last validation at or "
-        "before that much CPU time.",
+        "before that much CPU time. CPU time compares only on one processor: the machine behind these runs "
+        "has changed between sessions (an Intel Xeon in the results of 2026-11-27 and 28, an AMD EPYC at 2.0 GHz "
+        "on 2026-12-06, on which a Prob. U-Net training step, batch 8, runs at 3.9 images/s on one thread, and "
+        "`ssn train` at 4.1, while its runs of 2026-12-04, on one thread too, averaged 13.5 images/s over the "
+        "whole training, validation included), so curves compare alike only when they ran side by side "
+        "or name one processor. Runs logged before 2026-12-06 did not record theirs.",
         "",
-        *_table(["run", "method", "seed", "budget (steps)", "40 CPU-min", "2 CPU-h", "latest", "CPU-h so far"], rows),
+        *_table(
+            ["run", "method", "seed", "budget (steps)", "40 CPU-min", "2 CPU-h", "latest", "CPU-h so far", "processor"],
+            rows,
+        ),
         "",
         "![validation GED² against CPU-hours](lidc_curve.png)",
         "",

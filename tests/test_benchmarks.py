@@ -107,6 +107,8 @@ def test_the_curve_keeps_recorded_runs_with_add_and_marks_40_minutes(tmp_path, m
         (folder / "config.json").write_text(json.dumps(config))
         points = [{"step": 10 * k, "minutes": 30.0 * k, "cpu_minutes": 25.0 * k, "val_ged": 0.5 - 0.05 * k,
                    "val_diversity": 0.6, "val_samples": 16} for k in (1, 2, 3)]  # fmt: skip
+        if seed:  # resumed on another machine for its last part; run a logged before processors were
+            points = [{**p, "processor": "CPU X" if p["step"] < 30 else "CPU Y"} for p in points]
         (folder / "metrics.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
         return folder
 
@@ -120,6 +122,10 @@ def test_the_curve_keeps_recorded_runs_with_add_and_marks_40_minutes(tmp_path, m
     assert curves["runs/a"]["marginal_weight"] == 0.0 and curves["runs/b"]["marginal_weight"] == 1.0
     assert curves["runs/a"]["marks"]["40 min"]["step"] == 10  # 25 CPU-min is the last point before 40
     assert curves["runs/a"]["marks"]["2 h"] is None  # it never trained 2 CPU-hours
+    assert curves["runs/a"]["processors"] == [] and curves["runs/b"]["processors"] == ["CPU X", "CPU Y"]
+    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
+    rows = {line.split(" | ")[0]: line for line in report.curve_section() if line.startswith("| runs/")}
+    assert rows["| runs/a"].endswith("| not recorded |") and rows["| runs/b"].endswith("| CPU X, CPU Y |")
     monkeypatch.setattr(sys, "argv", ["lidc_curve", str(second), "--out", str(tmp_path / "c.png")])
     lidc_curve.main()  # without --add, only the given runs
     assert list(json.loads((tmp_path / "results" / "lidc_curve.json").read_text())["runs"]) == ["runs/b"]

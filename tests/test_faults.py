@@ -180,6 +180,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_bitwise(data, tmp_pa
         assert torch.equal(tensor, b["model"][name]), f"{name} differs after the resume at step {killed_at}"
     lines = [json.loads(line) for line in (broken / "metrics.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in lines] == [8, 16, 24]  # no line lost or repeated by the resume
+    from ssn.engine.trainer import processor
+
+    assert {entry["processor"] for entry in lines} == {processor()} != {""}  # whose CPU time each line counts
     whole_lines = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [e["val_ged"] for e in lines] == [e["val_ged"] for e in whole_lines]
 

@@ -15,9 +15,11 @@ set, the trained weights otherwise.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,6 +48,21 @@ from .rundir import RunDir
 from .sources import ValidationSet, VolumeValidationSet, open_source
 
 __all__ = ["train", "TrainState"]
+
+
+@functools.cache
+def processor() -> str:
+    """The processor's name, as ``/proc/cpuinfo`` gives it (``platform.processor()`` elsewhere;
+    ``"unknown"`` without either): logged with each validation, since the CPU time of a run in
+    parts may come from different machines, and a CPU-hour of one is not a CPU-hour of another."""
+    try:
+        with open("/proc/cpuinfo") as lines:
+            for line in lines:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def train(config: TrainConfig, log=print) -> dict:
@@ -406,6 +423,7 @@ class _Trainer:
             "val_diversity": val["diversity"],
             "val_samples": config.val_samples,
             "bad_steps": state.bad_steps,
+            "processor": processor(),  # whose CPU time "cpu_minutes" counts
         }
         state.losses.clear()
         if val["ged"] < state.best_ged:
