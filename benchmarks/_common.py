@@ -124,17 +124,11 @@ def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str
 
 def machine() -> dict:
     """The date, the CPU, torch's thread count and the versions, as recorded beside the figures."""
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from ssn.engine.trainer import processor
+
     return {
         "date": datetime.date.today().isoformat(),
-        "cpu": cpu,
+        "cpu": processor(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -387,25 +387,28 @@ def references(data_path: Path, split: Path) -> dict:
 
     data = load_arrays(data_path)
     test = select_split(data, "test", split)
-    out: dict = {"readers_at_least": {}}
-    for name in ("empty", "majority_vote", *(f"at_least_{k}" for k in VOTES)):
-        figures = metrics.ImageMetrics(2, matched_sizes=(16,))
-        rectangular = metrics.HungarianMatchedIoU(2, matching="rectangular")
-        ece = metrics.ExpectedCalibrationError(2)
-        for start in range(0, test.size, 256):
-            masks = torch.from_numpy(np.asarray(data.masks[test[start : start + 256]])).long()
-            if name == "empty":
-                prediction = torch.zeros_like(masks[:, 0])
-            elif name == "majority_vote":
-                prediction = (masks.float().mean(1) >= 0.5).long()  # 2 of 4 readers count as nodule
-            else:
-                prediction = (masks.sum(1) >= int(name.rsplit("_", 1)[1])).long()
+    # each single map: the pixels that at least k readers marked (None: an empty map)
+    votes: dict[str, int | None] = {"empty": None, "majority_vote": 2, **{str(k): k for k in VOTES}}
+    scorers = {
+        name: (
+            metrics.ImageMetrics(2, matched_sizes=(16,)),
+            metrics.HungarianMatchedIoU(2, matching="rectangular"),
+            metrics.ExpectedCalibrationError(2),
+        )
+        for name in votes
+    }
+    for start in range(0, test.size, 256):  # the masks read once, every map scored from them
+        masks = torch.from_numpy(np.asarray(data.masks[test[start : start + 256]])).long()
+        marked = masks.sum(1)
+        for name, k in votes.items():
+            prediction = torch.zeros_like(marked) if k is None else (marked >= k).long()
             samples = prediction.unsqueeze(1).expand(-1, 16, *prediction.shape[1:]).to(torch.uint8)
-            figures.update(samples, masks)
-            rectangular.update(samples, masks)
-            ece.update(samples, masks)
+            for scorer in scorers[name]:
+                scorer.update(samples, masks)
+    rows = {}
+    for name, (figures, rectangular, ece) in scorers.items():
         computed = figures.compute()
-        row = {
+        rows[name] = {
             "ged": computed["ged"].as_dict(),
             "ged_at": {"16": computed["ged_16"].as_dict()},
             "hm_iou": {"16": computed["hm_iou_16"].as_dict()},
@@ -417,10 +420,11 @@ def references(data_path: Path, split: Path) -> dict:
             "dice": computed["dice"].as_dict(),
             "ece": ece.compute().as_dict(),
         }
-        if name.startswith("at_least_"):
-            out["readers_at_least"][name.rsplit("_", 1)[1]] = row
-        else:
-            out[name] = row
+    out: dict = {
+        "empty": rows["empty"],
+        "majority_vote": rows["majority_vote"],
+        "readers_at_least": {str(k): rows[str(k)] for k in VOTES},
+    }
     masks = np.asarray(data.masks[test]).reshape(test.size, 4, -1).astype(bool)
     a, b = np.triu_indices(4, 1)
     union = (masks[:, a] | masks[:, b]).sum(-1)
