@@ -170,6 +170,65 @@ def figure(run: Path, lists: Path, out_png: Path, window: list[int], samples: in
     plt.close(fig)
 
 
+def calibrated_temperature(run: Path, lists: Path, args) -> float:
+    """``ssn calibrate`` of ``run`` on the validation cases of ``lists`` (whole volumes through
+    the evaluation's sliding windows), stored in the run; returns the chosen temperature."""
+    subprocess.run(
+        ssn_command(
+            "calibrate",
+            "--run",
+            str(run),
+            "--data",
+            str(lists),
+            "--split",
+            "validation",
+            "--samples",
+            "8",
+            "--window",
+            *map(str, args.window),
+        ),
+        check=True,
+        env=thread_env(2),
+        stdout=subprocess.DEVNULL,
+    )
+    return float(json.loads((run / "calibration.json").read_text())["temperature"])
+
+
+def evaluated(run: Path, lists: Path, tcga_list: Path, args, temperature: float) -> dict:
+    """``{tag: {region: {dice, ged, diversity}, "multi-class": {convention: {ged, diversity}}}}``
+    of ``run`` at ``temperature`` on the deepmedic test cases and the TCGA cases."""
+    entry: dict = {}
+    suffix = "" if temperature == 1.0 else f"_t{temperature:g}"
+    for tag, data in (("deepmedic test", lists), ("tcga", tcga_list)):
+        report = run / f"{tag.replace(' ', '_')}{suffix}.json"
+        command = ssn_command(
+            "evaluate",
+            "--run",
+            str(run),
+            "--data",
+            str(data),
+            "--split",
+            "test",
+            "--samples",
+            str(args.samples),
+            "--window",
+            *map(str, args.window),
+            "--temperature",
+            f"{temperature:g}",
+            "--out",
+            str(report),
+        )
+        subprocess.run(command, check=True, env=thread_env(2), stdout=subprocess.DEVNULL)
+        structures = json.loads(report.read_text())["structures"]
+        entry[tag] = {
+            region: {k: structures[region][k]["mean"] for k in ("dice", "ged", "diversity")} for region in REGIONS
+        }
+        entry[tag]["multi-class"] = {
+            c: {k: structures[f"multi-class ({c})"][k]["mean"] for k in ("ged", "diversity")} for c in CONVENTIONS
+        }
+    return entry
+
+
 def main() -> None:
     parser = benchmark_parser("brats", __doc__)
     parser.add_argument(
@@ -196,6 +255,13 @@ def main() -> None:
     )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="the stochastic models: choose a temperature on the 2 brats_deepmedic validation cases "
+        "(ssn calibrate, which the models also trained on: there is no other held-out case) and evaluate "
+        "them at it too, a second row beside the one at t = 1",
+    )
     parser.add_argument("--extra", default="", help="further `ssn train` flags for every model, one string")
     parser.add_argument(
         "--variant",
@@ -256,36 +322,10 @@ def main() -> None:
     for name in args.models:
         run = folders[name]
         entry: dict = {"steps": json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]}
-        for tag, data in (("deepmedic test", lists), ("tcga", tcga_list)):
-            report = run / f"{tag.replace(' ', '_')}.json"
-            subprocess.run(
-                python
-                + [
-                    "evaluate",
-                    "--run",
-                    str(run),
-                    "--data",
-                    str(data),
-                    "--split",
-                    "test",
-                    "--samples",
-                    str(args.samples),
-                    "--window",
-                    *map(str, args.window),
-                    "--out",
-                    str(report),
-                ],
-                check=True,
-                env=thread_env(2),
-                stdout=subprocess.DEVNULL,
-            )
-            structures = json.loads(report.read_text())["structures"]
-            entry[tag] = {
-                region: {k: structures[region][k]["mean"] for k in ("dice", "ged", "diversity")} for region in REGIONS
-            }
-            entry[tag]["multi-class"] = {
-                c: {k: structures[f"multi-class ({c})"][k]["mean"] for k in ("ged", "diversity")} for c in CONVENTIONS
-            }
+        entry |= evaluated(run, lists, tcga_list, args, 1.0)
+        if args.calibrate and name != "deterministic":
+            temperature = calibrated_temperature(run, lists, args)
+            entry["calibrated"] = {"temperature": temperature} | evaluated(run, lists, tcga_list, args, temperature)
         if args.variant:
             entry |= {
                 "variant": args.variant,

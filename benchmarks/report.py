@@ -533,15 +533,19 @@ def brats_section() -> list[str]:
     ):
         rows = []
         for name, run in content["runs"].items():
-            figures = run[tag]
-            whole = figures.get("multi-class", {})
-            rows.append(
-                [name, str(run["steps"])]
-                + [f"{figures[r]['dice']:.3f}" for r in regions]
-                + [f"{figures[r]['ged']:.3f}" for r in regions]
-                + [f"{whole[c]['ged']:.3f}" if c in whole else "" for c in ("present", "all")]
-                + [f"{figures[r]['diversity']:.3f}" for r in regions]
-            )
+            versions = [(name, run[tag])]
+            if "calibrated" in run:  # at the temperature chosen on the validation cases
+                calibrated = run["calibrated"]
+                versions.append((f"{name}, calibrated (t = {calibrated['temperature']:g})", calibrated[tag]))
+            for label, figures in versions:
+                whole = figures.get("multi-class", {})
+                rows.append(
+                    [label, str(run["steps"])]
+                    + [f"{figures[r]['dice']:.3f}" for r in regions]
+                    + [f"{figures[r]['ged']:.3f}" for r in regions]
+                    + [f"{whole[c]['ged']:.3f}" if c in whole else "" for c in ("present", "all")]
+                    + [f"{figures[r]['diversity']:.3f}" for r in regions]
+                )
         raters = content.get("tcga raters") if tag == "tcga" else None
         if raters:
             rows.append(
@@ -560,7 +564,10 @@ def brats_section() -> list[str]:
         "MoSE's), *all* over every foreground class, a class absent from both maps counting as IoU 1 (PHiSeg's, the "
         "official SSN's and CCDM's; `ssn evaluate --classes all`). The regions are binary maps, where the "
         "conventions agree. Diversity is the mean 1 − IoU over all ordered pairs of a model's samples (self-pairs "
-        "included, as in GED²); the algorithms' own is over their distinct pairs.",
+        "included, as in GED²); the algorithms' own is over their distinct pairs. Rows at t = 1 unless named "
+        "*calibrated*: those sample at the temperature `ssn calibrate` chose (GED² of the whole map, 8 samples) on "
+        "the 2 `brats_deepmedic` validation cases, which the models also trained on, for want of another case "
+        "(`python -m benchmarks.brats --calibrate`).",
         "",
     ]
     for name, run in content["runs"].items():

@@ -577,10 +577,16 @@ def test_a_brats_variant_row_sits_beside_the_defaults_with_its_flags_and_command
         "train_minutes_wall": 101.0, "samples": 20,
         "runs": {"low-rank": entry(0.724), "low-rank (marginal weight 1)": entry(0.801, **variant)},
     }  # fmt: skip
+    calibrated = {"temperature": 0.6, "deepmedic test": figures(0.733), "tcga": figures(0.612)}
+    content["runs"]["low-rank (marginal weight 1)"]["calibrated"] = calibrated
     (tmp_path / "brats.json").write_text(json.dumps(content))
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     text = "\n".join(report.brats_section())
     assert "| low-rank | 1000 | 0.724 |" in text and "| low-rank (marginal weight 1) | 1000 | 0.801 |" in text
+    # the calibrated figures sit in their own row under their run, on each set of cases
+    assert "| low-rank (marginal weight 1), calibrated (t = 0.6) | 1000 | 0.733 |" in text
+    assert "| low-rank (marginal weight 1), calibrated (t = 0.6) | 1000 | 0.612 |" in text
+    assert text.count("calibrated (t = ") == 2
     assert "*low-rank (marginal weight 1)*: the settings above with `--marginal-weight 1` (41 minutes" in text
     assert "(brats_samples.marginal-weight-1.png)" in text and "(brats_samples.png)" in text
 

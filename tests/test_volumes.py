@@ -656,3 +656,35 @@ def test_a_resumed_run_from_before_whole_volume_validation_keeps_validating_on_p
     assert run.resumed_settings({"max_steps": 16})["val_volumes"] == "patches"
     (tmp_path / "config.json").write_text(json.dumps({"data": "list.json", "val_volumes": "whole"}))
     assert run.resumed_settings({})["val_volumes"] == "whole"
+
+
+def test_the_brats_benchmark_calibrates_on_the_validation_cases_and_evaluates_at_both_temperatures(
+    volume_list, tmp_path
+):
+    from types import SimpleNamespace
+
+    from benchmarks import brats
+
+    run = tmp_path / "run"
+    flags = ["train", "--data", str(volume_list), "--out", str(run), "--patch-size", "8", "8", "8",
+             "--features", "4", "8", "--max-steps", "2", "--batch-size", "2", "--val-images", "1",
+             "--val-samples", "2", "--patches-per-volume", "2"]  # fmt: skip
+    assert main(flags) == 0
+    args = SimpleNamespace(window=[8, 8, 8], samples=3)
+    temperature = brats.calibrated_temperature(run, volume_list, args)
+    stored = json.loads((run / "calibration.json").read_text())
+    assert temperature == stored["temperature"] and stored["split"] == "validation"
+    assert stored["num_cases"] == 2 and len(stored["curve"]) > 1
+    assert temperature == min(stored["curve"], key=lambda point: point["ged"])["temperature"]
+    at_one = brats.evaluated(run, volume_list, volume_list, args, 1.0)
+    at_t = brats.evaluated(run, volume_list, volume_list, args, 0.25)
+    for tag, suffix in (("deepmedic_test", ""), ("tcga", "")):
+        assert json.loads((run / f"{tag}{suffix}.json").read_text())["temperature"] == 1.0
+        assert json.loads((run / f"{tag}_t0.25.json").read_text())["temperature"] == 0.25
+    for entry in (at_one, at_t):
+        assert set(entry) == {"deepmedic test", "tcga"}
+        assert set(entry["tcga"]) == {*brats.REGIONS, "multi-class"}
+        assert set(entry["tcga"]["multi-class"]) == {"present", "all"}
+    # a quarter of the spread draws samples closer together than t = 1 does (the same draws)
+    one, quarter = at_one["tcga"]["whole tumour"]["diversity"], at_t["tcga"]["whole tumour"]["diversity"]
+    assert quarter <= one
