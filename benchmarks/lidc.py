@@ -72,6 +72,12 @@ def portable(text: str, data_dir: Path) -> str:
     return text
 
 
+def calibrated_models(models: list[str], chosen: list[str] | None) -> list[str]:
+    """The stochastic ones of ``models`` that ``--calibrate`` names; all of them when it names none
+    (the flag left out, or given bare: a bare flag once meant none, and a calibration was skipped)."""
+    return [m for m in models if m != "deterministic" and (not chosen or m in chosen)]
+
+
 def main() -> None:
     parser = benchmark_parser("lidc", __doc__)
     add_lidc_dir(parser)
@@ -106,7 +112,7 @@ def main() -> None:
         "--calibrate",
         nargs="*",
         choices=list(MODELS),
-        help="the stochastic models to calibrate and evaluate at their temperature (default: all)",
+        help="the stochastic models to calibrate and evaluate at their temperature (default, and the bare flag: all)",
     )
     parser.add_argument(
         "--seed",
@@ -208,7 +214,7 @@ def main() -> None:
             }
             run_all(commands, args.threads, args.out, "train", parallel=not args.one_at_a_time)
     trained = time.time()
-    stochastic = [m for m in models if m != "deterministic" and (args.calibrate is None or m in args.calibrate)]
+    stochastic = calibrated_models(models, args.calibrate)
 
     def needed(path: Path) -> bool:
         return not (args.skip_training and path.is_file())

@@ -730,3 +730,13 @@ def test_the_readers_votes_score_as_single_maps_as_computed_by_hand(tmp_path, mo
     table = "\n".join(report.lidc_section())
     assert "| *marked by at least 3 of 4 readers* |  | 0.125 ± 0.000 |" in table
     assert "| *marked by all 4 readers* |  | 0.625 ± 0.500 |" in table
+
+
+def test_a_bare_calibrate_flag_calibrates_every_stochastic_model_of_the_lidc_benchmark():
+    from benchmarks import lidc
+
+    models = ["deterministic", "diagonal", "low-rank", "prob-unet"]
+    every = ["diagonal", "low-rank", "prob-unet"]
+    parsed = lidc.calibrated_models
+    assert parsed(models, None) == every and parsed(models, []) == every
+    assert parsed(models, ["low-rank"]) == ["low-rank"] and parsed(["deterministic"], []) == []
