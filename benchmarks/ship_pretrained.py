@@ -139,6 +139,30 @@ def _other_seeds(run: Path) -> str:
     return f"  Trained alike with another seed, test GED²(100): {'; '.join(parts)}.{basis}\n"
 
 
+def _started_from(config: dict) -> str:
+    """The card's sentence on the weights a warm-started run (``--init-from``) began with: for a
+    shipped model, the run shipped under that name until now and its budget (from
+    ``shipped.json`` and ``lidc.json``), since the name itself is about to hold other weights."""
+    source = config.get("init_from")
+    if not source:
+        return ""
+    text = f"  Training started from the weights of `{source}`"
+    if source.startswith("pretrained:"):
+        results = ROOT / "benchmarks" / "results"
+        before = json.loads((results / "shipped.json").read_text()).get(source.split(":", 1)[1])
+        rows = json.loads((results / "lidc.json").read_text())["runs"]
+        (row,) = [r for r in rows if before and r.get("run") == before["run"]][:1] or [None]
+        if before and row:
+            trained = row["training"]
+            cpu = f", {trained['cpu_minutes'] / 60:.2f} CPU-hours" if "cpu_minutes" in trained else ""
+            text += (
+                f" as shipped on {before['shipped']} ({trained['step']} steps{cpu}; test GED²(100) "
+                f"{row['ged']['mean']:.3f} at t = 1)"
+            )
+        text += ", so the figures below are those of both trainings together, not of this budget alone"
+    return text + ".\n"
+
+
 def card_2d(run: Path, name: str, config: dict, calibration: dict, curve: list[dict]) -> str:
     """The model card of a 2D LIDC run (figures from ``benchmarks/lidc.py``)."""
     test = json.loads((run / "test_metrics.json").read_text())
@@ -175,7 +199,7 @@ or from the command line: `ssn sample --run pretrained:{name} --input slice.png 
   every {config["val_every"]} steps on 128 val slices (16 samples); the weights are the best
   of those checkpoints, step {best["step"]} (validation GED²(16) {best["val_ged"]:.3f}). The whole validation
   curve is in `metrics.jsonl` of the run and drawn in `benchmarks/lidc_curve.png` of the repository.
-- **Test split figures** (3,095 slices, 100 samples each; ± standard error over slices):
+{_started_from(config)}- **Test split figures** (3,095 slices, 100 samples each; ± standard error over slices):
   - at t = 1: {_figures(test)};
   - at the calibrated t = {calibration["temperature"]:g}: {_figures(calibrated)}.
 {_other_seeds(run)}{_presence(run)}  Readers' own diversity on these slices: 0.522 (mean 1 − IoU over distinct reader pairs).

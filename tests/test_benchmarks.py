@@ -666,6 +666,27 @@ def test_the_model_card_names_the_objective_the_other_seeds_and_the_empty_sample
     assert ship_pretrained._presence(tmp_path / "runs" / "other" / "low-rank") == ""
 
 
+def test_a_warm_started_card_names_the_model_it_started_from_with_that_models_budget(monkeypatch, tmp_path):
+    from benchmarks import ship_pretrained
+
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    row = _lidc_row(0, 0.277, "/runs/mg/low-rank", "marginal weight 1")
+    row["training"] = {"step": 10000, "minutes": 88.0, "cpu_minutes": 171.5}
+    (results / "lidc.json").write_text(json.dumps({"runs": [row]}))
+    shipped = {"lidc-2d": {"run": "/runs/mg/low-rank", "shipped": "2026-12-03", "ssn_version": "0.7.0"}}
+    (results / "shipped.json").write_text(json.dumps(shipped))
+    monkeypatch.setattr(ship_pretrained, "ROOT", tmp_path)
+
+    text = ship_pretrained._started_from({"init_from": "pretrained:lidc-2d"})
+    assert "`pretrained:lidc-2d` as shipped on 2026-12-03 (10000 steps, 2.86 CPU-hours; test GED²(100) 0.277" in text
+    assert "both trainings together" in text and text.endswith(".\n")
+    assert ship_pretrained._started_from({"init_from": "/runs/other"}) == (
+        "  Training started from the weights of `/runs/other`.\n"
+    )
+    assert ship_pretrained._started_from({"init_from": None}) == ship_pretrained._started_from({}) == ""
+
+
 def test_the_3d_card_quotes_the_slicewise_yardstick_only_for_the_weights_it_measured(monkeypatch, tmp_path):
     from benchmarks import ship_pretrained
     from benchmarks.lidc3d import weights_digest
