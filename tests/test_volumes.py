@@ -678,8 +678,8 @@ def test_the_brats_benchmark_calibrates_on_the_validation_cases_and_evaluates_at
     assert temperature == min(stored["curve"], key=lambda point: point["ged"])["temperature"]
     at_one = brats.evaluated(run, volume_list, volume_list, args, 1.0)
     at_t = brats.evaluated(run, volume_list, volume_list, args, 0.25)
-    for tag, suffix in (("deepmedic_test", ""), ("tcga", "")):
-        assert json.loads((run / f"{tag}{suffix}.json").read_text())["temperature"] == 1.0
+    for tag in ("deepmedic_test", "tcga"):
+        assert json.loads((run / f"{tag}.json").read_text())["temperature"] == 1.0
         assert json.loads((run / f"{tag}_t0.25.json").read_text())["temperature"] == 0.25
     for entry in (at_one, at_t):
         assert set(entry) == {"deepmedic test", "tcga"}
