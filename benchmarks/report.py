@@ -101,6 +101,15 @@ def _shipped_run(runs: list[dict], name: str) -> dict | None:
     return matches[-1] if matches else None
 
 
+def _shipped_start(runs: list[dict], name: str) -> dict | None:
+    """The LIDC run that the model shipped as ``pretrained:NAME`` was trained on from
+    (``started_from`` in ``results/shipped.json``, for a run started with ``--init-from
+    pretrained:NAME``), or None."""
+    source = (_load("shipped").get(name, {}).get("started_from") or {}).get("run")
+    matches = [r for r in runs if source and r.get("run") == source]
+    return matches[-1] if matches else None
+
+
 def lidc_section() -> list[str]:
     content = _load("lidc")
     runs, reference = content.get("runs", []), content.get("reference")
@@ -134,13 +143,26 @@ def lidc_section() -> list[str]:
                 [f"{name}, calibrated", f"{run['calibrated']['temperature']:g}", *_figures(run["calibrated"]), "", ""]
             )
     shipped = _shipped_run(runs, "lidc-2d")
+    start = _shipped_start(runs, "lidc-2d")
     if shipped is not None and shipped is not latest.get(shipped["name"]):  # a variant or another seed
         label = f"{_run_name(shipped)}, seed {shipped.get('seed', 0)}: **shipped** as `pretrained:lidc-2d`"
         budget = f"{shipped['training'].get('step', 0)} steps, {shipped['training'].get('minutes', 0):.0f} min"
+        if start is not None:
+            budget = (
+                f"{start['training'].get('step', 0)} + {shipped['training'].get('step', 0)} steps "
+                f"(its start's, then {shipped['training'].get('minutes', 0):.0f} min of its own)"
+            )
         rows.append([label, "1", *_figures(shipped), budget, PAPER[shipped["name"]]])
         if shipped.get("calibrated"):
             temperature = f"{shipped['calibrated']['temperature']:g}"
             rows.append([f"{label}, calibrated", temperature, *_figures(shipped["calibrated"]), "", ""])
+    if start is not None and start is not latest.get(start["name"]):
+        label = f"{_run_name(start)}, seed {start.get('seed', 0)}: the shipped model's start (shipped before it)"
+        budget = f"{start['training'].get('step', 0)} steps, {start['training'].get('minutes', 0):.0f} min"
+        rows.append([label, "1", *_figures(start), budget, ""])
+        if start.get("calibrated"):
+            temperature = f"{start['calibrated']['temperature']:g}"
+            rows.append([f"{label}, calibrated", temperature, *_figures(start["calibrated"]), "", ""])
     if reference:
         rows.append(["*empty prediction*", "", *_figures(reference["empty"]), "", ""])
         rows.append(["*readers' majority vote*", "", *_figures(reference["majority_vote"]), "", ""])
@@ -674,8 +696,9 @@ def lidc3d_section() -> list[str]:
         each = {r["name"]: shlex.join(_without_paths(r["settings"])) for r in inflated if r["temperature"] == 1}
         lines += [
             f"Rows named *inflated* start from `{source}`'s weights as they were when the row ran (the rows' "
-            "`measured` dates; *the marginal-weight lidc-2d* names the one shipped since 2026-12-03, trained with "
-            "`--marginal-weight 1`; the earlier rows the one trained with the paper's loss alone), each 2D kernel "
+            "`measured` dates; *the marginal-weight lidc-2d* names the one shipped from 2026-12-03, trained with "
+            "`--marginal-weight 1`; *the lidc-2d of 2026-12-07* that model trained 3,500 steps more, shipped "
+            "since; the earlier rows the one trained with the paper's loss alone), each 2D kernel "
             "on the middle slice of a 3D one "
             "(`--init-from`, a U-Net pooling in-plane only, `--model-kwargs '{pool: [2, 2, 1]}'`), so that training "
             "starts from the 2D network applied slice by slice with one noise draw for the whole volume. Their "

@@ -48,6 +48,13 @@ correlated aleatoric uncertainty. NeurIPS 2020.
 """
 
 
+def _mean_alone(config: dict) -> str:
+    """The card's words for the mean-only warm-up (``--mean-warmup``), or its absence."""
+    if config.get("mean_warmup"):
+        return f"the mean alone for the first {config['mean_warmup']:.0%} of the steps"
+    return "no mean-only warm-up"
+
+
 def _copy(run: Path, target: Path, input_shape: list[int] | None) -> tuple[dict, dict, list[dict]]:
     """Copy the run's weights, config (machine paths removed) and calibration into ``target``;
     returns (config, calibration, validation curve)."""
@@ -139,18 +146,31 @@ def _other_seeds(run: Path) -> str:
     return f"  Trained alike with another seed, test GED²(100): {'; '.join(parts)}.{basis}\n"
 
 
-def _started_from(config: dict) -> str:
+def _start_record(config: dict, run: Path) -> dict | None:
+    """The ``shipped.json`` record of the shipped model that a warm-started run (``--init-from
+    pretrained:NAME``) began with, or None. Shipping the same run again (under any name) keeps the
+    start it recorded the first time: by then NAME may hold this run's own weights, or newer ones."""
+    source = config.get("init_from") or ""
+    if not source.startswith("pretrained:"):
+        return None
+    path = ROOT / "benchmarks" / "results" / "shipped.json"
+    shipped = json.loads(path.read_text()) if path.is_file() else {}
+    again = [entry for entry in shipped.values() if entry.get("run") == str(run.resolve())]
+    before = again[0].get("started_from") if again else shipped.get(source.split(":", 1)[1])
+    return {key: before[key] for key in ("run", "shipped", "ssn_version") if key in before} if before else None
+
+
+def _started_from(config: dict, run: Path) -> str:
     """The card's sentence on the weights a warm-started run (``--init-from``) began with: for a
-    shipped model, the run shipped under that name until now and its budget (from
-    ``shipped.json`` and ``lidc.json``), since the name itself is about to hold other weights."""
+    shipped model, the run shipped under that name before it and its budget (from
+    ``shipped.json`` and ``lidc.json``), since the name itself now holds other weights."""
     source = config.get("init_from")
     if not source:
         return ""
     text = f"  Training started from the weights of `{source}`"
     if source.startswith("pretrained:"):
-        results = ROOT / "benchmarks" / "results"
-        before = json.loads((results / "shipped.json").read_text()).get(source.split(":", 1)[1])
-        rows = json.loads((results / "lidc.json").read_text())["runs"]
+        before = _start_record(config, run)
+        rows = json.loads((ROOT / "benchmarks" / "results" / "lidc.json").read_text())["runs"]
         (row,) = [r for r in rows if before and r.get("run") == before["run"]][:1] or [None]
         if before and row:
             trained = row["training"]
@@ -194,12 +214,12 @@ or from the command line: `ssn sample --run pretrained:{name} --input slice.png 
   split, one reader drawn per slice per step; checkpoint and temperature chosen on the val split.
 - **Budget**: {training["step"]} optimiser steps, batch {config["batch_size"]}, {training["minutes"]:.0f} minutes of training time{cpu} on a
   2-core CPU (no GPU), {threads}, seed {config["seed"]}. Objective: {_objective(config)}. Settings: Adam lr
-  {config["lr"]:g} ({config["lr_schedule"]} schedule), the mean alone for the first {config["mean_warmup"]:.0%} of the steps,
+  {config["lr"]:g} ({config["lr_schedule"]} schedule), {_mean_alone(config)},
   variance init {config["variance_init"]}, EMA decay {config["ema_decay"]:g}, {config["mc_samples"]} antithetic MC samples; validation
   every {config["val_every"]} steps on 128 val slices (16 samples); the weights are the best
   of those checkpoints, step {best["step"]} (validation GED²(16) {best["val_ged"]:.3f}). The whole validation
   curve is in `metrics.jsonl` of the run and drawn in `benchmarks/lidc_curve.png` of the repository.
-{_started_from(config)}- **Test split figures** (3,095 slices, 100 samples each; ± standard error over slices):
+{_started_from(config, run)}- **Test split figures** (3,095 slices, 100 samples each; ± standard error over slices):
   - at t = 1: {_figures(test)};
   - at the calibrated t = {calibration["temperature"]:g}: {_figures(calibrated)}.
 {_other_seeds(run)}{_presence(run)}  Readers' own diversity on these slices: 0.522 (mean 1 − IoU over distinct reader pairs).
@@ -287,15 +307,17 @@ def card_3d(run: Path, name: str, config: dict, calibration: dict, curve: list[d
             f"The 2D weights were trained on the training patients' slices; the temperature was chosen on 64 "
             f"validation nodules, through sliding windows of {patch}."
         )
+        start = _start_record(config, run)
+        when = f" as shipped on {start['shipped']}" if start else ""
         budget = (
-            f"no 3D training. The weights are those of `{config['init_from']}`, each 2D kernel on the middle "
+            f"no 3D training. The weights are those of `{config['init_from']}`{when}, each 2D kernel on the middle "
             "slice of a 3D one (`ssn train --init-from`, one step at lr 1e-12 to write the run), with instance "
             "norm per slice, so the model is that 2D SSN applied slice by slice under one low-rank Gaussian over "
             "the volume: exactly, its mean logits within 4e-6 of the 2D model's. 3D training on patches of the "
-            "training nodules did not improve the same start from the previous 2D model (the paper's loss "
-            "alone): 300 steps at lr 5e-5 (`benchmarks/lidc3d.py`) scored the validation nodules worse from "
+            "training nodules did not improve the same start from an earlier 2D model (the paper's loss "
+            "alone, shipped in ssn 0.6-0.7): 300 steps at lr 5e-5 (`benchmarks/lidc3d.py`) scored the validation nodules worse from "
             "step 50 on and the test nodules 0.002 ± 0.001 higher (paired), and with `--marginal-weight 1` "
-            "0.311 ± 0.009 against that start's 0.313; it was not retried from this one."
+            "0.311 ± 0.009 against that start's 0.313; it was not retried from the later 2D models."
         )
     else:
         budget = (
@@ -352,6 +374,9 @@ def main() -> None:
     card = (card_2d if dims == 2 else card_3d)(run, args.name, config, calibration, curve)
     write_atomically(target / "MODEL_CARD.md", lambda temporary: temporary.write_text(card))
     record = {"run": str(run.resolve()), "shipped": time.strftime("%Y-%m-%d"), "ssn_version": config["ssn_version"]}
+    start = _start_record(config, run)
+    if start:
+        record["started_from"] = start
     update_json(RESULTS / "shipped.json", lambda content: {**content, args.name: record})
     print(f"wrote {target}: " + ", ".join(sorted(p.name for p in target.iterdir())))
 

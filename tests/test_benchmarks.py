@@ -630,6 +630,29 @@ def test_the_lidc_table_marks_a_shipped_variant_with_its_rows_at_both_temperatur
     assert "**shipped**" not in "\n".join(report.lidc_section())  # the defaults' row is already there
 
 
+def test_the_lidc_table_shows_a_warm_started_shipped_model_beside_its_start_with_both_budgets(monkeypatch, tmp_path):
+    defaults = _lidc_row(0, 0.268, "/runs/v6/low-rank")
+    start = _lidc_row(0, 0.277, "/runs/mg/low-rank", "marginal weight 1", (1.5, 0.258, 0.2672))
+    shipped = _lidc_row(0, 0.274, "/runs/ft/low-rank", "then 3,500 steps more", (1.5, 0.249, 0.253))
+    shipped["training"] = {"step": 3500, "minutes": 59.0}
+    (tmp_path / "lidc.json").write_text(json.dumps({"runs": [defaults, start, shipped]}))
+    record = {"run": "/runs/ft/low-rank", "started_from": {"run": "/runs/mg/low-rank", "shipped": "2026-12-03"}}
+    (tmp_path / "shipped.json").write_text(json.dumps({"lidc-2d": record}))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    lines = report.lidc_section()
+    marked = [line for line in lines if "**shipped**" in line]
+    assert len(marked) == 2 and "0.274 ± 0.004" in marked[0] and "| 1.5 | 0.249 ± 0.003 |" in marked[1]
+    assert "| 10000 + 3500 steps (its start's, then 59 min of its own) |" in marked[0]
+    starts = [line for line in lines if "the shipped model's start" in line]
+    assert len(starts) == 2 and starts[0].startswith(
+        "| low-rank (marginal weight 1), seed 0: the shipped model's start"
+    )
+    assert "0.277 ± 0.004" in starts[0] and "| 10000 steps, 88 min |" in starts[0] and "| 1.5 | 0.258" in starts[1]
+    del record["started_from"]
+    (tmp_path / "shipped.json").write_text(json.dumps({"lidc-2d": record}))
+    assert not [line for line in report.lidc_section() if "start" in line]
+
+
 def test_the_model_card_names_the_objective_the_other_seeds_and_the_empty_samples(monkeypatch, tmp_path):
     from benchmarks import ship_pretrained
 
@@ -658,6 +681,8 @@ def test_the_model_card_names_the_objective_the_other_seeds_and_the_empty_sample
     )
     assert ship_pretrained._objective({}) == "the Monte Carlo log-likelihood of the paper"
     assert ship_pretrained._threads(run) == "2 threads"
+    assert ship_pretrained._mean_alone({"mean_warmup": 0.25}) == "the mean alone for the first 25% of the steps"
+    assert ship_pretrained._mean_alone({"mean_warmup": 0.0}) == "no mean-only warm-up"
     seeds = ship_pretrained._other_seeds(run)
     assert "seed 1: 0.267 ± 0.004 at t = 1, 0.263 at its calibrated t = 1.1" in seeds
     assert "0.269" not in seeds and "0.267 for this one, 0.279 for seed 1" in seeds
@@ -678,13 +703,31 @@ def test_a_warm_started_card_names_the_model_it_started_from_with_that_models_bu
     (results / "shipped.json").write_text(json.dumps(shipped))
     monkeypatch.setattr(ship_pretrained, "ROOT", tmp_path)
 
-    text = ship_pretrained._started_from({"init_from": "pretrained:lidc-2d"})
+    new_run = tmp_path / "runs" / "ft" / "low-rank"
+    warm = {"init_from": "pretrained:lidc-2d"}
+    text = ship_pretrained._started_from(warm, new_run)
     assert "`pretrained:lidc-2d` as shipped on 2026-12-03 (10000 steps, 2.86 CPU-hours; test GED²(100) 0.277" in text
     assert "both trainings together" in text and text.endswith(".\n")
-    assert ship_pretrained._started_from({"init_from": "/runs/other"}) == (
+    assert ship_pretrained._started_from({"init_from": "/runs/other"}, new_run) == (
         "  Training started from the weights of `/runs/other`.\n"
     )
-    assert ship_pretrained._started_from({"init_from": None}) == ship_pretrained._started_from({}) == ""
+    assert (
+        ship_pretrained._started_from({"init_from": None}, new_run) == ship_pretrained._started_from({}, new_run) == ""
+    )
+    # shipping the run again, once the name holds its own weights, keeps the start recorded the first time
+    start = ship_pretrained._start_record(warm, new_run)
+    assert start == shipped["lidc-2d"]
+    shipped["lidc-2d"] = {"run": str(new_run.resolve()), "shipped": "2026-12-07", "started_from": start}
+    (results / "shipped.json").write_text(json.dumps(shipped))
+    assert ship_pretrained._start_record(warm, new_run) == start
+    assert ship_pretrained._started_from(warm, new_run) == text
+    # another run started from the new weights names those, and keeps naming them once shipped
+    next_run = tmp_path / "runs" / "next"
+    assert ship_pretrained._start_record(warm, next_run)["run"] == str(new_run.resolve())
+    shipped["lidc-3d"] = {"run": str(next_run.resolve()), "started_from": {"run": str(new_run.resolve())}}
+    shipped["lidc-2d"] = {"run": "/runs/newer/low-rank", "shipped": "2026-12-09"}
+    (results / "shipped.json").write_text(json.dumps(shipped))
+    assert ship_pretrained._start_record(warm, next_run) == {"run": str(new_run.resolve())}
 
 
 def test_the_3d_card_quotes_the_slicewise_yardstick_only_for_the_weights_it_measured(monkeypatch, tmp_path):
