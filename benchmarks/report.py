@@ -93,21 +93,32 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def _run_at(runs: list[dict], source: str | None) -> dict | None:
+    """The last of ``runs`` trained in the folder ``source``, or None."""
+    matches = [r for r in runs if source and r.get("run") == source]
+    return matches[-1] if matches else None
+
+
 def _shipped_run(runs: list[dict], name: str) -> dict | None:
     """The LIDC run shipped as ``pretrained:NAME`` (``results/shipped.json``, written by
     ``benchmarks/ship_pretrained.py``), or None where it is not among ``runs``."""
-    source = _load("shipped").get(name, {}).get("run")
-    matches = [r for r in runs if source and r.get("run") == source]
-    return matches[-1] if matches else None
+    return _run_at(runs, _load("shipped").get(name, {}).get("run"))
 
 
 def _shipped_start(runs: list[dict], name: str) -> dict | None:
     """The LIDC run that the model shipped as ``pretrained:NAME`` was trained on from
     (``started_from`` in ``results/shipped.json``, for a run started with ``--init-from
     pretrained:NAME``), or None."""
-    source = (_load("shipped").get(name, {}).get("started_from") or {}).get("run")
-    matches = [r for r in runs if source and r.get("run") == source]
-    return matches[-1] if matches else None
+    return _run_at(runs, (_load("shipped").get(name, {}).get("started_from") or {}).get("run"))
+
+
+def _rows_at_both_temperatures(run: dict, label: str, budget: str, paper: str) -> list[list[str]]:
+    """A run's table row at t = 1 and, where it was calibrated, its row at that temperature."""
+    rows = [[label, "1", *_figures(run), budget, paper]]
+    if run.get("calibrated"):
+        temperature = f"{run['calibrated']['temperature']:g}"
+        rows.append([f"{label}, calibrated", temperature, *_figures(run["calibrated"]), "", ""])
+    return rows
 
 
 def lidc_section() -> list[str]:
@@ -152,17 +163,11 @@ def lidc_section() -> list[str]:
                 f"{start['training'].get('step', 0)} + {shipped['training'].get('step', 0)} steps "
                 f"(its start's, then {shipped['training'].get('minutes', 0):.0f} min of its own)"
             )
-        rows.append([label, "1", *_figures(shipped), budget, PAPER[shipped["name"]]])
-        if shipped.get("calibrated"):
-            temperature = f"{shipped['calibrated']['temperature']:g}"
-            rows.append([f"{label}, calibrated", temperature, *_figures(shipped["calibrated"]), "", ""])
+        rows += _rows_at_both_temperatures(shipped, label, budget, PAPER[shipped["name"]])
     if start is not None and start is not latest.get(start["name"]):
         label = f"{_run_name(start)}, seed {start.get('seed', 0)}: the shipped model's start (shipped before it)"
         budget = f"{start['training'].get('step', 0)} steps, {start['training'].get('minutes', 0):.0f} min"
-        rows.append([label, "1", *_figures(start), budget, ""])
-        if start.get("calibrated"):
-            temperature = f"{start['calibrated']['temperature']:g}"
-            rows.append([f"{label}, calibrated", temperature, *_figures(start["calibrated"]), "", ""])
+        rows += _rows_at_both_temperatures(start, label, budget, "")
     if reference:
         rows.append(["*empty prediction*", "", *_figures(reference["empty"]), "", ""])
         rows.append(["*readers' majority vote*", "", *_figures(reference["majority_vote"]), "", ""])
