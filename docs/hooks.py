@@ -12,6 +12,7 @@ FIGURES = [
     "docs/explorer.png",
     "docs/sample_figure.png",
     "benchmarks/brats_samples.png",
+    "benchmarks/brats_samples.from-the-deterministic-run-marginal-weight-1-mean-weight-1.png",
     "benchmarks/lidc_samples.png",
     "benchmarks/lidc_curve.png",
     "benchmarks/lidc_curve_models.png",
