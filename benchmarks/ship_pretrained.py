@@ -154,9 +154,8 @@ def _seed_choice(own: dict, alike: list[dict]) -> str:
     lower = own["calibration"]["ged"] - best["calibration"]["ged"]
     if lower <= 0:
         return f" The shipped seed has the best calibrated validation GED²(16): {', '.join(chosen)}."
-    (at,) = [p for p in own["calibration"].get("curve", []) if p["temperature"] == own["calibration"]["temperature"]][
-        :1
-    ] or [{}]
+    curve = own["calibration"].get("curve", [])
+    at = next((p for p in curve if p["temperature"] == own["calibration"]["temperature"]), {})
     spread = f", within its standard error ({at['stderr']:.3f})" if lower < at.get("stderr", 0.0) else ""
     return (
         f" Calibrated validation GED²(16): {', '.join(chosen)}; seed {best['seed']} is lower by {lower:.4f}"

@@ -6,6 +6,7 @@ on temporary folders and tiny child processes.
 
 import fcntl
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -825,11 +826,11 @@ def test_every_figure_that_the_results_and_the_docs_name_is_in_the_repository():
         text = source.read_text()
         missing += [f"{source.name}: {name}" for name in re.findall(r'"figure": "([^"]+)"', text)
                     if not (ROOT / "benchmarks" / name).is_file()]  # fmt: skip
-    hooks = (ROOT / "docs" / "hooks.py").read_text()
-    assets = {Path(path).name for path in re.findall(r'"((?:docs|benchmarks)/[^"]+\.png)"', hooks)}
-    for path in re.findall(r'"((?:docs|benchmarks)/[^"]+\.png)"', hooks):
-        if not (ROOT / path).is_file():
-            missing.append(f"docs/hooks.py: {path}")
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    missing += [f"docs/hooks.py: {path}" for path in hooks.FIGURES if not (ROOT / path).is_file()]
+    assets = {Path(path).name for path in hooks.FIGURES}
     for page in sorted((ROOT / "docs").glob("*.md")):
         for name in image.findall(page.read_text()):
             if name.startswith("assets/") and name.removeprefix("assets/") not in assets:
